@@ -1,0 +1,48 @@
+"""`python -m app`: run the gateway. With no pools configured it starts its own local engine."""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from pydantic import ValidationError
+
+from app.main import create_app
+from app.settings import GatewaySettings, load_settings
+
+
+def parse_args(argv: list[str] | None = None) -> GatewaySettings:
+    parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
+    parser.add_argument("--config", type=Path, help="YAML settings file (also SWITCHYARD_CONFIG)")
+    parser.add_argument("--host")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--region")
+    parser.add_argument("--log-level")
+    args = vars(parser.parse_args(argv))
+    config = args.pop("config")
+    overrides: dict[str, Any] = {k: v for k, v in args.items() if v is not None}
+    try:
+        return load_settings(overrides, config)
+    except (ValidationError, ValueError) as exc:
+        parser.exit(2, f"invalid settings: {exc}\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = parse_args(argv)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""The embedded default: a local Transformers engine process the gateway starts, waits for and stops."""
+
+import asyncio
+import ctypes
+import logging
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from app.upstream import UpstreamClient, UpstreamError
+
+__all__ = ["EmbeddedEngine", "EmbeddedEngineFailed"]
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+class EmbeddedEngineFailed(RuntimeError):
+    """The local engine did not come up."""
+
+
+def _die_with_parent() -> None:
+    # Linux: the engine gets SIGTERM if the gateway dies without cleaning up (even SIGKILL).
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class EmbeddedEngine:
+    def __init__(self, *, model: str | None, data_dir: Path, start_timeout: float, host: str = "127.0.0.1") -> None:
+        self._model = model
+        self._data_dir = data_dir
+        self._start_timeout = start_timeout
+        self._host = host
+        self._process: asyncio.subprocess.Process | None = None
+        self.url = ""
+
+    async def start(self, client: UpstreamClient) -> str:
+        """Start the engine and return its URL once it answers `/health`."""
+        port = _free_port(self._host)
+        args = ["-m", "engines.transformers", "--host", self._host, "--port", str(port)]
+        args += ["--data-dir", str(self._data_dir), "--log-level", "warning"]
+        if self._model:
+            args += ["--model", self._model]
+        self.url = f"http://{self._host}:{port}"
+        log.info("starting the embedded engine on %s", self.url)
+        self._process = await asyncio.create_subprocess_exec(sys.executable, *args, preexec_fn=_die_with_parent)
+        try:
+            await asyncio.wait_for(self._wait_ready(client), self._start_timeout)
+        except TimeoutError:
+            await self.stop()
+            raise EmbeddedEngineFailed(
+                f"the embedded engine was not ready within {self._start_timeout:.0f} s"
+            ) from None
+        except BaseException:
+            await self.stop()
+            raise
+        return self.url
+
+    async def _wait_ready(self, client: UpstreamClient) -> None:
+        assert self._process is not None
+        while True:
+            if self._process.returncode is not None:
+                raise EmbeddedEngineFailed(f"the embedded engine exited with status {self._process.returncode}")
+            try:
+                status, _ = await client.get(f"{self.url}/health", within=1.0)
+                if status == 200:
+                    return
+            except UpstreamError:
+                pass
+            await asyncio.sleep(0.2)
+
+    async def stop(self, grace: float = 10.0) -> None:
+        process, self._process = self._process, None
+        if process is None or process.returncode is not None:
+            return
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), grace)
+        except TimeoutError:
+            process.kill()
+            await process.wait()

@@ -1,0 +1,115 @@
+"""The gateway's exceptions and their one mapping to the OpenAI error envelope.
+
+GatewayError
+├── InvalidRequest          400 invalid_request_error (names `param`)
+├── ModelNotFound           404 model_not_found
+├── PayloadTooLarge         413 request_too_large
+├── UnsupportedMediaType    415 unsupported_media_type
+├── UpstreamFailed          502 bad_gateway
+├── NoEngineAvailable       503 engine_unavailable
+└── UpstreamTimeout         504 upstream_timeout
+"""
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
+
+from protocol import error_payload
+from protocol.asgi import ClientDisconnected
+
+__all__ = [
+    "GatewayError",
+    "InvalidRequest",
+    "ModelNotFound",
+    "NoEngineAvailable",
+    "PayloadTooLarge",
+    "UnsupportedMediaType",
+    "UpstreamFailed",
+    "UpstreamTimeout",
+    "install_error_handlers",
+]
+
+log = logging.getLogger(__name__)
+
+
+class GatewayError(Exception):
+    status = 500
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def response(self) -> JSONResponse:
+        payload = error_payload(self.message, self.type, param=self.param, code=self.code)
+        return JSONResponse(payload, status_code=self.status)
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class ModelNotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"The model `{model}` does not exist or is not served here.", param="model")
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class UnsupportedMediaType(GatewayError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
+class UpstreamFailed(GatewayError):
+    status = 502
+    code = "bad_gateway"
+
+
+class NoEngineAvailable(GatewayError):
+    status = 503
+    code = "engine_unavailable"
+
+
+class UpstreamTimeout(GatewayError):
+    status = 504
+    code = "upstream_timeout"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(GatewayError)
+    async def gateway_error(_: Request, exc: GatewayError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(ClientDisconnected)
+    async def client_gone(_: Request, __: ClientDisconnected) -> Response:
+        return Response(status_code=499)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return JSONResponse(error_payload(str(exc.detail), type_), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(error_payload(str(exc), "invalid_request_error"), status_code=400)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(error_payload("The gateway had an internal error.", "server_error"), status_code=500)

@@ -1,0 +1,30 @@
+"""Which replica serves a request. The router package replaces `choose_replica` wholesale."""
+
+import itertools
+
+from app.errors import ModelNotFound, NoEngineAvailable
+from app.pools import PoolRegistry, Replica
+
+__all__ = ["choose_replica"]
+
+_tiebreak = itertools.count()
+
+
+def choose_replica(registry: PoolRegistry, model: str, region: str) -> Replica:
+    """A healthy replica that serves `model`: own region first, then the least busy.
+
+    Raises ModelNotFound when no replica that has ever answered serves the model,
+    and NoEngineAvailable when those that serve it are all down, or none answers.
+    """
+    serving = [r for r in registry.replicas() if r.serves(model)]
+    healthy = [r for r in serving if r.healthy]
+    if not healthy:
+        if serving or not registry.any_healthy():
+            raise NoEngineAvailable(f"No engine that serves `{model}` is reachable right now; retry shortly.")
+        raise ModelNotFound(model)
+    turn = next(_tiebreak)
+    best = min(
+        range(len(healthy)),
+        key=lambda i: (healthy[i].pool.region != region, healthy[i].in_flight, (i - turn) % len(healthy)),
+    )
+    return healthy[best]

@@ -1,0 +1,107 @@
+"""Gateway settings: defaults < YAML file < environment (`SWITCHYARD_*`) < command line.
+
+The only module of the gateway that reads the environment.
+"""
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, HttpUrl, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+__all__ = ["GatewaySettings", "PoolSettings", "load_settings"]
+
+PoolKind = Literal["transformers", "vllm"]
+
+
+class PoolSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    region: str = "local"
+    kind: PoolKind = "transformers"
+    replicas: list[HttpUrl] = Field(min_length=1)
+    # Models this pool serves; when empty they are read from each replica's /v1/models.
+    models: list[str] = []
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SWITCHYARD_", extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    region: str = "local"
+    pools: list[PoolSettings] = []
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    health_interval_s: float = Field(default=2.0, gt=0)
+    health_timeout_s: float = Field(default=2.0, gt=0)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=600.0, gt=0)
+    max_upstream_connections: int = Field(default=1024, ge=1)
+    default_model: str | None = None
+    embedded_model: str | None = None
+    embedded_start_timeout_s: float = Field(default=180.0, gt=0)
+    data_dir: Path = Field(
+        default=Path.home() / ".cache" / "switchyard",
+        validation_alias=AliasChoices("SWITCHYARD_DATA_DIR", "data_dir"),
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @field_validator("pools")
+    @classmethod
+    def _unique_pool_names(cls, pools: list[PoolSettings]) -> list[PoolSettings]:
+        names = [p.name for p in pools]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"pool names must be unique; repeated: {', '.join(duplicates)}")
+        return pools
+
+    @property
+    def embedded(self) -> bool:
+        """No pools configured: the gateway runs its own local engine."""
+        return not self.pools
+
+
+class _ConfigLocation(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SWITCHYARD_", extra="ignore")
+
+    config: Path | None = None
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None, config_file: Path | None = None) -> GatewaySettings:
+    """Settings from the YAML file (`config_file` or `SWITCHYARD_CONFIG`), the environment and `overrides`."""
+    path = config_file or _ConfigLocation().config
+    file_values = _read_yaml(path) if path else {}
+
+    class _Layered(GatewaySettings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return init_settings, env_settings, InitSettingsSource(settings_cls, file_values)
+
+    return _Layered(**dict(overrides or {}))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"cannot read the configuration file {path}: {exc}") from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"the configuration file {path} must hold a mapping of settings")
+    return loaded

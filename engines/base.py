@@ -1,0 +1,91 @@
+"""The engine interface every server-side engine implements.
+
+An engine turns prompt token ids into a stream of generated token ids. Text,
+stop strings and the OpenAI wire format are the server's business
+(`engines.server`), so an engine stays small and a fake one is easy to write.
+"""
+
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+__all__ = [
+    "Engine",
+    "EngineError",
+    "GenerationRequest",
+    "InvalidRequest",
+    "ModelNotFound",
+    "TokenChunk",
+]
+
+TokenFinish = Literal["stop", "length"]
+
+
+class EngineError(Exception):
+    """Base of the errors an engine raises for a request it cannot serve."""
+
+
+class InvalidRequest(EngineError):
+    """The request is malformed or asks for something this engine does not do (a 400)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class ModelNotFound(EngineError):
+    """The request names a model this engine does not serve (a 404)."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"The model `{model}` does not exist.")
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    prompt_ids: Sequence[int]
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenChunk:
+    """Tokens produced since the previous chunk; the last chunk carries `finish_reason`.
+
+    `"stop"` means the model emitted an end-of-sequence token (not included in
+    `token_ids`); `"length"` means `max_new_tokens` was reached.
+    """
+
+    token_ids: Sequence[int]
+    finish_reason: TokenFinish | None = None
+
+
+class Engine(Protocol):
+    @property
+    def model_name(self) -> str: ...
+
+    @property
+    def max_model_len(self) -> int: ...
+
+    @property
+    def num_running(self) -> int: ...
+
+    @property
+    def num_waiting(self) -> int: ...
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def encode_chat(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
+        """Render the chat template with the generation prompt, and tokenize."""
+        ...
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """Text of `token_ids`, special tokens skipped."""
+        ...
+
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[TokenChunk, None]:
+        """Stream tokens. Closing the iterator early stops the generation promptly."""
+        ...
+
+    async def aclose(self) -> None: ...

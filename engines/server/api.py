@@ -1,0 +1,130 @@
+"""The engine's HTTP surface: OpenAI routes, `/health`, `/metrics`, `/v1/models`.
+
+Errors leave as the OpenAI envelope, so the gateway treats every engine alike.
+"""
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException
+
+from engines.base import Engine, InvalidRequest, ModelNotFound
+from engines.server.metrics import EngineMetrics
+from engines.server.serving import Generation, OpenAIServing
+from protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ModelCard,
+    ModelList,
+    SamplingParams,
+    describe_validation_error,
+    error_payload,
+)
+from protocol.asgi import ClientDisconnected, unless_disconnected
+
+__all__ = ["create_app"]
+
+R = TypeVar("R", bound=SamplingParams)
+
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+def _error(status: int, message: str, *, type_: str = "invalid_request_error", **fields: str | None) -> JSONResponse:
+    return JSONResponse(error_payload(message, type_, **fields), status_code=status)
+
+
+def create_app(engine: Engine, *, model_root: str | None = None) -> FastAPI:
+    serving = OpenAIServing(engine)
+    metrics = EngineMetrics(engine)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await engine.aclose()
+
+    app = FastAPI(title="switchyard engine", lifespan=lifespan, docs_url=None, redoc_url=None)
+
+    @app.exception_handler(InvalidRequest)
+    async def invalid(_: Request, exc: InvalidRequest) -> JSONResponse:
+        return _error(400, str(exc), param=exc.param)
+
+    @app.exception_handler(ModelNotFound)
+    async def unknown_model(_: Request, exc: ModelNotFound) -> JSONResponse:
+        return _error(404, str(exc), param="model", code="model_not_found")
+
+    @app.exception_handler(ClientDisconnected)
+    async def gone(_: Request, __: ClientDisconnected) -> Response:
+        return Response(status_code=499)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        return _error(500, f"internal engine error: {type(exc).__name__}", type_="server_error")
+
+    async def parse(request: Request, model: type[R]) -> R:
+        try:
+            parsed = model.model_validate_json(await request.body())
+        except ValidationError as exc:
+            message, param = describe_validation_error(exc)
+            raise InvalidRequest(message, param) from None
+        if parsed.model != engine.model_name:
+            raise ModelNotFound(parsed.model)
+        return parsed
+
+    async def respond(
+        request: Request,
+        stream: bool,
+        generation: Generation,
+        whole: Callable[[Generation], Awaitable[BaseModel]],
+        chunks: Callable[[Generation], AsyncIterator[bytes]],
+    ) -> Response:
+        if stream:
+            return StreamingResponse(chunks(generation), media_type="text/event-stream", headers=SSE_HEADERS)
+        body = await unless_disconnected(request, whole(generation))
+        return JSONResponse(body.model_dump())
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        chat = await parse(request, ChatCompletionRequest)
+        generation = serving.prepare_chat(chat)
+        return await respond(
+            request,
+            chat.stream,
+            generation,
+            lambda g: serving.chat(chat, g),
+            lambda g: serving.chat_stream(chat, g),
+        )
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        completion = await parse(request, CompletionRequest)
+        generation = serving.prepare_completion(completion)
+        return await respond(
+            request,
+            completion.stream,
+            generation,
+            lambda g: serving.completion(completion, g),
+            lambda g: serving.completion_stream(completion, g),
+        )
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        card = ModelCard(id=engine.model_name, root=model_root or engine.model_name)
+        return ModelList(data=[card]).model_dump()
+
+    @app.get("/health")
+    async def health() -> Response:
+        return Response(status_code=200)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return app

@@ -1,0 +1,1 @@
+"""The Transformers engine: `python -m engines.transformers --model ... --port ...`."""

@@ -1,0 +1,41 @@
+"""`python -m engines.transformers`: serve a Transformers model over the OpenAI protocol."""
+
+import argparse
+from typing import Any
+
+import uvicorn
+
+from engines.builtin_model import BUILTIN_MODEL_NAME, ensure_builtin_model
+from engines.server.api import create_app
+from engines.transformers.engine import TransformersEngine, resolve_model
+from engines.transformers.settings import EngineSettings
+
+
+def parse_args(argv: list[str] | None = None) -> EngineSettings:
+    parser = argparse.ArgumentParser(prog="python -m engines.transformers", description=__doc__)
+    parser.add_argument("--model", help="hub id or local path (default: the built-in model)")
+    parser.add_argument("--served-model-name", help="the name clients send as `model`")
+    parser.add_argument("--host")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--max-model-len", type=int, help="context length (default: the model's)")
+    parser.add_argument("--data-dir", help="where the built-in model is cached")
+    parser.add_argument("--log-level")
+    given: dict[str, Any] = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+    return EngineSettings(**given)
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = parse_args(argv)
+    if settings.model is None:
+        model_path = str(ensure_builtin_model(settings.data_dir))
+        served = settings.served_model_name or BUILTIN_MODEL_NAME
+    else:
+        model_path = resolve_model(settings.model)
+        served = settings.served_model_name or settings.model
+    engine = TransformersEngine(model_path, served_model_name=served, max_model_len=settings.max_model_len)
+    app = create_app(engine, model_root=model_path)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+"""The Transformers engine's settings: environment (`SWITCHYARD_ENGINE_*`), then command line."""
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["EngineSettings"]
+
+
+class EngineSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SWITCHYARD_ENGINE_", extra="ignore")
+
+    model: str | None = Field(default=None, description="Hub id or local path; the built-in model when unset.")
+    served_model_name: str | None = Field(default=None, description="Name clients use; defaults to --model.")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8100, ge=0, le=65535)
+    max_model_len: int | None = Field(default=None, ge=16)
+    data_dir: Path = Field(
+        default=Path.home() / ".cache" / "switchyard",
+        validation_alias=AliasChoices("SWITCHYARD_DATA_DIR", "data_dir"),
+    )
+    log_level: str = "info"

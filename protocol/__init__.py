@@ -1,0 +1,55 @@
+"""OpenAI wire models shared by the gateway and the engines.
+
+This package is a leaf: it imports nothing from the project, so every process
+(gateway, engines, sync sidecar) can speak the same protocol without pulling in
+each other's code.
+"""
+
+from protocol.chat import (
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatDelta,
+    ChatMessage,
+    ContentPart,
+    ResponseMessage,
+    StreamOptions,
+)
+from protocol.common import FinishReason, SamplingParams, Usage
+from protocol.completions import (
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+)
+from protocol.errors import ErrorBody, ErrorResponse, describe_validation_error, error_payload
+from protocol.models import ModelCard, ModelList
+from protocol.sse import DONE_EVENT, sse_event
+
+__all__ = [
+    "DONE_EVENT",
+    "ChatChoice",
+    "ChatChunkChoice",
+    "ChatCompletion",
+    "ChatCompletionChunk",
+    "ChatCompletionRequest",
+    "ChatDelta",
+    "ChatMessage",
+    "Completion",
+    "CompletionChoice",
+    "CompletionRequest",
+    "ContentPart",
+    "ErrorBody",
+    "ErrorResponse",
+    "FinishReason",
+    "ModelCard",
+    "ModelList",
+    "ResponseMessage",
+    "SamplingParams",
+    "StreamOptions",
+    "Usage",
+    "describe_validation_error",
+    "error_payload",
+    "sse_event",
+]

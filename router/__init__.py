@@ -1,0 +1,1 @@
+"""Routing: consistent hashing with bounded loads, region order, outlier ejection (not built yet)."""

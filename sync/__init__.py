@@ -1,0 +1,1 @@
+"""Sync sidecar: CRDT adapter registry and gossip between regions (not built yet)."""
