@@ -1,0 +1,54 @@
+"""Shared fixtures: the built-in model, a real engine process and a real gateway in front of it."""
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from engines.builtin_model import BUILTIN_MODEL_NAME, ensure_builtin_model
+from tests.servers import ServerProcess, free_port
+
+MODEL = BUILTIN_MODEL_NAME
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="session")
+def builtin_model(data_dir: Path) -> Path:
+    return ensure_builtin_model(data_dir)
+
+
+@pytest.fixture(scope="session")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def engine(builtin_model: Path, log_dir: Path) -> Iterator[ServerProcess]:
+    """A real Transformers engine process serving the built-in model."""
+    port = free_port()
+    args = ["--model", str(builtin_model), "--served-model-name", MODEL, "--port", str(port)]
+    server = ServerProcess("engines.transformers", args, port=port, log_dir=log_dir).wait_ready()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(engine: ServerProcess, log_dir: Path) -> Iterator[ServerProcess]:
+    """A real gateway (uvicorn) routing to the engine above."""
+    port = free_port()
+    pools = [{"name": "local", "region": "local", "kind": "transformers", "replicas": [engine.url]}]
+    server = ServerProcess(
+        "app",
+        ["--port", str(port)],
+        port=port,
+        log_dir=log_dir,
+        env={"SWITCHYARD_POOLS": json.dumps(pools), "SWITCHYARD_HEALTH_INTERVAL_S": "0.5"},
+        ready_path="/ready",
+    ).wait_ready()
+    yield server
+    server.stop()

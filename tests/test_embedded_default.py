@@ -1,0 +1,37 @@
+"""`python -m app` with no configuration starts, serves and stops its own engine."""
+
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import MODEL
+from tests.servers import ServerProcess, free_port
+
+
+def test_embedded_default_serves_and_cleans_up(builtin_model: Path, data_dir: Path, log_dir: Path) -> None:
+    port = free_port()
+    gateway = ServerProcess(
+        "app", ["--port", str(port)], port=port, log_dir=log_dir, env={"SWITCHYARD_DATA_DIR": str(data_dir)}
+    )
+    try:
+        gateway.wait_ready()
+        chat = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 5}
+        response = httpx.post(gateway.url + "/v1/chat/completions", json=chat, timeout=30)
+        assert response.status_code == 200, response.text
+        assert response.json()["usage"]["completion_tokens"] <= 5
+        predicted = httpx.post(gateway.url + "/predict", json={"text": "hello", "max_tokens": 3}, timeout=30)
+        assert predicted.status_code == 200, predicted.text
+        assert predicted.json()["model"] == MODEL
+        [pool] = httpx.get(gateway.url + "/status").json()["pools"]
+        assert pool["name"] == "embedded"
+        engine_url = pool["replicas"][0]["url"]
+        assert httpx.get(engine_url + "/health").status_code == 200
+    finally:
+        code = gateway.stop(signal.SIGTERM)
+    # uvicorn re-raises the signal it handled once shutdown is complete.
+    assert code in (0, -signal.SIGTERM), gateway.output()
+    assert "Application shutdown complete" in gateway.output()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(engine_url + "/health")

@@ -1,0 +1,87 @@
+"""Settings: YAML file, then environment, then explicit overrides."""
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from app.settings import load_settings
+
+POOLS_YAML = """
+region: eu
+pools:
+  - name: eu-a
+    region: eu
+    kind: vllm
+    replicas: ["http://10.0.0.1:8000", "http://10.0.0.2:8000/"]
+  - name: us-a
+    region: us
+    replicas: ["http://10.1.0.1:8000"]
+    models: [m1]
+"""
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(POOLS_YAML)
+    return path
+
+
+def test_yaml_file_is_read(config: Path) -> None:
+    settings = load_settings(config_file=config)
+    assert settings.region == "eu"
+    assert [p.name for p in settings.pools] == ["eu-a", "us-a"]
+    assert settings.pools[0].kind == "vllm"
+    assert settings.pools[1].models == ["m1"]
+    assert not settings.embedded
+
+
+def test_environment_beats_the_file_and_overrides_beat_both(config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SWITCHYARD_REGION", "us")
+    monkeypatch.setenv("SWITCHYARD_PORT", "9000")
+    settings = load_settings({"port": 9100}, config_file=config)
+    assert settings.region == "us"
+    assert settings.port == 9100
+
+
+def test_config_path_from_the_environment(config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SWITCHYARD_CONFIG", str(config))
+    assert load_settings().region == "eu"
+
+
+def test_pools_as_json_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SWITCHYARD_POOLS", '[{"name": "p", "replicas": ["http://127.0.0.1:1"]}]')
+    [pool] = load_settings().pools
+    assert pool.kind == "transformers"
+    assert pool.region == "local"
+
+
+def test_no_pools_means_the_embedded_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SWITCHYARD_POOLS", raising=False)
+    assert load_settings().embedded
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "fragment"),
+    [
+        ("pools: [{name: a, replicas: ['http://x:1']}, {name: a, replicas: ['http://y:1']}]", "unique"),
+        ("pools: [{name: a, replicas: []}]", "replicas"),
+        ("pools: [{name: a, kind: tgi, replicas: ['http://x:1']}]", "kind"),
+        ("pools: [{name: a, replicas: ['not a url']}]", "replicas"),
+        ("max_body_bytes: 10", "max_body_bytes"),
+        ("no_such_setting: 1", "no_such_setting"),
+    ],
+)
+def test_bad_settings_are_refused(tmp_path: Path, yaml_text: str, fragment: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ValidationError, match=fragment):
+        load_settings(config_file=path)
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    path = tmp_path / "list.yaml"
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(ValueError, match="mapping"):
+        load_settings(config_file=path)
