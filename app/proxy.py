@@ -16,7 +16,7 @@ from app.upstream import (
     UpstreamTimeoutError,
 )
 from protocol import error_payload, sse_event
-from protocol.asgi import unless_disconnected
+from protocol.asgi import cancel_on_disconnect
 
 __all__ = ["SSE_HEADERS", "Proxy"]
 
@@ -34,27 +34,30 @@ class Proxy:
         self, request: Request, replica: Replica, path: str, body: bytes, headers: Mapping[str, str]
     ) -> Response:
         """Send `body` to `replica` and answer the client with what it says."""
-        upstream = await unless_disconnected(request, self._send(replica, path, body))
-        if upstream.status == 200 and upstream.content_type == "text/event-stream":
-            return StreamingResponse(
-                self._relay(upstream, replica),
-                media_type="text/event-stream",
-                headers={**SSE_HEADERS, **headers},
-            )
-        with replica.track():
-            try:
-                data = await unless_disconnected(request, upstream.read())
-            except UpstreamTimeoutError as exc:
-                raise UpstreamTimeout(f"The engine did not finish in time: {exc}") from exc
-            except UpstreamError as exc:
-                raise UpstreamFailed(f"The engine broke off its answer: {exc}") from exc
+        async with cancel_on_disconnect(request):
+            upstream = await self._send(replica, path, body)
+            if upstream.status == 200 and upstream.content_type == "text/event-stream":
+                return StreamingResponse(
+                    self._relay(upstream, replica),
+                    media_type="text/event-stream",
+                    headers={**SSE_HEADERS, **headers},
+                )
+            data = await self._read(upstream, replica)
         return Response(data, status_code=upstream.status, media_type=upstream.content_type, headers=dict(headers))
 
     async def call(self, replica: Replica, path: str, body: bytes) -> tuple[int, bytes]:
         """A whole request and answer, for the gateway's own use of an engine."""
         upstream = await self._send(replica, path, body)
+        return upstream.status, await self._read(upstream, replica)
+
+    async def _read(self, upstream: UpstreamResponse, replica: Replica) -> bytes:
         with replica.track():
-            return upstream.status, await upstream.read()
+            try:
+                return await upstream.read()
+            except UpstreamTimeoutError as exc:
+                raise UpstreamTimeout(f"The engine {replica.id} did not finish in time.") from exc
+            except UpstreamError as exc:
+                raise UpstreamFailed(f"The engine {replica.id} broke off its answer: {exc}") from exc
 
     async def _send(self, replica: Replica, path: str, body: bytes) -> UpstreamResponse:
         with replica.track():

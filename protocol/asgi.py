@@ -1,37 +1,47 @@
 """Helpers for the HTTP servers that speak the protocol (the gateway and the engines)."""
 
 import asyncio
-from collections.abc import Awaitable
-from typing import TypeVar
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from starlette.requests import Request
 
-__all__ = ["ClientDisconnected", "unless_disconnected"]
-
-T = TypeVar("T")
+__all__ = ["ClientDisconnected", "cancel_on_disconnect"]
 
 
 class ClientDisconnected(Exception):
     """The client went away before its answer was ready."""
 
 
-async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Await `work`, cancelling it as soon as the client disconnects.
+@asynccontextmanager
+async def cancel_on_disconnect(request: Request) -> AsyncIterator[None]:
+    """Cancel the enclosed work as soon as the client disconnects, raising ClientDisconnected.
 
-    Call it once the request body has been read: the next ASGI message is then
-    the disconnect.
+    Enter it once the request body has been read: the next ASGI message is then
+    the disconnect. One watcher task per request; the work itself runs in the
+    caller's task, so nothing is copied or scheduled on the fast path.
     """
-    task = asyncio.ensure_future(work)
-    watch = asyncio.ensure_future(_disconnect(request))
+    current = asyncio.current_task()
+    assert current is not None
+    gone = False
+
+    def on_disconnect(watch: "asyncio.Task[None]") -> None:
+        nonlocal gone
+        if not watch.cancelled() and watch.exception() is None:
+            gone = True
+            current.cancel()
+
+    watch = asyncio.create_task(_disconnect(request))
+    watch.add_done_callback(on_disconnect)
     try:
-        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+        yield
+    except asyncio.CancelledError:
+        if gone and current.uncancel() == 0:
+            raise ClientDisconnected from None
+        raise
     finally:
-        if not task.done():
-            task.cancel()
+        watch.remove_done_callback(on_disconnect)
         watch.cancel()
-    if not task.done() or task.cancelled():
-        raise ClientDisconnected
-    return task.result()
 
 
 async def _disconnect(request: Request) -> None:

@@ -24,7 +24,7 @@ from protocol import (
     describe_validation_error,
     error_payload,
 )
-from protocol.asgi import ClientDisconnected, unless_disconnected
+from protocol.asgi import ClientDisconnected, cancel_on_disconnect
 
 __all__ = ["create_app"]
 
@@ -87,7 +87,8 @@ def create_app(engine: Engine, *, model_root: str | None = None) -> FastAPI:
     ) -> Response:
         if stream:
             return StreamingResponse(chunks(generation), media_type="text/event-stream", headers=SSE_HEADERS)
-        body = await unless_disconnected(request, whole(generation))
+        async with cancel_on_disconnect(request):
+            body = await whole(generation)
         return JSONResponse(body.model_dump())
 
     @app.post("/v1/chat/completions")

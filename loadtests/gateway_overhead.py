@@ -1,0 +1,149 @@
+"""Benchmark: what the gateway adds on top of an instant engine, beside the thinnest pass-through.
+
+    python -m loadtests.gateway_overhead [--duration 10] [--markdown]
+
+Starts the fake instant engine, the thinnest FastAPI + aiohttp pass-through and
+the gateway, and drives each with wrk: non-streaming and streaming chat, one
+and 32 connections. The proxy under test gets CPU 0; wrk and the engine share
+CPU 1. Every figure comes from the same run, so compare ratios, not absolutes.
+Needs `wrk` (Debian: `apt-get install wrk`) and `taskset`.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from tests.servers import ServerProcess, free_port
+
+BODY = {"model": "instant", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
+
+LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = [[{body}]]
+"""
+
+
+@dataclass(frozen=True)
+class Result:
+    target: str
+    mode: str
+    connections: int
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def _ms(value: str, unit: str) -> float:
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def run_wrk(url: str, body: dict[str, object], connections: int, duration: int) -> tuple[float, float, float, int]:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(LUA.format(body=json.dumps(body)))
+    command = ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
+    output = subprocess.run(
+        [*command, "-s", script.name, url + "/v1/chat/completions"], capture_output=True, text=True, check=True
+    ).stdout
+    os.unlink(script.name)
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", output)
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", output)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    if p50 is None or p99 is None:
+        raise RuntimeError(f"unexpected wrk output:\n{output}")
+    return rate, _ms(*p50.groups()), _ms(*p99.groups()), int(errors.group(1)) if errors else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--connections", type=int, nargs="+", default=[1, 32])
+    args = parser.parse_args()
+    if shutil.which("wrk") is None or shutil.which("taskset") is None:
+        sys.exit("needs wrk and taskset: apt-get install wrk util-linux")
+    log_dir = Path(tempfile.mkdtemp(prefix="bench-"))
+
+    engine_port = free_port()
+    engine = ServerProcess(
+        "loadtests.pinned", ["1", "engines.instant", "--port", str(engine_port)], port=engine_port, log_dir=log_dir
+    ).wait_ready()
+    targets: list[tuple[str, ServerProcess | None]] = [("engine direct", None)]
+    results: list[Result] = []
+    try:
+        pass_port = free_port()
+        passthrough = ServerProcess(
+            "loadtests.pinned",
+            ["0", "loadtests.passthrough", "--upstream", engine.url, "--port", str(pass_port)],
+            port=pass_port,
+            log_dir=log_dir,
+            ready_path="/docs",
+        )
+        gw_port = free_port()
+        pools = [{"name": "bench", "replicas": [engine.url]}]
+        gateway = ServerProcess(
+            "loadtests.pinned",
+            ["0", "app", "--port", str(gw_port), "--log-level", "warning"],
+            port=gw_port,
+            log_dir=log_dir,
+            env={"SWITCHYARD_POOLS": json.dumps(pools)},
+            ready_path="/ready",
+        )
+        targets = [("engine direct", None), ("FastAPI + aiohttp pass-through", passthrough), ("gateway", gateway)]
+        for name, server in targets:
+            url = server.wait_ready().url if server else engine.url
+            for mode, body in (("json", BODY), ("sse", BODY | {"stream": True})):
+                httpx.post(url + "/v1/chat/completions", json=body, timeout=10).raise_for_status()
+                for connections in args.connections:
+                    rate, p50, p99, errors = run_wrk(url, body, connections, args.duration)
+                    results.append(Result(name, mode, connections, rate, p50, p99, errors))
+                    print(
+                        f"{name:32} {mode:4} c={connections:<3} {rate:9.0f} req/s  p50 {p50:7.2f} ms  "
+                        f"p99 {p99:7.2f} ms  errors {errors}",
+                        flush=True,
+                    )
+            if server:
+                server.stop()
+    finally:
+        for _, server in targets:
+            if server:
+                server.stop()
+        engine.stop()
+    print()
+    print(markdown(results))
+
+
+def markdown(results: list[Result]) -> str:
+    by_key = {(r.target, r.mode, r.connections): r for r in results}
+    lines = [
+        "| mode | c | engine direct req/s | pass-through req/s | gateway req/s | gateway / pass-through "
+        "| p50 direct | p50 pass-through | p50 gateway | added p50 vs direct |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for mode in ("json", "sse"):
+        for c in sorted({r.connections for r in results}):
+            d = by_key[("engine direct", mode, c)]
+            p = by_key[("FastAPI + aiohttp pass-through", mode, c)]
+            g = by_key[("gateway", mode, c)]
+            lines.append(
+                f"| {mode} | {c} | {d.requests_per_s:,.0f} | {p.requests_per_s:,.0f} | {g.requests_per_s:,.0f} "
+                f"| {g.requests_per_s / p.requests_per_s:.2f} | {d.p50_ms:.2f} ms | {p.p50_ms:.2f} ms "
+                f"| {g.p50_ms:.2f} ms | {g.p50_ms - d.p50_ms:+.2f} ms |"
+            )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    time.sleep(0)
+    main()
