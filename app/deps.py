@@ -9,7 +9,7 @@ from app.gateway import Gateway
 __all__ = ["GatewayDep"]
 
 
-def _gateway(request: Request) -> Gateway:
+async def _gateway(request: Request) -> Gateway:  # async: FastAPI runs sync dependencies on a thread
     gateway: Gateway = request.app.state.gateway
     return gateway
 

@@ -1,0 +1,58 @@
+"""The shipped configuration files load as the gateway would load them."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from app.settings import load_settings
+from tests.servers import ROOT
+
+
+def test_example_settings_file_loads() -> None:
+    settings = load_settings(config_file=ROOT / "deploy" / "gateway.example.yaml")
+    assert settings.region == "eu-west"
+    assert {p.kind for p in settings.pools} == {"vllm", "transformers"}
+
+
+def test_compose_gateway_routes_to_the_compose_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    gateway, engine = compose["services"]["gateway"], compose["services"]["engine"]
+    for name, value in gateway["environment"].items():
+        monkeypatch.setenv(name, value)
+    [pool] = load_settings().pools
+    engine_port = engine["command"][engine["command"].index("--port") + 1]
+    assert [str(url) for url in pool.replicas] == [f"http://engine:{engine_port}/"]
+    assert gateway["depends_on"]["engine"]["condition"] == "service_healthy"
+    assert (ROOT / gateway["build"]["context"] / gateway["build"]["dockerfile"]).exists()
+
+
+def test_env_example_names_every_setting() -> None:
+    from app.settings import GatewaySettings
+    from engines.transformers.settings import EngineSettings
+
+    text = (ROOT / ".env.example").read_text()
+    for field in GatewaySettings.model_fields:
+        assert f"SWITCHYARD_{field.upper()}=" in text, field
+    for field in EngineSettings.model_fields:
+        name = "SWITCHYARD_DATA_DIR" if field == "data_dir" else f"SWITCHYARD_ENGINE_{field.upper()}"
+        assert f"{name}=" in text, field
+    assert "SWITCHYARD_CONFIG=" in text
+    json.loads(next(line for line in text.splitlines() if "SWITCHYARD_POOLS=" in line).split("=", 1)[1])
+
+
+def test_readme_starts_with_the_two_commands() -> None:
+    readme = (ROOT / "README.md").read_text()
+    first_block = readme.split("```sh", 1)[1].split("```", 1)[0]
+    assert [line.split()[:2] for line in first_block.strip().splitlines()] == [["make", "run"], ["make", "test"]]
+    assert (ROOT / ".ci" / "run").read_text().strip().endswith("make test")
+
+
+def test_pyproject_pins_torch() -> None:
+    assert '"torch==2.13.0"' in (ROOT / "pyproject.toml").read_text()
+
+
+def test_data_paths_are_not_hardcoded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SWITCHYARD_DATA_DIR", str(tmp_path))
+    assert load_settings().data_dir == tmp_path
