@@ -17,7 +17,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,48 +77,44 @@ def main() -> None:
     engine_port = free_port()
     engine = ServerProcess(
         "loadtests.pinned", ["1", "engines.instant", "--port", str(engine_port)], port=engine_port, log_dir=log_dir
-    ).wait_ready()
-    targets: list[tuple[str, ServerProcess | None]] = [("engine direct", None)]
+    )
+    pass_port, gw_port = free_port(), free_port()
+    passthrough = ServerProcess(
+        "loadtests.pinned",
+        ["0", "loadtests.passthrough", "--upstream", engine.url, "--port", str(pass_port)],
+        port=pass_port,
+        log_dir=log_dir,
+        ready_path="/docs",
+    )
+    gateway = ServerProcess(
+        "loadtests.pinned",
+        ["0", "app", "--port", str(gw_port), "--log-level", "warning"],
+        port=gw_port,
+        log_dir=log_dir,
+        env={"SWITCHYARD_POOLS": json.dumps([{"name": "bench", "replicas": [engine.url]}])},
+        ready_path="/ready",
+    )
+    servers = [engine, passthrough, gateway]
+    targets = [("engine direct", engine), ("FastAPI + aiohttp pass-through", passthrough), ("gateway", gateway)]
     results: list[Result] = []
     try:
-        pass_port = free_port()
-        passthrough = ServerProcess(
-            "loadtests.pinned",
-            ["0", "loadtests.passthrough", "--upstream", engine.url, "--port", str(pass_port)],
-            port=pass_port,
-            log_dir=log_dir,
-            ready_path="/docs",
-        )
-        gw_port = free_port()
-        pools = [{"name": "bench", "replicas": [engine.url]}]
-        gateway = ServerProcess(
-            "loadtests.pinned",
-            ["0", "app", "--port", str(gw_port), "--log-level", "warning"],
-            port=gw_port,
-            log_dir=log_dir,
-            env={"SWITCHYARD_POOLS": json.dumps(pools)},
-            ready_path="/ready",
-        )
-        targets = [("engine direct", None), ("FastAPI + aiohttp pass-through", passthrough), ("gateway", gateway)]
-        for name, server in targets:
-            url = server.wait_ready().url if server else engine.url
-            for mode, body in (("json", BODY), ("sse", BODY | {"stream": True})):
-                httpx.post(url + "/v1/chat/completions", json=body, timeout=10).raise_for_status()
-                for connections in args.connections:
-                    rate, p50, p99, errors = run_wrk(url, body, connections, args.duration)
+        for server in servers:
+            server.wait_ready()
+        # Cell by cell, the three targets back to back: the machine's drift hits them alike.
+        for mode, body in (("json", BODY), ("sse", BODY | {"stream": True})):
+            for connections in args.connections:
+                for name, server in targets:
+                    httpx.post(server.url + "/v1/chat/completions", json=body, timeout=10).raise_for_status()
+                    rate, p50, p99, errors = run_wrk(server.url, body, connections, args.duration)
                     results.append(Result(name, mode, connections, rate, p50, p99, errors))
                     print(
                         f"{name:32} {mode:4} c={connections:<3} {rate:9.0f} req/s  p50 {p50:7.2f} ms  "
                         f"p99 {p99:7.2f} ms  errors {errors}",
                         flush=True,
                     )
-            if server:
-                server.stop()
     finally:
-        for _, server in targets:
-            if server:
-                server.stop()
-        engine.stop()
+        for server in servers:
+            server.stop()
     print()
     print(markdown(results))
 
@@ -145,5 +140,4 @@ def markdown(results: list[Result]) -> str:
 
 
 if __name__ == "__main__":
-    time.sleep(0)
     main()

@@ -77,3 +77,15 @@ def test_client_disconnect_before_a_whole_answer_stops_generation(
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(gateway.url + "/v1/chat/completions", json=_chat(1900, False), timeout=0.5)
     assert _wait_idle(engine, within=1.0) < 1.0
+
+
+def test_generation_does_not_block_the_engine_event_loop(engine: ServerProcess) -> None:
+    with httpx.stream("POST", engine.url + "/v1/chat/completions", json=_chat(1500, True), timeout=60) as response:
+        lines = response.iter_lines()
+        next(lines)
+        assert _running(engine) == 1
+        started = time.monotonic()
+        for _ in range(10):
+            assert httpx.get(engine.url + "/health", timeout=5).status_code == 200
+        assert (time.monotonic() - started) / 10 < 0.1, "health checks wait behind generation"
+    _wait_idle(engine, within=1.0)
