@@ -23,21 +23,13 @@ class FakeEngine:
         tokens_per_chunk: int = 1,
     ) -> None:
         self._reply = reply.encode()
-        self._model_name = model_name
-        self._max_model_len = max_model_len
+        self.model_name = model_name
+        self.max_model_len = max_model_len
         self._step_delay = step_delay
         self._tokens_per_chunk = tokens_per_chunk
         self.num_running = 0
         self.num_waiting = 0
         self.requests: list[GenerationRequest] = []
-
-    @property
-    def model_name(self) -> str:
-        return self._model_name
-
-    @property
-    def max_model_len(self) -> int:
-        return self._max_model_len
 
     def encode(self, text: str) -> list[int]:
         return list(text.encode())

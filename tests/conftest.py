@@ -27,12 +27,17 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("logs")
 
 
+def start_engine(model: Path, served_model_name: str, log_dir: Path) -> ServerProcess:
+    """A real Transformers engine process, answering."""
+    port = free_port()
+    args = ["--model", str(model), "--served-model-name", served_model_name, "--port", str(port)]
+    return ServerProcess("engines.transformers", args, port=port, log_dir=log_dir).wait_ready()
+
+
 @pytest.fixture(scope="session")
 def engine(builtin_model: Path, log_dir: Path) -> Iterator[ServerProcess]:
-    """A real Transformers engine process serving the built-in model."""
-    port = free_port()
-    args = ["--model", str(builtin_model), "--served-model-name", MODEL, "--port", str(port)]
-    server = ServerProcess("engines.transformers", args, port=port, log_dir=log_dir).wait_ready()
+    """The built-in model on a real engine, for the whole session."""
+    server = start_engine(builtin_model, MODEL, log_dir)
     yield server
     server.stop()
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import MODEL
+from tests.conftest import MODEL, start_engine
 from tests.servers import ServerProcess, free_port
 
 SECOND = "second-model"
@@ -16,9 +16,7 @@ SECOND = "second-model"
 
 @pytest.fixture(scope="module")
 def second_engine(builtin_model: Path, log_dir: Path) -> Iterator[ServerProcess]:
-    port = free_port()
-    args = ["--model", str(builtin_model), "--served-model-name", SECOND, "--port", str(port)]
-    server = ServerProcess("engines.transformers", args, port=port, log_dir=log_dir).wait_ready()
+    server = start_engine(builtin_model, SECOND, log_dir)
     yield server
     server.stop()
 
