@@ -76,6 +76,7 @@ class Pool:
 
 class PoolRegistry:
     def __init__(self, pools: list[PoolSettings]) -> None:
+        self._turns = itertools.count()
         self.pools: list[Pool] = []
         for config in pools:
             pool = Pool(config.name, config.region, config.kind, frozenset(config.models))
@@ -86,6 +87,10 @@ class PoolRegistry:
 
     def replicas(self) -> Iterator[Replica]:
         return itertools.chain.from_iterable(p.replicas for p in self.pools)
+
+    def next_turn(self) -> int:
+        """A counter that breaks ties between equally good replicas in turn."""
+        return next(self._turns)
 
     def any_healthy(self) -> bool:
         return any(r.healthy for r in self.replicas())

@@ -1,13 +1,9 @@
 """Which replica serves a request. The router package replaces `choose_replica` wholesale."""
 
-import itertools
-
 from app.errors import ModelNotFound, NoEngineAvailable
 from app.pools import PoolRegistry, Replica
 
 __all__ = ["choose_replica"]
-
-_tiebreak = itertools.count()
 
 
 def choose_replica(registry: PoolRegistry, model: str, region: str) -> Replica:
@@ -22,7 +18,7 @@ def choose_replica(registry: PoolRegistry, model: str, region: str) -> Replica:
         if serving or not registry.any_healthy():
             raise NoEngineAvailable(f"No engine that serves `{model}` is reachable right now; retry shortly.")
         raise ModelNotFound(model)
-    turn = next(_tiebreak)
+    turn = registry.next_turn()
     best = min(
         range(len(healthy)),
         key=lambda i: (healthy[i].pool.region != region, healthy[i].in_flight, (i - turn) % len(healthy)),
