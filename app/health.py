@@ -6,6 +6,7 @@ import logging
 import time
 from typing import Any
 
+from app.engine_metrics import RUNNING, WAITING, read_engine_gauges
 from app.pools import PoolRegistry, Replica
 from app.upstream import UpstreamClient, UpstreamError
 
@@ -33,6 +34,7 @@ class HealthMonitor:
             if status != 200:
                 raise UpstreamError(f"/health answered {status}")
             models = await self._models(replica)
+            await self._load(replica)
         except UpstreamError as exc:
             if replica.healthy:
                 log.warning("replica %s (%s) is down: %s", replica.id, replica.url, exc)
@@ -51,6 +53,13 @@ class HealthMonitor:
             return {str(card["id"]): dict(card) for card in cards}
         except (ValueError, KeyError, TypeError) as exc:
             raise UpstreamError(f"/v1/models answered an unreadable list: {exc}") from exc
+
+    async def _load(self, replica: Replica) -> None:
+        """Queue gauges from the engine's /metrics; an engine without them is still healthy."""
+        status, body = await self._client.get(f"{replica.url}/metrics", within=self._timeout)
+        gauges = read_engine_gauges(body.decode(errors="replace")) if status == 200 else {}
+        replica.engine_running = gauges.get(RUNNING)
+        replica.engine_waiting = gauges.get(WAITING)
 
     async def __aenter__(self) -> "HealthMonitor":
         await self.probe_all()

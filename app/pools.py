@@ -24,6 +24,14 @@ class Replica:
     last_error: str | None = None
     rtt_ms: float | None = None
     in_flight: int = 0
+    # Gauges scraped from the engine's /metrics (vLLM's names; ours exports the same).
+    engine_running: int | None = None
+    engine_waiting: int | None = None
+
+    @property
+    def load(self) -> int:
+        """Requests this gateway has in flight there, plus those queued inside the engine."""
+        return self.in_flight + (self.engine_waiting or 0)
 
     @contextmanager
     def track(self) -> Iterator[None]:
@@ -51,6 +59,8 @@ class Replica:
             "healthy": self.healthy,
             "models": sorted(self.pool.static_models or self.models),
             "in_flight": self.in_flight,
+            "engine_running": self.engine_running,
+            "engine_waiting": self.engine_waiting,
             "rtt_ms": None if self.rtt_ms is None else round(self.rtt_ms, 2),
             "last_error": self.last_error,
         }

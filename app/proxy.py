@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Mapping
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
+from app.engine_errors import normalize_error
 from app.errors import NoEngineAvailable, UpstreamFailed, UpstreamTimeout
 from app.pools import Replica
 from app.upstream import (
@@ -43,6 +44,9 @@ class Proxy:
                     headers={**SSE_HEADERS, **headers},
                 )
             data = await self._read(upstream, replica)
+        if upstream.status >= 400:
+            data = normalize_error(upstream.status, data)
+            return Response(data, status_code=upstream.status, media_type="application/json", headers=dict(headers))
         return Response(data, status_code=upstream.status, media_type=upstream.content_type, headers=dict(headers))
 
     async def call(self, replica: Replica, path: str, body: bytes) -> tuple[int, bytes]:

@@ -7,7 +7,7 @@ __all__ = ["choose_replica"]
 
 
 def choose_replica(registry: PoolRegistry, model: str, region: str) -> Replica:
-    """A healthy replica that serves `model`: own region first, then the least busy.
+    """A healthy replica that serves `model`: own region first, then the least loaded.
 
     Raises ModelNotFound when no replica that has ever answered serves the model,
     and NoEngineAvailable when those that serve it are all down, or none answers.
@@ -21,6 +21,6 @@ def choose_replica(registry: PoolRegistry, model: str, region: str) -> Replica:
     turn = registry.next_turn()
     best = min(
         range(len(healthy)),
-        key=lambda i: (healthy[i].pool.region != region, healthy[i].in_flight, (i - turn) % len(healthy)),
+        key=lambda i: (healthy[i].pool.region != region, healthy[i].load, (i - turn) % len(healthy)),
     )
     return healthy[best]

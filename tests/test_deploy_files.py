@@ -31,13 +31,15 @@ def test_compose_gateway_routes_to_the_compose_engine(monkeypatch: pytest.Monkey
 def test_env_example_names_every_setting() -> None:
     from app.settings import GatewaySettings
     from engines.transformers.settings import EngineSettings
+    from engines.vllm.settings import VllmSettings
 
     text = (ROOT / ".env.example").read_text()
     for field in GatewaySettings.model_fields:
         assert f"SWITCHYARD_{field.upper()}=" in text, field
-    for field in EngineSettings.model_fields:
-        name = "SWITCHYARD_DATA_DIR" if field == "data_dir" else f"SWITCHYARD_ENGINE_{field.upper()}"
-        assert f"{name}=" in text, field
+    for prefix, settings in (("SWITCHYARD_ENGINE_", EngineSettings), ("SWITCHYARD_VLLM_", VllmSettings)):
+        for field in settings.model_fields:
+            name = "SWITCHYARD_DATA_DIR" if field == "data_dir" else f"{prefix}{field.upper()}"
+            assert f"{name}=" in text, field
     assert "SWITCHYARD_CONFIG=" in text
     json.loads(next(line for line in text.splitlines() if "SWITCHYARD_POOLS=" in line).split("=", 1)[1])
 

