@@ -12,6 +12,7 @@ from typing import Literal, Protocol
 __all__ = [
     "Engine",
     "EngineError",
+    "EngineOverloaded",
     "GenerationRequest",
     "InvalidRequest",
     "ModelNotFound",
@@ -31,6 +32,14 @@ class InvalidRequest(EngineError):
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+
+
+class EngineOverloaded(EngineError):
+    """The engine's queue is full: answer 503 with Retry-After so the gateway can go elsewhere."""
+
+    def __init__(self, retry_after_s: int = 1) -> None:
+        super().__init__("The engine's queue is full; retry shortly or elsewhere.")
+        self.retry_after_s = retry_after_s
 
 
 class ModelNotFound(EngineError):
@@ -85,7 +94,11 @@ class Engine(Protocol):
         ...
 
     def generate(self, request: GenerationRequest) -> AsyncGenerator[TokenChunk, None]:
-        """Stream tokens. Closing the iterator early stops the generation promptly."""
+        """Stream tokens. Closing the iterator early stops the generation promptly.
+
+        An engine with admission control admits (or raises EngineOverloaded) when
+        this is called, before the stream is first read.
+        """
         ...
 
     async def aclose(self) -> None: ...

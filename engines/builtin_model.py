@@ -11,17 +11,40 @@ Building is atomic (a temporary folder renamed into place), so concurrent
 processes never see a half-written model.
 """
 
+import argparse
 import hashlib
 import os
 import shutil
-import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["BUILTIN_MODEL_NAME", "builtin_model_path", "ensure_builtin_model", "model_digest"]
+__all__ = [
+    "BUILTIN_MODEL_NAME",
+    "RECIPES",
+    "Recipe",
+    "builtin_model_path",
+    "ensure_builtin_model",
+    "model_digest",
+]
 
-# The name carries a recipe version: change the recipe, bump the suffix.
-BUILTIN_MODEL_NAME = "switchyard-tiny-v1"
+
+@dataclass(frozen=True)
+class Recipe:
+    """A model size. The name carries a recipe version: change a recipe, bump its suffix."""
+
+    name: str
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+
+
+TINY = Recipe("switchyard-tiny-v1", 128, 256, 2, 2, 1)  # 0.56 M parameters: the default everywhere
+SMALL = Recipe("switchyard-small-v1", 512, 1536, 8, 8, 2)  # 23 M parameters: for engine benchmarks
+RECIPES = {recipe.name: recipe for recipe in (TINY, SMALL)}
+BUILTIN_MODEL_NAME = TINY.name
 
 _SEED = 1234
 _VOCAB_SIZE = 2048
@@ -36,20 +59,20 @@ _CHAT_TEMPLATE = (
 )
 
 
-def builtin_model_path(data_dir: Path) -> Path:
-    return data_dir / "models" / BUILTIN_MODEL_NAME
+def builtin_model_path(data_dir: Path, recipe: Recipe = TINY) -> Path:
+    return data_dir / "models" / recipe.name
 
 
-def ensure_builtin_model(data_dir: Path) -> Path:
+def ensure_builtin_model(data_dir: Path, recipe: Recipe = TINY) -> Path:
     """The built-in model's folder, building it first if it is not cached yet."""
-    target = builtin_model_path(data_dir)
+    target = builtin_model_path(data_dir, recipe)
     if (target / "config.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
     staging.chmod(0o755)
     try:
-        _build(staging)
+        _build(staging, recipe)
         try:
             os.rename(staging, target)
         except OSError:
@@ -75,7 +98,7 @@ def _corpus() -> list[str]:
     return [(stdlib / f"{name}.py").read_text(encoding="utf-8") for name in _CORPUS_MODULES]
 
 
-def _build(folder: Path) -> None:
+def _build(folder: Path, recipe: Recipe) -> None:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -106,11 +129,11 @@ def _build(folder: Path) -> None:
 
     config = LlamaConfig(
         vocab_size=bpe.get_vocab_size(),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
+        hidden_size=recipe.hidden_size,
+        intermediate_size=recipe.intermediate_size,
+        num_hidden_layers=recipe.num_hidden_layers,
+        num_attention_heads=recipe.num_attention_heads,
+        num_key_value_heads=recipe.num_key_value_heads,
         head_dim=64,
         max_position_embeddings=2048,
         bos_token_id=tokenizer.bos_token_id,
@@ -129,9 +152,12 @@ def _build(folder: Path) -> None:
 
 
 def main() -> None:
-    """`python -m engines.builtin_model [DATA_DIR]`: build (or find) the model and print its path."""
-    data_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else Path.home() / ".cache" / "switchyard"
-    print(ensure_builtin_model(data_dir))
+    """`python -m engines.builtin_model [DATA_DIR] [--recipe NAME]`: build (or find) a model, print its path."""
+    parser = argparse.ArgumentParser(prog="python -m engines.builtin_model", description=main.__doc__)
+    parser.add_argument("data_dir", nargs="?", type=Path, default=Path.home() / ".cache" / "switchyard")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default=TINY.name)
+    args = parser.parse_args()
+    print(ensure_builtin_model(args.data_dir, RECIPES[args.recipe]))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 """The engine's OpenAI server over the fake engine: shapes, limits and errors."""
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import httpx
 import pytest
 
+from engines.base import EngineOverloaded, GenerationRequest, TokenChunk
 from engines.fake import FakeEngine
 from engines.server.api import create_app
 
@@ -115,3 +116,20 @@ async def test_models_health_and_metrics(client: httpx.AsyncClient) -> None:
     metrics = (await client.get("/metrics")).text
     assert 'vllm:num_requests_running{model_name="fake-model"} 0.0' in metrics
     assert 'vllm:num_requests_waiting{model_name="fake-model"} 0.0' in metrics
+
+
+class _FullEngine(FakeEngine):
+    """A fake whose queue is always full."""
+
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[TokenChunk, None]:
+        raise EngineOverloaded(retry_after_s=2)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_full_queue_is_503_with_retry_after_before_any_stream(stream: bool) -> None:
+    transport = httpx.ASGITransport(app=create_app(_FullEngine()))
+    async with httpx.AsyncClient(transport=transport, base_url="http://engine") as http:
+        response = await http.post("/v1/chat/completions", json=_chat(stream=stream))
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "2"
+    assert response.json()["error"]["code"] == "engine_overloaded"

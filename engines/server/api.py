@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
-from engines.base import Engine, InvalidRequest, ModelNotFound
+from engines.base import Engine, EngineOverloaded, InvalidRequest, ModelNotFound
 from engines.server.metrics import EngineMetrics
 from engines.server.serving import Generation, OpenAIServing
 from protocol import (
@@ -55,6 +55,12 @@ def create_app(engine: Engine, *, model_root: str | None = None) -> FastAPI:
     @app.exception_handler(ModelNotFound)
     async def unknown_model(_: Request, exc: ModelNotFound) -> JSONResponse:
         return _error(404, str(exc), param="model", code="model_not_found")
+
+    @app.exception_handler(EngineOverloaded)
+    async def overloaded(_: Request, exc: EngineOverloaded) -> JSONResponse:
+        response = _error(503, str(exc), type_="server_error", code="engine_overloaded")
+        response.headers["retry-after"] = str(exc.retry_after_s)
+        return response
 
     @app.exception_handler(ClientDisconnected)
     async def gone(_: Request, __: ClientDisconnected) -> Response:

@@ -2,12 +2,12 @@
 
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
-from engines.base import Engine, GenerationRequest, InvalidRequest
+from engines.base import Engine, GenerationRequest, InvalidRequest, TokenChunk
 from engines.server.textstream import TextStream
 from protocol import (
     DONE_EVENT,
@@ -44,6 +44,7 @@ class Generation:
     prompt_ids: list[int]
     request: GenerationRequest
     stops: list[str]
+    chunks: AsyncGenerator[TokenChunk, None]
     completion_tokens: int = 0
 
     @property
@@ -109,14 +110,15 @@ class OpenAIServing:
             top_p=1.0 if params.top_p is None else params.top_p,
             seed=params.seed,
         )
-        return Generation(prompt_ids, request, params.stop_sequences())
+        # Admitted now, so a full queue is a 503 before any response starts.
+        return Generation(prompt_ids, request, params.stop_sequences(), self._engine.generate(request))
 
     # --- running it ----------------------------------------------------------------------
 
     async def text(self, generation: Generation) -> AsyncIterator[TextPiece]:
         """Text deltas; the last piece carries the finish reason."""
         stream = TextStream(self._engine.decode, generation.stops)
-        async with aclosing(self._engine.generate(generation.request)) as chunks:
+        async with aclosing(generation.chunks) as chunks:
             async for chunk in chunks:
                 generation.completion_tokens += len(chunk.token_ids)
                 delta = stream.push(chunk.token_ids)

@@ -18,6 +18,8 @@ def parse_args(argv: list[str] | None = None) -> EngineSettings:
     parser.add_argument("--host")
     parser.add_argument("--port", type=int)
     parser.add_argument("--max-model-len", type=int, help="context length (default: the model's)")
+    parser.add_argument("--max-num-seqs", type=int, help="sequences decoded together (default 32)")
+    parser.add_argument("--max-queued-requests", type=int, help="waiting requests before 503 (default 128)")
     parser.add_argument("--data-dir", help="where the built-in model is cached")
     parser.add_argument("--log-level")
     given: dict[str, Any] = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
@@ -32,7 +34,13 @@ def main(argv: list[str] | None = None) -> None:
     else:
         model_path = resolve_model(settings.model)
         served = settings.served_model_name or settings.model
-    engine = TransformersEngine(model_path, served_model_name=served, max_model_len=settings.max_model_len)
+    engine = TransformersEngine(
+        model_path,
+        served_model_name=served,
+        max_model_len=settings.max_model_len,
+        max_batch_size=settings.max_num_seqs,
+        max_waiting=settings.max_queued_requests,
+    )
     app = create_app(engine, model_root=model_path)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
 

@@ -1,104 +1,46 @@
-"""A Transformers causal LM behind the engine interface.
+"""A Transformers causal LM behind the engine interface, with continuous batching.
 
-Generation runs on one worker thread, one request at a time, so the event loop
-never blocks; requests beyond the running one wait their turn and are counted
-as waiting. Each generation calls Transformers' own `generate()`, so greedy
-output is exactly `generate()`'s. Tokens reach the event loop through a
-streamer as they are produced, and a stopping criterion watches a cancel flag,
-so closing the stream stops the model at its next step.
+The model runs on the scheduler's worker thread (`engines.transformers.scheduler`);
+this class tokenizes, hands sequences over and turns the tokens the scheduler
+delivers into an async stream. Closing the stream cancels the sequence, which
+leaves the batch before the next decode step.
 """
 
 import asyncio
-import threading
+import weakref
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
-import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    GenerationConfig,
-    PreTrainedModel,
-    StoppingCriteria,
-    StoppingCriteriaList,
-)
-from transformers.generation.streamers import BaseStreamer
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from engines.base import GenerationRequest, InvalidRequest, TokenChunk, TokenFinish
+from engines.base import GenerationRequest, InvalidRequest, TokenChunk
+from engines.transformers.scheduler import Scheduler, SequenceState
 
-__all__ = ["TransformersEngine"]
-
-_END = object()
-
-
-class _Cancelled(StoppingCriteria):
-    def __init__(self, flag: threading.Event) -> None:
-        self._flag = flag
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
-        return torch.full((input_ids.shape[0],), self._flag.is_set(), dtype=torch.bool)  # type: ignore[return-value]
-
-
-class _LoopStreamer(BaseStreamer):
-    """Hands each new token to the event loop; holds back end-of-sequence tokens."""
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        queue: "asyncio.Queue[object]",
-        eos_ids: frozenset[int],
-        cancel: threading.Event,
-    ) -> None:
-        self._loop = loop
-        self._queue = queue
-        self._eos_ids = eos_ids
-        self._cancel = cancel
-        self._prompt_seen = False
-        self.count = 0
-        self.ended_on_eos = False
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self._prompt_seen:  # generate() first echoes the prompt
-            self._prompt_seen = True
-            return
-        token_ids = [int(t) for t in value.reshape(-1).tolist()]
-        self.count += len(token_ids)
-        if token_ids and token_ids[-1] in self._eos_ids:
-            self.ended_on_eos = True
-            token_ids = token_ids[:-1]
-        if token_ids:
-            self.send(TokenChunk(token_ids))
-
-    def end(self) -> None:
-        pass
-
-    def send(self, item: object) -> None:
-        try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
-        except RuntimeError:  # the loop has closed: nobody is listening any more
-            self._cancel.set()
+__all__ = ["TransformersEngine", "resolve_model"]
 
 
 class TransformersEngine:
-    def __init__(self, model: str, *, served_model_name: str, max_model_len: int | None = None) -> None:
+    def __init__(
+        self,
+        model: str,
+        *,
+        served_model_name: str,
+        max_model_len: int | None = None,
+        max_batch_size: int = 32,
+        max_waiting: int = 128,
+    ) -> None:
         self._tokenizer = AutoTokenizer.from_pretrained(model)
         loaded: PreTrainedModel = AutoModelForCausalLM.from_pretrained(model, dtype="auto")
-        self._model = loaded.eval()
+        loaded.eval()
         self._model_name = served_model_name
-        limit = getattr(self._model.config, "max_position_embeddings", None) or 2048
+        limit = getattr(loaded.config, "max_position_embeddings", None) or 2048
         self._max_model_len = min(max_model_len, limit) if max_model_len else int(limit)
-        eos = self._model.generation_config.eos_token_id
+        eos = loaded.generation_config.eos_token_id
         if eos is None:
             eos = self._tokenizer.eos_token_id
-        self._eos_ids = frozenset([eos] if isinstance(eos, int) else (eos or []))
-        pad = self._tokenizer.pad_token_id
-        self._pad_id = pad if pad is not None else next(iter(self._eos_ids), 0)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
-        self._slot = asyncio.Semaphore(1)
-        self._running = 0
-        self._waiting = 0
+        eos_ids = frozenset([eos] if isinstance(eos, int) else (eos or []))
+        self._scheduler = Scheduler(loaded, eos_ids=eos_ids, max_batch_size=max_batch_size, max_waiting=max_waiting)
+        self._scheduler.start()
 
     @property
     def model_name(self) -> str:
@@ -110,11 +52,11 @@ class TransformersEngine:
 
     @property
     def num_running(self) -> int:
-        return self._running
+        return self._scheduler.num_running
 
     @property
     def num_waiting(self) -> int:
-        return self._waiting
+        return self._scheduler.num_waiting
 
     def encode(self, text: str) -> list[int]:
         return list(self._tokenizer.encode(text, add_special_tokens=False))
@@ -133,85 +75,42 @@ class TransformersEngine:
     def decode(self, token_ids: Sequence[int]) -> str:
         return str(self._tokenizer.decode(list(token_ids), skip_special_tokens=True))
 
-    async def generate(self, request: GenerationRequest) -> AsyncGenerator[TokenChunk, None]:
-        self._waiting += 1
-        try:
-            await self._slot.acquire()
-        finally:
-            self._waiting -= 1
-        self._running += 1
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[TokenChunk, None]:
+        """Queue the sequence now (EngineOverloaded at once if the queue is full), stream its tokens later."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
-        cancel = threading.Event()
-        try:
-            work = loop.run_in_executor(self._executor, self._generate_blocking, request, loop, queue, cancel)
-        except BaseException:
-            self._release()
-            raise
-        # The slot frees when the thread really ends, not when the caller stops listening:
-        # the running gauge then tells the truth about the model's work.
-        work.add_done_callback(lambda _: self._release())
+
+        def deliver(item: object) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop has closed: nobody is listening any more
+                sequence.cancel.set()
+
+        sequence = SequenceState(request, deliver)
+        self._scheduler.submit(sequence)
+        stream = self._stream(sequence, queue)
+        # A stream dropped before its first read never runs its `finally`: cancel it when collected.
+        weakref.finalize(stream, sequence.cancel.set)
+        return stream
+
+    async def _stream(
+        self, sequence: SequenceState, queue: "asyncio.Queue[object]"
+    ) -> AsyncGenerator[TokenChunk, None]:
         try:
             while True:
                 item = await queue.get()
-                if isinstance(item, TokenChunk):
-                    yield item
-                    if item.finish_reason is not None:
-                        return
-                elif isinstance(item, BaseException):
+                if isinstance(item, BaseException):
                     raise item
-                elif item is _END:
+                assert isinstance(item, TokenChunk)
+                yield item
+                if item.finish_reason is not None:
                     return
         finally:
-            cancel.set()
-
-    def _release(self) -> None:
-        self._running -= 1
-        self._slot.release()
-
-    def _generate_blocking(
-        self,
-        request: GenerationRequest,
-        loop: asyncio.AbstractEventLoop,
-        queue: "asyncio.Queue[object]",
-        cancel: threading.Event,
-    ) -> None:
-        streamer = _LoopStreamer(loop, queue, self._eos_ids, cancel)
-        try:
-            if cancel.is_set():
-                return
-            if request.seed is not None:
-                torch.manual_seed(request.seed)  # safe: one generation at a time on this thread
-            sample = request.temperature > 0
-            config = GenerationConfig(
-                max_new_tokens=request.max_new_tokens,
-                do_sample=sample,
-                temperature=request.temperature if sample else None,
-                top_p=request.top_p if sample else None,
-                top_k=None,
-                eos_token_id=sorted(self._eos_ids) or None,
-                pad_token_id=self._pad_id,
-            )
-            input_ids = torch.tensor([list(request.prompt_ids)], dtype=torch.long)
-            with torch.inference_mode():
-                self._model.generate(
-                    input_ids,
-                    attention_mask=torch.ones_like(input_ids),
-                    generation_config=config,
-                    streamer=streamer,
-                    stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]),
-                )
-            finish: TokenFinish | None = None
-            if streamer.ended_on_eos:
-                finish = "stop"
-            elif streamer.count >= request.max_new_tokens:
-                finish = "length"
-            streamer.send(TokenChunk((), finish) if finish else _END)
-        except Exception as exc:
-            streamer.send(exc)
+            sequence.cancel.set()
+            self._scheduler.wake()
 
     async def aclose(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        await asyncio.to_thread(self._scheduler.stop)
 
 
 def resolve_model(model: str) -> str:

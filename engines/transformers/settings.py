@@ -16,6 +16,10 @@ class EngineSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8100, ge=0, le=65535)
     max_model_len: int | None = Field(default=None, ge=16)
+    # Sequences decoded together (vLLM: --max-num-seqs), and how many may wait beyond them
+    # before new requests get 503 + Retry-After at once.
+    max_num_seqs: int = Field(default=32, ge=1)
+    max_queued_requests: int = Field(default=128, ge=0)
     data_dir: Path = Field(
         default=Path.home() / ".cache" / "switchyard",
         validation_alias=AliasChoices("SWITCHYARD_DATA_DIR", "data_dir"),

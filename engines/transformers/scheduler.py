@@ -1,0 +1,186 @@
+"""Continuous (iteration-level) batching on one worker thread.
+
+Between two decode steps, waiting sequences are prefilled and join the batch,
+and finished or cancelled ones leave it, so a long request never holds short
+ones back. The model runs only on this thread: the event loop never blocks,
+and tokens reach it through each sequence's `deliver` callback.
+"""
+
+import collections
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import PreTrainedModel
+
+from engines.base import EngineError, EngineOverloaded, GenerationRequest, TokenChunk, TokenFinish
+from engines.transformers.batch import BatchCache
+
+__all__ = ["Scheduler", "SequenceState"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class SequenceState:
+    request: GenerationRequest
+    deliver: Callable[[object], None]  # thread-safe: a TokenChunk or an exception
+    cancel: threading.Event = field(default_factory=threading.Event)
+    generator: torch.Generator | None = None
+    generated: int = 0
+    last_token: int = 0
+    finished: bool = False
+
+    def __post_init__(self) -> None:
+        if self.request.seed is not None:
+            self.generator = torch.Generator().manual_seed(self.request.seed)
+
+    @property
+    def done(self) -> bool:
+        return self.finished or self.cancel.is_set()
+
+
+class Scheduler:
+    def __init__(
+        self, model: PreTrainedModel, *, eos_ids: frozenset[int], max_batch_size: int, max_waiting: int
+    ) -> None:
+        self._model = model
+        self._eos_ids = eos_ids
+        self._max_batch_size = max_batch_size
+        self._max_waiting = max_waiting
+        self._pending: collections.deque[SequenceState] = collections.deque()
+        self._running: list[SequenceState] = []
+        self._batch = BatchCache()
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
+
+    @property
+    def num_running(self) -> int:
+        return len(self._running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._pending)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        self._thread.join()
+
+    def submit(self, sequence: SequenceState) -> None:
+        """Queue a sequence; refuses at once when the queue is full."""
+        with self._wake:
+            if len(self._pending) >= self._max_waiting:
+                raise EngineOverloaded()
+            self._pending.append(sequence)
+            self._wake.notify()
+
+    def wake(self) -> None:
+        """Let an idle loop notice a cancellation."""
+        with self._wake:
+            self._wake.notify()
+
+    # --- the worker thread ----------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not (self._stopping or self._pending or self._running):
+                    self._wake.wait()
+                if self._stopping:
+                    break
+                room = self._max_batch_size - len(self._running)
+                joining = [self._pending.popleft() for _ in range(min(room, len(self._pending)))]
+            try:
+                with torch.inference_mode():
+                    for sequence in joining:
+                        if not sequence.cancel.is_set():
+                            self._prefill(sequence)
+                    self._retire()
+                    if self._running:
+                        self._decode()
+                        self._retire()
+            except Exception as exc:  # the model failed: fail the batch, keep serving
+                log.exception("generation step failed")
+                self._fail(self._running, exc)
+                self._running = []
+                self._batch.clear()
+        self._fail([*self._running, *self._pending], EngineError("the engine is shutting down"))
+
+    def _prefill(self, sequence: SequenceState) -> None:
+        prompt = torch.tensor([list(sequence.request.prompt_ids)], dtype=torch.long)
+        output = self._model(
+            input_ids=prompt,
+            attention_mask=torch.ones_like(prompt),
+            position_ids=torch.arange(prompt.shape[1])[None, :],
+            use_cache=True,
+        )
+        self._batch.add(output.past_key_values, prompt.shape[1])
+        self._running.append(sequence)
+        self._accept(sequence, self._sample(output.logits[:, -1], [sequence])[0])
+
+    def _decode(self) -> None:
+        assert self._batch.cache is not None
+        tokens = torch.tensor([[s.last_token] for s in self._running], dtype=torch.long)
+        mask, positions = self._batch.step_inputs()
+        output = self._model(
+            input_ids=tokens,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=self._batch.cache,
+            use_cache=True,
+        )
+        self._batch.advance()
+        for sequence, token in zip(self._running, self._sample(output.logits[:, -1], self._running), strict=True):
+            if not sequence.done:
+                self._accept(sequence, token)
+
+    def _accept(self, sequence: SequenceState, token: int) -> None:
+        sequence.generated += 1
+        finish: TokenFinish | None
+        emitted: tuple[int, ...]
+        if token in self._eos_ids:
+            finish, emitted = "stop", ()
+        else:
+            sequence.last_token = token
+            finish = "length" if sequence.generated >= sequence.request.max_new_tokens else None
+            emitted = (token,)
+        sequence.finished = finish is not None
+        sequence.deliver(TokenChunk(emitted, finish))
+
+    def _retire(self) -> None:
+        keep = [i for i, s in enumerate(self._running) if not s.done]
+        if len(keep) != len(self._running):
+            self._batch.keep(keep)
+            self._running = [self._running[i] for i in keep]
+
+    def _sample(self, logits: torch.Tensor, sequences: Sequence[SequenceState]) -> list[int]:
+        chosen: list[int] = logits.argmax(dim=-1).tolist()
+        for row, sequence in enumerate(sequences):
+            request = sequence.request
+            if request.temperature > 0:
+                probs = torch.softmax(logits[row].float() / request.temperature, dim=-1)
+                if request.top_p < 1:
+                    probs = _top_p(probs, request.top_p)
+                chosen[row] = int(torch.multinomial(probs, 1, generator=sequence.generator))
+        return chosen
+
+    @staticmethod
+    def _fail(sequences: Sequence[SequenceState], error: Exception) -> None:
+        for sequence in sequences:
+            sequence.deliver(error)
+
+
+def _top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose mass reaches `top_p` (at least one)."""
+    ordered, order = probs.sort(descending=True)
+    outside = ordered.cumsum(-1) - ordered >= top_p
+    ordered[outside] = 0
+    return torch.zeros_like(probs).scatter(-1, order, ordered)
