@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 __all__ = [
+    "AdapterNotFound",
     "Engine",
     "EngineError",
     "EngineOverloaded",
@@ -34,6 +35,10 @@ class InvalidRequest(EngineError):
         self.param = param
 
 
+class AdapterNotFound(InvalidRequest):
+    """Unloading an adapter that is not loaded (a 404, as vLLM answers)."""
+
+
 class EngineOverloaded(EngineError):
     """The engine's queue is full: answer 503 with Retry-After so the gateway can go elsewhere."""
 
@@ -56,6 +61,7 @@ class GenerationRequest:
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int | None = None
+    adapter: str | None = None  # a loaded LoRA adapter's name; None for the base model
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +98,22 @@ class Engine(Protocol):
     def decode(self, token_ids: Sequence[int]) -> str:
         """Text of `token_ids`, special tokens skipped."""
         ...
+
+    @property
+    def adapters(self) -> Mapping[str, str]:
+        """Loaded LoRA adapters, name to path; clients select one by sending its name as `model`."""
+        ...
+
+    @property
+    def max_loras(self) -> int: ...
+
+    def adapters_of(self, where: str) -> list[str]:
+        """Adapters of the `running` or `waiting` requests."""
+        ...
+
+    async def load_adapter(self, name: str, path: str, *, replace: bool = False) -> None: ...
+
+    async def unload_adapter(self, name: str) -> None: ...
 
     def generate(self, request: GenerationRequest) -> AsyncGenerator[TokenChunk, None]:
         """Stream tokens. Closing the iterator early stops the generation promptly.

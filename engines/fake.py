@@ -7,7 +7,7 @@ so the server layer can be tested without torch.
 import asyncio
 from collections.abc import AsyncGenerator, Mapping, Sequence
 
-from engines.base import GenerationRequest, TokenChunk
+from engines.base import AdapterNotFound, GenerationRequest, InvalidRequest, TokenChunk
 
 __all__ = ["FakeEngine"]
 
@@ -30,6 +30,20 @@ class FakeEngine:
         self.num_running = 0
         self.num_waiting = 0
         self.requests: list[GenerationRequest] = []
+        self.adapters: dict[str, str] = {}
+        self.max_loras = 2
+
+    def adapters_of(self, where: str) -> list[str]:
+        return []
+
+    async def load_adapter(self, name: str, path: str, *, replace: bool = False) -> None:
+        if name in self.adapters and not replace:
+            raise InvalidRequest(f"The lora adapter '{name}' has already been loaded.", "lora_name")
+        self.adapters[name] = path
+
+    async def unload_adapter(self, name: str) -> None:
+        if self.adapters.pop(name, None) is None:
+            raise AdapterNotFound(f"The lora adapter '{name}' cannot be found.", "lora_name")
 
     def encode(self, text: str) -> list[int]:
         return list(text.encode())

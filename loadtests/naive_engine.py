@@ -22,7 +22,7 @@ from transformers import (
 )
 from transformers.generation.streamers import BaseStreamer
 
-from engines.base import GenerationRequest, TokenChunk
+from engines.base import GenerationRequest, InvalidRequest, TokenChunk
 from engines.server.api import create_app
 
 
@@ -56,14 +56,27 @@ class NaiveEngine:
         self.max_model_len = int(self._model.config.max_position_embeddings)
         self.num_running = 0
         self.num_waiting = 0
+        self.adapters: dict[str, str] = {}
+        self.max_loras = 0
         self._executor = ThreadPoolExecutor(max_workers=1)
         self._slot = asyncio.Semaphore(1)
+
+    def adapters_of(self, where: str) -> list[str]:
+        return []
+
+    async def load_adapter(self, name: str, path: str, *, replace: bool = False) -> None:
+        raise InvalidRequest("the naive engine serves no adapters")
+
+    async def unload_adapter(self, name: str) -> None:
+        raise InvalidRequest("the naive engine serves no adapters")
 
     def encode(self, text: str) -> list[int]:
         return list(self._tokenizer.encode(text, add_special_tokens=False))
 
     def encode_chat(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
-        ids = self._tokenizer.apply_chat_template([dict(m) for m in messages], add_generation_prompt=True)
+        ids = self._tokenizer.apply_chat_template(
+            [dict(m) for m in messages], add_generation_prompt=True, tokenize=True, return_dict=False
+        )
         return [int(i) for i in ids]  # type: ignore[arg-type]
 
     def decode(self, token_ids: Sequence[int]) -> str:

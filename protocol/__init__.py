@@ -5,6 +5,7 @@ This package is a leaf: it imports nothing from the project, so every process
 each other's code.
 """
 
+from protocol.adapters import LoadLoraAdapterRequest, UnloadLoraAdapterRequest
 from protocol.chat import (
     ChatChoice,
     ChatChunkChoice,
@@ -43,11 +44,13 @@ __all__ = [
     "ErrorBody",
     "ErrorResponse",
     "FinishReason",
+    "LoadLoraAdapterRequest",
     "ModelCard",
     "ModelList",
     "ResponseMessage",
     "SamplingParams",
     "StreamOptions",
+    "UnloadLoraAdapterRequest",
     "Usage",
     "describe_validation_error",
     "error_payload",

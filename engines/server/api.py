@@ -8,19 +8,20 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
-from engines.base import Engine, EngineOverloaded, InvalidRequest, ModelNotFound
+from engines.base import AdapterNotFound, Engine, EngineOverloaded, InvalidRequest, ModelNotFound
 from engines.server.metrics import EngineMetrics
 from engines.server.serving import Generation, OpenAIServing
 from protocol import (
     ChatCompletionRequest,
     CompletionRequest,
+    LoadLoraAdapterRequest,
     ModelCard,
     ModelList,
-    SamplingParams,
+    UnloadLoraAdapterRequest,
     describe_validation_error,
     error_payload,
 )
@@ -28,7 +29,7 @@ from protocol.asgi import ClientDisconnected, cancel_on_disconnect
 
 __all__ = ["create_app"]
 
-R = TypeVar("R", bound=SamplingParams)
+M = TypeVar("M", bound=BaseModel)
 
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
@@ -50,7 +51,8 @@ def create_app(engine: Engine, *, model_root: str | None = None) -> FastAPI:
 
     @app.exception_handler(InvalidRequest)
     async def invalid(_: Request, exc: InvalidRequest) -> JSONResponse:
-        return _error(400, str(exc), param=exc.param)
+        status = 404 if isinstance(exc, AdapterNotFound) else 400
+        return _error(status, str(exc), param=exc.param)
 
     @app.exception_handler(ModelNotFound)
     async def unknown_model(_: Request, exc: ModelNotFound) -> JSONResponse:
@@ -74,15 +76,20 @@ def create_app(engine: Engine, *, model_root: str | None = None) -> FastAPI:
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
         return _error(500, f"internal engine error: {type(exc).__name__}", type_="server_error")
 
-    async def parse(request: Request, model: type[R]) -> R:
+    async def parse(request: Request, model: type[M]) -> M:
         try:
-            parsed = model.model_validate_json(await request.body())
+            return model.model_validate_json(await request.body())
         except ValidationError as exc:
             message, param = describe_validation_error(exc)
             raise InvalidRequest(message, param) from None
-        if parsed.model != engine.model_name:
-            raise ModelNotFound(parsed.model)
-        return parsed
+
+    def adapter_for(model: str) -> str | None:
+        """None for the base model, the adapter's name for a loaded adapter."""
+        if model == engine.model_name:
+            return None
+        if model in engine.adapters:
+            return model
+        raise ModelNotFound(model)
 
     async def respond(
         request: Request,
@@ -100,7 +107,7 @@ def create_app(engine: Engine, *, model_root: str | None = None) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         chat = await parse(request, ChatCompletionRequest)
-        generation = serving.prepare_chat(chat)
+        generation = serving.prepare_chat(chat, adapter_for(chat.model))
         return await respond(
             request,
             chat.stream,
@@ -112,7 +119,7 @@ def create_app(engine: Engine, *, model_root: str | None = None) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         completion = await parse(request, CompletionRequest)
-        generation = serving.prepare_completion(completion)
+        generation = serving.prepare_completion(completion, adapter_for(completion.model))
         return await respond(
             request,
             completion.stream,
@@ -123,8 +130,25 @@ def create_app(engine: Engine, *, model_root: str | None = None) -> FastAPI:
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        card = ModelCard(id=engine.model_name, root=model_root or engine.model_name)
-        return ModelList(data=[card]).model_dump()
+        cards = [ModelCard(id=engine.model_name, root=model_root or engine.model_name)]
+        cards += [ModelCard(id=name, root=path, parent=engine.model_name) for name, path in engine.adapters.items()]
+        return ModelList(data=cards).model_dump()
+
+    @app.post("/v1/load_lora_adapter")
+    async def load_lora_adapter(request: Request) -> PlainTextResponse:
+        load = await parse(request, LoadLoraAdapterRequest)
+        if load.lora_name == engine.model_name:
+            raise InvalidRequest(
+                f"The lora adapter '{load.lora_name}' conflicts with a served base model.", "lora_name"
+            )
+        await engine.load_adapter(load.lora_name, load.lora_path, replace=load.load_inplace)
+        return PlainTextResponse(f"Success: LoRA adapter '{load.lora_name}' added successfully.")
+
+    @app.post("/v1/unload_lora_adapter")
+    async def unload_lora_adapter(request: Request) -> PlainTextResponse:
+        unload = await parse(request, UnloadLoraAdapterRequest)
+        await engine.unload_adapter(unload.lora_name)
+        return PlainTextResponse(f"Success: LoRA adapter '{unload.lora_name}' removed successfully.")
 
     @app.get("/health")
     async def health() -> Response:

@@ -67,16 +67,16 @@ class OpenAIServing:
 
     # --- preparing a request -------------------------------------------------------------
 
-    def prepare_chat(self, request: ChatCompletionRequest) -> Generation:
+    def prepare_chat(self, request: ChatCompletionRequest, adapter: str | None = None) -> Generation:
         messages = []
         for i, message in enumerate(request.messages):
             if isinstance(message.content, list) and any(p.type != "text" for p in message.content):
                 raise InvalidRequest("only text content parts are supported", f"messages[{i}].content")
             messages.append({"role": message.role, "content": message.text()})
         prompt_ids = self._engine.encode_chat(messages)
-        return self._prepare(prompt_ids, request, request.token_limit(), "messages")
+        return self._prepare(prompt_ids, request, request.token_limit(), "messages", adapter)
 
-    def prepare_completion(self, request: CompletionRequest) -> Generation:
+    def prepare_completion(self, request: CompletionRequest, adapter: str | None = None) -> Generation:
         try:
             prompt = request.single_prompt()
         except ValueError as exc:
@@ -84,10 +84,15 @@ class OpenAIServing:
         prompt_ids = self._engine.encode(prompt) if isinstance(prompt, str) else prompt
         if not prompt_ids:
             raise InvalidRequest("the prompt is empty", "prompt")
-        return self._prepare(prompt_ids, request, request.max_tokens, "prompt")
+        return self._prepare(prompt_ids, request, request.max_tokens, "prompt", adapter)
 
     def _prepare(
-        self, prompt_ids: list[int], params: SamplingParams, token_limit: int | None, prompt_param: str
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        token_limit: int | None,
+        prompt_param: str,
+        adapter: str | None,
     ) -> Generation:
         _refuse_unsupported(params)
         room = self._engine.max_model_len - len(prompt_ids)
@@ -109,6 +114,7 @@ class OpenAIServing:
             temperature=1.0 if params.temperature is None else params.temperature,
             top_p=1.0 if params.top_p is None else params.top_p,
             seed=params.seed,
+            adapter=adapter,
         )
         # Admitted now, so a full queue is a 503 before any response starts.
         return Generation(prompt_ids, request, params.stop_sequences(), self._engine.generate(request))

@@ -20,6 +20,8 @@ def parse_args(argv: list[str] | None = None) -> EngineSettings:
     parser.add_argument("--max-model-len", type=int, help="context length (default: the model's)")
     parser.add_argument("--max-num-seqs", type=int, help="sequences decoded together (default 32)")
     parser.add_argument("--max-queued-requests", type=int, help="waiting requests before 503 (default 128)")
+    parser.add_argument("--max-loras", type=int, help="LoRA adapters held at once (default 8)")
+    parser.add_argument("--max-lora-rank", type=int, help="highest LoRA rank accepted (default 64)")
     parser.add_argument("--data-dir", help="where the built-in model is cached")
     parser.add_argument("--log-level")
     given: dict[str, Any] = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
@@ -40,6 +42,8 @@ def main(argv: list[str] | None = None) -> None:
         max_model_len=settings.max_model_len,
         max_batch_size=settings.max_num_seqs,
         max_waiting=settings.max_queued_requests,
+        max_loras=settings.max_loras,
+        max_lora_rank=settings.max_lora_rank,
     )
     app = create_app(engine, model_root=model_path)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)

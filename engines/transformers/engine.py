@@ -14,6 +14,7 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from engines.base import GenerationRequest, InvalidRequest, TokenChunk
+from engines.transformers.adapters import AdapterStore
 from engines.transformers.scheduler import Scheduler, SequenceState
 
 __all__ = ["TransformersEngine", "resolve_model"]
@@ -28,6 +29,8 @@ class TransformersEngine:
         max_model_len: int | None = None,
         max_batch_size: int = 32,
         max_waiting: int = 128,
+        max_loras: int = 8,
+        max_lora_rank: int = 64,
     ) -> None:
         self._tokenizer = AutoTokenizer.from_pretrained(model)
         loaded: PreTrainedModel = AutoModelForCausalLM.from_pretrained(model, dtype="auto")
@@ -39,7 +42,8 @@ class TransformersEngine:
         if eos is None:
             eos = self._tokenizer.eos_token_id
         eos_ids = frozenset([eos] if isinstance(eos, int) else (eos or []))
-        self._scheduler = Scheduler(loaded, eos_ids=eos_ids, max_batch_size=max_batch_size, max_waiting=max_waiting)
+        adapters = AdapterStore(loaded, max_loras=max_loras, max_lora_rank=max_lora_rank)
+        self._scheduler = Scheduler(adapters, eos_ids=eos_ids, max_batch_size=max_batch_size, max_waiting=max_waiting)
         self._scheduler.start()
 
     @property
@@ -57,6 +61,27 @@ class TransformersEngine:
     @property
     def num_waiting(self) -> int:
         return self._scheduler.num_waiting
+
+    @property
+    def adapters(self) -> Mapping[str, str]:
+        """Loaded LoRA adapters: name to path."""
+        return self._scheduler.adapters.paths()
+
+    @property
+    def max_loras(self) -> int:
+        return self._scheduler.adapters.max_loras
+
+    def adapters_of(self, where: str) -> list[str]:
+        return self._scheduler.adapters_of(where)
+
+    async def load_adapter(self, name: str, path: str, *, replace: bool = False) -> None:
+        store = self._scheduler.adapters
+        await asyncio.wrap_future(
+            self._scheduler.call(lambda: store.load(name, path, in_use=self._scheduler.in_use(), replace=replace))
+        )
+
+    async def unload_adapter(self, name: str) -> None:
+        await asyncio.wrap_future(self._scheduler.call(lambda: self._scheduler.adapters.unload(name)))
 
     def encode(self, text: str) -> list[int]:
         return list(self._tokenizer.encode(text, add_special_tokens=False))

@@ -10,13 +10,17 @@ import collections
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import torch
-from transformers import PreTrainedModel
 
-from engines.base import EngineError, EngineOverloaded, GenerationRequest, TokenChunk, TokenFinish
+from engines.base import EngineError, EngineOverloaded, GenerationRequest, ModelNotFound, TokenChunk, TokenFinish
+from engines.transformers.adapters import BASE, AdapterStore
 from engines.transformers.batch import BatchCache
+
+T = TypeVar("T")
 
 __all__ = ["Scheduler", "SequenceState"]
 
@@ -44,9 +48,10 @@ class SequenceState:
 
 class Scheduler:
     def __init__(
-        self, model: PreTrainedModel, *, eos_ids: frozenset[int], max_batch_size: int, max_waiting: int
+        self, adapters: AdapterStore, *, eos_ids: frozenset[int], max_batch_size: int, max_waiting: int
     ) -> None:
-        self._model = model
+        self.adapters = adapters
+        self._tasks: collections.deque[tuple[Callable[[], Any], Future[Any]]] = collections.deque()
         self._eos_ids = eos_ids
         self._max_batch_size = max_batch_size
         self._max_waiting = max_waiting
@@ -82,6 +87,26 @@ class Scheduler:
             self._pending.append(sequence)
             self._wake.notify()
 
+    def adapters_of(self, where: str) -> list[str]:
+        """Adapters of the `running` or `waiting` sequences (for vLLM's lora_requests_info)."""
+        with self._wake:  # the worker pops from the queue under this lock
+            sequences = list(self._running) if where == "running" else list(self._pending)
+        return sorted({s.request.adapter for s in sequences if s.request.adapter})
+
+    def call(self, work: Callable[[], T]) -> "Future[T]":
+        """Run `work` on the scheduler's thread between two decode steps."""
+        future: Future[T] = Future()
+        with self._wake:
+            if self._stopping:
+                raise EngineError("the engine is shutting down")
+            self._tasks.append((work, future))
+            self._wake.notify()
+        return future
+
+    def in_use(self) -> set[str]:
+        """Adapters that a running or waiting sequence needs; never evicted."""
+        return {s.request.adapter for s in (*self._running, *self._pending) if s.request.adapter}
+
     def wake(self) -> None:
         """Let an idle loop notice a cancellation."""
         with self._wake:
@@ -92,12 +117,19 @@ class Scheduler:
     def _loop(self) -> None:
         while True:
             with self._wake:
-                while not (self._stopping or self._pending or self._running):
+                while not (self._stopping or self._pending or self._running or self._tasks):
                     self._wake.wait()
                 if self._stopping:
                     break
+                tasks = list(self._tasks)
+                self._tasks.clear()
                 room = self._max_batch_size - len(self._running)
                 joining = [self._pending.popleft() for _ in range(min(room, len(self._pending)))]
+            for work, future in tasks:
+                try:
+                    future.set_result(work())
+                except Exception as exc:
+                    future.set_exception(exc)
             try:
                 with torch.inference_mode():
                     for sequence in joining:
@@ -109,18 +141,31 @@ class Scheduler:
                         self._retire()
             except Exception as exc:  # the model failed: fail the batch, keep serving
                 log.exception("generation step failed")
-                self._fail(self._running, exc)
+                self._fail([*self._running, *(s for s in joining if s not in self._running)], exc)
                 self._running = []
                 self._batch.clear()
         self._fail([*self._running, *self._pending], EngineError("the engine is shutting down"))
+        for _, future in self._tasks:
+            future.set_exception(EngineError("the engine is shutting down"))
+
+    def _forward(self, sequences: Sequence[SequenceState], **inputs: Any) -> Any:
+        if self.adapters.mixed:  # PEFT routes each row through its own adapter, or none
+            inputs["adapter_names"] = [s.request.adapter or BASE for s in sequences]
+        return self.adapters.model(**inputs, use_cache=True)
 
     def _prefill(self, sequence: SequenceState) -> None:
+        adapter = sequence.request.adapter
+        if adapter is not None:
+            if adapter not in self.adapters.paths():  # unloaded while the request waited
+                sequence.deliver(ModelNotFound(adapter))
+                return
+            self.adapters.touch(adapter)
         prompt = torch.tensor([list(sequence.request.prompt_ids)], dtype=torch.long)
-        output = self._model(
+        output = self._forward(
+            [sequence],
             input_ids=prompt,
             attention_mask=torch.ones_like(prompt),
             position_ids=torch.arange(prompt.shape[1])[None, :],
-            use_cache=True,
         )
         self._batch.add(output.past_key_values, prompt.shape[1])
         self._running.append(sequence)
@@ -130,12 +175,12 @@ class Scheduler:
         assert self._batch.cache is not None
         tokens = torch.tensor([[s.last_token] for s in self._running], dtype=torch.long)
         mask, positions = self._batch.step_inputs()
-        output = self._model(
+        output = self._forward(
+            self._running,
             input_ids=tokens,
             attention_mask=mask,
             position_ids=positions,
             past_key_values=self._batch.cache,
-            use_cache=True,
         )
         self._batch.advance()
         for sequence, token in zip(self._running, self._sample(output.logits[:, -1], self._running), strict=True):

@@ -20,6 +20,9 @@ class EngineSettings(BaseSettings):
     # before new requests get 503 + Retry-After at once.
     max_num_seqs: int = Field(default=32, ge=1)
     max_queued_requests: int = Field(default=128, ge=0)
+    # LoRA adapters held at once (least recently used evicted first), and the highest rank accepted.
+    max_loras: int = Field(default=8, ge=1)
+    max_lora_rank: int = Field(default=64, ge=1)
     data_dir: Path = Field(
         default=Path.home() / ".cache" / "switchyard",
         validation_alias=AliasChoices("SWITCHYARD_DATA_DIR", "data_dir"),
