@@ -91,3 +91,13 @@ async def test_a_full_queue_refuses_at_once(builtin_model: Path) -> None:
         await waiting.aclose()
     finally:
         await engine.aclose()
+
+
+async def test_a_long_request_does_not_hold_a_short_one_back(engine: TransformersEngine) -> None:
+    long = engine.generate(GenerationRequest(engine.encode("long"), max_new_tokens=1500, temperature=1.0))
+    await anext(long)
+    short = await _collect(engine, GenerationRequest(engine.encode("short"), max_new_tokens=5, temperature=0))
+    assert len(short) == 5
+    still = await anext(long)
+    assert still.finish_reason is None, "the short request finished while the long one still runs"
+    await long.aclose()

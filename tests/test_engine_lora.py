@@ -2,6 +2,7 @@
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,6 +70,16 @@ def _peft_reference(builtin_model: Path, adapter: Path, max_tokens: int) -> str:
             input_ids=inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=max_tokens, do_sample=False
         )
     return str(tokenizer.decode(output[0][len(ids) :], skip_special_tokens=True))
+
+
+@pytest.fixture(scope="module")
+def lora_gateway(lora_engine: ServerProcess, log_dir: Path) -> Iterator[ServerProcess]:
+    port = free_port()
+    pools = [{"name": "lora", "replicas": [lora_engine.url]}]
+    env = {"SWITCHYARD_POOLS": json.dumps(pools), "SWITCHYARD_HEALTH_INTERVAL_S": "0.2"}
+    server = ServerProcess("app", ["--port", str(port)], port=port, log_dir=log_dir, env=env).wait_ready()
+    yield server
+    server.stop()
 
 
 @pytest.fixture
@@ -170,3 +181,15 @@ def test_lora_requests_info_metric(clean: ServerProcess, adapters: dict[str, Pat
     line = next(line for line in metrics.splitlines() if line.startswith("vllm:lora_requests_info{"))
     assert 'max_lora="2"' in line
     assert 'running_lora_adapters=""' in line
+
+
+def test_the_gateway_routes_to_a_loaded_adapter(
+    clean: ServerProcess, lora_gateway: ServerProcess, adapters: dict[str, Path]
+) -> None:
+    assert _load(clean, "a", adapters["a"]).status_code == 200
+    deadline = time.monotonic() + 5
+    while "a" not in _models(lora_gateway):
+        assert time.monotonic() < deadline, "the gateway never listed the adapter"
+        time.sleep(0.1)
+    assert _models(lora_gateway)["a"]["parent"] == MODEL
+    assert _chat(lora_gateway, "a") == _chat(clean, "a")

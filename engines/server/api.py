@@ -1,4 +1,4 @@
-"""The engine's HTTP surface: OpenAI routes, `/health`, `/metrics`, `/v1/models`.
+"""The engine's HTTP surface: OpenAI routes, LoRA adapter management, `/health`, `/metrics`, `/v1/models`.
 
 Errors leave as the OpenAI envelope, so the gateway treats every engine alike.
 """

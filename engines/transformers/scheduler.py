@@ -57,6 +57,7 @@ class Scheduler:
         self._max_waiting = max_waiting
         self._pending: collections.deque[SequenceState] = collections.deque()
         self._running: list[SequenceState] = []
+        self._admitting = 0  # taken from the queue, not yet prefilled: still counted as running
         self._batch = BatchCache()
         self._wake = threading.Condition()
         self._stopping = False
@@ -64,7 +65,7 @@ class Scheduler:
 
     @property
     def num_running(self) -> int:
-        return len(self._running)
+        return len(self._running) + self._admitting
 
     @property
     def num_waiting(self) -> int:
@@ -89,7 +90,7 @@ class Scheduler:
 
     def adapters_of(self, where: str) -> list[str]:
         """Adapters of the `running` or `waiting` sequences (for vLLM's lora_requests_info)."""
-        with self._wake:  # the worker pops from the queue under this lock
+        with self._wake:  # the queue changes under this lock only
             sequences = list(self._running) if where == "running" else list(self._pending)
         return sorted({s.request.adapter for s in sequences if s.request.adapter})
 
@@ -105,7 +106,9 @@ class Scheduler:
 
     def in_use(self) -> set[str]:
         """Adapters that a running or waiting sequence needs; never evicted."""
-        return {s.request.adapter for s in (*self._running, *self._pending) if s.request.adapter}
+        with self._wake:
+            sequences = [*self._running, *self._pending]
+        return {s.request.adapter for s in sequences if s.request.adapter}
 
     def wake(self) -> None:
         """Let an idle loop notice a cancellation."""
@@ -125,6 +128,7 @@ class Scheduler:
                 self._tasks.clear()
                 room = self._max_batch_size - len(self._running)
                 joining = [self._pending.popleft() for _ in range(min(room, len(self._pending)))]
+                self._admitting = len(joining)
             for work, future in tasks:
                 try:
                     future.set_result(work())
@@ -135,6 +139,7 @@ class Scheduler:
                     for sequence in joining:
                         if not sequence.cancel.is_set():
                             self._prefill(sequence)
+                        self._admitting -= 1
                     self._retire()
                     if self._running:
                         self._decode()
@@ -143,6 +148,7 @@ class Scheduler:
                 log.exception("generation step failed")
                 self._fail([*self._running, *(s for s in joining if s not in self._running)], exc)
                 self._running = []
+                self._admitting = 0
                 self._batch.clear()
         self._fail([*self._running, *self._pending], EngineError("the engine is shutting down"))
         for _, future in self._tasks:
