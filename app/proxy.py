@@ -46,7 +46,10 @@ class Proxy:
             data = await self._read(upstream, replica)
         if upstream.status >= 400:
             data = normalize_error(upstream.status, data)
-            return Response(data, status_code=upstream.status, media_type="application/json", headers=dict(headers))
+            relayed = {k: v for k, v in upstream.headers.items() if k.lower() == "retry-after"}  # an engine's backoff
+            return Response(
+                data, status_code=upstream.status, media_type="application/json", headers={**relayed, **headers}
+            )
         return Response(data, status_code=upstream.status, media_type=upstream.content_type, headers=dict(headers))
 
     async def call(self, replica: Replica, path: str, body: bytes) -> tuple[int, bytes]:

@@ -84,8 +84,10 @@ def test_generation_does_not_block_the_engine_event_loop(engine: ServerProcess) 
         lines = response.iter_lines()
         next(line for line in lines if '"content":"' in line and '"role"' not in line)  # tokens are flowing
         assert _running(engine) == 1
-        started = time.monotonic()
         for _ in range(10):
+            started = time.monotonic()
             assert httpx.get(engine.url + "/health", timeout=5).status_code == 200
-        assert (time.monotonic() - started) / 10 < 0.1, "health checks wait behind generation"
+            # A blocked loop would answer after the whole generation (seconds); sharing two cores
+            # and the GIL with the decode thread costs tens of milliseconds.
+            assert time.monotonic() - started < 0.5, "health checks wait behind generation"
     _wait_idle(engine, within=1.0)

@@ -57,7 +57,7 @@ class Scheduler:
         self._max_waiting = max_waiting
         self._pending: collections.deque[SequenceState] = collections.deque()
         self._running: list[SequenceState] = []
-        self._admitting = 0  # taken from the queue, not yet prefilled: still counted as running
+        self._joining: list[SequenceState] = []  # taken from the queue, not yet prefilled: counted as running
         self._batch = BatchCache()
         self._wake = threading.Condition()
         self._stopping = False
@@ -65,7 +65,7 @@ class Scheduler:
 
     @property
     def num_running(self) -> int:
-        return len(self._running) + self._admitting
+        return len(self._running) + len(self._joining)
 
     @property
     def num_waiting(self) -> int:
@@ -81,9 +81,10 @@ class Scheduler:
         self._thread.join()
 
     def submit(self, sequence: SequenceState) -> None:
-        """Queue a sequence; refuses at once when the queue is full."""
+        """Queue a sequence; refuses at once when the batch is full and so is the queue."""
         with self._wake:
-            if len(self._pending) >= self._max_waiting:
+            free_slots = max(0, self._max_batch_size - self.num_running)
+            if len(self._pending) >= self._max_waiting + free_slots:
                 raise EngineOverloaded()
             self._pending.append(sequence)
             self._wake.notify()
@@ -127,8 +128,7 @@ class Scheduler:
                 tasks = list(self._tasks)
                 self._tasks.clear()
                 room = self._max_batch_size - len(self._running)
-                joining = [self._pending.popleft() for _ in range(min(room, len(self._pending)))]
-                self._admitting = len(joining)
+                self._joining = [self._pending.popleft() for _ in range(min(room, len(self._pending)))]
             for work, future in tasks:
                 try:
                     future.set_result(work())
@@ -136,19 +136,16 @@ class Scheduler:
                     future.set_exception(exc)
             try:
                 with torch.inference_mode():
-                    for sequence in joining:
-                        if not sequence.cancel.is_set():
-                            self._prefill(sequence)
-                        self._admitting -= 1
+                    for sequence in list(self._joining):
+                        self._prefill(sequence)
                     self._retire()
                     if self._running:
                         self._decode()
                         self._retire()
             except Exception as exc:  # the model failed: fail the batch, keep serving
                 log.exception("generation step failed")
-                self._fail([*self._running, *(s for s in joining if s not in self._running)], exc)
-                self._running = []
-                self._admitting = 0
+                self._fail([*self._running, *self._joining], exc)
+                self._running, self._joining = [], []
                 self._batch.clear()
         self._fail([*self._running, *self._pending], EngineError("the engine is shutting down"))
         for _, future in self._tasks:
@@ -160,9 +157,13 @@ class Scheduler:
         return self.adapters.model(**inputs, use_cache=True)
 
     def _prefill(self, sequence: SequenceState) -> None:
+        if sequence.cancel.is_set():
+            self._joining.remove(sequence)
+            return
         adapter = sequence.request.adapter
         if adapter is not None:
             if adapter not in self.adapters.paths():  # unloaded while the request waited
+                self._joining.remove(sequence)
                 sequence.deliver(ModelNotFound(adapter))
                 return
             self.adapters.touch(adapter)
@@ -175,6 +176,7 @@ class Scheduler:
         )
         self._batch.add(output.past_key_values, prompt.shape[1])
         self._running.append(sequence)
+        self._joining.remove(sequence)
         self._accept(sequence, self._sample(output.logits[:, -1], [sequence])[0])
 
     def _decode(self) -> None:
