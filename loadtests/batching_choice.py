@@ -7,7 +7,6 @@ built-in model. Each side runs one warm-up round first (the manager allocates
 its paged cache then); the figure is the second round.
 """
 
-import argparse
 import asyncio
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from transformers import AutoModelForCausalLM, GenerationConfig
 from engines.base import GenerationRequest
 from engines.builtin_model import RECIPES, ensure_builtin_model
 from engines.transformers.engine import TransformersEngine
+from loadtests.cli import bench_parser
 
 
 def prompts(engine: TransformersEngine, count: int) -> list[list[int]]:
@@ -83,10 +83,8 @@ async def run_ours(path: Path, name: str, requests: int, max_tokens: int) -> tup
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=32)
+    parser = bench_parser(__doc__, requests=32)
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--data-dir", type=Path, default=Path.home() / ".cache" / "switchyard")
     args = parser.parse_args()
     print("| model | sequential generate() | Transformers CB manager | ours | ours / CB manager |")
     print("|---|---|---|---|---|")

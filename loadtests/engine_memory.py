@@ -8,7 +8,6 @@ reading the process's VmRSS from /proc every 1,000 requests. Growth after the
 warm-up thousand is what a leak would show.
 """
 
-import argparse
 import asyncio
 import tempfile
 from pathlib import Path
@@ -17,6 +16,7 @@ import aiohttp
 import httpx
 
 from engines.builtin_model import BUILTIN_MODEL_NAME, ensure_builtin_model
+from loadtests.cli import bench_parser
 from tests.adapters import make_lora_adapter
 from tests.servers import ServerProcess, free_port
 
@@ -63,10 +63,8 @@ async def drive(url: str, pid: int, total: int, concurrency: int, adapter: str |
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=10_000)
+    parser = bench_parser(__doc__, requests=10_000)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--data-dir", type=Path, default=Path.home() / ".cache" / "switchyard")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="engine-memory-"))
     model = ensure_builtin_model(args.data_dir)

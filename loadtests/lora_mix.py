@@ -8,7 +8,6 @@ on the base model, (3) requests spread over base, adapter a and adapter b in
 one batch, (4) every request on adapter a.
 """
 
-import argparse
 import asyncio
 import tempfile
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 from engines.base import GenerationRequest
 from engines.builtin_model import RECIPES, ensure_builtin_model
 from engines.transformers.engine import TransformersEngine
+from loadtests.cli import bench_parser
 from tests.adapters import make_lora_adapter
 
 MIXES: dict[str, list[str | None]] = {
@@ -59,10 +59,8 @@ async def measure(model: Path, name: str, adapters: dict[str, Path], requests: i
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=32)
+    parser = bench_parser(__doc__, requests=32)
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--data-dir", type=Path, default=Path.home() / ".cache" / "switchyard")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="lora-mix-"))
     print("| model | " + " | ".join(MIXES) + " |")
