@@ -4,9 +4,10 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from app.admin import NodeManager
 from app.gateway import Gateway
 
-__all__ = ["GatewayDep"]
+__all__ = ["GatewayDep", "NodesDep"]
 
 
 async def _gateway(request: Request) -> Gateway:  # async: FastAPI runs sync dependencies on a thread
@@ -15,3 +16,11 @@ async def _gateway(request: Request) -> Gateway:  # async: FastAPI runs sync dep
 
 
 GatewayDep = Annotated[Gateway, Depends(_gateway)]
+
+
+async def _nodes(request: Request) -> NodeManager:
+    nodes: NodeManager = request.app.state.nodes
+    return nodes
+
+
+NodesDep = Annotated[NodeManager, Depends(_nodes)]

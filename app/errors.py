@@ -2,11 +2,16 @@
 
 GatewayError
 ├── InvalidRequest          400 invalid_request_error (names `param`)
+├── PermissionDenied        403 permission_denied
+├── NotFound                404 not_found
 ├── ModelNotFound           404 model_not_found
+├── Conflict                409 conflict
 ├── PayloadTooLarge         413 request_too_large
 ├── UnsupportedMediaType    415 unsupported_media_type
+├── Unprocessable           422 (the code names the check that failed)
 ├── UpstreamFailed          502 bad_gateway
 ├── NoEngineAvailable       503 engine_unavailable
+│   └── EngineUnreachable       (no connection: safe to try another replica)
 └── UpstreamTimeout         504 upstream_timeout
 """
 
@@ -21,11 +26,16 @@ from protocol import error_payload
 from protocol.asgi import ClientDisconnected
 
 __all__ = [
+    "EngineUnreachable",
     "GatewayError",
     "InvalidRequest",
+    "Conflict",
     "ModelNotFound",
+    "NotFound",
     "NoEngineAvailable",
     "PayloadTooLarge",
+    "PermissionDenied",
+    "Unprocessable",
     "UnsupportedMediaType",
     "UpstreamFailed",
     "UpstreamTimeout",
@@ -55,6 +65,24 @@ class InvalidRequest(GatewayError):
     type = "invalid_request_error"
 
 
+class PermissionDenied(GatewayError):
+    status = 403
+    type = "invalid_request_error"
+    code = "permission_denied"
+
+
+class NotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class Conflict(GatewayError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
 class ModelNotFound(GatewayError):
     status = 404
     type = "invalid_request_error"
@@ -76,6 +104,15 @@ class UnsupportedMediaType(GatewayError):
     code = "unsupported_media_type"
 
 
+class Unprocessable(GatewayError):
+    status = 422
+    type = "invalid_request_error"
+
+    def __init__(self, message: str, *, code: str, param: str | None = None) -> None:
+        super().__init__(message, param=param)
+        self.code = code
+
+
 class UpstreamFailed(GatewayError):
     status = 502
     code = "bad_gateway"
@@ -84,6 +121,10 @@ class UpstreamFailed(GatewayError):
 class NoEngineAvailable(GatewayError):
     status = 503
     code = "engine_unavailable"
+
+
+class EngineUnreachable(NoEngineAvailable):
+    """The replica refused or dropped the connection: nothing reached its model."""
 
 
 class UpstreamTimeout(GatewayError):

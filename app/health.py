@@ -1,77 +1,110 @@
-"""Active health probes: `/health` for liveness and round-trip time, `/v1/models` for what a replica serves."""
+"""Live state of every replica: active health probes and load scrapes, each on its own period.
+
+`/health` (whose round trip is the RTT sample for region order) and `/v1/models` every
+`health_interval`; `/metrics` (queue depth, running count, adapters in use) every
+`stats_interval`, since bounded loads need fresh engine queues.
+"""
 
 import asyncio
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from app.engine_metrics import RUNNING, WAITING, read_engine_gauges
+from app.engine_metrics import read_engine_stats
 from app.pools import PoolRegistry, Replica
 from app.upstream import UpstreamClient, UpstreamError
 
-__all__ = ["HealthMonitor"]
+__all__ = ["HealthMonitor", "check_replica"]
 
 log = logging.getLogger(__name__)
 
 
+async def check_replica(client: UpstreamClient, url: str, within: float) -> tuple[float, dict[str, dict[str, Any]]]:
+    """`/health` answers 200 and `/v1/models` a readable list: the round trip in ms, and the models."""
+    started = time.perf_counter()
+    status, _ = await client.get(f"{url}/health", within=within)
+    rtt_ms = (time.perf_counter() - started) * 1000
+    if status != 200:
+        raise UpstreamError(f"/health answered {status}")
+    status, body = await client.get(f"{url}/v1/models", within=within)
+    if status != 200:
+        raise UpstreamError(f"/v1/models answered {status}")
+    try:
+        cards = json.loads(body)["data"]
+        return rtt_ms, {str(card["id"]): dict(card) for card in cards}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UpstreamError(f"/v1/models answered an unreadable list: {exc}") from exc
+
+
 class HealthMonitor:
-    def __init__(self, registry: PoolRegistry, client: UpstreamClient, *, interval: float, timeout: float) -> None:
+    def __init__(
+        self,
+        registry: PoolRegistry,
+        client: UpstreamClient,
+        *,
+        interval: float,
+        stats_interval: float,
+        timeout: float,
+    ) -> None:
         self._registry = registry
         self._client = client
         self._interval = interval
+        self._stats_interval = stats_interval
         self._timeout = timeout
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def probe_all(self) -> None:
-        await asyncio.gather(*(self.probe(r) for r in self._registry.replicas()))
+        await asyncio.gather(*(self.probe(r) for r in list(self._registry.replicas())))
+
+    async def scrape_all(self) -> None:
+        await asyncio.gather(*(self.scrape(r) for r in list(self._registry.replicas()) if r.healthy))
 
     async def probe(self, replica: Replica) -> None:
-        started = time.perf_counter()
         try:
-            status, _ = await self._client.get(f"{replica.url}/health", within=self._timeout)
-            rtt_ms = (time.perf_counter() - started) * 1000
-            if status != 200:
-                raise UpstreamError(f"/health answered {status}")
-            models = await self._models(replica)
-            await self._load(replica)
+            rtt_ms, models = await check_replica(self._client, replica.url, self._timeout)
         except UpstreamError as exc:
             if replica.healthy:
                 log.warning("replica %s (%s) is down: %s", replica.id, replica.url, exc)
             replica.mark_down(str(exc))
+            self._registry.router.probe(replica.name, False, time.monotonic())
             return
         if not replica.healthy:
             log.info("replica %s (%s) is up, serving %s", replica.id, replica.url, sorted(models) or "-")
         replica.mark_up(models, rtt_ms)
+        self._registry.router.probe(replica.name, True, time.monotonic(), rtt_ms)
 
-    async def _models(self, replica: Replica) -> dict[str, dict[str, Any]]:
-        status, body = await self._client.get(f"{replica.url}/v1/models", within=self._timeout)
-        if status != 200:
-            raise UpstreamError(f"/v1/models answered {status}")
+    async def scrape(self, replica: Replica) -> None:
+        """Load from the engine's /metrics; an engine without them is still healthy."""
         try:
-            cards = json.loads(body)["data"]
-            return {str(card["id"]): dict(card) for card in cards}
-        except (ValueError, KeyError, TypeError) as exc:
-            raise UpstreamError(f"/v1/models answered an unreadable list: {exc}") from exc
-
-    async def _load(self, replica: Replica) -> None:
-        """Queue gauges from the engine's /metrics; an engine without them is still healthy."""
-        status, body = await self._client.get(f"{replica.url}/metrics", within=self._timeout)
-        gauges = read_engine_gauges(body.decode(errors="replace")) if status == 200 else {}
-        replica.engine_running = gauges.get(RUNNING)
-        replica.engine_waiting = gauges.get(WAITING)
+            status, body = await self._client.get(f"{replica.url}/metrics", within=self._timeout)
+        except UpstreamError:
+            return  # the health probe decides whether it is down
+        stats = read_engine_stats(body.decode(errors="replace")) if status == 200 else None
+        replica.engine_running = stats.running if stats else None
+        replica.engine_waiting = stats.waiting if stats else None
+        replica.active_adapters = stats.active_adapters if stats else frozenset()
 
     async def __aenter__(self) -> "HealthMonitor":
         await self.probe_all()
-        self._task = asyncio.create_task(self._loop(), name="health-monitor")
+        await self.scrape_all()
+        self._tasks = [
+            asyncio.create_task(self._every(self._interval, self.probe_all), name="health-probes"),
+            asyncio.create_task(self._every(self._stats_interval, self.scrape_all), name="load-scrapes"),
+        ]
         return self
 
     async def __aexit__(self, *_: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _loop(self) -> None:
+    @staticmethod
+    async def _every(period: float, action: Callable[[], Awaitable[None]]) -> None:
         while True:
-            await asyncio.sleep(self._interval)
-            await self.probe_all()
+            await asyncio.sleep(period)
+            try:
+                await action()
+            except Exception:  # a bug in one round must not stop the probes for good
+                log.exception("replica probe round failed")

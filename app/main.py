@@ -6,15 +6,17 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 
+from app.admin import NodeManager
 from app.embedded import EmbeddedEngine
 from app.errors import install_error_handlers
 from app.gateway import Gateway
 from app.health import HealthMonitor
-from app.pools import PoolRegistry
+from app.pools import PoolRegistry, Replica
 from app.proxy import Proxy
-from app.routes import openai, ops
+from app.routes import admin, openai, ops
 from app.settings import GatewaySettings, PoolSettings
 from app.upstream import UpstreamClient
+from router import OutlierPolicy, Router
 
 __all__ = ["create_app"]
 
@@ -44,11 +46,19 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                 pools = [
                     PoolSettings.model_validate({"name": "embedded", "region": settings.region, "replicas": [url]})
                 ]
-            registry = PoolRegistry(pools)
+            registry = PoolRegistry(pools, build_router(settings))
             await stack.enter_async_context(
-                HealthMonitor(registry, client, interval=settings.health_interval_s, timeout=settings.health_timeout_s)
+                HealthMonitor(
+                    registry,
+                    client,
+                    interval=settings.health_interval_s,
+                    stats_interval=settings.stats_interval_s,
+                    timeout=settings.health_timeout_s,
+                )
             )
-            app.state.gateway = Gateway(settings, registry, Proxy(client))
+            app.state.gateway = Gateway(settings, registry, Proxy(client, registry.report))
+            app.state.nodes = NodeManager(registry, client, timeout=settings.health_timeout_s)
+            stack.push_async_callback(app.state.nodes.aclose)
             log.info("gateway ready: %d pool(s) in region %s", len(registry.pools), settings.region)
             yield
 
@@ -56,4 +66,20 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(openai.router)
     app.include_router(ops.router)
+    app.include_router(admin.router)
     return app
+
+
+def build_router(settings: GatewaySettings) -> Router[Replica]:
+    return Router(
+        settings.region,
+        load_factor=settings.load_factor,
+        vnodes=settings.ring_vnodes,
+        latencies_ms=settings.region_latencies_ms,
+        outliers=OutlierPolicy(
+            consecutive_failures=settings.eject_after_failures,
+            base_ejection_s=settings.eject_base_s,
+            max_ejection_s=settings.eject_max_s,
+            max_ejected_fraction=settings.max_ejected_fraction,
+        ),
+    )

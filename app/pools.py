@@ -1,45 +1,78 @@
-"""What the gateway knows about its engine pools: replicas, their health and their models."""
+"""What the gateway knows about its engine pools: replicas, their health, load and models.
 
+The registry owns membership: replicas added or removed here (from the settings, or the
+admin API at run time) join or leave the router at once.
+"""
+
+import asyncio
 import itertools
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from app.settings import PoolKind, PoolSettings
+from router import Outcome, Router
 
-__all__ = ["Pool", "PoolRegistry", "Replica"]
+__all__ = ["Lease", "Pool", "PoolRegistry", "Replica"]
 
 
 @dataclass(eq=False, slots=True)
 class Replica:
-    """One engine server. Health comes from probes and from failed proxy attempts."""
+    """One engine server, as the router sees it (`router.Node`). Its URL is its place on the ring."""
 
     id: str
     url: str
     pool: "Pool"
     healthy: bool = False
     probed: bool = False
+    draining: bool = False
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     last_error: str | None = None
     rtt_ms: float | None = None
     in_flight: int = 0
-    # Gauges scraped from the engine's /metrics (vLLM's names; ours exports the same).
+    # From the engine's /metrics (vLLM's names; ours exports the same).
     engine_running: int | None = None
     engine_waiting: int | None = None
+    active_adapters: frozenset[str] = frozenset()
+    idle: asyncio.Event = field(default_factory=asyncio.Event)  # set while nothing is in flight
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+    @property
+    def name(self) -> str:
+        return self.url
+
+    @property
+    def region(self) -> str:
+        return self.pool.region
+
+    @property
+    def group(self) -> str:
+        return self.pool.name
+
+    @property
+    def capacity(self) -> int | None:
+        return self.pool.max_load
+
+    @property
+    def available(self) -> bool:
+        return self.healthy and not self.draining
 
     @property
     def load(self) -> int:
         """Requests this gateway has in flight there, plus those queued inside the engine."""
         return self.in_flight + (self.engine_waiting or 0)
 
-    @contextmanager
-    def track(self) -> Iterator[None]:
-        self.in_flight += 1
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
+    def serves(self, model: str) -> bool:
+        return model in self.pool.static_models or model in self.models
+
+    def holds(self, adapter: str) -> bool:
+        return adapter in self.active_adapters
+
+    def acquire(self) -> "Lease":
+        return Lease(self)
 
     def mark_up(self, models: dict[str, dict[str, Any]], rtt_ms: float) -> None:
         self.healthy, self.probed, self.last_error, self.rtt_ms = True, True, None, rtt_ms
@@ -49,21 +82,38 @@ class Replica:
     def mark_down(self, reason: str) -> None:
         self.healthy, self.last_error = False, reason
 
-    def serves(self, model: str) -> bool:
-        return model in self.pool.static_models or model in self.models
-
     def describe(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "url": self.url,
             "healthy": self.healthy,
+            "draining": self.draining,
             "models": sorted(self.pool.static_models or self.models),
             "in_flight": self.in_flight,
             "engine_running": self.engine_running,
             "engine_waiting": self.engine_waiting,
+            "active_adapters": sorted(self.active_adapters),
             "rtt_ms": None if self.rtt_ms is None else round(self.rtt_ms, 2),
             "last_error": self.last_error,
         }
+
+
+class Lease:
+    """One request's share of a replica's load, from choice to the end of its answer."""
+
+    __slots__ = ("replica",)
+
+    def __init__(self, replica: Replica) -> None:
+        self.replica: Replica | None = replica
+        replica.in_flight += 1
+        replica.idle.clear()
+
+    def release(self) -> None:
+        if self.replica is not None:
+            self.replica.in_flight -= 1
+            if not self.replica.in_flight:
+                self.replica.idle.set()
+            self.replica = None
 
 
 @dataclass(eq=False, slots=True)
@@ -72,38 +122,56 @@ class Pool:
     region: str
     kind: PoolKind
     static_models: frozenset[str]
+    max_load: int | None
     replicas: list[Replica] = field(default_factory=list)
+    _ids: Iterator[int] = field(default_factory=itertools.count)
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "region": self.region,
-            "kind": self.kind,
-            "healthy_replicas": sum(r.healthy for r in self.replicas),
-            "replicas": [r.describe() for r in self.replicas],
-        }
+    def next_id(self) -> str:
+        """Replica ids are never reused, so a removed replica's id cannot name a new one."""
+        return f"{self.name}-{next(self._ids)}"
+
+    def find(self, replica_id: str) -> Replica | None:
+        return next((r for r in self.replicas if r.id == replica_id), None)
 
 
 class PoolRegistry:
-    def __init__(self, pools: list[PoolSettings]) -> None:
-        self._turns = itertools.count()
-        self.pools: list[Pool] = []
+    def __init__(self, pools: list[PoolSettings], router: Router[Replica]) -> None:
+        self.router = router
+        self.pools: dict[str, Pool] = {}
         for config in pools:
-            pool = Pool(config.name, config.region, config.kind, frozenset(config.models))
-            pool.replicas = [
-                Replica(f"{config.name}-{i}", str(url).rstrip("/"), pool) for i, url in enumerate(config.replicas)
-            ]
-            self.pools.append(pool)
+            pool = Pool(config.name, config.region, config.kind, frozenset(config.models), config.max_load)
+            self.pools[pool.name] = pool
+            for url in config.replicas:
+                self.add_replica(pool, str(url))
+
+    def add_replica(self, pool: Pool, url: str) -> Replica:
+        """A new member of `pool` (not yet probed, so it takes no traffic until found healthy)."""
+        replica = Replica(pool.next_id(), url.rstrip("/"), pool)
+        self.router.add(replica)  # refuses a URL that is already routed to
+        pool.replicas.append(replica)
+        return replica
+
+    def remove_replica(self, replica: Replica) -> None:
+        replica.pool.replicas.remove(replica)
+        self.router.remove(replica.name)
+
+    def report(self, replica: Replica, outcome: Outcome) -> None:
+        """How a request to `replica` went, for the router's outlier detection."""
+        self.router.record(replica.name, outcome, time.monotonic())
+
+    def find_url(self, url: str) -> Replica | None:
+        url = url.rstrip("/")
+        return next((r for r in self.replicas() if r.url == url), None)
 
     def replicas(self) -> Iterator[Replica]:
-        return itertools.chain.from_iterable(p.replicas for p in self.pools)
-
-    def next_turn(self) -> int:
-        """A counter that breaks ties between equally good replicas in turn."""
-        return next(self._turns)
+        return itertools.chain.from_iterable(p.replicas for p in self.pools.values())
 
     def any_healthy(self) -> bool:
         return any(r.healthy for r in self.replicas())
+
+    def is_adapter(self, model: str) -> bool:
+        """A model that an engine lists with a `parent`: a LoRA adapter on that base model."""
+        return any(r.healthy and (r.models.get(model) or {}).get("parent") for r in self.replicas())
 
     def model_cards(self) -> list[dict[str, Any]]:
         """The union of the models that healthy replicas serve, one card per id."""
@@ -117,5 +185,24 @@ class PoolRegistry:
                 cards.setdefault(model, card)
         return [cards[k] for k in sorted(cards)]
 
-    def describe(self) -> list[dict[str, Any]]:
-        return [p.describe() for p in self.pools]
+    def describe(self, now: float) -> list[dict[str, Any]]:
+        return [self.describe_pool(pool, now) for pool in self.pools.values()]
+
+    def describe_pool(self, pool: Pool, now: float) -> dict[str, Any]:
+        return {
+            "name": pool.name,
+            "region": pool.region,
+            "kind": pool.kind,
+            "max_load": pool.max_load,
+            "healthy_replicas": sum(r.healthy for r in pool.replicas),
+            "replicas": [self.describe_replica(r, now) for r in pool.replicas],
+        }
+
+    def describe_replica(self, replica: Replica, now: float) -> dict[str, Any]:
+        outliers = self.router.outliers
+        until = outliers.ejected_until(replica.name)
+        return replica.describe() | {
+            "breaker": outliers.state(replica.name, now).value,
+            "ejected_for_s": None if until is None or until <= now else round(until - now, 1),
+            "times_ejected": outliers.times_ejected(replica.name),
+        }

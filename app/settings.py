@@ -30,6 +30,9 @@ class PoolSettings(BaseModel):
     replicas: list[HttpUrl] = Field(min_length=1)
     # Models this pool serves; when empty they are read from each replica's /v1/models.
     models: list[str] = []
+    # Load (requests in flight plus queued in the engine) at which a replica is saturated;
+    # when every replica of a region is, requests spill to the next region.
+    max_load: int | None = Field(default=64, ge=1)
 
 
 class GatewaySettings(BaseSettings):
@@ -42,6 +45,18 @@ class GatewaySettings(BaseSettings):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     health_interval_s: float = Field(default=2.0, gt=0)
     health_timeout_s: float = Field(default=2.0, gt=0)
+    stats_interval_s: float = Field(default=1.0, gt=0)
+    # Routing: consistent hashing with bounded loads, nearest region first.
+    load_factor: float = Field(default=1.25, ge=1.0, le=10.0)
+    ring_vnodes: int = Field(default=160, ge=1, le=10_000)
+    region_latencies_ms: dict[str, float] = {}
+    # Outlier ejection (circuit breaking) of replicas that keep failing.
+    eject_after_failures: int = Field(default=5, ge=1)
+    eject_base_s: float = Field(default=30.0, gt=0)
+    eject_max_s: float = Field(default=300.0, gt=0)
+    max_ejected_fraction: float = Field(default=0.5, ge=0, le=1)
+    # Attempts per request when a replica cannot be connected to (nothing reached it).
+    max_attempts: int = Field(default=3, ge=1, le=10)
     connect_timeout_s: float = Field(default=5.0, gt=0)
     read_timeout_s: float = Field(default=600.0, gt=0)
     max_upstream_connections: int = Field(default=1024, ge=1)
@@ -61,6 +76,10 @@ class GatewaySettings(BaseSettings):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"pool names must be unique; repeated: {', '.join(duplicates)}")
+        urls = [str(url).rstrip("/") for pool in pools for url in pool.replicas]
+        repeated = sorted({u for u in urls if urls.count(u) > 1})
+        if repeated:
+            raise ValueError(f"a replica belongs to one pool only; repeated: {', '.join(repeated)}")
         return pools
 
     @property

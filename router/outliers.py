@@ -1,10 +1,10 @@
 """Passive outlier detection: a circuit breaker per replica, fed by the outcome of each request.
 
 closed ──5 consecutive failures──▶ open (ejected for 30 s * times ejected, at most 300 s)
-open ──ejection over──▶ half-open: one trial request (or a passing health probe) decides
+open ──ejection over──▶ half-open: one trial request or health probe decides
 half-open ──success──▶ closed        half-open ──failure──▶ open again, for longer
 
-Failures are connect errors, timeouts and 5xx other than 503. An engine that answers 429 or
+Failures are connect errors, timeouts, 5xx other than 503, and failed health probes. An engine that answers 429 or
 503 is alive and shedding load (admission control), which says nothing against it. No more
 than half of a pool is ever ejected, so a fault that hits every replica (a poison request,
 the network of the gateway itself) cannot empty a pool.
@@ -91,23 +91,29 @@ class OutlierDetector:
     def record(self, name: str, outcome: Outcome, now: float, pool: Collection[str]) -> None:
         """The outcome of a request to `name`, one of the replicas in `pool`."""
         breaker = self._breakers.setdefault(name, _Breaker(closed_since=now))
-        half_open = self.state(name, now) is BreakerState.HALF_OPEN
+        state = self.state(name, now)
+        if state is BreakerState.OPEN:
+            return  # answers to requests sent before the ejection change nothing
+        half_open = state is BreakerState.HALF_OPEN
         breaker.trial_in_flight = False
         if outcome is Outcome.FAILURE:
             breaker.failures += 1
             if half_open or breaker.failures >= self.policy.consecutive_failures:
                 self._eject(name, breaker, now, pool)
-        elif outcome is Outcome.SUCCESS or (outcome is Outcome.REJECTED and half_open):
+        elif outcome is Outcome.SUCCESS:
             breaker.failures = 0
-            if breaker.ejected_until is not None:
+            if half_open:
                 self._close(name, breaker, now)
+        elif outcome is Outcome.REJECTED and half_open:
+            self._close(name, breaker, now)  # it answered: alive, if busy
 
-    def probe(self, name: str, ok: bool, now: float) -> None:
-        """An active health probe: a passing one ends a half-open state; an open one runs its course."""
-        if ok and self.state(name, now) is BreakerState.HALF_OPEN:
-            breaker = self._breakers[name]
-            breaker.failures = 0
-            self._close(name, breaker, now)
+    def probe(self, name: str, ok: bool, now: float, pool: Collection[str]) -> None:
+        """An active health probe. A failed one counts as a failed request (a dead replica is
+        ejected, and must then wait out its ejection); a passing one ends a half-open state."""
+        if not ok:
+            self.record(name, Outcome.FAILURE, now, pool)
+        elif self.state(name, now) is BreakerState.HALF_OPEN:
+            self._close(name, self._breakers[name], now)
 
     def ejected_until(self, name: str) -> float | None:
         breaker = self._breakers.get(name)
@@ -131,9 +137,12 @@ class OutlierDetector:
             breaker.times_ejected = 0  # healthy for a long while: start the backoff over
         breaker.times_ejected += 1
         breaker.ejected_until = now + self.policy.ejection_s(breaker.times_ejected)
+        breaker.trial_in_flight = False
         self._tripped.add(name)
 
     def _close(self, name: str, breaker: _Breaker, now: float) -> None:
+        breaker.failures = 0
+        breaker.trial_in_flight = False
         breaker.ejected_until = None
         breaker.closed_since = now
         self._tripped.discard(name)

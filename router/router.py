@@ -125,7 +125,7 @@ class Router(Generic[NodeT]):
         node = self._by_name.get(name)
         if node is None:
             return
-        self.outliers.probe(name, ok, now)
+        self.outliers.probe(name, ok, now, self._groups[node.group])
         if ok and rtt_ms is not None:
             self.regions.observe(node.region, rtt_ms)
 

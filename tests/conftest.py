@@ -27,9 +27,9 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("logs")
 
 
-def start_engine(model: Path, served_model_name: str, log_dir: Path) -> ServerProcess:
-    """A real Transformers engine process, answering."""
-    port = free_port()
+def start_engine(model: Path, served_model_name: str, log_dir: Path, port: int | None = None) -> ServerProcess:
+    """A real Transformers engine process, answering (on `port` to stand in for one that died)."""
+    port = port or free_port()
     args = ["--model", str(model), "--served-model-name", served_model_name, "--port", str(port)]
     return ServerProcess("engines.transformers", args, port=port, log_dir=log_dir).wait_ready()
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from app.engine_errors import normalize_error
-from app.engine_metrics import RUNNING, WAITING, read_engine_gauges
+from app.engine_metrics import EngineStats, read_engine_stats
 
 
 @pytest.mark.parametrize(
@@ -47,8 +47,20 @@ def test_gauges_are_summed_over_label_sets() -> None:
             'vllm:num_requests_waiting_by_reason{engine="0",model_name="m",reason="capacity"} 9.0',
         ]
     )
-    assert read_engine_gauges(text) == {RUNNING: 3, WAITING: 4}
+    assert read_engine_stats(text) == EngineStats(running=3, waiting=4)
 
 
-def test_unreadable_metrics_give_no_gauges() -> None:
-    assert read_engine_gauges("not { prometheus") == {}
+def test_adapters_in_use_come_from_the_newest_lora_info_sample() -> None:
+    text = "\n".join(
+        [
+            "# TYPE vllm:lora_requests_info gauge",
+            'vllm:lora_requests_info{max_lora="2",running_lora_adapters="old",waiting_lora_adapters=""} 100.0',
+            'vllm:lora_requests_info{max_lora="2",running_lora_adapters="sql,chat",waiting_lora_adapters="fr"} 200.0',
+            'vllm:lora_requests_info{max_lora="2",running_lora_adapters="",waiting_lora_adapters=""} 150.0',
+        ]
+    )
+    assert read_engine_stats(text).active_adapters == {"sql", "chat", "fr"}
+
+
+def test_unreadable_metrics_give_no_stats() -> None:
+    assert read_engine_stats("not { prometheus") == EngineStats()

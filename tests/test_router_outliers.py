@@ -87,12 +87,28 @@ def test_a_rejection_during_the_trial_shows_the_replica_is_alive() -> None:
 def test_a_passing_health_probe_ends_half_open_but_not_an_ejection() -> None:
     detector = OutlierDetector()
     _fail(detector, "a", 5, now=0.0)
-    detector.probe("a", True, 10.0)
+    detector.probe("a", True, 10.0, POOL)
     assert detector.state("a", 10.0) is BreakerState.OPEN
-    detector.probe("a", False, 31.0)
-    assert detector.state("a", 31.0) is BreakerState.HALF_OPEN
-    detector.probe("a", True, 32.0)
-    assert detector.state("a", 32.0) is BreakerState.CLOSED
+    detector.probe("a", True, 31.0, POOL)
+    assert detector.state("a", 31.0) is BreakerState.CLOSED
+
+
+def test_failed_health_probes_eject_and_keep_a_dead_replica_out_longer() -> None:
+    detector = OutlierDetector()
+    for second in range(5):
+        detector.probe("a", False, float(second), POOL)
+    assert detector.ejected_until("a") == 4.0 + 30.0
+    detector.probe("a", False, 20.0, POOL)  # while open: changes nothing
+    assert detector.ejected_until("a") == 34.0
+    detector.probe("a", False, 34.0, POOL)  # the half-open probe fails: out for longer
+    assert detector.ejected_until("a") == 34.0 + 60.0
+
+
+def test_failures_while_open_change_nothing() -> None:
+    detector = OutlierDetector()
+    _fail(detector, "a", 5, now=0.0)
+    _fail(detector, "a", 10, now=5.0)  # late answers to requests sent before the ejection
+    assert (detector.ejected_until("a"), detector.times_ejected("a")) == (30.0, 1)
 
 
 def test_never_more_than_half_a_pool_is_ejected() -> None:
@@ -101,7 +117,7 @@ def test_never_more_than_half_a_pool_is_ejected() -> None:
         _fail(detector, name, 5, now=0.0)
     assert [detector.state(name, 0.0) for name in POOL].count(BreakerState.OPEN) == 2
     # Once one is back, the next one that keeps failing can go.
-    detector.probe("a", True, 31.0)
+    detector.probe("a", True, 31.0, POOL)
     _fail(detector, "c", 1, now=31.0)
     assert detector.state("c", 31.0) is BreakerState.OPEN
 
@@ -115,10 +131,10 @@ def test_a_single_replica_pool_is_never_ejected() -> None:
 def test_the_backoff_starts_over_after_a_long_healthy_spell() -> None:
     detector = OutlierDetector()
     _fail(detector, "a", 5, now=0.0)
-    detector.probe("a", True, 30.0)
+    detector.probe("a", True, 30.0, POOL)
     _fail(detector, "a", 5, now=40.0)
     assert detector.ejected_until("a") == 40.0 + 60.0  # soon after: twice as long
-    detector.probe("a", True, 100.0)
+    detector.probe("a", True, 100.0, POOL)
     _fail(detector, "a", 5, now=100.0 + 300.0)
     assert detector.ejected_until("a") == 400.0 + 30.0  # five healthy minutes later: from the start
 

@@ -7,6 +7,7 @@ from fastapi.responses import Response
 
 from app.deps import GatewayDep
 from app.inputs import parse_body, read_json_body
+from app.routing import chat_key, completion_key
 from protocol import ChatCompletionRequest, CompletionRequest
 
 __all__ = ["router"]
@@ -18,14 +19,16 @@ router = APIRouter()
 async def chat_completions(request: Request, gateway: GatewayDep) -> Response:
     body = await read_json_body(request, gateway.settings.max_body_bytes)
     chat = parse_body(body, ChatCompletionRequest)
-    return await gateway.dispatch(request, "/v1/chat/completions", chat.model, body)
+    key = chat_key(request.headers, chat)
+    return await gateway.dispatch(request, "/v1/chat/completions", chat.model, key, body)
 
 
 @router.post("/v1/completions")
 async def completions(request: Request, gateway: GatewayDep) -> Response:
     body = await read_json_body(request, gateway.settings.max_body_bytes)
     completion = parse_body(body, CompletionRequest)
-    return await gateway.dispatch(request, "/v1/completions", completion.model, body)
+    key = completion_key(request.headers, completion)
+    return await gateway.dispatch(request, "/v1/completions", completion.model, key, body)
 
 
 @router.get("/v1/models")

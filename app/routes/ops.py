@@ -1,6 +1,7 @@
 """Liveness, readiness, pool status, and the original platform's `/predict` alias."""
 
 import json
+import time
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -12,8 +13,9 @@ from app.engine_errors import normalize_error
 from app.errors import NoEngineAvailable, UpstreamFailed
 from app.gateway import Gateway
 from app.inputs import parse_body, read_json_body
-from app.routing import choose_replica
+from app.routing import SESSION_HEADER, choose
 from protocol import ChatCompletion
+from router import routing_key
 
 __all__ = ["router"]
 
@@ -45,7 +47,7 @@ async def ready(gateway: GatewayDep) -> JSONResponse:
 
 @router.get("/status")
 async def status(gateway: GatewayDep) -> dict[str, Any]:
-    return {"region": gateway.settings.region, "pools": gateway.registry.describe()}
+    return {"region": gateway.settings.region, "pools": gateway.registry.describe(time.monotonic())}
 
 
 @router.post("/predict")
@@ -55,8 +57,9 @@ async def predict(request: Request, gateway: GatewayDep) -> JSONResponse:
     model = ask.model or gateway.settings.default_model or _first_model(gateway)
     chat: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": ask.text}]}
     chat |= {k: v for k, v in (("max_tokens", ask.max_tokens), ("temperature", ask.temperature)) if v is not None}
-    replica = choose_replica(gateway.registry, model, gateway.settings.region)
-    status_code, answer = await gateway.proxy.call(replica, "/v1/chat/completions", json.dumps(chat).encode())
+    key = routing_key(model=model, session_id=request.headers.get(SESSION_HEADER), user=None, prompt_head=ask.text)
+    decision = choose(gateway.registry, model, key, time.monotonic())
+    status_code, answer = await gateway.proxy.call(decision.node, "/v1/chat/completions", json.dumps(chat).encode())
     try:
         if status_code != 200:
             return JSONResponse(json.loads(normalize_error(status_code, answer)), status_code=status_code)

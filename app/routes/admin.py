@@ -1,0 +1,74 @@
+"""The admin API: pools and their replicas, managed at run time. Loopback only for now."""
+
+import ipaddress
+import time
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, HttpUrl
+
+from app.deps import GatewayDep, NodesDep
+from app.errors import PermissionDenied
+from app.inputs import parse_body, read_json_body
+
+__all__ = ["router"]
+
+
+async def _loopback_only(request: Request) -> None:
+    """Until token scopes guard it, the admin API answers only clients on this host."""
+    host = request.client.host if request.client else ""
+    try:
+        local = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        local = False
+    if not local:
+        raise PermissionDenied("The admin API answers only on loopback.")
+
+
+router = APIRouter(prefix="/admin", dependencies=[Depends(_loopback_only)])
+
+
+class AddReplica(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: HttpUrl
+
+
+@router.get("/pools")
+async def list_pools(gateway: GatewayDep) -> dict[str, Any]:
+    return {"region": gateway.settings.region, "pools": gateway.registry.describe(time.monotonic())}
+
+
+@router.get("/pools/{pool}")
+async def get_pool(pool: str, gateway: GatewayDep, nodes: NodesDep) -> dict[str, Any]:
+    return gateway.registry.describe_pool(nodes.pool(pool), time.monotonic())
+
+
+@router.post("/pools/{pool}/replicas", status_code=201)
+async def add_replica(pool: str, request: Request, gateway: GatewayDep, nodes: NodesDep) -> dict[str, Any]:
+    body = parse_body(await read_json_body(request, gateway.settings.max_body_bytes), AddReplica)
+    return nodes.describe(await nodes.add(pool, str(body.url)))
+
+
+@router.delete("/pools/{pool}/replicas/{replica_id}")
+async def remove_replica(pool: str, replica_id: str, nodes: NodesDep) -> JSONResponse:
+    """200 when removed at once; 202 while its requests finish (it is removed after them)."""
+    replica = nodes.replica(pool, replica_id)
+    if nodes.remove(replica):
+        return JSONResponse({"id": replica.id, "status": "removed"})
+    return JSONResponse(nodes.describe(replica) | {"status": "draining"}, status_code=202)
+
+
+@router.post("/pools/{pool}/replicas/{replica_id}/drain")
+async def drain_replica(pool: str, replica_id: str, nodes: NodesDep) -> dict[str, Any]:
+    replica = nodes.replica(pool, replica_id)
+    nodes.drain(replica)
+    return nodes.describe(replica)
+
+
+@router.post("/pools/{pool}/replicas/{replica_id}/undrain")
+async def undrain_replica(pool: str, replica_id: str, nodes: NodesDep) -> dict[str, Any]:
+    replica = nodes.replica(pool, replica_id)
+    nodes.undrain(replica)
+    return nodes.describe(replica)

@@ -1,0 +1,25 @@
+"""The admin API answers only clients on loopback (until token scopes guard it)."""
+
+import httpx
+import pytest
+
+from app.main import create_app
+from app.settings import GatewaySettings
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/admin/pools"),
+        ("POST", "/admin/pools/eu/replicas"),
+        ("DELETE", "/admin/pools/eu/replicas/eu-0"),
+        ("POST", "/admin/pools/eu/replicas/eu-0/drain"),
+    ],
+)
+async def test_other_hosts_are_refused(method: str, path: str) -> None:
+    app = create_app(GatewaySettings.model_validate({"pools": [{"name": "eu", "replicas": ["http://127.0.0.1:9"]}]}))
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+        response = await client.request(method, path)
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "permission_denied"

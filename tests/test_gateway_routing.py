@@ -1,0 +1,175 @@
+"""The gateway's side of routing: keys from requests, the registry as router nodes, and errors."""
+
+import pytest
+
+from app.errors import ModelNotFound, NoEngineAvailable
+from app.main import build_router
+from app.pools import PoolRegistry
+from app.proxy import outcome_of_status
+from app.routing import chat_key, choose, completion_key
+from app.settings import GatewaySettings, PoolSettings
+from protocol import ChatCompletionRequest, CompletionRequest
+from router import Outcome, Reason
+
+
+def _registry(**settings: object) -> PoolRegistry:
+    pools = [
+        PoolSettings.model_validate({"name": "eu", "region": "eu", "replicas": ["http://eu-1:1", "http://eu-2:1"]}),
+        PoolSettings.model_validate({"name": "us", "region": "us", "replicas": ["http://us-1:1"]}),
+    ]
+    return PoolRegistry(pools, build_router(GatewaySettings.model_validate({"region": "eu", **settings})))
+
+
+def _all_up(registry: PoolRegistry, cards: dict[str, dict[str, object]] | None = None) -> None:
+    for replica in registry.replicas():
+        replica.mark_up(dict(cards or {"m": {"id": "m"}}), rtt_ms=1.0)
+
+
+def _chat(**fields: object) -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate(
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}]} | fields
+    )
+
+
+def test_own_region_with_affinity() -> None:
+    registry = _registry()
+    _all_up(registry)
+    decisions = {choose(registry, "m", chat_key({}, _chat()), 0.0).node.id for _ in range(5)}
+    assert len(decisions) == 1
+    assert decisions <= {"eu-0", "eu-1"}
+
+
+def test_other_region_when_own_is_down() -> None:
+    registry = _registry()
+    _all_up(registry)
+    for replica in registry.pools["eu"].replicas:
+        replica.mark_down("connection refused")
+    decision = choose(registry, "m", "k", 0.0)
+    assert (decision.node.id, decision.reason) == ("us-0", Reason.UNAVAILABLE)
+
+
+def test_draining_replicas_take_no_new_requests() -> None:
+    registry = _registry()
+    _all_up(registry)
+    home = choose(registry, "m", "k", 0.0).node
+    home.draining = True
+    assert {choose(registry, "m", "k", 0.0).node.id for _ in range(5)} == {
+        next(r.id for r in registry.pools["eu"].replicas if r is not home)
+    }
+
+
+def test_saturated_region_spills() -> None:
+    registry = _registry()
+    _all_up(registry)
+    registry.pools["eu"].max_load = 1
+    for replica in registry.pools["eu"].replicas:
+        replica.acquire()
+    decision = choose(registry, "m", "k", 0.0)
+    assert (decision.region, decision.reason) == ("us", Reason.SATURATED)
+
+
+def test_engine_queue_counts_as_load() -> None:
+    registry = _registry()
+    _all_up(registry)
+    registry.pools["eu"].max_load = 4
+    for replica in registry.pools["eu"].replicas:
+        replica.engine_waiting = 4
+    assert choose(registry, "m", "k", 0.0).region == "us"
+
+
+def test_unknown_model_is_not_found_while_engines_answer() -> None:
+    registry = _registry()
+    _all_up(registry)
+    with pytest.raises(ModelNotFound):
+        choose(registry, "other", "k", 0.0)
+
+
+def test_known_model_with_all_its_replicas_down_is_unavailable() -> None:
+    registry = _registry()
+    _all_up(registry)
+    for replica in registry.replicas():
+        replica.mark_down("gone")
+    with pytest.raises(NoEngineAvailable):
+        choose(registry, "m", "k", 0.0)
+
+
+def test_nothing_reachable_is_unavailable_not_unknown() -> None:
+    with pytest.raises(NoEngineAvailable):
+        choose(_registry(), "m", "k", 0.0)
+
+
+def test_every_replica_tried_is_unavailable() -> None:
+    registry = _registry()
+    _all_up(registry)
+    with pytest.raises(NoEngineAvailable):
+        choose(registry, "m", "k", 0.0, exclude=[r.name for r in registry.replicas()])
+
+
+def test_static_models_need_no_discovery() -> None:
+    pools = [PoolSettings.model_validate({"name": "p", "replicas": ["http://a:1"], "models": ["fixed"]})]
+    registry = PoolRegistry(pools, build_router(GatewaySettings()))
+    registry.pools["p"].replicas[0].mark_up({"ignored": {}}, rtt_ms=1.0)
+    assert choose(registry, "fixed", "k", 0.0).node.id == "p-0"
+
+
+def test_adapters_go_where_they_are_loaded() -> None:
+    registry = _registry()
+    _all_up(registry, {"m": {"id": "m"}, "sql": {"id": "sql", "parent": "m"}})
+    assert registry.is_adapter("sql")
+    assert not registry.is_adapter("m")
+    key = chat_key({}, _chat(model="sql"))
+    home = choose(registry, "sql", key, 0.0).node
+    other = next(r for r in registry.pools["eu"].replicas if r is not home)
+    other.active_adapters = frozenset({"sql"})
+    decision = choose(registry, "sql", key, 0.0)
+    assert (decision.node, decision.reason) == (other, Reason.ADAPTER)
+
+
+def test_session_header_then_user_then_prompt() -> None:
+    by_session = chat_key({"x-session-id": "s1"}, _chat(user="alice"))
+    assert by_session.startswith("session:")
+    assert by_session == chat_key({"x-session-id": "s1"}, _chat(user="bob"))
+    assert chat_key({}, _chat(user="alice")).startswith("user:")
+    assert chat_key({}, _chat()).startswith("prompt:")
+
+
+def test_prompt_key_is_the_system_prompt_and_first_user_turn() -> None:
+    first = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]
+    later = [*first, {"role": "assistant", "content": "hi"}, {"role": "user", "content": "more"}]
+    assert chat_key({}, _chat(messages=first)) == chat_key({}, _chat(messages=later))
+    other_system = [{"role": "system", "content": "be verbose"}, {"role": "user", "content": "hello"}]
+    assert chat_key({}, _chat(messages=other_system)) != chat_key({}, _chat(messages=first))
+    assert chat_key({}, _chat(model="adapter", messages=first)) != chat_key({}, _chat(messages=first))
+
+
+def test_completion_keys() -> None:
+    text = CompletionRequest.model_validate({"model": "m", "prompt": "x" * 2000})
+    same_head = CompletionRequest.model_validate({"model": "m", "prompt": "x" * 1500})
+    tokens = CompletionRequest.model_validate({"model": "m", "prompt": [1, 2, 3]})
+    assert completion_key({}, text) == completion_key({}, same_head)
+    assert completion_key({}, tokens) != completion_key({}, text)
+    assert completion_key({"x-session-id": "s"}, text).startswith("session:")
+
+
+def test_a_replica_belongs_to_one_pool() -> None:
+    with pytest.raises(ValueError, match="one pool only"):
+        GatewaySettings.model_validate(
+            {"pools": [{"name": "a", "replicas": ["http://x:1"]}, {"name": "b", "replicas": ["http://x:1/"]}]}
+        )
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [
+        (200, Outcome.SUCCESS),
+        (400, Outcome.SUCCESS),  # the client's fault, not the replica's
+        (404, Outcome.SUCCESS),
+        (429, Outcome.REJECTED),
+        (503, Outcome.REJECTED),
+        (500, Outcome.FAILURE),
+        (502, Outcome.FAILURE),
+        (504, Outcome.FAILURE),
+    ],
+)
+def test_engine_answers_feed_the_breaker(status: int, outcome: Outcome) -> None:
+    assert outcome_of_status(status) is outcome
