@@ -76,6 +76,7 @@ def build_router(settings: GatewaySettings) -> Router[Replica]:
         load_factor=settings.load_factor,
         vnodes=settings.ring_vnodes,
         latencies_ms=settings.region_latencies_ms,
+        memory=settings.route_memory,
         outliers=OutlierPolicy(
             consecutive_failures=settings.eject_after_failures,
             base_ejection_s=settings.eject_base_s,

@@ -50,6 +50,8 @@ class GatewaySettings(BaseSettings):
     load_factor: float = Field(default=1.25, ge=1.0, le=10.0)
     ring_vnodes: int = Field(default=160, ge=1, le=10_000)
     region_latencies_ms: dict[str, float] = {}
+    # Keys remembered with the replica that served them last (it holds their newest prefix).
+    route_memory: int = Field(default=65_536, ge=0)
     # Outlier ejection (circuit breaking) of replicas that keep failing.
     eject_after_failures: int = Field(default=5, ge=1)
     eject_base_s: float = Field(default=30.0, gt=0)

@@ -11,6 +11,7 @@ N = TypeVar("N")
 
 class Reason(enum.Enum):
     AFFINITY = "affinity"  # the key's own replica in the nearest region
+    RECENT = "recent"  # the replica that served the key last (newest prefix), though not its ring home
     ADAPTER = "adapter"  # a replica with the request's adapter loaded, ahead of the key's own
     SPILL_OVER = "spill-over"  # the key's replica was at the load bound or saturated: the next on the ring
     EJECTED = "ejected"  # the key's replica was ejected, down or draining: the next on the ring

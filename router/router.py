@@ -1,9 +1,16 @@
 """The router: nearest region with room, and inside it consistent hashing with bounded loads.
 
+Optionally the router remembers, per key, the replica that served it last: a key goes back
+there while that replica is below the bound, because it holds the key's newest prefix (the
+whole conversation so far), where the ring's home may hold an older one. Without that
+memory a hot key that spills alternates between home and the next replica, missing the
+cache both ways (docs/benchmarks.md, routing trace).
+
 Pure and deterministic: the gateway passes the time, and the nodes it hands over carry their
 own live stats (load, health), read while routing. Nothing here does I/O.
 """
 
+from collections import OrderedDict
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
@@ -76,6 +83,7 @@ class Router(Generic[NodeT]):
         vnodes: int = DEFAULT_VNODES,
         latencies_ms: Mapping[str, float] | None = None,
         outliers: OutlierPolicy | None = None,
+        memory: int = 0,
     ) -> None:
         self.regions = RegionOrder(region, latencies_ms)
         self.outliers = OutlierDetector(outliers)
@@ -84,6 +92,9 @@ class Router(Generic[NodeT]):
         self._regions: dict[str, _Region[NodeT]] = {}
         self._groups: dict[str, set[str]] = {}
         self._by_name: dict[str, NodeT] = {}
+        # Key -> the replica that served it last, which holds its newest prefix (LRU, bounded).
+        self._memory_size = memory
+        self._last: OrderedDict[str, str] = OrderedDict()
 
     # membership
 
@@ -139,7 +150,7 @@ class Router(Generic[NodeT]):
         passed: list[tuple[str, str]] = []
         overloaded: tuple[str, _Choice[NodeT]] | None = None
         for region in self.regions.rank(self._regions):
-            choice = self._choose(self._regions[region], point, model, adapter, exclude, now)
+            choice = self._choose(self._regions[region], key, point, model, adapter, exclude, now)
             if choice is None:
                 passed.append((region, "unavailable"))
                 continue
@@ -161,6 +172,11 @@ class Router(Generic[NodeT]):
         self, key: str, region: str, choice: _Choice[NodeT], passed: list[tuple[str, str]], now: float
     ) -> Decision[NodeT]:
         trial = self.outliers.begin(choice.node.name, now)
+        if self._memory_size and choice.reason is not Reason.OVERLOADED:
+            self._last[key] = choice.node.name
+            self._last.move_to_end(key)
+            if len(self._last) > self._memory_size:
+                self._last.popitem(last=False)
         return Decision(
             choice.node, choice.node.name, region, key, choice.reason, choice.home, choice.bound, tuple(passed), trial
         )
@@ -168,6 +184,7 @@ class Router(Generic[NodeT]):
     def _choose(
         self,
         region: _Region[NodeT],
+        key: str,
         point: int,
         model: str,
         adapter: str | None,
@@ -196,6 +213,17 @@ class Router(Generic[NodeT]):
         bound = self._bound(sum(loads), len(loads))
         if adapter is not None and not any(node.holds(adapter) and eligible(node) for node in region.nodes.values()):
             adapter = None  # nobody has it loaded: no preference to walk for
+        last = region.nodes.get(self._last.get(key, "")) if self._memory_size else None
+        if (
+            last is not None
+            and eligible(last)
+            and last.load < bound
+            and (last.capacity is None or last.load < last.capacity)
+            and (adapter is None or last.holds(adapter))
+        ):
+            home_name = next(name for name in region.ring.walk(point) if region.nodes[name].serves(model))
+            reason = Reason.AFFINITY if last.name == home_name else Reason.RECENT
+            return _Choice(last, reason, home_name, bound, saturated=False)
         home: NodeT | None = None  # the key's own replica, whatever its state
         home_eligible = False
         first: NodeT | None = None  # the first eligible one, should all be saturated

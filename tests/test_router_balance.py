@@ -46,13 +46,21 @@ def test_no_replica_is_chosen_above_the_bound_under_any_load_vector(factor: floa
 
 
 @settings(max_examples=50, deadline=None)
-@given(FACTORS, st.integers(min_value=1, max_value=16), st.lists(st.integers(0, 20), min_size=50, max_size=400))
+@given(
+    FACTORS,
+    st.integers(min_value=1, max_value=16),
+    st.lists(st.integers(0, 20), min_size=50, max_size=400),
+    st.sampled_from([0, 8, 1000]),
+)
 def test_placing_requests_one_by_one_keeps_every_replica_within_the_bound(
-    factor: float, replicas: int, sessions: list[int]
+    factor: float, replicas: int, sessions: list[int], memory: int
 ) -> None:
-    """Skewed keys (few sessions, many requests) still cannot push a replica over ceil(c * mean)."""
+    """Skewed keys (few sessions, many requests) cannot push a replica over ceil(c * mean),
+    with or without the memory of where each key went last."""
     nodes = fake_nodes(replicas)
-    router = _router(nodes, factor)
+    router: Router[FakeNode] = Router("eu", load_factor=factor, memory=memory)
+    for node in nodes:
+        router.add(node)
     for placed, session in enumerate(sessions, start=1):
         decision = router.route(f"session:{session}", "m", 0.0)
         assert decision is not None

@@ -169,3 +169,47 @@ def test_routing_keys() -> None:
         model="m", session_id=None, user=None, prompt_head=long_head + "other"
     )
     assert "abc" not in by_session  # only a digest: safe to log
+
+
+def test_with_memory_a_key_stays_where_it_last_went_while_there_is_room() -> None:
+    nodes = fake_nodes(4, "eu")
+    router: Router[FakeNode] = Router("eu", memory=100)
+    for node in nodes:
+        router.add(node)
+    home = decide(router, KEY).node
+    home.load = 5
+    spilled = decide(router, KEY).node
+    assert spilled is not home
+    home.load = 0
+    decision = decide(router, KEY)  # back below the bound, but the newest prefix is on `spilled`
+    assert (decision.node, decision.reason, decision.home) == (spilled, Reason.RECENT, home.name)
+    spilled.load = 5
+    assert decide(router, KEY).node is home  # over the bound: memory yields
+
+
+def test_memory_is_bounded_and_forgets_the_oldest() -> None:
+    nodes = fake_nodes(3, "eu")
+    router: Router[FakeNode] = Router("eu", memory=2)
+    for node in nodes:
+        router.add(node)
+    keys = ["a", "b", "c"]
+    homes = {key: decide(router, key).node for key in keys}
+    spilled = {}
+    for key in keys:
+        homes[key].load = 9
+        spilled[key] = decide(router, key).node
+        homes[key].load = 0
+    # "a" was evicted by "b" and "c": it is routed by the ring again; "c" is remembered.
+    assert decide(router, "a").node is homes["a"]
+    assert decide(router, "c").node is spilled["c"]
+
+
+def test_memory_never_leaves_the_own_region() -> None:
+    router: Router[FakeNode] = Router("eu", memory=10)
+    eu = fake_nodes(1, "eu")
+    for node in [*eu, *fake_nodes(1, "us")]:
+        router.add(node)
+    eu[0].available = False
+    assert decide(router, KEY).region == "us"
+    eu[0].available = True
+    assert decide(router, KEY).region == "eu"
