@@ -68,13 +68,13 @@ class NodeManager:
 
     def drain(self, replica: Replica) -> None:
         """No new requests; those in flight, streams included, run to their end."""
-        replica.draining = True
+        replica.set_draining(True)
         log.info("replica %s draining, %d in flight", replica.id, replica.in_flight)
 
     def undrain(self, replica: Replica) -> None:
         if replica in self._removals:
             raise Conflict(f"Replica `{replica.id}` is being removed.", param="replica")
-        replica.draining = False
+        replica.set_draining(False)
 
     def remove(self, replica: Replica) -> bool:
         """Drain, then remove once nothing is in flight; True when it is gone already."""

@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from app.engine_metrics import read_engine_stats
+from app.engine_metrics import EngineStats, read_engine_stats
 from app.pools import PoolRegistry, Replica
 from app.upstream import UpstreamClient, UpstreamError
 
@@ -81,10 +81,7 @@ class HealthMonitor:
             status, body = await self._client.get(f"{replica.url}/metrics", within=self._timeout)
         except UpstreamError:
             return  # the health probe decides whether it is down
-        stats = read_engine_stats(body.decode(errors="replace")) if status == 200 else None
-        replica.engine_running = stats.running if stats else None
-        replica.engine_waiting = stats.waiting if stats else None
-        replica.active_adapters = stats.active_adapters if stats else frozenset()
+        replica.set_engine_stats(read_engine_stats(body.decode(errors="replace")) if status == 200 else EngineStats())
 
     async def __aenter__(self) -> "HealthMonitor":
         await self.probe_all()

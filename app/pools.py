@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.engine_metrics import EngineStats
 from app.settings import PoolKind, PoolSettings
 from router import Outcome, Router
 
@@ -19,7 +20,11 @@ __all__ = ["Lease", "Pool", "PoolRegistry", "Replica"]
 
 @dataclass(eq=False, slots=True)
 class Replica:
-    """One engine server, as the router sees it (`router.Node`). Its URL is its place on the ring."""
+    """One engine server, as the router sees it (`router.Node`). Its URL is its place on the ring.
+
+    `available` and `load` are kept as plain fields, updated by the methods that change what
+    they derive from, because the router reads them for every replica on every request.
+    """
 
     id: str
     url: str
@@ -27,10 +32,12 @@ class Replica:
     healthy: bool = False
     probed: bool = False
     draining: bool = False
+    available: bool = False  # healthy and not draining
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     last_error: str | None = None
     rtt_ms: float | None = None
     in_flight: int = 0
+    load: int = 0  # in flight from this gateway plus queued inside the engine
     # From the engine's /metrics (vLLM's names; ours exports the same).
     engine_running: int | None = None
     engine_waiting: int | None = None
@@ -56,17 +63,8 @@ class Replica:
     def capacity(self) -> int | None:
         return self.pool.max_load
 
-    @property
-    def available(self) -> bool:
-        return self.healthy and not self.draining
-
-    @property
-    def load(self) -> int:
-        """Requests this gateway has in flight there, plus those queued inside the engine."""
-        return self.in_flight + (self.engine_waiting or 0)
-
     def serves(self, model: str) -> bool:
-        return model in self.pool.static_models or model in self.models
+        return model in self.models or model in self.pool.static_models
 
     def holds(self, adapter: str) -> bool:
         return adapter in self.active_adapters
@@ -78,9 +76,19 @@ class Replica:
         self.healthy, self.probed, self.last_error, self.rtt_ms = True, True, None, rtt_ms
         if not self.pool.static_models:
             self.models = models
+        self.available = not self.draining
 
     def mark_down(self, reason: str) -> None:
-        self.healthy, self.last_error = False, reason
+        self.healthy, self.last_error, self.available = False, reason, False
+
+    def set_draining(self, draining: bool) -> None:
+        self.draining = draining
+        self.available = self.healthy and not draining
+
+    def set_engine_stats(self, stats: EngineStats) -> None:
+        self.engine_running, self.engine_waiting = stats.running, stats.waiting
+        self.active_adapters = stats.active_adapters
+        self.load = self.in_flight + (stats.waiting or 0)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -106,13 +114,16 @@ class Lease:
     def __init__(self, replica: Replica) -> None:
         self.replica: Replica | None = replica
         replica.in_flight += 1
+        replica.load += 1
         replica.idle.clear()
 
     def release(self) -> None:
-        if self.replica is not None:
-            self.replica.in_flight -= 1
-            if not self.replica.in_flight:
-                self.replica.idle.set()
+        replica = self.replica
+        if replica is not None:
+            replica.in_flight -= 1
+            replica.load -= 1
+            if not replica.in_flight:
+                replica.idle.set()
             self.replica = None
 
 

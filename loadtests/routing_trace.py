@@ -19,7 +19,11 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from app.main import build_router
+from app.pools import PoolRegistry
+from app.settings import GatewaySettings
 from router import DEFAULT_VNODES, HashRing, Router, routing_key, stable_hash
 
 Policy = Callable[[str, Sequence["SimNode"]], "SimNode"]
@@ -143,25 +147,38 @@ def simulate(trace: Trace, keys: list[str], nodes: list[SimNode], policy: Policy
     )
 
 
-def decision_cost_us(replicas: int, samples: int) -> float:
-    """Median µs per `Router.route` over five runs, loads spread and changing."""
-    rng = random.Random(7)
-    nodes = [SimNode(f"http://10.0.{i // 250}.{i % 250}:8000") for i in range(replicas)]
-    router: Router[SimNode] = Router("sim")
-    for node in nodes:
-        router.add(node)
-        node.load = rng.randrange(0, 32)
-    keys = [
-        routing_key(model="m", session_id=f"s{rng.randrange(10**9)}", user=None, prompt_head="") for _ in range(samples)
-    ]
+def _timed_routes(router: "Router[Any]", keys: list[str]) -> float:
+    """Median µs per `Router.route` over five passes over `keys`."""
     runs = []
     for _ in range(5):
         started = time.perf_counter()
         for key in keys:
             decision = router.route(key, "m", 0.0)
             assert decision is not None
-        runs.append((time.perf_counter() - started) / samples * 1e6)
+        runs.append((time.perf_counter() - started) / len(keys) * 1e6)
     return statistics.median(runs)
+
+
+def decision_cost_us(replicas: int, samples: int) -> tuple[float, float]:
+    """The router over plain nodes, and over the gateway's own replicas (live properties,
+    the gateway's settings: memory of where keys went last included)."""
+    rng = random.Random(7)
+    urls = [f"http://10.0.{i // 250}.{i % 250}:8000" for i in range(replicas)]
+    keys = [
+        routing_key(model="m", session_id=f"s{rng.randrange(10**9)}", user=None, prompt_head="") for _ in range(samples)
+    ]
+    plain: Router[SimNode] = Router("sim")
+    for url in urls:
+        plain.add(SimNode(url, load=rng.randrange(0, 32)))
+    settings = GatewaySettings.model_validate(
+        {"region": "sim", "pools": [{"name": "p", "region": "sim", "replicas": urls}]}
+    )
+    registry = PoolRegistry(settings.pools, build_router(settings))
+    for replica in registry.replicas():
+        replica.mark_up({"m": {"id": "m"}}, rtt_ms=1.0)
+        for _ in range(rng.randrange(0, 32)):
+            replica.acquire()
+    return _timed_routes(plain, keys), _timed_routes(registry.router, keys)
 
 
 def main() -> None:
@@ -204,10 +221,11 @@ def main() -> None:
                 f"| {result.max_over_mean:.2f} | {result.max_over_mean_p99:.2f} |"
             )
 
-    print("\n| replicas | µs per decision (median of 5 runs) |")
-    print("|---|---|")
+    print("\n| replicas | µs per decision, plain nodes | µs per decision, gateway replicas |")
+    print("|---|---|---|")
     for replicas in (8, 64, 256):
-        print(f"| {replicas} | {decision_cost_us(replicas, 20_000):.1f} |")
+        plain_us, gateway_us = decision_cost_us(replicas, 20_000)
+        print(f"| {replicas} | {plain_us:.1f} | {gateway_us:.1f} |")
 
 
 if __name__ == "__main__":

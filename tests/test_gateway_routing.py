@@ -2,6 +2,7 @@
 
 import pytest
 
+from app.engine_metrics import EngineStats
 from app.errors import ModelNotFound, NoEngineAvailable
 from app.main import build_router
 from app.pools import PoolRegistry
@@ -52,7 +53,7 @@ def test_draining_replicas_take_no_new_requests() -> None:
     registry = _registry()
     _all_up(registry)
     home = choose(registry, "m", "k", 0.0).node
-    home.draining = True
+    home.set_draining(True)
     assert {choose(registry, "m", "k", 0.0).node.id for _ in range(5)} == {
         next(r.id for r in registry.pools["eu"].replicas if r is not home)
     }
@@ -73,7 +74,7 @@ def test_engine_queue_counts_as_load() -> None:
     _all_up(registry)
     registry.pools["eu"].max_load = 4
     for replica in registry.pools["eu"].replicas:
-        replica.engine_waiting = 4
+        replica.set_engine_stats(EngineStats(running=2, waiting=4))
     assert choose(registry, "m", "k", 0.0).region == "us"
 
 
@@ -120,7 +121,7 @@ def test_adapters_go_where_they_are_loaded() -> None:
     key = chat_key({}, _chat(model="sql"))
     home = choose(registry, "sql", key, 0.0).node
     other = next(r for r in registry.pools["eu"].replicas if r is not home)
-    other.active_adapters = frozenset({"sql"})
+    other.set_engine_stats(EngineStats(active_adapters=frozenset({"sql"})))
     decision = choose(registry, "sql", key, 0.0)
     assert (decision.node, decision.reason) == (other, Reason.ADAPTER)
 
@@ -173,3 +174,28 @@ def test_a_replica_belongs_to_one_pool() -> None:
 )
 def test_engine_answers_feed_the_breaker(status: int, outcome: Outcome) -> None:
     assert outcome_of_status(status) is outcome
+
+
+def test_replica_keeps_its_load_and_availability_current() -> None:
+    registry = _registry()
+    replica = registry.pools["eu"].replicas[0]
+    assert not replica.available  # not probed yet
+    replica.mark_up({"m": {"id": "m"}}, rtt_ms=1.0)
+    assert replica.available
+    replica.set_draining(True)
+    assert not replica.available
+    replica.mark_down("gone")
+    replica.mark_up({"m": {"id": "m"}}, rtt_ms=1.0)
+    assert not replica.available  # still draining
+    replica.set_draining(False)
+    assert replica.available
+
+    first, second = replica.acquire(), replica.acquire()
+    replica.set_engine_stats(EngineStats(running=3, waiting=5))
+    assert (replica.in_flight, replica.load) == (2, 7)
+    first.release()
+    first.release()  # a lease releases once
+    assert (replica.in_flight, replica.load) == (1, 6)
+    second.release()
+    replica.set_engine_stats(EngineStats())
+    assert (replica.in_flight, replica.load, replica.idle.is_set()) == (0, 0, True)
