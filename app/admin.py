@@ -62,6 +62,7 @@ class NodeManager:
             raise Conflict(f"{url} was added meanwhile.", param="url")
         replica = self._registry.add_replica(pool, url)
         replica.mark_up(models, rtt_ms)
+        self._registry.refresh_models()
         self._registry.router.probe(replica.name, True, time.monotonic(), rtt_ms)
         log.info("replica %s (%s) added to pool %s", replica.id, url, pool.name)
         return replica

@@ -38,7 +38,7 @@ class Gateway:
         while True:
             decision = choose(self.registry, model, key, time.monotonic(), exclude=tried)
             replica = decision.node
-            log.info("%s %s -> %s", rid, path, decision.explain())
+            log.info("%s %s -> %s", rid, path, decision)  # explained only when logged
             headers = {"x-request-id": rid, "x-route-region": decision.region, "x-route-replica": replica.id}
             try:
                 return await self.proxy.forward(request, replica, path, body, headers)

@@ -57,6 +57,7 @@ class HealthMonitor:
 
     async def probe_all(self) -> None:
         await asyncio.gather(*(self.probe(r) for r in list(self._registry.replicas())))
+        self._registry.refresh_models()
 
     async def scrape_all(self) -> None:
         await asyncio.gather(*(self.scrape(r) for r in list(self._registry.replicas()) if r.healthy))

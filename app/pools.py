@@ -149,6 +149,7 @@ class PoolRegistry:
     def __init__(self, pools: list[PoolSettings], router: Router[Replica]) -> None:
         self.router = router
         self.pools: dict[str, Pool] = {}
+        self._adapters: frozenset[str] = frozenset()
         for config in pools:
             pool = Pool(config.name, config.region, config.kind, frozenset(config.models), config.max_load)
             self.pools[pool.name] = pool
@@ -182,7 +183,13 @@ class PoolRegistry:
 
     def is_adapter(self, model: str) -> bool:
         """A model that an engine lists with a `parent`: a LoRA adapter on that base model."""
-        return any(r.healthy and (r.models.get(model) or {}).get("parent") for r in self.replicas())
+        return model in self._adapters
+
+    def refresh_models(self) -> None:
+        """Re-read which models are adapters, after probes changed what replicas list."""
+        self._adapters = frozenset(
+            model for r in self.replicas() if r.healthy for model, card in r.models.items() if card.get("parent")
+        )
 
     def model_cards(self) -> list[dict[str, Any]]:
         """The union of the models that healthy replicas serve, one card per id."""

@@ -32,6 +32,9 @@ class Decision(Generic[N]):
     passed: tuple[tuple[str, str], ...] = ()  # regions passed over, with why
     trial: bool = False  # the half-open trial of an ejected replica
 
+    def __str__(self) -> str:
+        return self.explain()
+
     def explain(self) -> str:
         text = (
             f"{self.name} in {self.region}: {self.reason.value} (key {self.key}, home {self.home}, bound {self.bound}"

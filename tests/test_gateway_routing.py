@@ -116,6 +116,7 @@ def test_static_models_need_no_discovery() -> None:
 def test_adapters_go_where_they_are_loaded() -> None:
     registry = _registry()
     _all_up(registry, {"m": {"id": "m"}, "sql": {"id": "sql", "parent": "m"}})
+    registry.refresh_models()
     assert registry.is_adapter("sql")
     assert not registry.is_adapter("m")
     key = chat_key({}, _chat(model="sql"))
