@@ -5,11 +5,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from engines.builtin_model import BUILTIN_MODEL_NAME, ensure_builtin_model
 from tests.servers import ServerProcess, free_port
 
 MODEL = BUILTIN_MODEL_NAME
+
+# Property tests explore the same examples on every run (a red CI run reproduces), with no
+# per-example deadline: the machines are shared, and speed is measured in benchmarks.
+settings.register_profile(
+    "switchyard", derandomize=True, database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("switchyard")
 
 
 @pytest.fixture(scope="session")
