@@ -180,16 +180,17 @@ def test_engine_answers_feed_the_breaker(status: int, outcome: Outcome) -> None:
 def test_replica_keeps_its_load_and_availability_current() -> None:
     registry = _registry()
     replica = registry.pools["eu"].replicas[0]
-    assert not replica.available  # not probed yet
+    seen = [replica.available]  # not probed yet
     replica.mark_up({"m": {"id": "m"}}, rtt_ms=1.0)
-    assert replica.available
+    seen.append(replica.available)
     replica.set_draining(True)
-    assert not replica.available
+    seen.append(replica.available)
     replica.mark_down("gone")
     replica.mark_up({"m": {"id": "m"}}, rtt_ms=1.0)
-    assert not replica.available  # still draining
+    seen.append(replica.available)  # still draining
     replica.set_draining(False)
-    assert replica.available
+    seen.append(replica.available)
+    assert seen == [False, True, False, False, True]
 
     first, second = replica.acquire(), replica.acquire()
     replica.set_engine_stats(EngineStats(running=3, waiting=5))
