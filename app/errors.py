@@ -13,6 +13,7 @@ GatewayError
 ├── NoEngineAvailable       503 engine_unavailable
 │   └── EngineUnreachable       (no connection: safe to try another replica)
 └── UpstreamTimeout         504 upstream_timeout
+    └── DeadlineExceeded        504 deadline_exceeded (the request's own deadline passed)
 """
 
 import logging
@@ -26,6 +27,7 @@ from protocol import error_payload
 from protocol.asgi import ClientDisconnected
 
 __all__ = [
+    "DeadlineExceeded",
     "EngineUnreachable",
     "GatewayError",
     "InvalidRequest",
@@ -130,6 +132,10 @@ class EngineUnreachable(NoEngineAvailable):
 class UpstreamTimeout(GatewayError):
     status = 504
     code = "upstream_timeout"
+
+
+class DeadlineExceeded(UpstreamTimeout):
+    code = "deadline_exceeded"
 
 
 def install_error_handlers(app: FastAPI) -> None:

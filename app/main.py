@@ -13,6 +13,7 @@ from app.gateway import Gateway
 from app.health import HealthMonitor
 from app.pools import PoolRegistry, Replica
 from app.proxy import Proxy
+from app.retry_budget import RetryBudget
 from app.routes import admin, openai, ops
 from app.settings import GatewaySettings, PoolSettings
 from app.upstream import UpstreamClient
@@ -56,7 +57,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                     timeout=settings.health_timeout_s,
                 )
             )
-            app.state.gateway = Gateway(settings, registry, Proxy(client, registry.report))
+            budget = RetryBudget(settings.retry_budget_ratio, minimum=settings.retry_budget_min)
+            app.state.gateway = Gateway(settings, registry, Proxy(client, registry.report), budget)
             app.state.nodes = NodeManager(registry, client, timeout=settings.health_timeout_s)
             stack.push_async_callback(app.state.nodes.aclose)
             log.info("gateway ready: %d pool(s) in region %s", len(registry.pools), settings.region)

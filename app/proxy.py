@@ -3,8 +3,12 @@
 Each forward is an attempt: it holds a share of the replica's load from the moment the
 replica is chosen until the last byte of the answer, and reports how the replica did
 (success, failure, or an admission rejection) to the router's outlier detection.
+
+What an attempt may raise before anything reached the client is `Retryable`: the gateway
+decides whether another replica gets the request. Everything after the first byte is final.
 """
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 
@@ -12,6 +16,7 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from app.deadlines import Deadline
 from app.engine_errors import normalize_error
 from app.errors import EngineUnreachable, UpstreamFailed, UpstreamTimeout
 from app.pools import Lease, Replica
@@ -26,7 +31,16 @@ from protocol import error_payload, sse_event
 from protocol.asgi import cancel_on_disconnect
 from router import Outcome
 
-__all__ = ["SSE_HEADERS", "Proxy", "Report", "outcome_of_status"]
+__all__ = [
+    "RETRYABLE_STATUSES",
+    "SSE_HEADERS",
+    "AttemptTimeout",
+    "Proxy",
+    "Report",
+    "RetryableAnswer",
+    "outcome_of_status",
+    "retry_after_s",
+]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +48,32 @@ SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 _JSON_HEADERS = {"content-type": "application/json"}
 
 Report = Callable[[Replica, Outcome], None]
+
+# An engine's answers that another replica may well not give.
+RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+
+
+class AttemptTimeout(UpstreamTimeout):
+    """No response headers within the attempt's time: nothing reached the client yet."""
+
+
+class RetryableAnswer(Exception):
+    """An engine's 429/502/503/504, read whole and not yet sent: relayed if no retry is left."""
+
+    def __init__(self, response: Response, retry_after: float | None) -> None:
+        super().__init__(f"engine answered {response.status_code}")
+        self.response = response
+        self.retry_after = retry_after
+
+
+def retry_after_s(headers: Mapping[str, str]) -> float | None:
+    """An engine's `Retry-After` in seconds (the HTTP-date form is not used by engines)."""
+    value = headers.get("retry-after")
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and 0 <= seconds <= 3600 else None
 
 
 def outcome_of_status(status: int) -> Outcome:
@@ -79,65 +119,101 @@ class _RelayResponse(StreamingResponse):
             self._attempt.finish(Outcome.ABANDONED)  # the client left mid-stream: no verdict on the engine
 
 
+def _events_end(data: bytes) -> int:
+    """Where the last complete SSE event in `data` ends (0: none is complete)."""
+    lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
+    return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+
+
 class Proxy:
     def __init__(self, client: UpstreamClient, report: Report) -> None:
         self._client = client
         self._report = report
 
     async def forward(
-        self, request: Request, replica: Replica, path: str, body: bytes, headers: Mapping[str, str]
+        self,
+        request: Request,
+        replica: Replica,
+        path: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        deadline: Deadline,
+        attempt_timeout: float | None = None,
     ) -> Response:
-        """Send `body` to `replica` and answer the client with what it says."""
+        """Send `body` to `replica` and answer the client with what it says.
+
+        `headers` go back to the client; its `x-request-id` also goes to the engine (vLLM
+        takes it as its own request id), so logs on both sides name the same request.
+        """
         attempt = _Attempt(replica, self._report)
         streaming = False
+        upstream_headers = {**_JSON_HEADERS, "x-request-id": headers["x-request-id"]}
         try:
             async with cancel_on_disconnect(request):
-                upstream = await self._send(attempt, path, body)
+                upstream = await self._send(attempt, path, body, upstream_headers, deadline, attempt_timeout)
                 if upstream.status == 200 and upstream.content_type == "text/event-stream":
                     streaming = True
-                    relay = self._relay(upstream, attempt)
+                    relay = self._relay(upstream, attempt, deadline)
                     return _RelayResponse(upstream, attempt, relay, {**SSE_HEADERS, **headers})
-                data = await self._read(upstream, attempt)
+                data = await self._read(upstream, attempt, deadline)
         finally:
             if not streaming:
                 attempt.finish(Outcome.ABANDONED)  # still open only when the client left first
-        if upstream.status >= 400:
-            data = normalize_error(upstream.status, data)
-            relayed = {k: v for k, v in upstream.headers.items() if k.lower() == "retry-after"}  # an engine's backoff
-            return Response(
-                data, status_code=upstream.status, media_type="application/json", headers={**relayed, **headers}
-            )
-        return Response(data, status_code=upstream.status, media_type=upstream.content_type, headers=dict(headers))
+        if upstream.status < 400:
+            return Response(data, status_code=upstream.status, media_type=upstream.content_type, headers=dict(headers))
+        retry_after = retry_after_s(upstream.headers)
+        relayed = {"retry-after": upstream.headers["retry-after"]} if retry_after is not None else {}
+        response = Response(
+            normalize_error(upstream.status, data),
+            status_code=upstream.status,
+            media_type="application/json",
+            headers={**relayed, **headers},
+        )
+        if upstream.status in RETRYABLE_STATUSES:
+            raise RetryableAnswer(response, retry_after)
+        return response
 
-    async def call(self, replica: Replica, path: str, body: bytes) -> tuple[int, bytes]:
+    async def call(self, replica: Replica, path: str, body: bytes, deadline: Deadline) -> tuple[int, bytes]:
         """A whole request and answer, for the gateway's own use of an engine."""
         attempt = _Attempt(replica, self._report)
         try:
-            upstream = await self._send(attempt, path, body)
-            return upstream.status, await self._read(upstream, attempt)
+            upstream = await self._send(attempt, path, body, _JSON_HEADERS, deadline, None)
+            return upstream.status, await self._read(upstream, attempt, deadline)
         finally:
             attempt.finish(Outcome.ABANDONED)
 
-    async def _send(self, attempt: _Attempt, path: str, body: bytes) -> UpstreamResponse:
+    async def _send(
+        self,
+        attempt: _Attempt,
+        path: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        deadline: Deadline,
+        attempt_timeout: float | None,
+    ) -> UpstreamResponse:
         replica = attempt.replica
+        within = deadline.remaining() if attempt_timeout is None else min(attempt_timeout, deadline.remaining())
         try:
-            return await self._client.post(replica.url + path, body, _JSON_HEADERS)
+            async with asyncio.timeout(within):
+                return await self._client.post(replica.url + path, body, headers)
         except UpstreamConnectError as exc:
             replica.mark_down(str(exc))
             attempt.finish(Outcome.FAILURE)
             raise EngineUnreachable(f"The engine {replica.id} is unreachable; retry shortly.") from exc
-        except UpstreamTimeoutError as exc:
+        except (TimeoutError, UpstreamTimeoutError) as exc:
             attempt.finish(Outcome.FAILURE)
-            raise UpstreamTimeout(f"The engine {replica.id} did not answer in time.") from exc
+            raise AttemptTimeout(f"The engine {replica.id} did not answer within {within:.1f} s.") from exc
         except UpstreamError as exc:
             attempt.finish(Outcome.FAILURE)
             raise UpstreamFailed(f"The engine {replica.id} failed: {exc}") from exc
 
-    async def _read(self, upstream: UpstreamResponse, attempt: _Attempt) -> bytes:
+    async def _read(self, upstream: UpstreamResponse, attempt: _Attempt, deadline: Deadline) -> bytes:
         replica = attempt.replica
         try:
-            data = await upstream.read()
-        except UpstreamTimeoutError as exc:
+            async with asyncio.timeout(deadline.remaining()):
+                data = await upstream.read()
+        except (TimeoutError, UpstreamTimeoutError) as exc:
             attempt.finish(Outcome.FAILURE)
             raise UpstreamTimeout(f"The engine {replica.id} did not finish in time.") from exc
         except UpstreamError as exc:
@@ -146,18 +222,47 @@ class Proxy:
         attempt.finish(outcome_of_status(upstream.status))
         return data
 
-    async def _relay(self, upstream: UpstreamResponse, attempt: _Attempt) -> AsyncIterator[bytes]:
-        """Each chunk goes out as it arrives; a broken stream ends with an error event, never silently."""
+    async def _relay(self, upstream: UpstreamResponse, attempt: _Attempt, deadline: Deadline) -> AsyncIterator[bytes]:
+        """Each chunk goes out as it arrives; a broken or overdue stream ends with an error event, never silently.
+
+        The deadline is a timer that closes the upstream response (a timeout scope cannot span
+        the generator's yields); the read then fails and the error event says why.
+        """
+        overdue = False
+
+        def expire() -> None:
+            nonlocal overdue
+            overdue = True
+            upstream.close()
+
+        watchdog = asyncio.get_running_loop().call_later(max(deadline.remaining(), 0), expire)
+        pending = b""  # the start of an event not yet complete: held back, so a break never splits one
         try:
             async for chunk in upstream.iter_chunks():
-                yield chunk
+                data = pending + chunk if pending else chunk
+                end = _events_end(data)
+                pending = data[end:]
+                if end:
+                    yield data[:end]
+            if overdue:  # closing may read as a clean end: it was not
+                raise UpstreamError("deadline")
+            if pending:
+                yield pending  # a last event without its blank line: the engine's to answer for
         except UpstreamError as exc:
-            log.warning("stream from %s broke: %s", attempt.replica.id, exc)
-            attempt.finish(Outcome.FAILURE)
-            yield sse_event(
-                error_payload(f"The engine broke off the stream: {exc}", "server_error", code="upstream_error")
-            )
+            if overdue:
+                log.warning("stream from %s reached its deadline", attempt.replica.id)
+                attempt.finish(Outcome.ABANDONED)
+                yield sse_event(
+                    error_payload("The request reached its deadline.", "server_error", code="deadline_exceeded")
+                )
+            else:
+                log.warning("stream from %s broke: %s", attempt.replica.id, exc)
+                attempt.finish(Outcome.FAILURE)
+                yield sse_event(
+                    error_payload(f"The engine broke off the stream: {exc}", "server_error", code="upstream_error")
+                )
         else:
             attempt.finish(Outcome.SUCCESS)
         finally:
+            watchdog.cancel()
             upstream.close()

@@ -57,8 +57,17 @@ class GatewaySettings(BaseSettings):
     eject_base_s: float = Field(default=30.0, gt=0)
     eject_max_s: float = Field(default=300.0, gt=0)
     max_ejected_fraction: float = Field(default=0.5, ge=0, le=1)
-    # Attempts per request when a replica cannot be connected to (nothing reached it).
+    # Deadlines: a request's own timeout header, else this; never more than the maximum.
+    request_timeout_s: float = Field(default=600.0, gt=0)
+    max_request_timeout_s: float = Field(default=3600.0, gt=0)
+    # Retries, only before the first byte reaches the client, each on another replica.
     max_attempts: int = Field(default=3, ge=1, le=10)
+    # Longest wait for an engine's response headers per attempt (default: the deadline).
+    attempt_timeout_s: float | None = Field(default=None, gt=0)
+    retry_backoff_s: float = Field(default=0.05, ge=0)  # full jitter: up to base * 2^n ...
+    retry_backoff_max_s: float = Field(default=1.0, ge=0)  # ... and never more than this
+    retry_budget_ratio: float = Field(default=0.1, ge=0, le=1)  # retries per request, over 10 s
+    retry_budget_min: int = Field(default=3, ge=0)  # retries allowed per 10 s however quiet
     connect_timeout_s: float = Field(default=5.0, gt=0)
     read_timeout_s: float = Field(default=600.0, gt=0)
     max_upstream_connections: int = Field(default=1024, ge=1)

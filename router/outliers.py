@@ -60,13 +60,20 @@ class OutlierDetector:
     def __init__(self, policy: OutlierPolicy | None = None) -> None:
         self.policy = policy or OutlierPolicy()
         self._breakers: dict[str, _Breaker] = {}
-        # Names whose breaker is not closed: the routing fast path checks only this set.
-        self._tripped: set[str] = set()
+        self._tripped: set[str] = set()  # breaker open or half-open
+        self._held: dict[str, float] = {}  # asked for time (an engine's Retry-After): until when
+        # Names the routing fast path must ask `admits` about: tripped or held.
+        self._watched: set[str] = set()
 
     @property
     def tripped(self) -> frozenset[str] | set[str]:
-        """Replicas whose breaker is open or half-open (read-only)."""
-        return self._tripped
+        """Replicas that `admits` must be asked about (read-only): tripped or held."""
+        return self._watched
+
+    def hold(self, name: str, until: float) -> None:
+        """Send `name` no new requests before `until` (it answered 429/503 with Retry-After)."""
+        self._held[name] = max(until, self._held.get(name, until))
+        self._watched.add(name)
 
     def state(self, name: str, now: float) -> BreakerState:
         breaker = self._breakers.get(name)
@@ -75,7 +82,16 @@ class OutlierDetector:
         return BreakerState.OPEN if now < breaker.ejected_until else BreakerState.HALF_OPEN
 
     def admits(self, name: str, now: float) -> bool:
-        """Closed, or half-open with no trial request out yet."""
+        """Not held, and closed or half-open with no trial request out yet."""
+        if name not in self._watched:
+            return True
+        until = self._held.get(name)
+        if until is not None:
+            if now < until:
+                return False
+            del self._held[name]
+            if name not in self._tripped:
+                self._watched.discard(name)
         if name not in self._tripped:
             return True
         breaker = self._breakers[name]
@@ -125,7 +141,9 @@ class OutlierDetector:
 
     def forget(self, name: str) -> None:
         self._breakers.pop(name, None)
+        self._held.pop(name, None)
         self._tripped.discard(name)
+        self._watched.discard(name)
 
     def _eject(self, name: str, breaker: _Breaker, now: float, pool: Collection[str]) -> None:
         already_out = name in self._tripped
@@ -139,6 +157,7 @@ class OutlierDetector:
         breaker.ejected_until = now + self.policy.ejection_s(breaker.times_ejected)
         breaker.trial_in_flight = False
         self._tripped.add(name)
+        self._watched.add(name)
 
     def _close(self, name: str, breaker: _Breaker, now: float) -> None:
         breaker.failures = 0
@@ -146,3 +165,5 @@ class OutlierDetector:
         breaker.ejected_until = None
         breaker.closed_since = now
         self._tripped.discard(name)
+        if name not in self._held:
+            self._watched.discard(name)

@@ -131,6 +131,11 @@ class Router(Generic[NodeT]):
         if node is not None:
             self.outliers.record(name, outcome, now, self._groups[node.group])
 
+    def hold(self, name: str, until: float) -> None:
+        """No new requests to `name` before `until`: it asked for time (Retry-After)."""
+        if name in self._by_name:
+            self.outliers.hold(name, until)
+
     def probe(self, name: str, ok: bool, now: float, rtt_ms: float | None = None) -> None:
         """An active health probe of `name`: its breaker, and its region's round-trip time."""
         node = self._by_name.get(name)

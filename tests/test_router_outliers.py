@@ -143,3 +143,23 @@ def test_policy_is_configurable() -> None:
     detector = OutlierDetector(OutlierPolicy(consecutive_failures=2, base_ejection_s=1.0, max_ejection_s=2.0))
     _fail(detector, "a", 2, now=0.0)
     assert detector.ejected_until("a") == 1.0
+
+
+def test_a_held_replica_is_skipped_until_its_time_is_up() -> None:
+    detector = OutlierDetector()
+    detector.hold("a", until=2.0)
+    assert "a" in detector.tripped
+    assert not detector.admits("a", 1.9)
+    assert detector.admits("a", 2.0)
+    assert "a" not in detector.tripped  # forgotten once over
+    assert detector.state("a", 2.0) is BreakerState.CLOSED
+
+
+def test_a_hold_and_an_ejection_are_independent() -> None:
+    detector = OutlierDetector()
+    _fail(detector, "a", 5, now=0.0)
+    detector.hold("a", until=40.0)
+    assert not detector.admits("a", 31.0)  # half-open by the breaker, but held
+    assert detector.admits("a", 40.0)
+    detector.probe("a", True, 41.0, POOL)
+    assert "a" not in detector.tripped

@@ -59,7 +59,9 @@ async def predict(request: Request, gateway: GatewayDep) -> JSONResponse:
     chat |= {k: v for k, v in (("max_tokens", ask.max_tokens), ("temperature", ask.temperature)) if v is not None}
     key = routing_key(model=model, session_id=request.headers.get(SESSION_HEADER), user=None, prompt_head=ask.text)
     decision = choose(gateway.registry, model, key, time.monotonic())
-    status_code, answer = await gateway.proxy.call(decision.node, "/v1/chat/completions", json.dumps(chat).encode())
+    status_code, answer = await gateway.proxy.call(
+        decision.node, "/v1/chat/completions", json.dumps(chat).encode(), gateway.deadline(request)
+    )
     try:
         if status_code != 200:
             return JSONResponse(json.loads(normalize_error(status_code, answer)), status_code=status_code)

@@ -1,0 +1,112 @@
+"""A fake engine for reliability tests: it counts every execution and fails on command.
+
+`python -m tests.counting_engine --port N` serves the OpenAI chat route for model
+`counting`: JSON, or an SSE stream of `chunks` events `chunk_delay_s` apart. `POST /control`
+sets its behaviour and zeroes the counts (`fail_status` for the next `fail_times` requests, with `retry_after`;
+`stall_s` before answering; `chunks`, `chunk_delay_s`); `GET /executions` says how many
+requests it executed, in all and per `x-request-id`.
+"""
+
+import argparse
+import asyncio
+from collections import Counter
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from protocol import DONE_EVENT, sse_event
+
+MODEL = "counting"
+
+
+class CountingEngine:
+    def __init__(self) -> None:
+        self.behaviour: dict[str, Any] = {}
+        self.executed: Counter[str] = Counter()
+        self.received = 0
+        self.app = Starlette(
+            routes=[
+                Route("/v1/chat/completions", self.chat, methods=["POST"]),
+                Route("/v1/models", self.models),
+                Route("/health", self.health),
+                Route("/metrics", self.metrics),
+                Route("/control", self.control, methods=["POST"]),
+                Route("/executions", self.executions),
+            ]
+        )
+
+    async def chat(self, request: Request) -> Response:
+        self.received += 1
+        body = await request.json()
+        b = self.behaviour
+        if b.get("fail_times", 0) > 0:
+            b["fail_times"] -= 1
+            headers = {"retry-after": str(b["retry_after"])} if b.get("retry_after") is not None else {}
+            error = {"error": {"message": "told to fail", "type": "server_error", "param": None, "code": None}}
+            return JSONResponse(error, status_code=int(b.get("fail_status", 503)), headers=headers)
+        if b.get("stall_s"):
+            await asyncio.sleep(float(b["stall_s"]))
+        self.executed[request.headers.get("x-request-id", "-")] += 1
+        chunks, delay = int(b.get("chunks", 4)), float(b.get("chunk_delay_s", 0.0))
+        if not body.get("stream"):
+            await asyncio.sleep(delay * chunks)
+            return JSONResponse(_completion(chunks))
+        return StreamingResponse(_stream(chunks, delay), media_type="text/event-stream")
+
+    async def models(self, _: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [{"id": MODEL, "object": "model"}]})
+
+    async def health(self, _: Request) -> Response:
+        return Response()
+
+    async def metrics(self, _: Request) -> Response:
+        return Response("", media_type="text/plain")
+
+    async def control(self, request: Request) -> Response:
+        """New behaviour, and the counts start again from zero."""
+        self.behaviour = await request.json()
+        self.executed.clear()
+        self.received = 0
+        return JSONResponse(self.behaviour)
+
+    async def executions(self, _: Request) -> Response:
+        return JSONResponse({"received": self.received, "total": sum(self.executed.values()), "by_id": self.executed})
+
+
+def _completion(chunks: int) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-counting",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": MODEL,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "tok " * chunks}, "finish_reason": "length"}
+        ],
+        "usage": {"prompt_tokens": 1, "completion_tokens": chunks, "total_tokens": 1 + chunks},
+    }
+
+
+async def _stream(chunks: int, delay: float) -> Any:
+    for i in range(chunks):
+        if delay:
+            await asyncio.sleep(delay)
+        choice = {"index": 0, "delta": {"content": f"tok{i} "}, "finish_reason": None}
+        yield sse_event(
+            {"id": "chatcmpl-counting", "object": "chat.completion.chunk", "model": MODEL, "choices": [choice]}
+        )
+    yield DONE_EVENT
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    uvicorn.run(CountingEngine().app, host="127.0.0.1", port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

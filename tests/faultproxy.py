@@ -1,0 +1,134 @@
+"""A TCP fault proxy for tests, between the gateway and one engine.
+
+Runs its own event loop on a thread. Faults, set at any time with `set(...)`:
+`pass` (relay), `down` (refuse connections), `reset` (accept, then reset the connection),
+`stall` (accept and read, never answer), `cut` (relay, then cut the connection after
+`cut_after` bytes of the answer); `latency_s` delays every connection's first answer bytes.
+"""
+
+import asyncio
+import socket
+import struct
+import threading
+from collections.abc import Coroutine
+from typing import Any, Literal
+
+from tests.servers import free_port
+
+__all__ = ["FaultProxy"]
+
+Fault = Literal["pass", "down", "reset", "stall", "cut"]
+
+
+class FaultProxy:
+    def __init__(self, upstream_port: int) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._upstream_port = upstream_port
+        self.fault: Fault = "pass"
+        self._applied: Fault = "pass"
+        self.latency_s = 0.0
+        self.cut_after = 0
+        self.connections = 0
+        self.stalled = 0  # connections held without an answer right now
+        self._server: asyncio.Server | None = None
+        self._open: set[asyncio.StreamWriter] = set()  # both sides of every relayed connection
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._run(self._listen())
+
+    def set(self, fault: Fault = "pass", *, latency_s: float = 0.0, cut_after: int = 0) -> None:
+        """A new fault applies to every connection: open ones are dropped (the gateway keeps
+        connections alive, and a fault on new ones only would never be seen)."""
+        self.latency_s, self.cut_after = latency_s, cut_after
+        self.fault = fault
+        if fault != self._applied:
+            self._run(self._drop_connections())
+        if fault == "down" and self._server is not None:
+            self._run(self._close())
+        elif fault != "down" and self._server is None:
+            self._run(self._listen())
+        self._applied = fault
+
+    def close(self) -> None:
+        self._run(self._close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+    def _run(self, coro: Coroutine[Any, Any, None]) -> None:
+        asyncio.run_coroutine_threadsafe(coro, self._loop).result(5)
+
+    async def _listen(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True)
+
+    async def _close(self) -> None:
+        """Stop listening and drop every connection, as a machine that went away would."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        await self._drop_connections()
+
+    async def _drop_connections(self) -> None:
+        for writer in list(self._open):
+            writer.transport.abort()
+        await asyncio.sleep(0)  # let the handlers see their connections gone
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._open.add(writer)
+        try:
+            await self._serve(reader, writer)
+        finally:
+            self._open.discard(writer)
+            writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        fault = self.fault
+        if fault == "reset":
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            return
+        if fault == "stall":
+            self.stalled += 1
+            try:
+                while await reader.read(65536):
+                    pass  # read whatever comes, answer nothing, until the client gives up
+            finally:
+                self.stalled -= 1
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._upstream_port)
+        except OSError:
+            return
+        self._open.add(up_writer)
+        to_engine = asyncio.create_task(self._pipe(reader, up_writer, limit=None))
+        try:
+            await self._pipe(up_reader, writer, limit=self.cut_after if fault == "cut" else None, delay=self.latency_s)
+        finally:
+            to_engine.cancel()
+            await asyncio.gather(to_engine, return_exceptions=True)
+            self._open.discard(up_writer)
+            up_writer.close()
+
+    @staticmethod
+    async def _pipe(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, limit: int | None, delay: float = 0.0
+    ) -> None:
+        sent = 0
+        if delay:
+            await asyncio.sleep(delay)
+        try:
+            while data := await reader.read(65536):
+                if limit is not None and sent + len(data) >= limit:
+                    writer.write(data[: limit - sent])
+                    await writer.drain()
+                    sock = writer.get_extra_info("socket")
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    return  # the caller closes: a reset mid-answer
+                writer.write(data)
+                sent += len(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            return
