@@ -1,14 +1,17 @@
 """`python -m app`: run the gateway. With no pools configured it starts its own local engine."""
 
 import argparse
+import asyncio
 import logging
 import sys
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
 
+from app.drain import Drain
 from app.main import create_app
 from app.settings import GatewaySettings, load_settings
 
@@ -29,19 +32,40 @@ def parse_args(argv: list[str] | None = None) -> GatewaySettings:
         parser.exit(2, f"invalid settings: {exc}\n")
 
 
+class _DrainingServer(uvicorn.Server):
+    """The first SIGTERM or SIGINT drains (app/drain.py) and exits when done, with status 0;
+    a second one is uvicorn's own: exit now."""
+
+    def __init__(self, config: uvicorn.Config, drain: Drain) -> None:
+        super().__init__(config)
+        self._drain = drain
+        drain.on_drained = self._drained
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._drain.draining or not self.started:
+            super().handle_exit(sig, frame)
+            return
+        asyncio.get_running_loop().call_soon_threadsafe(self._drain.begin)
+
+    def _drained(self) -> None:
+        self.should_exit = True
+
+
 def main(argv: list[str] | None = None) -> None:
     settings = parse_args(argv)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=5,  # after the drain, only idle connections remain
     )
+    _DrainingServer(config, app.state.drain).run()
 
 
 if __name__ == "__main__":

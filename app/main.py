@@ -7,6 +7,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import FastAPI
 
 from app.admin import NodeManager
+from app.drain import Drain, DrainMiddleware
 from app.embedded import EmbeddedEngine
 from app.errors import install_error_handlers
 from app.gateway import Gateway
@@ -58,13 +59,18 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                 )
             )
             budget = RetryBudget(settings.retry_budget_ratio, minimum=settings.retry_budget_min)
-            app.state.gateway = Gateway(settings, registry, Proxy(client, registry.report), budget)
+            drain.in_flight = lambda: sum(r.in_flight for r in registry.replicas())
+            drain.wait_idle = registry.wait_idle
+            app.state.gateway = Gateway(settings, registry, Proxy(client, registry.report, drain), budget)
             app.state.nodes = NodeManager(registry, client, timeout=settings.health_timeout_s)
             stack.push_async_callback(app.state.nodes.aclose)
             log.info("gateway ready: %d pool(s) in region %s", len(registry.pools), settings.region)
             yield
 
+    drain = Drain(settings.drain_timeout_s)
     app = FastAPI(title="switchyard", version="0.1.0", lifespan=lifespan)
+    app.state.drain = drain
+    app.add_middleware(DrainMiddleware, drain=drain)
     install_error_handlers(app)
     app.include_router(openai.router)
     app.include_router(ops.router)

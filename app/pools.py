@@ -178,6 +178,11 @@ class PoolRegistry:
     def replicas(self) -> Iterator[Replica]:
         return itertools.chain.from_iterable(p.replicas for p in self.pools.values())
 
+    async def wait_idle(self) -> None:
+        """Returns once no replica has a request in flight."""
+        while busy := next((r for r in self.replicas() if r.in_flight), None):
+            await busy.idle.wait()
+
     def any_healthy(self) -> bool:
         return any(r.healthy for r in self.replicas())
 

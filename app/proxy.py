@@ -17,6 +17,7 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from app.deadlines import Deadline
+from app.drain import Drain
 from app.engine_errors import normalize_error
 from app.errors import EngineUnreachable, UpstreamFailed, UpstreamTimeout
 from app.pools import Lease, Replica
@@ -119,6 +120,14 @@ class _RelayResponse(StreamingResponse):
             self._attempt.finish(Outcome.ABANDONED)  # the client left mid-stream: no verdict on the engine
 
 
+_EARLY_END = {
+    "deadline": error_payload("The request reached its deadline.", "server_error", code="deadline_exceeded"),
+    "shutdown": error_payload(
+        "The gateway is shutting down; retry the request.", "server_error", code="server_shutting_down"
+    ),
+}
+
+
 def _events_end(data: bytes) -> int:
     """Where the last complete SSE event in `data` ends (0: none is complete)."""
     lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
@@ -126,9 +135,10 @@ def _events_end(data: bytes) -> int:
 
 
 class Proxy:
-    def __init__(self, client: UpstreamClient, report: Report) -> None:
+    def __init__(self, client: UpstreamClient, report: Report, drain: Drain) -> None:
         self._client = client
         self._report = report
+        self._drain = drain
 
     async def forward(
         self,
@@ -223,19 +233,21 @@ class Proxy:
         return data
 
     async def _relay(self, upstream: UpstreamResponse, attempt: _Attempt, deadline: Deadline) -> AsyncIterator[bytes]:
-        """Each chunk goes out as it arrives; a broken or overdue stream ends with an error event, never silently.
+        """Each chunk goes out as it arrives; a stream that breaks, reaches its deadline or outlives
+        the shutdown drain ends with an error event, never silently.
 
-        The deadline is a timer that closes the upstream response (a timeout scope cannot span
-        the generator's yields); the read then fails and the error event says why.
+        The deadline and the drain end a stream by closing the upstream response (a timeout
+        scope cannot span the generator's yields); the read then fails and the event says why.
         """
-        overdue = False
+        ended_by: str | None = None
 
-        def expire() -> None:
-            nonlocal overdue
-            overdue = True
+        def cut_short(reason: str) -> None:
+            nonlocal ended_by
+            ended_by = ended_by or reason
             upstream.close()
 
-        watchdog = asyncio.get_running_loop().call_later(max(deadline.remaining(), 0), expire)
+        watchdog = asyncio.get_running_loop().call_later(max(deadline.remaining(), 0), cut_short, "deadline")
+        untrack = self._drain.track_stream(lambda: cut_short("shutdown"))
         pending = b""  # the start of an event not yet complete: held back, so a break never splits one
         try:
             async for chunk in upstream.iter_chunks():
@@ -244,17 +256,15 @@ class Proxy:
                 pending = data[end:]
                 if end:
                     yield data[:end]
-            if overdue:  # closing may read as a clean end: it was not
-                raise UpstreamError("deadline")
+            if ended_by:  # closing may read as a clean end: it was not
+                raise UpstreamError(ended_by)
             if pending:
                 yield pending  # a last event without its blank line: the engine's to answer for
         except UpstreamError as exc:
-            if overdue:
-                log.warning("stream from %s reached its deadline", attempt.replica.id)
+            if ended_by:
+                log.warning("stream from %s ended early: %s", attempt.replica.id, ended_by)
                 attempt.finish(Outcome.ABANDONED)
-                yield sse_event(
-                    error_payload("The request reached its deadline.", "server_error", code="deadline_exceeded")
-                )
+                yield sse_event(_EARLY_END[ended_by])
             else:
                 log.warning("stream from %s broke: %s", attempt.replica.id, exc)
                 attempt.finish(Outcome.FAILURE)
@@ -265,4 +275,5 @@ class Proxy:
             attempt.finish(Outcome.SUCCESS)
         finally:
             watchdog.cancel()
+            untrack()
             upstream.close()

@@ -68,6 +68,8 @@ class GatewaySettings(BaseSettings):
     retry_backoff_max_s: float = Field(default=1.0, ge=0)  # ... and never more than this
     retry_budget_ratio: float = Field(default=0.1, ge=0, le=1)  # retries per request, over 10 s
     retry_budget_min: int = Field(default=3, ge=0)  # retries allowed per 10 s however quiet
+    # On SIGTERM: how long requests in flight may run on before open streams are ended.
+    drain_timeout_s: float = Field(default=25.0, ge=0)
     connect_timeout_s: float = Field(default=5.0, gt=0)
     read_timeout_s: float = Field(default=600.0, gt=0)
     max_upstream_connections: int = Field(default=1024, ge=1)

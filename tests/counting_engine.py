@@ -1,7 +1,7 @@
 """A fake engine for reliability tests: it counts every execution and fails on command.
 
 `python -m tests.counting_engine --port N` serves the OpenAI chat route for model
-`counting`: JSON, or an SSE stream of `chunks` events `chunk_delay_s` apart. `POST /control`
+`counting`: JSON, or an SSE stream of `max_tokens` (else `chunks`) events `chunk_delay_s` apart. `POST /control`
 sets its behaviour and zeroes the counts (`fail_status` for the next `fail_times` requests, with `retry_after`;
 `stall_s` before answering; `chunks`, `chunk_delay_s`); `GET /executions` says how many
 requests it executed, in all and per `x-request-id`.
@@ -51,7 +51,7 @@ class CountingEngine:
         if b.get("stall_s"):
             await asyncio.sleep(float(b["stall_s"]))
         self.executed[request.headers.get("x-request-id", "-")] += 1
-        chunks, delay = int(b.get("chunks", 4)), float(b.get("chunk_delay_s", 0.0))
+        chunks, delay = int(body.get("max_tokens") or b.get("chunks", 4)), float(b.get("chunk_delay_s", 0.0))
         if not body.get("stream"):
             await asyncio.sleep(delay * chunks)
             return JSONResponse(_completion(chunks))

@@ -1,0 +1,95 @@
+"""Graceful shutdown: on SIGTERM, stop taking work, let what runs finish, then exit by itself.
+
+1. Readiness answers 503 and new requests 503 with `Connection: close` (load balancers
+   take this replica out; clients retry elsewhere).
+2. Requests in flight, streams included, run on for up to the drain budget.
+3. Streams still open then end with a `server_shutting_down` error event, never a silent cut.
+4. The server is told to exit (uvicorn alone would wait on an open stream for ever).
+"""
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from protocol import error_payload
+
+__all__ = ["Drain", "DrainMiddleware"]
+
+log = logging.getLogger(__name__)
+_STREAM_END_GRACE_S = 2.0  # for cut streams to write their last event
+
+
+async def _nothing_in_flight() -> None:
+    return None
+
+
+class Drain:
+    def __init__(self, budget_s: float) -> None:
+        self.budget_s = budget_s
+        self.draining = False
+        self.in_flight: Callable[[], int] = lambda: 0  # set once the pools exist
+        self.wait_idle: Callable[[], Awaitable[None]] = _nothing_in_flight  # ditto
+        self.on_drained: Callable[[], None] = lambda: None  # set by whoever runs the server
+        self._stoppers: set[Callable[[], None]] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def begin(self) -> None:
+        if self.draining:
+            return
+        self.draining = True
+        log.warning("shutting down: draining %d request(s) for up to %.0f s", self.in_flight(), self.budget_s)
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="drain")
+
+    def track_stream(self, stop: Callable[[], None]) -> Callable[[], None]:
+        """Register a stream's way to end early; returns its unregistration."""
+        self._stoppers.add(stop)
+        return lambda: self._stoppers.discard(stop)
+
+    async def _run(self) -> None:
+        try:
+            if not await self._idle_within(self.budget_s) and self._stoppers:
+                log.warning("drain budget spent: ending %d open stream(s)", len(self._stoppers))
+                for stop in list(self._stoppers):
+                    stop()
+                await self._idle_within(_STREAM_END_GRACE_S)
+        finally:
+            log.warning("drained, %d request(s) still in flight: exiting", self.in_flight())
+            self.on_drained()
+
+    async def _idle_within(self, seconds: float) -> bool:
+        try:
+            async with asyncio.timeout(seconds):
+                await self.wait_idle()
+        except TimeoutError:
+            return False
+        return True
+
+
+class DrainMiddleware:
+    """While draining, every request but liveness gets 503 and its connection closed."""
+
+    _BODY = json.dumps(
+        error_payload(
+            "The gateway is shutting down; retry on another replica.", "server_error", code="server_shutting_down"
+        )
+    ).encode()
+
+    def __init__(self, app: ASGIApp, drain: Drain) -> None:
+        self.app = app
+        self.drain = drain
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.drain.draining or scope["path"] == "/health":
+            await self.app(scope, receive, send)
+            return
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"connection", b"close"),
+            (b"retry-after", b"1"),
+            (b"x-should-retry", b"true"),
+        ]
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send({"type": "http.response.body", "body": self._BODY})

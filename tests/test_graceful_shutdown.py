@@ -1,0 +1,80 @@
+"""SIGTERM with 20 streams open: each completes or ends with the shutdown event, none is cut
+silently, new requests are turned away, and the gateway exits by itself with status 0."""
+
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.servers import ServerProcess, free_port
+
+MODEL = "counting"
+DRAIN_S = 2.0
+CHUNK_DELAY_S = 0.1
+
+
+def _read_stream(url: str, tokens: int, into: list[list[str]]) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": tokens}
+    events: list[str] = []
+    try:
+        with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=30) as stream:
+            events.extend(line for line in stream.iter_lines() if line.startswith("data: "))
+    except httpx.HTTPError as exc:  # a cut connection is what this test must never see
+        events.append(f"transport error: {exc!r}")
+    into.append(events)
+
+
+def test_sigterm_drains_streams_then_exits_cleanly(log_dir: Path) -> None:
+    engine_port, port = free_port(), free_port()
+    engine = ServerProcess("tests.counting_engine", ["--port", str(engine_port)], port=engine_port, log_dir=log_dir)
+    engine.wait_ready()
+    gateway = None
+    try:
+        httpx.post(engine.url + "/control", json={"chunk_delay_s": CHUNK_DELAY_S}).raise_for_status()
+        env = {
+            "SWITCHYARD_POOLS": json.dumps([{"name": "p", "replicas": [engine.url]}]),
+            "SWITCHYARD_DRAIN_TIMEOUT_S": str(DRAIN_S),
+        }
+        gateway = ServerProcess("app", ["--port", str(port)], port=port, log_dir=log_dir, env=env, ready_path="/ready")
+        gateway.wait_ready()
+
+        short: list[list[str]] = []  # streams that finish within the drain budget
+        long: list[list[str]] = []  # streams that outlive it
+        threads = [threading.Thread(target=_read_stream, args=(gateway.url, 8, short)) for _ in range(10)]
+        threads += [threading.Thread(target=_read_stream, args=(gateway.url, 200, long)) for _ in range(10)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)  # every stream open and under way
+        gateway.process.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+
+        assert httpx.get(gateway.url + "/ready").status_code == 503
+        refused = httpx.post(
+            gateway.url + "/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": "x"}]}
+        )
+        assert refused.status_code == 503
+        assert refused.headers["connection"] == "close"
+        assert refused.json()["error"]["code"] == "server_shutting_down"
+        assert httpx.get(gateway.url + "/health").status_code == 200  # alive while it drains
+
+        started = time.monotonic()
+        assert gateway.process.wait(timeout=DRAIN_S + 10) == 0
+        assert time.monotonic() - started < DRAIN_S + 5
+        for thread in threads:
+            thread.join(5)
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        engine.stop()
+
+    assert len(short) == len(long) == 10
+    for events in short:
+        assert events[-1] == "data: [DONE]", events[-3:]
+        assert len(events) == 8 + 1
+    for events in long:
+        error = json.loads(events[-1].removeprefix("data: "))["error"]
+        assert error["code"] == "server_shutting_down", events[-3:]
+        assert 10 < len(events) < 200  # it ran during the drain, then was ended, not cut
