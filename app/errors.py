@@ -6,12 +6,15 @@ GatewayError
 ├── NotFound                404 not_found
 ├── ModelNotFound           404 model_not_found
 ├── Conflict                409 conflict
+│   └── IdempotencyKeyInUse     409 idempotency_key_in_use
 ├── PayloadTooLarge         413 request_too_large
 ├── UnsupportedMediaType    415 unsupported_media_type
 ├── Unprocessable           422 (the code names the check that failed)
+│   └── IdempotencyKeyReused    422 idempotency_key_reused
 ├── UpstreamFailed          502 bad_gateway
 ├── NoEngineAvailable       503 engine_unavailable
 │   └── EngineUnreachable       (no connection: safe to try another replica)
+├── IdempotencyUnavailable  503 idempotency_unavailable
 └── UpstreamTimeout         504 upstream_timeout
     └── DeadlineExceeded        504 deadline_exceeded (the request's own deadline passed)
 """
@@ -30,6 +33,9 @@ __all__ = [
     "DeadlineExceeded",
     "EngineUnreachable",
     "GatewayError",
+    "IdempotencyKeyInUse",
+    "IdempotencyKeyReused",
+    "IdempotencyUnavailable",
     "InvalidRequest",
     "Conflict",
     "ModelNotFound",
@@ -52,14 +58,15 @@ class GatewayError(Exception):
     type = "server_error"
     code: str | None = None
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
+    def __init__(self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        self.headers = headers or {}
 
     def response(self) -> JSONResponse:
         payload = error_payload(self.message, self.type, param=self.param, code=self.code)
-        return JSONResponse(payload, status_code=self.status)
+        return JSONResponse(payload, status_code=self.status, headers=self.headers)
 
 
 class InvalidRequest(GatewayError):
@@ -83,6 +90,17 @@ class Conflict(GatewayError):
     status = 409
     type = "invalid_request_error"
     code = "conflict"
+
+
+class IdempotencyKeyInUse(Conflict):
+    code = "idempotency_key_in_use"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "A request with this Idempotency-Key is still running; retry shortly.",
+            param="Idempotency-Key",
+            headers={"retry-after": "1", "retry-after-ms": "1000", "x-should-retry": "true"},
+        )
 
 
 class ModelNotFound(GatewayError):
@@ -115,6 +133,15 @@ class Unprocessable(GatewayError):
         self.code = code
 
 
+class IdempotencyKeyReused(Unprocessable):
+    def __init__(self) -> None:
+        super().__init__(
+            "This Idempotency-Key was used with a different request body.",
+            code="idempotency_key_reused",
+            param="Idempotency-Key",
+        )
+
+
 class UpstreamFailed(GatewayError):
     status = 502
     code = "bad_gateway"
@@ -123,6 +150,18 @@ class UpstreamFailed(GatewayError):
 class NoEngineAvailable(GatewayError):
     status = 503
     code = "engine_unavailable"
+
+
+class IdempotencyUnavailable(GatewayError):
+    status = 503
+    code = "idempotency_unavailable"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The idempotency store is unreachable, so a request with an Idempotency-Key cannot be made safe; "
+            "retry shortly.",
+            headers={"retry-after": "1", "x-should-retry": "true"},
+        )
 
 
 class EngineUnreachable(NoEngineAvailable):

@@ -19,6 +19,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 
 from app.deadlines import Deadline
 from app.errors import DeadlineExceeded, EngineUnreachable, NoEngineAvailable
+from app.idempotency import Idempotency
 from app.pools import PoolRegistry
 from app.proxy import AttemptTimeout, Proxy, RetryableAnswer
 from app.retry_budget import RetryBudget
@@ -47,6 +48,7 @@ class Gateway:
     registry: PoolRegistry
     proxy: Proxy
     budget: RetryBudget
+    idempotency: Idempotency
 
     def deadline(self, request: Request) -> Deadline:
         return Deadline.from_headers(

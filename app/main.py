@@ -12,6 +12,8 @@ from app.embedded import EmbeddedEngine
 from app.errors import install_error_handlers
 from app.gateway import Gateway
 from app.health import HealthMonitor
+from app.idempotency import Idempotency
+from app.idempotency_store import InProcessStore, RedisStore
 from app.pools import PoolRegistry, Replica
 from app.proxy import Proxy
 from app.retry_budget import RetryBudget
@@ -61,7 +63,16 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             budget = RetryBudget(settings.retry_budget_ratio, minimum=settings.retry_budget_min)
             drain.in_flight = lambda: sum(r.in_flight for r in registry.replicas())
             drain.wait_idle = registry.wait_idle
-            app.state.gateway = Gateway(settings, registry, Proxy(client, registry.report, drain), budget)
+            store = RedisStore(settings.redis_url) if settings.redis_url else InProcessStore()
+            idempotency = Idempotency(
+                store,
+                lease_s=settings.idempotency_lease_s,
+                retention_s=settings.idempotency_retention_s,
+                max_answer_bytes=settings.idempotency_max_answer_bytes,
+            )
+            stack.push_async_callback(idempotency.aclose)
+            proxy = Proxy(client, registry.report, drain)
+            app.state.gateway = Gateway(settings, registry, proxy, budget, idempotency)
             app.state.nodes = NodeManager(registry, client, timeout=settings.health_timeout_s)
             stack.push_async_callback(app.state.nodes.aclose)
             log.info("gateway ready: %d pool(s) in region %s", len(registry.pools), settings.region)

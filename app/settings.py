@@ -68,6 +68,12 @@ class GatewaySettings(BaseSettings):
     retry_backoff_max_s: float = Field(default=1.0, ge=0)  # ... and never more than this
     retry_budget_ratio: float = Field(default=0.1, ge=0, le=1)  # retries per request, over 10 s
     retry_budget_min: int = Field(default=3, ge=0)  # retries allowed per 10 s however quiet
+    # Idempotency keys: records in Redis when a URL is set (shared by every worker and
+    # gateway of the region), else in this process (the embedded default).
+    redis_url: str | None = None
+    idempotency_lease_s: float = Field(default=30.0, gt=0)
+    idempotency_retention_s: float = Field(default=86_400.0, gt=0)
+    idempotency_max_answer_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     # On SIGTERM: how long requests in flight may run on before open streams are ended.
     drain_timeout_s: float = Field(default=25.0, ge=0)
     connect_timeout_s: float = Field(default=5.0, gt=0)

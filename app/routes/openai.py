@@ -15,12 +15,20 @@ __all__ = ["router"]
 router = APIRouter()
 
 
+def tenant_of(user: str | None) -> str:
+    """Until authentication names the subject, the `user` field does, else `anonymous`."""
+    return user or "anonymous"
+
+
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request, gateway: GatewayDep) -> Response:
     body = await read_json_body(request, gateway.settings.max_body_bytes)
     chat = parse_body(body, ChatCompletionRequest)
     key = chat_key(request.headers, chat)
-    return await gateway.dispatch(request, "/v1/chat/completions", chat.model, key, body)
+    path = "/v1/chat/completions"
+    return await gateway.idempotency.run(
+        request, tenant_of(chat.user), path, body, lambda: gateway.dispatch(request, path, chat.model, key, body)
+    )
 
 
 @router.post("/v1/completions")
@@ -28,7 +36,14 @@ async def completions(request: Request, gateway: GatewayDep) -> Response:
     body = await read_json_body(request, gateway.settings.max_body_bytes)
     completion = parse_body(body, CompletionRequest)
     key = completion_key(request.headers, completion)
-    return await gateway.dispatch(request, "/v1/completions", completion.model, key, body)
+    path = "/v1/completions"
+    return await gateway.idempotency.run(
+        request,
+        tenant_of(completion.user),
+        path,
+        body,
+        lambda: gateway.dispatch(request, path, completion.model, key, body),
+    )
 
 
 @router.get("/v1/models")

@@ -1,0 +1,200 @@
+"""Where idempotency records live: in this process (the embedded default) or in Redis.
+
+A record is claimed atomically (`SET NX PX` with an owner token), its lease renewed while
+the request runs, and either completed (the answer kept for the retention period) or
+released (the key free again) — both only by its owner (Lua, in Redis).
+"""
+
+import base64
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+__all__ = [
+    "Claim",
+    "InProcessStore",
+    "RedisStore",
+    "StoreUnavailable",
+    "StoredAnswer",
+    "IdempotencyStore",
+]
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached: keyed requests cannot be made safe."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAnswer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"status": self.status, "headers": self.headers, "body": base64.b64encode(self.body).decode()}
+        )
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "StoredAnswer":
+        return cls(int(data["status"]), dict(data["headers"]), base64.b64decode(data["body"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What a claim attempt found."""
+
+    outcome: Literal["claimed", "running", "completed"]
+    fingerprint: str  # of the request that holds the key
+    owner: str = ""  # ours, when claimed
+    answer: StoredAnswer | None = None  # when completed
+
+
+class IdempotencyStore(Protocol):
+    async def claim(self, key: str, fingerprint: str, lease_ms: int) -> Claim: ...
+    async def renew(self, key: str, owner: str, lease_ms: int) -> bool: ...
+    async def complete(self, key: str, owner: str, answer: StoredAnswer, retention_ms: int) -> bool: ...
+    async def release(self, key: str, owner: str) -> bool: ...
+    async def aclose(self) -> None: ...
+
+
+def _running(fingerprint: str, owner: str) -> str:
+    return json.dumps({"state": "running", "fingerprint": fingerprint, "owner": owner})
+
+
+def _parse(raw: str | bytes) -> Claim:
+    data = json.loads(raw)
+    if data["state"] == "completed":
+        return Claim("completed", data["fingerprint"], answer=StoredAnswer.from_json(data["answer"]))
+    return Claim("running", data["fingerprint"])
+
+
+class InProcessStore:
+    """For one gateway process (the embedded default): a dict with expiry times."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, tuple[float, str]] = {}  # key -> (expires at, record JSON)
+
+    def _get(self, key: str) -> str | None:
+        found = self._records.get(key)
+        if found is None:
+            return None
+        if found[0] <= time.monotonic():
+            del self._records[key]
+            return None
+        return found[1]
+
+    async def claim(self, key: str, fingerprint: str, lease_ms: int) -> Claim:
+        existing = self._get(key)
+        if existing is not None:
+            return _parse(existing)
+        owner = uuid.uuid4().hex
+        self._records[key] = (time.monotonic() + lease_ms / 1000, _running(fingerprint, owner))
+        if len(self._records) % 1024 == 0:
+            self._sweep()
+        return Claim("claimed", fingerprint, owner)
+
+    async def renew(self, key: str, owner: str, lease_ms: int) -> bool:
+        record = self._owned(key, owner)
+        if record is None:
+            return False
+        self._records[key] = (time.monotonic() + lease_ms / 1000, record)
+        return True
+
+    async def complete(self, key: str, owner: str, answer: StoredAnswer, retention_ms: int) -> bool:
+        record = self._owned(key, owner)
+        if record is None:
+            return False
+        fingerprint = json.loads(record)["fingerprint"]
+        done = json.dumps({"state": "completed", "fingerprint": fingerprint, "answer": json.loads(answer.to_json())})
+        self._records[key] = (time.monotonic() + retention_ms / 1000, done)
+        return True
+
+    async def release(self, key: str, owner: str) -> bool:
+        if self._owned(key, owner) is None:
+            return False
+        del self._records[key]
+        return True
+
+    async def aclose(self) -> None:
+        self._records.clear()
+
+    def _owned(self, key: str, owner: str) -> str | None:
+        record = self._get(key)
+        if record is None:
+            return None
+        data = json.loads(record)
+        return record if data["state"] == "running" and data["owner"] == owner else None
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        for key in [k for k, (expires, _) in self._records.items() if expires <= now]:
+            del self._records[key]
+
+
+# Each runs atomically in Redis: act only if the record is still ours and still running.
+_IF_OWNER = """
+local record = redis.call('GET', KEYS[1])
+if not record then return 0 end
+local data = cjson.decode(record)
+if data['state'] ~= 'running' or data['owner'] ~= ARGV[1] then return 0 end
+"""
+_RENEW = _IF_OWNER + "return redis.call('PEXPIRE', KEYS[1], ARGV[2])"
+_RELEASE = _IF_OWNER + "return redis.call('DEL', KEYS[1])"
+_COMPLETE = (
+    _IF_OWNER
+    + """
+local done = cjson.encode({state='completed', fingerprint=data['fingerprint'], answer=cjson.decode(ARGV[2])})
+redis.call('SET', KEYS[1], done, 'PX', ARGV[3])
+return 1
+"""
+)
+
+
+class RedisStore:
+    """Shared by every gateway worker and replica of a region."""
+
+    def __init__(self, url: str, *, prefix: str = "switchyard:idem:", timeout_s: float = 1.0) -> None:
+        self._redis = aioredis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, decode_responses=True
+        )
+        self._prefix = prefix
+        self._renew = self._redis.register_script(_RENEW)
+        self._release = self._redis.register_script(_RELEASE)
+        self._complete = self._redis.register_script(_COMPLETE)
+
+    async def claim(self, key: str, fingerprint: str, lease_ms: int) -> Claim:
+        owner = uuid.uuid4().hex
+        name = self._prefix + key
+        try:
+            if await self._redis.set(name, _running(fingerprint, owner), nx=True, px=lease_ms):
+                return Claim("claimed", fingerprint, owner)
+            existing = await self._redis.get(name)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        if existing is None:  # it expired between the two calls: try once more
+            return await self.claim(key, fingerprint, lease_ms)
+        return _parse(existing)
+
+    async def renew(self, key: str, owner: str, lease_ms: int) -> bool:
+        return bool(await self._run(self._renew, key, owner, lease_ms))
+
+    async def complete(self, key: str, owner: str, answer: StoredAnswer, retention_ms: int) -> bool:
+        return bool(await self._run(self._complete, key, owner, answer.to_json(), retention_ms))
+
+    async def release(self, key: str, owner: str) -> bool:
+        return bool(await self._run(self._release, key, owner))
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
+    async def _run(self, script: Any, key: str, *args: object) -> Any:
+        try:
+            return await script(keys=[self._prefix + key], args=list(args))
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(str(exc)) from exc

@@ -1,0 +1,55 @@
+"""Idempotency parts that need no server: keys, fingerprints, and the in-process store."""
+
+import asyncio
+
+import pytest
+
+from app.errors import InvalidRequest
+from app.idempotency import fingerprint, parse_key
+from app.idempotency_store import InProcessStore, StoredAnswer
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"), [('"abc-1"', "abc-1"), ("abc-1", "abc-1"), ('  "k"  ', "k"), ("x" * 255, "x" * 255)]
+)
+def test_keys_as_structured_strings_or_bare_tokens(raw: str, key: str) -> None:
+    assert parse_key(raw) == key
+
+
+@pytest.mark.parametrize("raw", ["", '""', "a b", "x" * 256, "tab\there", "caf\u00e9"])
+def test_malformed_keys(raw: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_key(raw)
+    assert caught.value.code == "invalid_idempotency_key"
+
+
+def test_fingerprint_ignores_key_order_and_spacing_only() -> None:
+    assert fingerprint(b'{"a": 1, "b": [1, 2]}') == fingerprint(b'{"b":[1,2],"a":1}')
+    assert fingerprint(b'{"a": 1}') != fingerprint(b'{"a": 2}')
+    assert fingerprint(b'{"a": "\\u00e9"}') == fingerprint('{"a": "\u00e9"}'.encode())
+
+
+ANSWER = StoredAnswer(200, {"content-type": "application/json"}, b'{"ok": true}')
+
+
+async def test_claim_then_running_then_completed() -> None:
+    store = InProcessStore()
+    claim = await store.claim("k", "fp", lease_ms=10_000)
+    assert claim.outcome == "claimed"
+    assert (await store.claim("k", "fp", 10_000)).outcome == "running"
+    assert not await store.complete("k", "someone-else", ANSWER, 60_000)  # only the owner settles
+    assert await store.complete("k", claim.owner, ANSWER, 60_000)
+    done = await store.claim("k", "other-fp", 10_000)
+    assert (done.outcome, done.fingerprint, done.answer) == ("completed", "fp", ANSWER)
+    assert not await store.release("k", claim.owner)  # completed records are not released
+
+
+async def test_release_frees_the_key_and_a_lapsed_lease_too() -> None:
+    store = InProcessStore()
+    claim = await store.claim("k", "fp", 10_000)
+    assert await store.release("k", claim.owner)
+    again = await store.claim("k", "fp", lease_ms=1)
+    assert again.outcome == "claimed"
+    await asyncio.sleep(0.01)
+    assert not await store.renew("k", again.owner, 10_000)  # lapsed: no longer ours
+    assert (await store.claim("k", "fp", 10_000)).outcome == "claimed"
