@@ -8,6 +8,7 @@ GatewayError
 ├── Conflict                409 conflict
 │   └── IdempotencyKeyInUse     409 idempotency_key_in_use
 ├── PayloadTooLarge         413 request_too_large
+├── TenantOverShare         429 tenant_over_share (shed: the tenant has more than its share waiting)
 ├── UnsupportedMediaType    415 unsupported_media_type
 ├── Unprocessable           422 (the code names the check that failed)
 │   └── IdempotencyKeyReused    422 idempotency_key_reused
@@ -15,6 +16,7 @@ GatewayError
 ├── NoEngineAvailable       503 engine_unavailable
 │   └── EngineUnreachable       (no connection: safe to try another replica)
 ├── IdempotencyUnavailable  503 idempotency_unavailable
+├── Overloaded              503 overloaded (shed: every replica busy and the queue full)
 └── UpstreamTimeout         504 upstream_timeout
     └── DeadlineExceeded        504 deadline_exceeded (the request's own deadline passed)
 """
@@ -40,14 +42,17 @@ __all__ = [
     "Conflict",
     "ModelNotFound",
     "NotFound",
+    "Overloaded",
     "NoEngineAvailable",
     "PayloadTooLarge",
     "PermissionDenied",
     "Unprocessable",
+    "TenantOverShare",
     "UnsupportedMediaType",
     "UpstreamFailed",
     "UpstreamTimeout",
     "install_error_handlers",
+    "shed_headers",
 ]
 
 log = logging.getLogger(__name__)
@@ -150,6 +155,35 @@ class UpstreamFailed(GatewayError):
 class NoEngineAvailable(GatewayError):
     status = 503
     code = "engine_unavailable"
+
+
+def shed_headers(retry_after_ms: int) -> dict[str, str]:
+    """Retry-After in whole seconds (1 to 120: the SDKs ignore more) and in milliseconds."""
+    ms = max(1, min(retry_after_ms, 120_000))
+    return {"retry-after": str(max(1, -(-ms // 1000))), "retry-after-ms": str(ms), "x-should-retry": "true"}
+
+
+class TenantOverShare(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+    code = "tenant_over_share"
+
+    def __init__(self, retry_after_ms: int) -> None:
+        super().__init__(
+            "Too many of your requests are waiting for capacity; retry after the time given.",
+            headers=shed_headers(retry_after_ms),
+        )
+
+
+class Overloaded(GatewayError):
+    status = 503
+    code = "overloaded"
+
+    def __init__(self, retry_after_ms: int) -> None:
+        super().__init__(
+            "Every engine is busy and the queue is full; retry after the time given.",
+            headers=shed_headers(retry_after_ms),
+        )
 
 
 class IdempotencyUnavailable(GatewayError):

@@ -17,14 +17,16 @@ from fastapi import Request
 from fastapi.responses import Response
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
+from app.admission import Admission
 from app.deadlines import Deadline
 from app.errors import DeadlineExceeded, EngineUnreachable, NoEngineAvailable
 from app.idempotency import Idempotency
-from app.pools import PoolRegistry
+from app.pools import Lease, PoolRegistry, Replica
 from app.proxy import AttemptTimeout, Proxy, RetryableAnswer
 from app.retry_budget import RetryBudget
 from app.routing import choose
 from app.settings import GatewaySettings
+from router import Decision
 
 __all__ = ["Gateway", "request_id"]
 
@@ -40,6 +42,7 @@ class _Tries:
 
     tried: list[str] = field(default_factory=list)
     answer: RetryableAnswer | None = None  # the last engine answer worth retrying
+    admitted: tuple[Decision[Replica], Lease] | None = None  # for the first attempt
 
 
 @dataclass(slots=True)
@@ -49,17 +52,21 @@ class Gateway:
     proxy: Proxy
     budget: RetryBudget
     idempotency: Idempotency
+    admission: Admission
 
     def deadline(self, request: Request) -> Deadline:
         return Deadline.from_headers(
             request.headers, default_s=self.settings.request_timeout_s, max_s=self.settings.max_request_timeout_s
         )
 
-    async def dispatch(self, request: Request, path: str, model: str, key: str, body: bytes) -> Response:
+    async def dispatch(self, request: Request, path: str, model: str, key: str, body: bytes, tenant: str) -> Response:
         rid = request_id(request)
         deadline = self.deadline(request)
         self.budget.record_request(time.monotonic())
         tries = _Tries()
+        tries.admitted = await self.admission.admit(
+            tenant, model, lambda: choose(self.registry, model, key, time.monotonic()), deadline
+        )
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(_RETRYABLE),
             wait=wait_random_exponential(
@@ -74,7 +81,7 @@ class Gateway:
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._attempt(request, path, model, key, body, rid, deadline, tries)
+                    return await self._attempt(request, path, model, key, body, rid, deadline, tries, tenant)
         except RetryableAnswer as last:
             return last.response  # no retry left: the engine's own answer
         raise AssertionError("tenacity returns or raises")
@@ -89,15 +96,20 @@ class Gateway:
         rid: str,
         deadline: Deadline,
         tries: _Tries,
+        tenant: str,
     ) -> Response:
-        if deadline.expired:
-            raise DeadlineExceeded("The request reached its deadline before an engine could take it.")
-        try:
-            decision = choose(self.registry, model, key, time.monotonic(), exclude=tries.tried)
-        except NoEngineAvailable:
-            if tries.answer is not None:
-                return tries.answer.response  # every replica tried: what the last one said
-            raise
+        if tries.admitted is not None:
+            (decision, lease), tries.admitted = tries.admitted, None
+        else:
+            if deadline.expired:
+                raise DeadlineExceeded("The request reached its deadline before an engine could take it.")
+            try:
+                decision = choose(self.registry, model, key, time.monotonic(), exclude=tries.tried)
+            except NoEngineAvailable:
+                if tries.answer is not None:
+                    return tries.answer.response  # every replica tried: what the last one said
+                raise
+            lease = decision.node.acquire(tenant)
         replica = decision.node
         log.info("%s %s -> %s", rid, path, decision)  # explained only when logged
         headers = {"x-request-id": rid, "x-route-region": decision.region, "x-route-replica": replica.id}
@@ -105,7 +117,7 @@ class Gateway:
         try:
             return await self.proxy.forward(
                 request,
-                replica,
+                lease,
                 path,
                 body,
                 headers,

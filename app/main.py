@@ -7,6 +7,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import FastAPI
 
 from app.admin import NodeManager
+from app.admission import Admission
 from app.drain import Drain, DrainMiddleware
 from app.embedded import EmbeddedEngine
 from app.errors import install_error_handlers
@@ -72,7 +73,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             )
             stack.push_async_callback(idempotency.aclose)
             proxy = Proxy(client, registry.report, drain)
-            app.state.gateway = Gateway(settings, registry, proxy, budget, idempotency)
+            admission = Admission(registry, max_queue=settings.max_queue, queue_timeout_s=settings.queue_timeout_s)
+            app.state.gateway = Gateway(settings, registry, proxy, budget, idempotency, admission)
             app.state.nodes = NodeManager(registry, client, timeout=settings.health_timeout_s)
             stack.push_async_callback(app.state.nodes.aclose)
             log.info("gateway ready: %d pool(s) in region %s", len(registry.pools), settings.region)

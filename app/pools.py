@@ -9,13 +9,13 @@ import itertools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from app.engine_metrics import EngineStats
 from app.settings import PoolKind, PoolSettings
 from router import Outcome, Router
 
-__all__ = ["Lease", "Pool", "PoolRegistry", "Replica"]
+__all__ = ["Lease", "LeaseObserver", "Pool", "PoolRegistry", "Replica"]
 
 
 @dataclass(eq=False, slots=True)
@@ -69,8 +69,8 @@ class Replica:
     def holds(self, adapter: str) -> bool:
         return adapter in self.active_adapters
 
-    def acquire(self) -> "Lease":
-        return Lease(self)
+    def acquire(self, tenant: str = "") -> "Lease":
+        return Lease(self, tenant)
 
     def mark_up(self, models: dict[str, dict[str, Any]], rtt_ms: float) -> None:
         self.healthy, self.probed, self.last_error, self.rtt_ms = True, True, None, rtt_ms
@@ -106,16 +106,26 @@ class Replica:
         }
 
 
+class LeaseObserver(Protocol):
+    """Told of every lease, so per-tenant counts and waiting requests follow the load."""
+
+    def acquired(self, tenant: str) -> None: ...
+    def released(self, tenant: str) -> None: ...
+
+
 class Lease:
     """One request's share of a replica's load, from choice to the end of its answer."""
 
-    __slots__ = ("replica",)
+    __slots__ = ("replica", "tenant")
 
-    def __init__(self, replica: Replica) -> None:
+    def __init__(self, replica: Replica, tenant: str = "") -> None:
         self.replica: Replica | None = replica
+        self.tenant = tenant
         replica.in_flight += 1
         replica.load += 1
         replica.idle.clear()
+        if replica.pool.observer is not None:
+            replica.pool.observer.acquired(tenant)
 
     def release(self) -> None:
         replica = self.replica
@@ -125,6 +135,8 @@ class Lease:
             if not replica.in_flight:
                 replica.idle.set()
             self.replica = None
+            if replica.pool.observer is not None:
+                replica.pool.observer.released(self.tenant)
 
 
 @dataclass(eq=False, slots=True)
@@ -135,6 +147,7 @@ class Pool:
     static_models: frozenset[str]
     max_load: int | None
     replicas: list[Replica] = field(default_factory=list)
+    observer: LeaseObserver | None = None
     _ids: Iterator[int] = field(default_factory=itertools.count)
 
     def next_id(self) -> str:
@@ -166,6 +179,20 @@ class PoolRegistry:
     def remove_replica(self, replica: Replica) -> None:
         replica.pool.replicas.remove(replica)
         self.router.remove(replica.name)
+
+    def observe(self, observer: LeaseObserver) -> None:
+        for pool in self.pools.values():
+            pool.observer = observer
+
+    def capacity(self, model: str) -> int | None:
+        """Requests the available replicas serving `model` take before saturating (None: no limit)."""
+        total = 0
+        for replica in self.replicas():
+            if replica.available and replica.serves(model):
+                if replica.capacity is None:
+                    return None
+                total += replica.capacity
+        return total
 
     def report(self, replica: Replica, outcome: Outcome) -> None:
         """How a request to `replica` went, for the router's outlier detection."""

@@ -89,9 +89,10 @@ class _Attempt:
 
     __slots__ = ("_lease", "_report", "replica")
 
-    def __init__(self, replica: Replica, report: Report) -> None:
-        self.replica = replica
-        self._lease: Lease | None = replica.acquire()
+    def __init__(self, lease: Lease, report: Report) -> None:
+        assert lease.replica is not None, "a released lease"
+        self.replica: Replica = lease.replica
+        self._lease: Lease | None = lease
         self._report = report
 
     def finish(self, outcome: Outcome) -> None:
@@ -143,7 +144,7 @@ class Proxy:
     async def forward(
         self,
         request: Request,
-        replica: Replica,
+        lease: Lease,
         path: str,
         body: bytes,
         headers: Mapping[str, str],
@@ -151,12 +152,13 @@ class Proxy:
         deadline: Deadline,
         attempt_timeout: float | None = None,
     ) -> Response:
-        """Send `body` to `replica` and answer the client with what it says.
+        """Send `body` to the leased replica and answer the client with what it says; the
+        lease is released when the answer ends.
 
         `headers` go back to the client; its `x-request-id` also goes to the engine (vLLM
         takes it as its own request id), so logs on both sides name the same request.
         """
-        attempt = _Attempt(replica, self._report)
+        attempt = _Attempt(lease, self._report)
         streaming = False
         upstream_headers = {**_JSON_HEADERS, "x-request-id": headers["x-request-id"]}
         try:
@@ -184,9 +186,9 @@ class Proxy:
             raise RetryableAnswer(response, retry_after)
         return response
 
-    async def call(self, replica: Replica, path: str, body: bytes, deadline: Deadline) -> tuple[int, bytes]:
+    async def call(self, lease: Lease, path: str, body: bytes, deadline: Deadline) -> tuple[int, bytes]:
         """A whole request and answer, for the gateway's own use of an engine."""
-        attempt = _Attempt(replica, self._report)
+        attempt = _Attempt(lease, self._report)
         try:
             upstream = await self._send(attempt, path, body, _JSON_HEADERS, deadline, None)
             return upstream.status, await self._read(upstream, attempt, deadline)

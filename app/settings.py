@@ -57,6 +57,10 @@ class GatewaySettings(BaseSettings):
     eject_base_s: float = Field(default=30.0, gt=0)
     eject_max_s: float = Field(default=300.0, gt=0)
     max_ejected_fraction: float = Field(default=0.5, ge=0, le=1)
+    # Admission: requests waiting for a replica below its max_load, all tenants together,
+    # and how long one may wait (its deadline too).
+    max_queue: int = Field(default=256, ge=0)
+    queue_timeout_s: float = Field(default=30.0, gt=0)
     # Deadlines: a request's own timeout header, else this; never more than the maximum.
     request_timeout_s: float = Field(default=600.0, gt=0)
     max_request_timeout_s: float = Field(default=3600.0, gt=0)

@@ -26,8 +26,9 @@ async def chat_completions(request: Request, gateway: GatewayDep) -> Response:
     chat = parse_body(body, ChatCompletionRequest)
     key = chat_key(request.headers, chat)
     path = "/v1/chat/completions"
+    tenant = tenant_of(chat.user)
     return await gateway.idempotency.run(
-        request, tenant_of(chat.user), path, body, lambda: gateway.dispatch(request, path, chat.model, key, body)
+        request, tenant, path, body, lambda: gateway.dispatch(request, path, chat.model, key, body, tenant)
     )
 
 
@@ -37,12 +38,9 @@ async def completions(request: Request, gateway: GatewayDep) -> Response:
     completion = parse_body(body, CompletionRequest)
     key = completion_key(request.headers, completion)
     path = "/v1/completions"
+    tenant = tenant_of(completion.user)
     return await gateway.idempotency.run(
-        request,
-        tenant_of(completion.user),
-        path,
-        body,
-        lambda: gateway.dispatch(request, path, completion.model, key, body),
+        request, tenant, path, body, lambda: gateway.dispatch(request, path, completion.model, key, body, tenant)
     )
 
 

@@ -60,7 +60,7 @@ async def predict(request: Request, gateway: GatewayDep) -> JSONResponse:
     key = routing_key(model=model, session_id=request.headers.get(SESSION_HEADER), user=None, prompt_head=ask.text)
     decision = choose(gateway.registry, model, key, time.monotonic())
     status_code, answer = await gateway.proxy.call(
-        decision.node, "/v1/chat/completions", json.dumps(chat).encode(), gateway.deadline(request)
+        decision.node.acquire(), "/v1/chat/completions", json.dumps(chat).encode(), gateway.deadline(request)
     )
     try:
         if status_code != 200:
