@@ -82,6 +82,7 @@ class Admission:
             if self._fits(tenant, model, decision, now):
                 return decision, decision.node.acquire(tenant)
         waiter = self._enqueue(tenant, model, route, now)
+        self.pump()  # its turn may be now: another tenant's turn can come before a backlog
         try:
             async with asyncio.timeout(min(deadline.remaining(), self._queue_timeout_s)):
                 return await waiter.future
@@ -148,9 +149,10 @@ class Admission:
 
     def _enqueue(self, tenant: str, model: str, route: Route, now: float) -> _Waiter:
         queue = self._queues.get(tenant)
-        share = max(1, self._max_queue // (len(self._queues) + (queue is None)))
-        if queue is not None and len(queue) >= share:
-            raise TenantOverShare(self._retry_after_ms())
+        tenants = len(self._queues) + (queue is None)
+        share = max(1, self._max_queue // tenants)
+        if queue is not None and len(queue) >= share and tenants > 1:
+            raise TenantOverShare(self._retry_after_ms())  # alone, a tenant's share is the whole queue
         if self._queued >= self._max_queue and not self._push_out(tenant, share):
             raise Overloaded(self._retry_after_ms())
         waiter = _Waiter(tenant, model, route, now)
