@@ -55,11 +55,24 @@ class Admission:
         self._in_flight: Counter[str] = Counter()
         self._last_seen: dict[str, float] = {}
         self._wait_ms = 1000.0  # recent queue wait (EWMA): what Retry-After says
+        self._empty = asyncio.Event()  # set while nobody waits
+        self._empty.set()
         registry.observe(self)
 
     @property
     def queued(self) -> int:
         return self._queued
+
+    async def wait_empty(self) -> None:
+        await self._empty.wait()
+
+    def shed_all(self, error: Callable[[], GatewayError]) -> None:
+        """Answer every waiting request with `error` (the drain budget is spent)."""
+        for queue in list(self._queues.values()):
+            for waiter in list(queue):
+                self._drop(waiter)
+                if not waiter.future.done():
+                    waiter.future.set_exception(error())
 
     # LeaseObserver: every lease, retries included, counts for its tenant.
 
@@ -83,12 +96,14 @@ class Admission:
                 return decision, decision.node.acquire(tenant)
         waiter = self._enqueue(tenant, model, route, now)
         self.pump()  # its turn may be now: another tenant's turn can come before a backlog
+        # Which bound ends the wait is decided now: timers may fire a little early.
+        deadline_first = deadline.remaining() <= self._queue_timeout_s
         try:
             async with asyncio.timeout(min(deadline.remaining(), self._queue_timeout_s)):
                 return await waiter.future
         except TimeoutError:
             self._drop(waiter)
-            if deadline.expired:
+            if deadline_first:
                 raise DeadlineExceeded("The request reached its deadline while waiting for an engine.") from None
             raise Overloaded(self._retry_after_ms()) from None
         except asyncio.CancelledError:  # the client left while waiting
@@ -105,6 +120,10 @@ class Admission:
             granted = False
             for tenant, queue in list(self._queues.items()):
                 waiter = queue[0]
+                if waiter.future.done():  # gave up (deadline, client gone): leaving on its own
+                    self._drop(waiter)
+                    granted = True
+                    break
                 try:
                     decision = waiter.route()
                 except GatewayError as exc:  # its model went away meanwhile
@@ -158,6 +177,7 @@ class Admission:
         waiter = _Waiter(tenant, model, route, now)
         self._queues.setdefault(tenant, deque()).append(waiter)
         self._queued += 1
+        self._empty.clear()
         return waiter
 
     def _push_out(self, newcomer: str, share: int) -> bool:
@@ -169,7 +189,8 @@ class Admission:
             return False
         evicted = queue[-1]
         self._drop(evicted)
-        evicted.future.set_exception(TenantOverShare(self._retry_after_ms()))
+        if not evicted.future.done():
+            evicted.future.set_exception(TenantOverShare(self._retry_after_ms()))
         return True
 
     def _drop(self, waiter: _Waiter) -> None:
@@ -180,6 +201,8 @@ class Admission:
         self._queued -= 1
         if not queue:
             del self._queues[waiter.tenant]
+        if not self._queued:
+            self._empty.set()
 
     def _retry_after_ms(self) -> int:
         return round(min(max(self._wait_ms, 50.0), 120_000.0))

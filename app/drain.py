@@ -2,8 +2,10 @@
 
 1. Readiness answers 503 and new requests 503 with `Connection: close` (load balancers
    take this replica out; clients retry elsewhere).
-2. Requests in flight, streams included, run on for up to the drain budget.
-3. Streams still open then end with a `server_shutting_down` error event, never a silent cut.
+2. Requests in flight, streams included, and those waiting for capacity run on for up to
+   the drain budget.
+3. Streams still open then end with a `server_shutting_down` error event, never a silent
+   cut, and requests still waiting get a 503 `server_shutting_down`.
 4. The server is told to exit (uvicorn alone would wait on an open stream for ever).
 """
 
@@ -33,6 +35,7 @@ class Drain:
         self.in_flight: Callable[[], int] = lambda: 0  # set once the pools exist
         self.wait_idle: Callable[[], Awaitable[None]] = _nothing_in_flight  # ditto
         self.on_drained: Callable[[], None] = lambda: None  # set by whoever runs the server
+        self.on_budget_spent: Callable[[], None] = lambda: None  # answers what still waits
         self._stoppers: set[Callable[[], None]] = set()
         self._task: asyncio.Task[None] | None = None
 
@@ -50,8 +53,9 @@ class Drain:
 
     async def _run(self) -> None:
         try:
-            if not await self._idle_within(self.budget_s) and self._stoppers:
+            if not await self._idle_within(self.budget_s):
                 log.warning("drain budget spent: ending %d open stream(s)", len(self._stoppers))
+                self.on_budget_spent()
                 for stop in list(self._stoppers):
                     stop()
                 await self._idle_within(_STREAM_END_GRACE_S)

@@ -17,6 +17,7 @@ GatewayError
 │   └── EngineUnreachable       (no connection: safe to try another replica)
 ├── IdempotencyUnavailable  503 idempotency_unavailable
 ├── Overloaded              503 overloaded (shed: every replica busy and the queue full)
+├── ShuttingDown            503 server_shutting_down
 └── UpstreamTimeout         504 upstream_timeout
     └── DeadlineExceeded        504 deadline_exceeded (the request's own deadline passed)
 """
@@ -47,6 +48,7 @@ __all__ = [
     "PayloadTooLarge",
     "PermissionDenied",
     "Unprocessable",
+    "ShuttingDown",
     "TenantOverShare",
     "UnsupportedMediaType",
     "UpstreamFailed",
@@ -183,6 +185,17 @@ class Overloaded(GatewayError):
         super().__init__(
             "Every engine is busy and the queue is full; retry after the time given.",
             headers=shed_headers(retry_after_ms),
+        )
+
+
+class ShuttingDown(GatewayError):
+    status = 503
+    code = "server_shutting_down"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The gateway is shutting down; retry on another replica.",
+            headers={"retry-after": "1", "x-should-retry": "true"},
         )
 
 

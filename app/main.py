@@ -10,7 +10,7 @@ from app.admin import NodeManager
 from app.admission import Admission
 from app.drain import Drain, DrainMiddleware
 from app.embedded import EmbeddedEngine
-from app.errors import install_error_handlers
+from app.errors import ShuttingDown, install_error_handlers
 from app.gateway import Gateway
 from app.health import HealthMonitor
 from app.idempotency import Idempotency
@@ -62,8 +62,16 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                 )
             )
             budget = RetryBudget(settings.retry_budget_ratio, minimum=settings.retry_budget_min)
-            drain.in_flight = lambda: sum(r.in_flight for r in registry.replicas())
-            drain.wait_idle = registry.wait_idle
+            admission = Admission(registry, max_queue=settings.max_queue, queue_timeout_s=settings.queue_timeout_s)
+
+            async def wait_idle() -> None:
+                while admission.queued or any(r.in_flight for r in registry.replicas()):
+                    await admission.wait_empty()
+                    await registry.wait_idle()
+
+            drain.in_flight = lambda: admission.queued + sum(r.in_flight for r in registry.replicas())
+            drain.wait_idle = wait_idle
+            drain.on_budget_spent = lambda: admission.shed_all(ShuttingDown)
             store = RedisStore(settings.redis_url) if settings.redis_url else InProcessStore()
             idempotency = Idempotency(
                 store,
@@ -73,7 +81,6 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             )
             stack.push_async_callback(idempotency.aclose)
             proxy = Proxy(client, registry.report, drain)
-            admission = Admission(registry, max_queue=settings.max_queue, queue_timeout_s=settings.queue_timeout_s)
             app.state.gateway = Gateway(settings, registry, proxy, budget, idempotency, admission)
             app.state.nodes = NodeManager(registry, client, timeout=settings.health_timeout_s)
             stack.push_async_callback(app.state.nodes.aclose)

@@ -78,3 +78,47 @@ def test_sigterm_drains_streams_then_exits_cleanly(log_dir: Path) -> None:
         error = json.loads(events[-1].removeprefix("data: "))["error"]
         assert error["code"] == "server_shutting_down", events[-3:]
         assert 10 < len(events) < 200  # it ran during the drain, then was ended, not cut
+
+
+def test_sigterm_answers_queued_requests_too(log_dir: Path) -> None:
+    """One slot, requests of 1 s, a 1.5 s budget: the running one and the next finish; the
+    one still waiting when the budget is spent gets 503, not a dropped connection."""
+    engine_port, port = free_port(), free_port()
+    engine = ServerProcess("tests.counting_engine", ["--port", str(engine_port)], port=engine_port, log_dir=log_dir)
+    engine.wait_ready()
+    gateway = None
+    try:
+        httpx.post(engine.url + "/control", json={"chunks": 4, "chunk_delay_s": 0.25}).raise_for_status()
+        env = {
+            "SWITCHYARD_POOLS": json.dumps([{"name": "p", "replicas": [engine.url], "max_load": 1}]),
+            "SWITCHYARD_DRAIN_TIMEOUT_S": "1.5",
+        }
+        gateway = ServerProcess("app", ["--port", str(port)], port=port, log_dir=log_dir, env=env, ready_path="/ready")
+        gateway.wait_ready()
+        results: dict[int, httpx.Response | str] = {}
+
+        def send(i: int) -> None:
+            body = {"model": MODEL, "messages": [{"role": "user", "content": f"q{i}"}]}
+            try:
+                results[i] = httpx.post(gateway.url + "/v1/chat/completions", json=body, timeout=30)
+            except httpx.HTTPError as exc:
+                results[i] = repr(exc)
+
+        threads = []
+        for i in range(3):
+            threads.append(threading.Thread(target=send, args=(i,)))
+            threads[-1].start()
+            time.sleep(0.1)  # in this order: one runs, two wait
+        gateway.process.send_signal(signal.SIGTERM)
+        assert gateway.process.wait(timeout=15) == 0
+        for thread in threads:
+            thread.join(10)
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        engine.stop()
+    statuses = [r.status_code if isinstance(r, httpx.Response) else r for _, r in sorted(results.items())]
+    assert statuses == [200, 200, 503]
+    last = results[2]
+    assert isinstance(last, httpx.Response)
+    assert last.json()["error"]["code"] == "server_shutting_down"
