@@ -5,6 +5,8 @@ import json
 import signal
 import threading
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -27,22 +29,33 @@ def _read_stream(url: str, tokens: int, into: list[list[str]]) -> None:
     into.append(events)
 
 
-def test_sigterm_drains_streams_then_exits_cleanly(log_dir: Path) -> None:
+@contextmanager
+def _draining_gateway(
+    log_dir: Path, behaviour: Mapping[str, object], pool: Mapping[str, object], drain_s: float
+) -> Iterator[ServerProcess]:
+    """A counting engine told `behaviour`, behind a gateway that drains for `drain_s`."""
     engine_port, port = free_port(), free_port()
     engine = ServerProcess("tests.counting_engine", ["--port", str(engine_port)], port=engine_port, log_dir=log_dir)
     engine.wait_ready()
     gateway = None
     try:
-        httpx.post(engine.url + "/control", json={"chunk_delay_s": CHUNK_DELAY_S}).raise_for_status()
+        httpx.post(engine.url + "/control", json=behaviour).raise_for_status()
         env = {
-            "SWITCHYARD_POOLS": json.dumps([{"name": "p", "replicas": [engine.url]}]),
-            "SWITCHYARD_DRAIN_TIMEOUT_S": str(DRAIN_S),
+            "SWITCHYARD_POOLS": json.dumps([{"name": "p", "replicas": [engine.url], **pool}]),
+            "SWITCHYARD_DRAIN_TIMEOUT_S": str(drain_s),
         }
         gateway = ServerProcess("app", ["--port", str(port)], port=port, log_dir=log_dir, env=env, ready_path="/ready")
-        gateway.wait_ready()
+        yield gateway.wait_ready()
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        engine.stop()
 
-        short: list[list[str]] = []  # streams that finish within the drain budget
-        long: list[list[str]] = []  # streams that outlive it
+
+def test_sigterm_drains_streams_then_exits_cleanly(log_dir: Path) -> None:
+    short: list[list[str]] = []  # streams that finish within the drain budget
+    long: list[list[str]] = []  # streams that outlive it
+    with _draining_gateway(log_dir, {"chunk_delay_s": CHUNK_DELAY_S}, {}, DRAIN_S) as gateway:
         threads = [threading.Thread(target=_read_stream, args=(gateway.url, 8, short)) for _ in range(10)]
         threads += [threading.Thread(target=_read_stream, args=(gateway.url, 200, long)) for _ in range(10)]
         for thread in threads:
@@ -65,10 +78,6 @@ def test_sigterm_drains_streams_then_exits_cleanly(log_dir: Path) -> None:
         assert time.monotonic() - started < DRAIN_S + 5
         for thread in threads:
             thread.join(5)
-    finally:
-        if gateway is not None:
-            gateway.stop()
-        engine.stop()
 
     assert len(short) == len(long) == 10
     for events in short:
@@ -83,19 +92,9 @@ def test_sigterm_drains_streams_then_exits_cleanly(log_dir: Path) -> None:
 def test_sigterm_answers_queued_requests_too(log_dir: Path) -> None:
     """One slot, requests of 1 s, a 1.5 s budget: the running one and the next finish; the
     one still waiting when the budget is spent gets 503, not a dropped connection."""
-    engine_port, port = free_port(), free_port()
-    engine = ServerProcess("tests.counting_engine", ["--port", str(engine_port)], port=engine_port, log_dir=log_dir)
-    engine.wait_ready()
-    gateway = None
-    try:
-        httpx.post(engine.url + "/control", json={"chunks": 4, "chunk_delay_s": 0.25}).raise_for_status()
-        env = {
-            "SWITCHYARD_POOLS": json.dumps([{"name": "p", "replicas": [engine.url], "max_load": 1}]),
-            "SWITCHYARD_DRAIN_TIMEOUT_S": "1.5",
-        }
-        gateway = ServerProcess("app", ["--port", str(port)], port=port, log_dir=log_dir, env=env, ready_path="/ready")
-        gateway.wait_ready()
-        results: dict[int, httpx.Response | str] = {}
+    results: dict[int, httpx.Response | str] = {}
+    behaviour = {"chunks": 4, "chunk_delay_s": 0.25}
+    with _draining_gateway(log_dir, behaviour, {"max_load": 1}, 1.5) as gateway:
 
         def send(i: int) -> None:
             body = {"model": MODEL, "messages": [{"role": "user", "content": f"q{i}"}]}
@@ -113,10 +112,6 @@ def test_sigterm_answers_queued_requests_too(log_dir: Path) -> None:
         assert gateway.process.wait(timeout=15) == 0
         for thread in threads:
             thread.join(10)
-    finally:
-        if gateway is not None:
-            gateway.stop()
-        engine.stop()
     statuses = [r.status_code if isinstance(r, httpx.Response) else r for _, r in sorted(results.items())]
     assert statuses == [200, 200, 503]
     last = results[2]
