@@ -37,12 +37,19 @@ _RETRYABLE = (EngineUnreachable, AttemptTimeout, RetryableAnswer)
 
 
 @dataclass(slots=True)
-class _Tries:
-    """What one request's attempts have learned so far."""
+class _Call:
+    """One client request on its way to an engine, and what its attempts have learned."""
 
+    request: Request
+    path: str
+    model: str
+    key: str
+    body: bytes
+    tenant: str
+    rid: str
+    deadline: Deadline
     tried: list[str] = field(default_factory=list)
     answer: RetryableAnswer | None = None  # the last engine answer worth retrying
-    admitted: tuple[Decision[Replica], Lease] | None = None  # for the first attempt
 
 
 @dataclass(slots=True)
@@ -60,72 +67,71 @@ class Gateway:
         )
 
     async def dispatch(self, request: Request, path: str, model: str, key: str, body: bytes, tenant: str) -> Response:
-        rid = request_id(request)
         deadline = self.deadline(request)
+        call = _Call(request, path, model, key, body, tenant, request_id(request), deadline)
         self.budget.record_request(time.monotonic())
-        tries = _Tries()
-        tries.admitted = await self.admission.admit(
+        decision, lease = await self.admission.admit(
             tenant, model, lambda: choose(self.registry, model, key, time.monotonic()), deadline
         )
+        try:  # the first attempt outside tenacity: most requests need no retry machinery
+            return await self._attempt(call, decision, lease)
+        except _RETRYABLE as failure:
+            return await self._retry(call, failure)
+
+    async def _retry(self, call: _Call, failure: Exception) -> Response:
+        """Attempts after the first: tenacity's loop starts from the first attempt's failure."""
+        first: Exception | None = failure
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(_RETRYABLE),
             wait=wait_random_exponential(
                 multiplier=self.settings.retry_backoff_s, max=self.settings.retry_backoff_max_s
             ),
-            stop=self._stop(deadline),
+            stop=self._stop(call.deadline),
             before_sleep=lambda state: log.info(
-                "%s: retrying after %s", rid, state.outcome and state.outcome.exception()
+                "%s: retrying after %s", call.rid, state.outcome and state.outcome.exception()
             ),
             reraise=True,
         )
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._attempt(request, path, model, key, body, rid, deadline, tries, tenant)
+                    if first is not None:
+                        failure, first = first, None
+                        raise failure  # attempt 1, already made: its outcome decides the first wait
+                    return await self._attempt_again(call)
         except RetryableAnswer as last:
             return last.response  # no retry left: the engine's own answer
         raise AssertionError("tenacity returns or raises")
 
-    async def _attempt(
-        self,
-        request: Request,
-        path: str,
-        model: str,
-        key: str,
-        body: bytes,
-        rid: str,
-        deadline: Deadline,
-        tries: _Tries,
-        tenant: str,
-    ) -> Response:
-        if tries.admitted is not None:
-            (decision, lease), tries.admitted = tries.admitted, None
-        else:
-            if deadline.expired:
-                raise DeadlineExceeded("The request reached its deadline before an engine could take it.")
-            try:
-                decision = choose(self.registry, model, key, time.monotonic(), exclude=tries.tried)
-            except NoEngineAvailable:
-                if tries.answer is not None:
-                    return tries.answer.response  # every replica tried: what the last one said
-                raise
-            lease = decision.node.acquire(tenant)
+    async def _attempt_again(self, call: _Call) -> Response:
+        """A retry goes to a replica not tried yet, past admission (its lease counts all the same)."""
+        if call.deadline.expired:
+            raise DeadlineExceeded("The request reached its deadline before an engine could take it.")
+        try:
+            decision = choose(self.registry, call.model, call.key, time.monotonic(), exclude=call.tried)
+        except NoEngineAvailable:
+            if call.answer is not None:
+                return call.answer.response  # every replica tried: what the last one said
+            raise
+        return await self._attempt(call, decision, decision.node.acquire(call.tenant))
+
+    async def _attempt(self, call: _Call, decision: Decision[Replica], lease: Lease) -> Response:
         replica = decision.node
-        log.info("%s %s -> %s", rid, path, decision)  # explained only when logged
-        headers = {"x-request-id": rid, "x-route-region": decision.region, "x-route-replica": replica.id}
-        tries.tried.append(replica.name)
+        log.info("%s %s -> %s", call.rid, call.path, decision)  # explained only when logged
+        headers = {"x-request-id": call.rid, "x-route-region": decision.region, "x-route-replica": replica.id}
+        call.tried.append(replica.name)
         try:
             return await self.proxy.forward(
-                request,
+                call.request,
                 lease,
-                path,
-                body,
+                call.path,
+                call.body,
                 headers,
-                deadline=deadline,
+                deadline=call.deadline,
                 attempt_timeout=self.settings.attempt_timeout_s,
             )
         except RetryableAnswer as answer:
-            tries.answer = answer
+            call.answer = answer
             if answer.retry_after is not None:
                 self.registry.router.hold(replica.name, time.monotonic() + answer.retry_after)
             raise
