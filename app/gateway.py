@@ -7,9 +7,10 @@ request's deadline and within the retry budget. An engine's Retry-After keeps ne
 off that replica until it is over.
 """
 
+import itertools
 import logging
+import secrets
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -33,6 +34,8 @@ __all__ = ["Gateway", "request_id"]
 log = logging.getLogger("app.route")
 
 _MAX_REQUEST_ID = 128
+_ID_PREFIX = secrets.token_hex(8)  # per process: ids from several gateways never collide
+_ids = itertools.count(1)
 _RETRYABLE = (EngineUnreachable, AttemptTimeout, RetryableAnswer)
 
 
@@ -152,4 +155,4 @@ def request_id(request: Request) -> str:
     given = request.headers.get("x-request-id", "")
     if 0 < len(given) <= _MAX_REQUEST_ID and given.isprintable():
         return given
-    return uuid.uuid4().hex
+    return f"{_ID_PREFIX}{next(_ids):x}"

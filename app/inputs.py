@@ -20,16 +20,19 @@ async def read_json_body(request: Request, limit: int) -> bytes:
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type not in _JSON_TYPES and not media_type.endswith("+json"):
         raise UnsupportedMediaType(f"Content-Type must be application/json, not `{media_type}`.")
-    too_large = PayloadTooLarge(f"The request body is over the limit of {limit} bytes.")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_large
+        raise _too_large(limit)
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise too_large
+            raise _too_large(limit)
     return bytes(body)
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"The request body is over the limit of {limit} bytes.")
 
 
 def parse_body(body: bytes, model: type[M]) -> M:

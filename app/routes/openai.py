@@ -5,7 +5,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from app.deps import GatewayDep
+from app.deps import GatewayDep, gateway_of
 from app.inputs import parse_body, read_json_body
 from app.routing import chat_key, completion_key
 from protocol import ChatCompletionRequest, CompletionRequest
@@ -21,7 +21,8 @@ def tenant_of(user: str | None) -> str:
 
 
 @router.post("/v1/chat/completions")
-async def chat_completions(request: Request, gateway: GatewayDep) -> Response:
+async def chat_completions(request: Request) -> Response:
+    gateway = gateway_of(request)
     body = await read_json_body(request, gateway.settings.max_body_bytes)
     chat = parse_body(body, ChatCompletionRequest)
     key = chat_key(request.headers, chat)
@@ -33,7 +34,8 @@ async def chat_completions(request: Request, gateway: GatewayDep) -> Response:
 
 
 @router.post("/v1/completions")
-async def completions(request: Request, gateway: GatewayDep) -> Response:
+async def completions(request: Request) -> Response:
+    gateway = gateway_of(request)
     body = await read_json_body(request, gateway.settings.max_body_bytes)
     completion = parse_body(body, CompletionRequest)
     key = completion_key(request.headers, completion)
