@@ -92,6 +92,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.state.drain = drain
     app.add_middleware(DrainMiddleware, drain=drain)
     install_error_handlers(app)
+    app.router.routes.extend(openai.completion_routes)
     app.include_router(openai.router)
     app.include_router(ops.router)
     app.include_router(admin.router)

@@ -29,7 +29,7 @@ from app.upstream import (
     UpstreamTimeoutError,
 )
 from protocol import error_payload, sse_event
-from protocol.asgi import cancel_on_disconnect
+from protocol.asgi import CancelOnDisconnect
 from router import Outcome
 
 __all__ = [
@@ -162,13 +162,12 @@ class Proxy:
         streaming = False
         upstream_headers = {**_JSON_HEADERS, "x-request-id": headers["x-request-id"]}
         try:
-            async with cancel_on_disconnect(request):
-                upstream = await self._send(attempt, path, body, upstream_headers, deadline, attempt_timeout)
-                if upstream.status == 200 and upstream.content_type == "text/event-stream":
+            async with CancelOnDisconnect(request):
+                upstream, data = await self._exchange(attempt, path, body, upstream_headers, deadline, attempt_timeout)
+                if data is None:
                     streaming = True
                     relay = self._relay(upstream, attempt, deadline)
                     return _RelayResponse(upstream, attempt, relay, {**SSE_HEADERS, **headers})
-                data = await self._read(upstream, attempt, deadline)
         finally:
             if not streaming:
                 attempt.finish(Outcome.ABANDONED)  # still open only when the client left first
@@ -190,12 +189,13 @@ class Proxy:
         """A whole request and answer, for the gateway's own use of an engine."""
         attempt = _Attempt(lease, self._report)
         try:
-            upstream = await self._send(attempt, path, body, _JSON_HEADERS, deadline, None)
-            return upstream.status, await self._read(upstream, attempt, deadline)
+            upstream, data = await self._exchange(attempt, path, body, _JSON_HEADERS, deadline, None, whole=True)
+            assert data is not None
+            return upstream.status, data
         finally:
             attempt.finish(Outcome.ABANDONED)
 
-    async def _send(
+    async def _exchange(
         self,
         attempt: _Attempt,
         path: str,
@@ -203,36 +203,41 @@ class Proxy:
         headers: Mapping[str, str],
         deadline: Deadline,
         attempt_timeout: float | None,
-    ) -> UpstreamResponse:
+        *,
+        whole: bool = False,
+    ) -> tuple[UpstreamResponse, bytes | None]:
+        """Send `body` and read the answer whole, or for a stream (unless `whole`) only its headers
+        (data None).
+
+        One timer for both: the attempt's time until the headers, then the request's deadline.
+        """
         replica = attempt.replica
         within = deadline.remaining() if attempt_timeout is None else min(attempt_timeout, deadline.remaining())
+        answered = False
         try:
-            async with asyncio.timeout(within):
-                return await self._client.post(replica.url + path, body, headers)
+            async with asyncio.timeout(within) as limit:
+                upstream = await self._client.post(replica.url + path, body, headers)
+                answered = True
+                if not whole and upstream.status == 200 and upstream.content_type == "text/event-stream":
+                    return upstream, None
+                limit.reschedule(asyncio.get_running_loop().time() + deadline.remaining())
+                data = await upstream.read()
         except UpstreamConnectError as exc:
             replica.mark_down(str(exc))
             attempt.finish(Outcome.FAILURE)
             raise EngineUnreachable(f"The engine {replica.id} is unreachable; retry shortly.") from exc
         except (TimeoutError, UpstreamTimeoutError) as exc:
             attempt.finish(Outcome.FAILURE)
+            if answered:
+                raise UpstreamTimeout(f"The engine {replica.id} did not finish in time.") from exc
             raise AttemptTimeout(f"The engine {replica.id} did not answer within {within:.1f} s.") from exc
         except UpstreamError as exc:
             attempt.finish(Outcome.FAILURE)
+            if answered:
+                raise UpstreamFailed(f"The engine {replica.id} broke off its answer: {exc}") from exc
             raise UpstreamFailed(f"The engine {replica.id} failed: {exc}") from exc
-
-    async def _read(self, upstream: UpstreamResponse, attempt: _Attempt, deadline: Deadline) -> bytes:
-        replica = attempt.replica
-        try:
-            async with asyncio.timeout(deadline.remaining()):
-                data = await upstream.read()
-        except (TimeoutError, UpstreamTimeoutError) as exc:
-            attempt.finish(Outcome.FAILURE)
-            raise UpstreamTimeout(f"The engine {replica.id} did not finish in time.") from exc
-        except UpstreamError as exc:
-            attempt.finish(Outcome.FAILURE)
-            raise UpstreamFailed(f"The engine {replica.id} broke off its answer: {exc}") from exc
         attempt.finish(outcome_of_status(upstream.status))
-        return data
+        return upstream, data
 
     async def _relay(self, upstream: UpstreamResponse, attempt: _Attempt, deadline: Deadline) -> AsyncIterator[bytes]:
         """Each chunk goes out as it arrives; a stream that breaks, reaches its deadline or outlives

@@ -1,47 +1,49 @@
 """Helpers for the HTTP servers that speak the protocol (the gateway and the engines)."""
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 from starlette.requests import Request
 
-__all__ = ["ClientDisconnected", "cancel_on_disconnect"]
+__all__ = ["CancelOnDisconnect", "ClientDisconnected"]
 
 
 class ClientDisconnected(Exception):
     """The client went away before its answer was ready."""
 
 
-@asynccontextmanager
-async def cancel_on_disconnect(request: Request) -> AsyncIterator[None]:
-    """Cancel the enclosed work as soon as the client disconnects, raising ClientDisconnected.
+class CancelOnDisconnect:
+    """`async with CancelOnDisconnect(request)`: cancel the enclosed work as soon as the client
+    disconnects, raising ClientDisconnected.
 
-    Enter it once the request body has been read: the next ASGI message is then
-    the disconnect. One watcher task per request; the work itself runs in the
-    caller's task, so nothing is copied or scheduled on the fast path.
+    Enter it once the request body has been read: the next ASGI message is then the
+    disconnect. One watcher task per request; the work itself runs in the caller's task, so
+    nothing is copied or scheduled on the fast path. A class, not a generator-based context
+    manager: this runs on every request.
     """
-    current = asyncio.current_task()
-    assert current is not None
-    gone = False
 
-    def on_disconnect(watch: "asyncio.Task[None]") -> None:
-        nonlocal gone
+    __slots__ = ("_gone", "_request", "_task", "_watch")
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+        self._gone = False
+
+    async def __aenter__(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._watch = asyncio.create_task(_disconnect(self._request))
+        self._watch.add_done_callback(self._on_disconnect)
+
+    def _on_disconnect(self, watch: "asyncio.Task[None]") -> None:
         if not watch.cancelled() and watch.exception() is None:
-            gone = True
-            current.cancel()
+            self._gone = True
+            self._task.cancel()
 
-    watch = asyncio.create_task(_disconnect(request))
-    watch.add_done_callback(on_disconnect)
-    try:
-        yield
-    except asyncio.CancelledError:
-        if gone and current.uncancel() == 0:
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, _: object) -> None:
+        self._watch.remove_done_callback(self._on_disconnect)
+        self._watch.cancel()
+        if kind is not None and issubclass(kind, asyncio.CancelledError) and self._gone and self._task.uncancel() == 0:
             raise ClientDisconnected from None
-        raise
-    finally:
-        watch.remove_done_callback(on_disconnect)
-        watch.cancel()
 
 
 async def _disconnect(request: Request) -> None:

@@ -25,7 +25,7 @@ from protocol import (
     describe_validation_error,
     error_payload,
 )
-from protocol.asgi import ClientDisconnected, cancel_on_disconnect
+from protocol.asgi import CancelOnDisconnect, ClientDisconnected
 
 __all__ = ["create_app"]
 
@@ -100,7 +100,7 @@ def create_app(engine: Engine, *, model_root: str | None = None) -> FastAPI:
     ) -> Response:
         if stream:
             return StreamingResponse(chunks(generation), media_type="text/event-stream", headers=SSE_HEADERS)
-        async with cancel_on_disconnect(request):
+        async with CancelOnDisconnect(request):
             body = await whole(generation)
         return JSONResponse(body.model_dump())
 
