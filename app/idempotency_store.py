@@ -75,17 +75,41 @@ def _parse(raw: str | bytes) -> Claim:
 
 
 class InProcessStore:
-    """For one gateway process (the embedded default): a dict with expiry times."""
+    """For one gateway process (the embedded default): a dict with expiry times, holding at
+    most `max_bytes` of records; past that the oldest finished records go first (a running
+    claim is never dropped: that would let a duplicate run)."""
 
-    def __init__(self) -> None:
-        self._records: dict[str, tuple[float, str]] = {}  # key -> (expires at, record JSON)
+    def __init__(self, max_bytes: int = 256 * 1024 * 1024) -> None:
+        self._max_bytes = max_bytes
+        self._bytes = 0
+        # key -> (expires at, record JSON, running), oldest first
+        self._records: dict[str, tuple[float, str, bool]] = {}
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    @property
+    def size(self) -> int:
+        """What the records take, roughly: their keys and JSON, and a per-record overhead."""
+        return self._bytes
+
+    def _put(self, key: str, record: tuple[float, str, bool]) -> None:
+        self._drop(key)
+        self._records[key] = record
+        self._bytes += _footprint(key, record[1])
+
+    def _drop(self, key: str) -> tuple[float, str, bool] | None:
+        record = self._records.pop(key, None)
+        if record is not None:
+            self._bytes -= _footprint(key, record[1])
+        return record
 
     def _get(self, key: str) -> str | None:
         found = self._records.get(key)
         if found is None:
             return None
         if found[0] <= time.monotonic():
-            del self._records[key]
+            self._drop(key)
             return None
         return found[1]
 
@@ -94,16 +118,17 @@ class InProcessStore:
         if existing is not None:
             return _parse(existing)
         owner = uuid.uuid4().hex
-        self._records[key] = (time.monotonic() + lease_ms / 1000, _running(fingerprint, owner))
+        self._put(key, (time.monotonic() + lease_ms / 1000, _running(fingerprint, owner), True))
         if len(self._records) % 1024 == 0:
             self._sweep()
+        self._evict()
         return Claim("claimed", fingerprint, owner)
 
     async def renew(self, key: str, owner: str, lease_ms: int) -> bool:
         record = self._owned(key, owner)
         if record is None:
             return False
-        self._records[key] = (time.monotonic() + lease_ms / 1000, record)
+        self._records[key] = (time.monotonic() + lease_ms / 1000, record, True)  # same size, same place
         return True
 
     async def complete(self, key: str, owner: str, answer: StoredAnswer, retention_ms: int) -> bool:
@@ -112,17 +137,19 @@ class InProcessStore:
             return False
         fingerprint = json.loads(record)["fingerprint"]
         done = json.dumps({"state": "completed", "fingerprint": fingerprint, "answer": json.loads(answer.to_json())})
-        self._records[key] = (time.monotonic() + retention_ms / 1000, done)
+        self._put(key, (time.monotonic() + retention_ms / 1000, done, False))
+        self._evict()
         return True
 
     async def release(self, key: str, owner: str) -> bool:
         if self._owned(key, owner) is None:
             return False
-        del self._records[key]
+        self._drop(key)
         return True
 
     async def aclose(self) -> None:
         self._records.clear()
+        self._bytes = 0
 
     def _owned(self, key: str, owner: str) -> str | None:
         record = self._get(key)
@@ -133,8 +160,22 @@ class InProcessStore:
 
     def _sweep(self) -> None:
         now = time.monotonic()
-        for key in [k for k, (expires, _) in self._records.items() if expires <= now]:
-            del self._records[key]
+        for key in [k for k, (expires, _, _) in self._records.items() if expires <= now]:
+            self._drop(key)
+
+    def _evict(self) -> None:
+        """Oldest first; a running claim met on the way moves to the back instead."""
+        for _ in range(len(self._records)):
+            if self._bytes <= self._max_bytes:
+                return
+            key = next(iter(self._records))
+            record = self._drop(key)
+            if record is not None and record[2]:
+                self._put(key, record)
+
+
+def _footprint(key: str, record: str) -> int:
+    return len(key) + len(record) + 200  # the dict slot, the tuple, the str headers
 
 
 # Each runs atomically in Redis: act only if the record is still ours and still running.

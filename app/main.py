@@ -72,7 +72,11 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             drain.in_flight = lambda: admission.queued + sum(r.in_flight for r in registry.replicas())
             drain.wait_idle = wait_idle
             drain.on_budget_spent = lambda: admission.shed_all(ShuttingDown)
-            store = RedisStore(settings.redis_url) if settings.redis_url else InProcessStore()
+            store = (
+                RedisStore(settings.redis_url)
+                if settings.redis_url
+                else InProcessStore(settings.idempotency_memory_bytes)
+            )
             idempotency = Idempotency(
                 store,
                 lease_s=settings.idempotency_lease_s,

@@ -1,11 +1,12 @@
 """Benchmark: what the gateway adds on top of an instant engine, beside the thinnest pass-through.
 
-    python -m loadtests.gateway_overhead [--duration 10] [--markdown]
+    python -m loadtests.gateway_overhead [--duration 10] [--connections 1 32]
 
 Starts the fake instant engine, the thinnest FastAPI + aiohttp pass-through and
 the gateway, and drives each with wrk: non-streaming and streaming chat, one
-and 32 connections. The proxy under test gets CPU 0; wrk and the engine share
-CPU 1. Every figure comes from the same run, so compare ratios, not absolutes.
+and 32 connections, without and with a new Idempotency-Key on every request.
+The proxy under test gets CPU 0; wrk and the engine share CPU 1. Every figure
+comes from the same run, so compare ratios, not absolutes.
 Needs `wrk` (Debian: `apt-get install wrk`) and `taskset`.
 """
 
@@ -17,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,12 +26,24 @@ import httpx
 
 from tests.servers import ServerProcess, free_port
 
+# "+key": every request sends a new Idempotency-Key (the gateway claims, runs and keeps it).
+MODES = ("json", "sse", "json+key", "sse+key")
 BODY = {"model": "instant", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
 
 LUA = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = [[{body}]]
+"""
+
+# A new Idempotency-Key on every request: each is claimed, run and kept, never replayed.
+KEYED_LUA = """
+counter = 0
+request = function()
+  counter = counter + 1
+  wrk.headers["Idempotency-Key"] = "{prefix}-" .. counter
+  return wrk.format()
+end
 """
 
 
@@ -48,9 +62,13 @@ def _ms(value: str, unit: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def run_wrk(url: str, body: dict[str, object], connections: int, duration: int) -> tuple[float, float, float, int]:
+def run_wrk(
+    url: str, body: dict[str, object], connections: int, duration: int, *, keyed: bool = False
+) -> tuple[float, float, float, int]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(LUA.format(body=json.dumps(body)))
+        if keyed:
+            script.write(KEYED_LUA.replace("{prefix}", uuid.uuid4().hex))
     command = ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
     output = subprocess.run(
         [*command, "-s", script.name, url + "/v1/chat/completions"], capture_output=True, text=True, check=True
@@ -101,14 +119,16 @@ def main() -> None:
         for server in servers:
             server.wait_ready()
         # Cell by cell, the three targets back to back: the machine's drift hits them alike.
-        for mode, body in (("json", BODY), ("sse", BODY | {"stream": True})):
+        for mode in MODES:
+            body = BODY | {"stream": mode.startswith("sse")}
             for connections in args.connections:
                 for name, server in targets:
                     httpx.post(server.url + "/v1/chat/completions", json=body, timeout=10).raise_for_status()
-                    rate, p50, p99, errors = run_wrk(server.url, body, connections, args.duration)
+                    keyed = mode.endswith("+key")
+                    rate, p50, p99, errors = run_wrk(server.url, body, connections, args.duration, keyed=keyed)
                     results.append(Result(name, mode, connections, rate, p50, p99, errors))
                     print(
-                        f"{name:32} {mode:4} c={connections:<3} {rate:9.0f} req/s  p50 {p50:7.2f} ms  "
+                        f"{name:32} {mode:8} c={connections:<3} {rate:9.0f} req/s  p50 {p50:7.2f} ms  "
                         f"p99 {p99:7.2f} ms  errors {errors}",
                         flush=True,
                     )
@@ -126,7 +146,7 @@ def markdown(results: list[Result]) -> str:
         "| p50 direct | p50 pass-through | p50 gateway | added p50 vs direct |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for mode in ("json", "sse"):
+    for mode in MODES:
         for c in sorted({r.connections for r in results}):
             d = by_key[("engine direct", mode, c)]
             p = by_key[("FastAPI + aiohttp pass-through", mode, c)]

@@ -53,3 +53,19 @@ async def test_release_frees_the_key_and_a_lapsed_lease_too() -> None:
     await asyncio.sleep(0.01)
     assert not await store.renew("k", again.owner, 10_000)  # lapsed: no longer ours
     assert (await store.claim("k", "fp", 10_000)).outcome == "claimed"
+
+
+async def test_the_in_process_store_stays_within_its_memory_and_never_drops_a_running_claim() -> None:
+    probe = InProcessStore()
+    claim = await probe.claim("a", "fp", 60_000)
+    await probe.complete("a", claim.owner, ANSWER, 60_000)
+    store = InProcessStore(max_bytes=3 * probe.size)  # room for three finished records
+    running = await store.claim("running", "fp", 60_000)
+    for key in ("a", "b", "c", "d"):
+        claim = await store.claim(key, "fp", 60_000)
+        assert await store.complete(key, claim.owner, ANSWER, 60_000)
+        assert store.size <= 3 * probe.size
+    assert len(store) == 3
+    assert (await store.claim("running", "fp", 60_000)).outcome == "running"  # the oldest, but running
+    assert (await store.claim("a", "fp", 60_000)).outcome == "claimed"  # the oldest finished: gone
+    assert await store.complete("running", running.owner, ANSWER, 60_000)
