@@ -63,6 +63,8 @@ class Idempotency:
         self._retention_ms = int(retention_s * 1000)
         self._max_answer_bytes = max_answer_bytes
         self._finishing: set[asyncio.Task[None]] = set()
+        self._running: dict[str, str] = {}  # key -> owner, for the claims of requests running now
+        self._renewer: asyncio.Task[None] | None = None
 
     async def run(
         self, request: Request, tenant: str, route: str, body: bytes, handler: Callable[[], Awaitable[Response]]
@@ -87,17 +89,17 @@ class Idempotency:
         return await self._execute(key, claim.owner, handler)
 
     async def _execute(self, key: str, owner: str, handler: Callable[[], Awaitable[Response]]) -> Response:
-        renewing = asyncio.create_task(self._renew(key, owner))
+        self._running[key] = owner
+        if self._renewer is None:
+            self._renewer = asyncio.create_task(self._renew(), name="idempotency-renewer")
         try:
             response = await handler()
         except BaseException:
-            renewing.cancel()
             self._finish(key, owner, None)
             raise
         if isinstance(response, StreamingResponse):
-            response.body_iterator = self._record(key, owner, response, response.body_iterator, renewing)
+            response.body_iterator = self._record(key, owner, response, response.body_iterator)
             return response
-        renewing.cancel()
         self._finish(key, owner, self._answer(response, bytes(response.body)))
         return response
 
@@ -107,7 +109,6 @@ class Idempotency:
         owner: str,
         response: StreamingResponse,
         source: AsyncIterable[str | bytes | memoryview],
-        renewing: asyncio.Task[None],
     ) -> AsyncIterator[bytes]:
         """The stream as it goes to the client, kept whole if it ends with [DONE]."""
         chunks: list[bytes] = []
@@ -121,7 +122,6 @@ class Idempotency:
                 yield data
             complete = b"".join(chunks[-2:]).rstrip().endswith(_STREAM_DONE)
         finally:
-            renewing.cancel()
             body = b"".join(chunks) if complete and size <= self._max_answer_bytes else None
             self._finish(key, owner, None if body is None else self._answer(response, body))
 
@@ -135,6 +135,7 @@ class Idempotency:
 
     def _finish(self, key: str, owner: str, answer: StoredAnswer | None) -> None:
         """Complete or release in the background: the client's answer does not wait on the store."""
+        self._running.pop(key, None)
         task = asyncio.get_running_loop().create_task(self._settle(key, owner, answer))
         self._finishing.add(task)
         task.add_done_callback(self._finishing.discard)
@@ -148,16 +149,22 @@ class Idempotency:
         except StoreUnavailable as exc:  # the lease runs out and the key frees itself
             log.warning("idempotency store unavailable when settling %s: %s", key[:12], exc)
 
-    async def _renew(self, key: str, owner: str) -> None:
-        """Keep the claim alive while the request runs (a crashed gateway lets it lapse)."""
+    async def _renew(self) -> None:
+        """Keep the claims of running requests alive, a third of a lease at a time (a crashed
+        gateway lets them lapse). One task for all of them: a task per request cost more
+        than the rest of the key's handling."""
         while True:
             await asyncio.sleep(self._lease_ms / 3000)
-            try:
-                await self.store.renew(key, owner, self._lease_ms)
-            except StoreUnavailable as exc:
-                log.warning("idempotency lease renewal failed: %s", exc)
+            for key, owner in list(self._running.items()):
+                try:
+                    await self.store.renew(key, owner, self._lease_ms)
+                except StoreUnavailable as exc:
+                    log.warning("idempotency lease renewal failed: %s", exc)
+                    break
 
     async def aclose(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
         if self._finishing:
             await asyncio.gather(*self._finishing, return_exceptions=True)
         await self.store.aclose()

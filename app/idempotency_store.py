@@ -74,70 +74,57 @@ def _parse(raw: str | bytes) -> Claim:
     return Claim("running", data["fingerprint"])
 
 
+@dataclass(slots=True)
+class _Record:
+    expires: float  # time.monotonic()
+    fingerprint: str
+    owner: str  # while running
+    answer: StoredAnswer | None = None  # once completed
+    size: int = 0
+
+
 class InProcessStore:
-    """For one gateway process (the embedded default): a dict with expiry times, holding at
-    most `max_bytes` of records; past that the oldest finished records go first (a running
-    claim is never dropped: that would let a duplicate run)."""
+    """For one gateway process (the embedded default): records as plain objects with expiry
+    times, taking at most `max_bytes`; past that the oldest finished records go first (a
+    running claim is never dropped: that would let a duplicate run)."""
 
     def __init__(self, max_bytes: int = 256 * 1024 * 1024) -> None:
         self._max_bytes = max_bytes
         self._bytes = 0
-        # key -> (expires at, record JSON, running), oldest first
-        self._records: dict[str, tuple[float, str, bool]] = {}
+        self._records: dict[str, _Record] = {}  # oldest first
 
     def __len__(self) -> int:
         return len(self._records)
 
     @property
     def size(self) -> int:
-        """What the records take, roughly: their keys and JSON, and a per-record overhead."""
+        """What the records take, roughly: keys, answers and a per-record overhead."""
         return self._bytes
 
-    def _put(self, key: str, record: tuple[float, str, bool]) -> None:
-        self._drop(key)
-        self._records[key] = record
-        self._bytes += _footprint(key, record[1])
-
-    def _drop(self, key: str) -> tuple[float, str, bool] | None:
-        record = self._records.pop(key, None)
-        if record is not None:
-            self._bytes -= _footprint(key, record[1])
-        return record
-
-    def _get(self, key: str) -> str | None:
-        found = self._records.get(key)
-        if found is None:
-            return None
-        if found[0] <= time.monotonic():
-            self._drop(key)
-            return None
-        return found[1]
-
     async def claim(self, key: str, fingerprint: str, lease_ms: int) -> Claim:
-        existing = self._get(key)
-        if existing is not None:
-            return _parse(existing)
+        record = self._get(key)
+        if record is not None:
+            if record.answer is not None:
+                return Claim("completed", record.fingerprint, answer=record.answer)
+            return Claim("running", record.fingerprint)
         owner = uuid.uuid4().hex
-        self._put(key, (time.monotonic() + lease_ms / 1000, _running(fingerprint, owner), True))
+        self._put(key, _Record(time.monotonic() + lease_ms / 1000, fingerprint, owner))
         if len(self._records) % 1024 == 0:
             self._sweep()
-        self._evict()
         return Claim("claimed", fingerprint, owner)
 
     async def renew(self, key: str, owner: str, lease_ms: int) -> bool:
         record = self._owned(key, owner)
         if record is None:
             return False
-        self._records[key] = (time.monotonic() + lease_ms / 1000, record, True)  # same size, same place
+        record.expires = time.monotonic() + lease_ms / 1000
         return True
 
     async def complete(self, key: str, owner: str, answer: StoredAnswer, retention_ms: int) -> bool:
         record = self._owned(key, owner)
         if record is None:
             return False
-        fingerprint = json.loads(record)["fingerprint"]
-        done = json.dumps({"state": "completed", "fingerprint": fingerprint, "answer": json.loads(answer.to_json())})
-        self._put(key, (time.monotonic() + retention_ms / 1000, done, False))
+        self._put(key, _Record(time.monotonic() + retention_ms / 1000, record.fingerprint, "", answer))
         self._evict()
         return True
 
@@ -151,16 +138,34 @@ class InProcessStore:
         self._records.clear()
         self._bytes = 0
 
-    def _owned(self, key: str, owner: str) -> str | None:
-        record = self._get(key)
-        if record is None:
+    def _get(self, key: str) -> _Record | None:
+        record = self._records.get(key)
+        if record is not None and record.expires <= time.monotonic():
+            self._drop(key)
             return None
-        data = json.loads(record)
-        return record if data["state"] == "running" and data["owner"] == owner else None
+        return record
+
+    def _owned(self, key: str, owner: str) -> _Record | None:
+        record = self._get(key)
+        return record if record is not None and record.answer is None and record.owner == owner else None
+
+    def _put(self, key: str, record: _Record) -> None:
+        self._drop(key)
+        record.size = len(key) + len(record.fingerprint) + 200  # the dict slot and the record's own
+        if record.answer is not None:
+            record.size += len(record.answer.body) + sum(len(k) + len(v) for k, v in record.answer.headers.items())
+        self._records[key] = record
+        self._bytes += record.size
+
+    def _drop(self, key: str) -> _Record | None:
+        record = self._records.pop(key, None)
+        if record is not None:
+            self._bytes -= record.size
+        return record
 
     def _sweep(self) -> None:
         now = time.monotonic()
-        for key in [k for k, (expires, _, _) in self._records.items() if expires <= now]:
+        for key in [k for k, record in self._records.items() if record.expires <= now]:
             self._drop(key)
 
     def _evict(self) -> None:
@@ -170,12 +175,8 @@ class InProcessStore:
                 return
             key = next(iter(self._records))
             record = self._drop(key)
-            if record is not None and record[2]:
+            if record is not None and record.answer is None:
                 self._put(key, record)
-
-
-def _footprint(key: str, record: str) -> int:
-    return len(key) + len(record) + 200  # the dict slot, the tuple, the str headers
 
 
 # Each runs atomically in Redis: act only if the record is still ours and still running.

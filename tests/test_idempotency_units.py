@@ -1,11 +1,13 @@
-"""Idempotency parts that need no server: keys, fingerprints, and the in-process store."""
+"""Idempotency parts that need no server: keys, fingerprints, the in-process store, lease renewal."""
 
 import asyncio
 
 import pytest
+from fastapi import Request
+from fastapi.responses import Response
 
-from app.errors import InvalidRequest
-from app.idempotency import fingerprint, parse_key
+from app.errors import IdempotencyKeyInUse, InvalidRequest
+from app.idempotency import Idempotency, fingerprint, parse_key
 from app.idempotency_store import InProcessStore, StoredAnswer
 
 
@@ -69,3 +71,26 @@ async def test_the_in_process_store_stays_within_its_memory_and_never_drops_a_ru
     assert (await store.claim("running", "fp", 60_000)).outcome == "running"  # the oldest, but running
     assert (await store.claim("a", "fp", 60_000)).outcome == "claimed"  # the oldest finished: gone
     assert await store.complete("running", running.owner, ANSWER, 60_000)
+
+
+def _keyed_request(key: str) -> Request:
+    return Request({"type": "http", "method": "POST", "path": "/", "headers": [(b"idempotency-key", key.encode())]})
+
+
+async def test_a_claim_outlives_its_lease_while_the_request_runs() -> None:
+    idempotency = Idempotency(InProcessStore(), lease_s=0.2, retention_s=60, max_answer_bytes=1 << 20)
+    body = b'{"model": "m"}'
+
+    async def slow() -> Response:
+        await asyncio.sleep(0.8)  # four leases
+        return Response(b'{"ok": true}', media_type="application/json")
+
+    first = asyncio.create_task(idempotency.run(_keyed_request("k"), "t", "/r", body, slow))
+    await asyncio.sleep(0.6)
+    with pytest.raises(IdempotencyKeyInUse):
+        await idempotency.run(_keyed_request("k"), "t", "/r", body, slow)
+    assert (await first).status_code == 200
+    await asyncio.sleep(0.05)  # the answer is kept in the background
+    replay = await idempotency.run(_keyed_request("k"), "t", "/r", body, slow)
+    assert replay.headers["idempotent-replayed"] == "true"
+    await idempotency.aclose()
