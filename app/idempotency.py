@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 KEY_HEADER = "idempotency-key"
 REPLAYED_HEADER = "idempotent-replayed"
 _MAX_KEY_CHARS = 255
-_KEPT_HEADERS = ("content-type", "x-request-id", "x-route-region", "x-route-replica")
+_KEPT_HEADERS = frozenset({b"content-type", b"x-request-id", b"x-route-region", b"x-route-replica"})
 _RELEASED_STATUSES = frozenset({408, 409, 429})
 _STREAM_DONE = b"data: [DONE]"
 
@@ -37,7 +37,8 @@ def parse_key(value: str) -> str:
     key = value.strip()
     if len(key) >= 2 and key[0] == key[-1] == '"':
         key = key[1:-1]
-    if not 0 < len(key) <= _MAX_KEY_CHARS or not all(0x20 < ord(c) < 0x7F for c in key):
+    visible_ascii = key.isascii() and key.isprintable() and " " not in key
+    if not 0 < len(key) <= _MAX_KEY_CHARS or not visible_ascii:
         raise _malformed()
     return key
 
@@ -130,7 +131,7 @@ class Idempotency:
         status = response.status_code
         if status >= 500 or status in _RELEASED_STATUSES or len(body) > self._max_answer_bytes:
             return None
-        headers = {k: v for k, v in response.headers.items() if k in _KEPT_HEADERS}
+        headers = {k.decode(): v.decode() for k, v in response.raw_headers if k in _KEPT_HEADERS}
         return StoredAnswer(status, headers, body)
 
     def _finish(self, key: str, owner: str, answer: StoredAnswer | None) -> None:

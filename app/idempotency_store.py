@@ -6,9 +6,10 @@ released (the key free again) — both only by its owner (Lua, in Redis).
 """
 
 import base64
+import itertools
 import json
+import secrets
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -23,6 +24,15 @@ __all__ = [
     "StoredAnswer",
     "IdempotencyStore",
 ]
+
+
+_OWNER_PREFIX = secrets.token_hex(8)  # per process: owners from several gateways never collide
+_owners = itertools.count(1)
+
+
+def _new_owner() -> str:
+    """A claim's owner token: only its owner may renew, complete or release it."""
+    return f"{_OWNER_PREFIX}-{next(_owners)}"
 
 
 class StoreUnavailable(Exception):
@@ -107,7 +117,7 @@ class InProcessStore:
             if record.answer is not None:
                 return Claim("completed", record.fingerprint, answer=record.answer)
             return Claim("running", record.fingerprint)
-        owner = uuid.uuid4().hex
+        owner = _new_owner()
         self._put(key, _Record(time.monotonic() + lease_ms / 1000, fingerprint, owner))
         if len(self._records) % 1024 == 0:
             self._sweep()
@@ -211,7 +221,7 @@ class RedisStore:
         self._complete = self._redis.register_script(_COMPLETE)
 
     async def claim(self, key: str, fingerprint: str, lease_ms: int) -> Claim:
-        owner = uuid.uuid4().hex
+        owner = _new_owner()
         name = self._prefix + key
         try:
             if await self._redis.set(name, _running(fingerprint, owner), nx=True, px=lease_ms):
