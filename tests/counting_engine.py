@@ -5,12 +5,18 @@
 sets its behaviour and zeroes the counts (`fail_status` for the next `fail_times` requests, with `retry_after`;
 `stall_s` before answering; `chunks`, `chunk_delay_s`); `GET /executions` says how many
 requests it executed, in all and per `x-request-id`.
+
+For load tests: `--slots K` runs at most K requests at once (the rest wait inside, as in an
+engine's batch), `--chunk-delay-s` sets the pace without a `/control` call, and `--log FILE`
+appends one line per execution (`<port> <x-request-id>`), which outlives the process.
 """
 
 import argparse
 import asyncio
 from collections import Counter
-from typing import Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
 
 import uvicorn
 from starlette.applications import Starlette
@@ -24,10 +30,15 @@ MODEL = "counting"
 
 
 class CountingEngine:
-    def __init__(self) -> None:
-        self.behaviour: dict[str, Any] = {}
+    def __init__(
+        self, *, slots: int = 0, chunk_delay_s: float = 0.0, log: TextIO | None = None, name: str = ""
+    ) -> None:
+        self.behaviour: dict[str, Any] = {"chunk_delay_s": chunk_delay_s} if chunk_delay_s else {}
         self.executed: Counter[str] = Counter()
         self.received = 0
+        self._slots = asyncio.Semaphore(slots) if slots else None
+        self._log = log
+        self._name = name
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self.chat, methods=["POST"]),
@@ -50,12 +61,25 @@ class CountingEngine:
             return JSONResponse(error, status_code=int(b.get("fail_status", 503)), headers=headers)
         if b.get("stall_s"):
             await asyncio.sleep(float(b["stall_s"]))
-        self.executed[request.headers.get("x-request-id", "-")] += 1
+        if self._slots is not None:
+            await self._slots.acquire()
+        request_id = request.headers.get("x-request-id", "-")
+        self.executed[request_id] += 1
+        if self._log is not None:
+            self._log.write(f"{self._name} {request_id}\n")
+            self._log.flush()
         chunks, delay = int(body.get("max_tokens") or b.get("chunks", 4)), float(b.get("chunk_delay_s", 0.0))
         if not body.get("stream"):
-            await asyncio.sleep(delay * chunks)
+            try:
+                await asyncio.sleep(delay * chunks)
+            finally:
+                self._free()
             return JSONResponse(_completion(chunks))
-        return StreamingResponse(_stream(chunks, delay), media_type="text/event-stream")
+        return StreamingResponse(_stream(chunks, delay, self._free), media_type="text/event-stream")
+
+    def _free(self) -> None:
+        if self._slots is not None:
+            self._slots.release()
 
     async def models(self, _: Request) -> Response:
         return JSONResponse({"object": "list", "data": [{"id": MODEL, "object": "model"}]})
@@ -90,22 +114,31 @@ def _completion(chunks: int) -> dict[str, Any]:
     }
 
 
-async def _stream(chunks: int, delay: float) -> Any:
-    for i in range(chunks):
-        if delay:
-            await asyncio.sleep(delay)
-        choice = {"index": 0, "delta": {"content": f"tok{i} "}, "finish_reason": None}
-        yield sse_event(
-            {"id": "chatcmpl-counting", "object": "chat.completion.chunk", "model": MODEL, "choices": [choice]}
-        )
-    yield DONE_EVENT
+async def _stream(chunks: int, delay: float, done: Callable[[], None]) -> Any:
+    try:
+        for i in range(chunks):
+            if delay:
+                await asyncio.sleep(delay)
+            last = i == chunks - 1
+            choice = {"index": 0, "delta": {"content": f"tok{i} "}, "finish_reason": "length" if last else None}
+            yield sse_event(
+                {"id": "chatcmpl-counting", "object": "chat.completion.chunk", "model": MODEL, "choices": [choice]}
+            )
+        yield DONE_EVENT
+    finally:
+        done()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--slots", type=int, default=0, help="requests executed at once (0: no limit)")
+    parser.add_argument("--chunk-delay-s", type=float, default=0.0)
+    parser.add_argument("--log", type=Path, help="append a line per execution to this file")
     args = parser.parse_args()
-    uvicorn.run(CountingEngine().app, host="127.0.0.1", port=args.port, log_level="warning")
+    log = args.log.open("a") if args.log else None
+    engine = CountingEngine(slots=args.slots, chunk_delay_s=args.chunk_delay_s, log=log, name=str(args.port))
+    uvicorn.run(engine.app, host="127.0.0.1", port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":
