@@ -29,7 +29,7 @@ from typing import Any, TextIO
 import httpx
 import openai
 import yaml
-from locust import User, events, task
+from locust import User, constant_throughput, events, task
 from locust.env import Environment
 from locust.runners import WorkerRunner
 
@@ -50,7 +50,7 @@ def _options(parser: Any) -> None:
     parser.add_argument("--model", default="embedded", help="model to ask for")
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--stream-share", type=float, default=0.5, help="share of requests streamed (0 to 1)")
-    parser.add_argument("--rate", type=float, default=0.0, help="requests/s per user (0: back to back)")
+    parser.add_argument("--rate", type=float, default=0.0, help="requests/s per user, paced (0: back to back)")
     parser.add_argument("--idempotency", action="store_true", help="send a new Idempotency-Key per request")
     parser.add_argument("--tenants", type=int, default=1, help="users spread over this many `user` values")
     parser.add_argument("--request-timeout", type=float, default=60.0, help="client timeout, seconds")
@@ -70,8 +70,10 @@ class ChatUser(User):
     """One client: a chat completion at a time, streamed or not by `--stream-share`."""
 
     def wait_time(self) -> float:
+        """Paced: a user starts a request every 1/rate s whatever the answers take (while they
+        take less), so a slow or shedding gateway does not lower the load it is offered."""
         rate = self.environment.parsed_options.rate
-        return random.expovariate(rate) if rate > 0 else 0.0  # Poisson arrivals per user
+        return float(constant_throughput(rate)(self)) if rate > 0 else 0.0
 
     def on_start(self) -> None:
         options = self.environment.parsed_options
