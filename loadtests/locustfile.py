@@ -1,7 +1,7 @@
 """Load test through the stock OpenAI SDK: chat completions, streamed and not.
 
     python -m locust -f loadtests/locustfile.py --host http://127.0.0.1:8000 --headless -u 16 -r 16 -t 30s \\
-        --model embedded --slo loadtests/slo.yaml
+        --model switchyard-tiny-v1 --slo loadtests/slo.yaml
 
 Run it from the repository root (`python -m` puts the root on the path). Each user is an
 OpenAI client with no SDK retries: the gateway's own retries and sheds are what is measured.
@@ -47,7 +47,7 @@ _streams: dict[str, int] = {"completed": 0, "error_event": 0, "truncated": 0, "h
 
 
 def _options(parser: Any) -> None:
-    parser.add_argument("--model", default="embedded", help="model to ask for")
+    parser.add_argument("--model", default="switchyard-tiny-v1", help="model to ask for")
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--stream-share", type=float, default=0.5, help="share of requests streamed (0 to 1)")
     parser.add_argument("--rate", type=float, default=0.0, help="requests/s per user, paced (0: back to back)")
