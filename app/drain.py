@@ -10,13 +10,12 @@
 """
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from protocol import error_payload
+from app.errors import ShuttingDown
 
 __all__ = ["Drain", "DrainMiddleware"]
 
@@ -73,13 +72,8 @@ class Drain:
 
 
 class DrainMiddleware:
-    """While draining, every request but liveness gets 503 and its connection closed."""
-
-    _BODY = json.dumps(
-        error_payload(
-            "The gateway is shutting down; retry on another replica.", "server_error", code="server_shutting_down"
-        )
-    ).encode()
+    """While draining, every request but liveness gets 503 `server_shutting_down` and its
+    connection closed."""
 
     def __init__(self, app: ASGIApp, drain: Drain) -> None:
         self.app = app
@@ -89,11 +83,6 @@ class DrainMiddleware:
         if scope["type"] != "http" or not self.drain.draining or scope["path"] == "/health":
             await self.app(scope, receive, send)
             return
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"connection", b"close"),
-            (b"retry-after", b"1"),
-            (b"x-should-retry", b"true"),
-        ]
-        await send({"type": "http.response.start", "status": 503, "headers": headers})
-        await send({"type": "http.response.body", "body": self._BODY})
+        response = ShuttingDown().response()
+        response.headers["connection"] = "close"
+        await response(scope, receive, send)

@@ -106,7 +106,7 @@ class IdempotencyKeyInUse(Conflict):
         super().__init__(
             "A request with this Idempotency-Key is still running; retry shortly.",
             param="Idempotency-Key",
-            headers={"retry-after": "1", "retry-after-ms": "1000", "x-should-retry": "true"},
+            headers=shed_headers(1000),
         )
 
 

@@ -25,26 +25,9 @@ from app.main import build_router
 from app.pools import PoolRegistry
 from app.settings import GatewaySettings
 from router import DEFAULT_VNODES, HashRing, Router, routing_key, stable_hash
+from tests.fake_nodes import FakeNode
 
-Policy = Callable[[str, Sequence["SimNode"]], "SimNode"]
-
-
-@dataclass(eq=False)
-class SimNode:
-    """A replica in the simulation (the router's `Node`, with plain fields)."""
-
-    name: str
-    region: str = "sim"
-    group: str = "sim"
-    load: int = 0
-    capacity: int | None = None
-    available: bool = True
-
-    def serves(self, model: str) -> bool:
-        return True
-
-    def holds(self, adapter: str) -> bool:
-        return False
+Policy = Callable[[str, Sequence[FakeNode]], FakeNode]
 
 
 def round_robin() -> Policy:
@@ -55,18 +38,18 @@ def round_robin() -> Policy:
 def least_loaded() -> Policy:
     turn = itertools.count()
 
-    def choose(key: str, nodes: Sequence[SimNode]) -> SimNode:
+    def choose(key: str, nodes: Sequence[FakeNode]) -> FakeNode:
         start = next(turn)  # ties in turn, or the first replica would win every tie
         return min((nodes[(start + i) % len(nodes)] for i in range(len(nodes))), key=lambda n: n.load)
 
     return choose
 
 
-def consistent_hashing(nodes: Sequence[SimNode], vnodes: int) -> Policy:
+def consistent_hashing(nodes: Sequence[FakeNode], vnodes: int) -> Policy:
     ring = HashRing((n.name for n in nodes), vnodes)
     by_name = {n.name: n for n in nodes}
 
-    def choose(key: str, _: Sequence[SimNode]) -> SimNode:
+    def choose(key: str, _: Sequence[FakeNode]) -> FakeNode:
         owner = ring.owner(stable_hash(key))
         assert owner is not None
         return by_name[owner]
@@ -74,12 +57,12 @@ def consistent_hashing(nodes: Sequence[SimNode], vnodes: int) -> Policy:
     return choose
 
 
-def bounded_loads(nodes: Sequence[SimNode], factor: float, vnodes: int, memory: int = 0) -> Policy:
-    router: Router[SimNode] = Router("sim", load_factor=factor, vnodes=vnodes, memory=memory)
+def bounded_loads(nodes: Sequence[FakeNode], factor: float, vnodes: int, memory: int = 0) -> Policy:
+    router: Router[FakeNode] = Router("sim", load_factor=factor, vnodes=vnodes, memory=memory)
     for node in nodes:
         router.add(node)
 
-    def choose(key: str, _: Sequence[SimNode]) -> SimNode:
+    def choose(key: str, _: Sequence[FakeNode]) -> FakeNode:
         decision = router.route(key, "m", 0.0)
         assert decision is not None
         return decision.node
@@ -113,12 +96,12 @@ class Result:
     max_over_mean_p99: float
 
 
-def simulate(trace: Trace, keys: list[str], nodes: list[SimNode], policy: Policy) -> Result:
+def simulate(trace: Trace, keys: list[str], nodes: list[FakeNode], policy: Policy) -> Result:
     rng = random.Random(trace.seed + 1)
     rate = trace.in_flight_per_replica * len(nodes)  # Little: in flight = rate * mean service time (1)
     now = 0.0
-    completions: list[tuple[float, int, SimNode]] = []  # a heap, soonest first
-    last_served: dict[str, SimNode] = {}
+    completions: list[tuple[float, int, FakeNode]] = []  # a heap, soonest first
+    last_served: dict[str, FakeNode] = {}
     hits = repeats = 0
     ratios: list[float] = []
     load_sums = [0] * len(nodes)
@@ -167,9 +150,9 @@ def decision_cost_us(replicas: int, samples: int) -> tuple[float, float]:
     keys = [
         routing_key(model="m", session_id=f"s{rng.randrange(10**9)}", user=None, prompt_head="") for _ in range(samples)
     ]
-    plain: Router[SimNode] = Router("sim")
+    plain: Router[FakeNode] = Router("sim")
     for url in urls:
-        plain.add(SimNode(url, load=rng.randrange(0, 32)))
+        plain.add(FakeNode(url, "sim", "sim", load=rng.randrange(0, 32)))
     settings = GatewaySettings.model_validate(
         {"region": "sim", "pools": [{"name": "p", "region": "sim", "replicas": urls}]}
     )
@@ -202,7 +185,7 @@ def main() -> None:
     for skew in args.skew:
         trace = Trace(args.sessions, skew, args.requests, args.in_flight, args.seed)
         keys = trace.keys()
-        policies: dict[str, Callable[[list[SimNode]], Policy]] = {
+        policies: dict[str, Callable[[list[FakeNode]], Policy]] = {
             "round-robin": lambda nodes: round_robin(),
             "least-loaded": lambda nodes: least_loaded(),
             "consistent hashing": lambda nodes: consistent_hashing(nodes, args.vnodes),
@@ -214,7 +197,7 @@ def main() -> None:
             ),
         }
         for name, make in policies.items():
-            nodes = [SimNode(f"http://replica-{i}:8000") for i in range(args.replicas)]
+            nodes = [FakeNode(f"http://replica-{i}:8000", "sim", "sim") for i in range(args.replicas)]
             result = simulate(trace, keys, nodes, make(nodes))
             print(
                 f"| {skew:g} | {name} | {result.hit_rate:.3f} | {result.busiest_over_mean:.2f} "

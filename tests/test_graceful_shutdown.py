@@ -70,6 +70,7 @@ def test_sigterm_drains_streams_then_exits_cleanly(log_dir: Path) -> None:
         )
         assert refused.status_code == 503
         assert refused.headers["connection"] == "close"
+        assert refused.headers["retry-after"] == "1"
         assert refused.json()["error"]["code"] == "server_shutting_down"
         assert httpx.get(gateway.url + "/health").status_code == 200  # alive while it drains
 
