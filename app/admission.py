@@ -4,12 +4,13 @@ Capacity is what the router calls saturation: every replica serving the model at
 `max_load`. A request that finds room (and nobody waiting) goes at once. Otherwise it waits:
 
 - tenants take turns (round robin), each in arrival order;
-- a tenant with more than its share of the queue waiting is refused at once (429), and
-  when the queue is full a newcomer pushes out the newest request of the tenant most over
-  its share (answered 429); with nobody over their share, the newcomer gets 503;
-- while other tenants are active (seen in the last `window_s`), a tenant's requests in
-  flight are capped so each other tenant keeps room for one more than it has running:
-  a quiet tenant is not stuck behind a noisy one's backlog;
+- a tenant's share of the queue is an equal part among the active tenants (seen in the
+  last `window_s`, or with requests running or waiting); over it, a newcomer is refused at
+  once (429). A full queue refuses a newcomer (503; 429 if over its share). Nothing waiting
+  is pushed out to make room: a shed answer is immediate, never given after a wait;
+- while other tenants are active, a tenant's requests in flight are capped so each other
+  tenant keeps room for one more than it has running: a quiet tenant is not stuck behind a
+  noisy one's backlog;
 - a request leaves the queue at its deadline (504, never dispatched) or after
   `queue_timeout_s` (503). Shed answers carry Retry-After (seconds, at most 120),
   `retry-after-ms` and `x-should-retry`, from the recent queue wait.
@@ -90,7 +91,9 @@ class Admission:
         """A decision and its replica's lease, at once or after waiting; or a shed error."""
         now = time.monotonic()
         self._last_seen[tenant] = now
-        if not self._queued:
+        # Free room that nobody waiting could take (pump() runs at every release) is kept for
+        # another tenant: a tenant with nobody waiting may take it, full queue or not.
+        if tenant not in self._queues:
             decision = route()
             if self._fits(tenant, model, decision, now):
                 return decision, decision.node.acquire(tenant)
@@ -149,6 +152,17 @@ class Admission:
 
     def _tenant_limit(self, tenant: str, model: str, now: float) -> int | None:
         """Capacity less one more than each other active tenant has running (never below a fair share)."""
+        others = self._others_running(tenant, now)
+        if not others:
+            return None
+        capacity = self._registry.capacity(model)
+        if capacity is None:
+            return None
+        share = math.ceil(capacity / (len(others) + 1))
+        return max(share, capacity - sum(min(share, running + 1) for running in others))
+
+    def _others_running(self, tenant: str, now: float) -> list[int]:
+        """Requests in flight for each other active tenant; those gone quiet are forgotten."""
         others: list[int] = []
         for other, seen in list(self._last_seen.items()):
             if other == tenant:
@@ -158,40 +172,20 @@ class Admission:
                 del self._last_seen[other]
                 continue
             others.append(running)
-        if not others:
-            return None
-        capacity = self._registry.capacity(model)
-        if capacity is None:
-            return None
-        share = math.ceil(capacity / (len(others) + 1))
-        return max(share, capacity - sum(min(share, running + 1) for running in others))
+        return others
 
     def _enqueue(self, tenant: str, model: str, route: Route, now: float) -> _Waiter:
         queue = self._queues.get(tenant)
-        tenants = len(self._queues) + (queue is None)
-        share = max(1, self._max_queue // tenants)
-        if queue is not None and len(queue) >= share and tenants > 1:
+        active = len(self._others_running(tenant, now)) + 1
+        if active > 1 and queue is not None and len(queue) >= max(1, self._max_queue // active):
             raise TenantOverShare(self._retry_after_ms())  # alone, a tenant's share is the whole queue
-        if self._queued >= self._max_queue and not self._push_out(tenant, share):
+        if self._queued >= self._max_queue:
             raise Overloaded(self._retry_after_ms())
         waiter = _Waiter(tenant, model, route, now)
         self._queues.setdefault(tenant, deque()).append(waiter)
         self._queued += 1
         self._empty.clear()
         return waiter
-
-    def _push_out(self, newcomer: str, share: int) -> bool:
-        """Make room by refusing the newest request of the tenant most over its share."""
-        if not self._queues:
-            return False
-        tenant, queue = max(self._queues.items(), key=lambda item: len(item[1]))
-        if tenant == newcomer or len(queue) <= share:
-            return False
-        evicted = queue[-1]
-        self._drop(evicted)
-        if not evicted.future.done():
-            evicted.future.set_exception(TenantOverShare(self._retry_after_ms()))
-        return True
 
     def _drop(self, waiter: _Waiter) -> None:
         queue = self._queues.get(waiter.tenant)

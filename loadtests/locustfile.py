@@ -9,7 +9,9 @@ Locust's table gets one row per kind of answer:
 
 - `chat` and `chat stream`: whole requests (a stream's time is to its last event);
 - `TTFT`: time to the first content event of a stream (a custom metric);
-- `shed`: 429/503 answers with Retry-After, the gateway refusing work (not errors of the SLO).
+- `shed`: 429/503 answers with Retry-After, the gateway refusing work (not errors of the SLO);
+- `warm-up ...`: the same for requests started in the first `--warmup` seconds, while users
+  start and clients connect; they are outside the SLO and the report's duration.
 
 A stream counts as failed when it ends with an error event or without a finish reason
 (truncated). `--slo FILE` checks p95 TTFT, p99 latency, the error rate and the shed rate
@@ -26,58 +28,71 @@ import uuid
 from pathlib import Path
 from typing import Any, TextIO
 
+import gevent
 import httpx
 import openai
 import yaml
-from locust import User, constant_throughput, events, task
+from locust import User, events, task
 from locust.env import Environment
 from locust.runners import WorkerRunner
 
-from loadtests.slo import Slo, evaluate
+from loadtests.slo import SHED, TTFT, WARM_UP, Slo, evaluate
 
 # One line per request from the SDK's HTTP client would drown locust's own output.
 for _name in ("httpx", "httpx2", "openai"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
-SHED = "shed"
-TTFT = "TTFT"
 
 _acknowledged: TextIO | None = None
-_streams: dict[str, int] = {"completed": 0, "error_event": 0, "truncated": 0, "hung": 0}
+_measured_from = 0.0  # perf_counter() from which requests count: the warm-up is over
+# How streams ended; `no_content`: completed with no content at all (an end token first), so no TTFT.
+_streams: dict[str, int] = {"completed": 0, "no_content": 0, "error_event": 0, "truncated": 0, "hung": 0}
 
 
 def _options(parser: Any) -> None:
     parser.add_argument("--model", default="switchyard-tiny-v1", help="model to ask for")
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--stream-share", type=float, default=0.5, help="share of requests streamed (0 to 1)")
-    parser.add_argument("--rate", type=float, default=0.0, help="requests/s per user, paced (0: back to back)")
+    parser.add_argument("--rate", type=float, default=0.0, help="requests/s per user, Poisson (0: back to back)")
     parser.add_argument("--idempotency", action="store_true", help="send a new Idempotency-Key per request")
     parser.add_argument("--tenants", type=int, default=1, help="users spread over this many `user` values")
     parser.add_argument("--request-timeout", type=float, default=60.0, help="client timeout, seconds")
     parser.add_argument("--slo", default="", help="YAML file of objectives; a breach exits 1")
     parser.add_argument("--report-json", default="", help="write the run's figures here")
     parser.add_argument("--acknowledged", default="", help="append every answered keyed request here")
+    parser.add_argument("--warmup", type=float, default=0.0, help="first seconds, reported apart (`warm-up` rows)")
 
 
 def _start(environment: Environment, **_: Any) -> None:
-    global _acknowledged
-    path = environment.parsed_options.acknowledged if environment.parsed_options else ""
-    if path:
-        _acknowledged = Path(path).open("a")  # noqa: SIM115 (closed when locust quits)
+    global _acknowledged, _measured_from
+    options = environment.parsed_options
+    if options is None:
+        return
+    if options.acknowledged:
+        _acknowledged = Path(options.acknowledged).open("a")  # noqa: SIM115 (closed when locust quits)
+    _measured_from = time.perf_counter() + options.warmup
 
 
 class ChatUser(User):
     """One client: a chat completion at a time, streamed or not by `--stream-share`."""
 
     def wait_time(self) -> float:
-        """Paced: a user starts a request every 1/rate s whatever the answers take (while they
-        take less), so a slow or shedding gateway does not lower the load it is offered."""
-        rate = self.environment.parsed_options.rate
-        return float(constant_throughput(rate)(self)) if rate > 0 else 0.0
+        """With `--rate`, requests start at Poisson arrival times whatever the answers take (a
+        late user catches up), so a slow or shedding gateway does not lower the load it is
+        offered. Independent users add up to one Poisson stream: no synchronized bursts, as
+        users all started at once and paced alike would make."""
+        rate = self.options.rate
+        if rate <= 0:
+            return 0.0
+        self._next_at += random.expovariate(rate)
+        return max(0.0, self._next_at - time.monotonic())
 
     def on_start(self) -> None:
         options = self.environment.parsed_options
         self.options = options
+        if options.rate > 0:  # the first arrival too is a Poisson one, not the moment of spawning
+            self._next_at = time.monotonic() + random.expovariate(options.rate)
+            gevent.sleep(self._next_at - time.monotonic())
         self.client = openai.OpenAI(
             base_url=f"{self.host}/v1", api_key="load-test", max_retries=0, timeout=options.request_timeout
         )
@@ -144,6 +159,7 @@ class ChatUser(User):
             self._record("chat stream", started, size, RuntimeError("stream ended without a finish reason"))
             return
         _streams["completed"] += 1
+        _streams["no_content"] += first is None
         self._record("chat stream", started, size)
 
     def _record(
@@ -152,7 +168,7 @@ class ChatUser(User):
         elapsed_ms = ((at or time.perf_counter()) - started) * 1000
         self.environment.events.request.fire(
             request_type="POST",
-            name=name,
+            name=name if started >= _measured_from else f"{WARM_UP} {name}",
             response_time=elapsed_ms,
             response_length=size,
             exception=error,
@@ -195,8 +211,11 @@ def _report(environment: Environment) -> dict[str, Any]:
             "p99_ms": entry.get_response_time_percentile(0.99),
             "max_ms": entry.max_response_time,
         }
+    warmup = environment.parsed_options.warmup if environment.parsed_options else 0.0
     return {
-        "duration_s": stats.last_request_timestamp - stats.start_time if stats.last_request_timestamp else 0.0,
+        "duration_s": max(0.0, stats.last_request_timestamp - stats.start_time - warmup)
+        if stats.last_request_timestamp
+        else 0.0,
         "rows": rows,
         "streams": dict(_streams),
         "errors": {f"{e.name}: {e.error}": e.occurrences for e in stats.errors.values()},

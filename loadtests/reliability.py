@@ -8,9 +8,11 @@ per token, an execution log that outlives them) behind one gateway whose pools s
 the engines' slots, so capacity is known. Locust drives it through the OpenAI SDK
 (loadtests/locustfile.py), half the requests streamed.
 
-- `overload`: capacity measured first (closed loop, one user per slot, no waiting), then
-  twice that offered for `--seconds`: goodput over capacity, shed answers' p99, admitted
-  p99 TTFT against loadtests/slo-overload.yaml, and the gateway's memory along the way.
+- `overload`: capacity measured first (closed loop, two users per slot: the queue never
+  empties and never fills), then twice that offered for `--seconds` (Poisson arrivals):
+  goodput over capacity, shed answers' p99, admitted p99 TTFT against
+  loadtests/slo-overload.yaml, and the gateway's memory along the way. Both runs leave out
+  their first seconds (`--warmup`: users starting, clients connecting).
 - `kill`: paced load with an Idempotency-Key per request; one engine is SIGKILLed a third
   of the way in. One line: faults injected, failed non-streaming requests, how streams
   ended, executions per key, and acknowledged answers lost (every answered key is sent
@@ -31,11 +33,13 @@ from typing import Any
 
 import httpx
 
+from loadtests.slo import SHED, TTFT, WARM_UP
 from tests.servers import ROOT, ServerProcess, free_port
 
 SLOTS = 4
 CHUNK_DELAY_S = 0.025
 MAX_TOKENS = 16  # so a request takes 16 x 25 ms = 0.4 s on an engine: 10 req/s per replica
+WARMUP_S = 5  # locust starting its users and their clients connecting: outside the figures
 
 
 class Rig:
@@ -105,8 +109,11 @@ def _answered_rps(report: dict[str, Any]) -> float:
 
 def overload(seconds: int) -> None:
     with tempfile.TemporaryDirectory(prefix="overload-") as tmp, Rig(Path(tmp), max_queue=16) as rig:
-        users = SLOTS * len(rig.engines)
-        capacity = _answered_rps(rig.locust("capacity", users=users, rate=0, seconds=20, extra=[]))
+        # Capacity: a closed loop of two users per slot keeps the queue from emptying (so no slot
+        # idles between a user's answer and its next request) and never fills it (nothing shed).
+        users = 2 * SLOTS * len(rig.engines)
+        warmup = ["--warmup", str(WARMUP_S)]
+        capacity = _answered_rps(rig.locust("capacity", users=users, rate=0, seconds=20 + WARMUP_S, extra=warmup))
         samples: list[float] = []
         stop = threading.Event()
 
@@ -116,21 +123,25 @@ def overload(seconds: int) -> None:
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        rate = 0.5  # a request every 2 s per user: answers (≤ 1.5 s) never slow the pace
+        rate = 0.5  # Poisson arrivals, a mean 2 s apart per user
         offered_users = round(2 * capacity / rate)
-        slo = ["--slo", "loadtests/slo-overload.yaml"]
-        report = rig.locust("overload", users=offered_users, rate=rate, seconds=seconds, extra=slo)
+        extra = [*warmup, "--slo", "loadtests/slo-overload.yaml"]
+        report = rig.locust("overload", users=offered_users, rate=rate, seconds=seconds + WARMUP_S, extra=extra)
         stop.set()
         rows = report["rows"]
+        measured = {name: row for name, row in rows.items() if not name.startswith(WARM_UP)}
+        warm_up_failures = sum(row["failures"] for name, row in rows.items() if name.startswith(WARM_UP))
         goodput = _answered_rps(report)
-        offered = sum(row["requests"] for name, row in rows.items() if name != "TTFT") / report["duration_s"]
+        offered = sum(row["requests"] for name, row in measured.items() if name != TTFT) / report["duration_s"]
+        shed = measured.get(SHED, {"requests": 0, "p99_ms": None})
         print(
             f"capacity {capacity:.1f} req/s; offered {offered:.1f} req/s ({offered / capacity:.2f}x) by "
             f"{offered_users} users; goodput {goodput:.1f} req/s = {goodput / capacity:.1%} of capacity; "
-            f"shed {rows.get('shed', {}).get('requests', 0)} answers, p99 {rows.get('shed', {}).get('p99_ms')} ms; "
-            f"admitted TTFT p95 {rows['TTFT']['p95_ms']} ms p99 {rows['TTFT']['p99_ms']} ms; "
+            f"shed {shed['requests']} answers, p99 {shed['p99_ms']} ms; "
+            f"admitted TTFT p95 {rows[TTFT]['p95_ms']} ms p99 {rows[TTFT]['p99_ms']} ms; "
             f"latency p99 chat {rows['chat']['p99_ms']} ms, stream {rows['chat stream']['p99_ms']} ms; "
-            f"failures {rows['chat']['failures'] + rows['chat stream']['failures']}; "
+            f"failures {rows['chat']['failures'] + rows['chat stream']['failures']} "
+            f"(warm-up {warm_up_failures}); "
             f"gateway RSS MB first/max/last {samples[0]:.0f}/{max(samples):.0f}/{samples[-1]:.0f}; "
             f"SLO {'met' if report['exit_code'] == 0 else 'BREACHED'}"
         )

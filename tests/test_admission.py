@@ -43,10 +43,13 @@ def gateway(engines: list[ServerProcess], log_dir: Path) -> Iterator[ServerProce
     server.stop()
 
 
-def _chat(gateway: ServerProcess, user: str, **headers: str) -> tuple[httpx.Response, float]:
+def _chat(
+    gateway: ServerProcess, user: str, client: httpx.Client | None = None, headers: dict[str, str] | None = None
+) -> tuple[httpx.Response, float]:
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "user": user}
     started = time.monotonic()
-    response = httpx.post(gateway.url + "/v1/chat/completions", json=body, headers=headers, timeout=30)
+    post = client.post if client is not None else httpx.post
+    response = post(gateway.url + "/v1/chat/completions", json=body, headers=headers, timeout=30)
     return response, time.monotonic() - started
 
 
@@ -79,29 +82,34 @@ def test_a_full_queue_sheds_at_once_with_retry_after(gateway: ServerProcess, eng
 def test_the_noisy_tenant_gets_429_and_the_quiet_one_keeps_its_latency(
     gateway: ServerProcess, engines: list[ServerProcess]
 ) -> None:
-    alone = [_chat(gateway, "quiet") for _ in range(12)]
+    # Clients that keep their connections: a new client per request would spend the test
+    # process's CPU on TLS set-up, which the quiet client's timings would then include.
+    quiet = httpx.Client()
+    alone = [_chat(gateway, "quiet", quiet) for _ in range(12)]
     assert all(r.status_code == 200 for r, _ in alone)
 
     stop = threading.Event()
     noisy: list[int] = []
 
     def flood() -> None:
-        while not stop.is_set():
-            response, _ = _chat(gateway, "noisy")
-            noisy.append(response.status_code)
-            if response.status_code != 200:
-                time.sleep(0.05)  # clients back off a little on 429
+        with httpx.Client() as client:
+            while not stop.is_set():
+                response, _ = _chat(gateway, "noisy", client)
+                noisy.append(response.status_code)
+                if response.status_code != 200:
+                    time.sleep(0.05)  # clients back off a little on 429
 
     threads = [threading.Thread(target=flood) for _ in range(12)]
     for thread in threads:
         thread.start()
     time.sleep(1.0)  # the noisy tenant has the gateway full
     try:
-        loaded = [_chat(gateway, "quiet") for _ in range(12)]
+        loaded = [_chat(gateway, "quiet", quiet) for _ in range(12)]
     finally:
         stop.set()
         for thread in threads:
             thread.join(30)
+        quiet.close()
     assert all(r.status_code == 200 for r, _ in loaded)
     assert 429 in noisy
     assert noisy.count(200) >= 5, sorted(Counter(noisy).items())  # served too, not starved
@@ -119,7 +127,7 @@ def test_a_request_whose_deadline_passes_in_the_queue_never_reaches_an_engine(
     for thread in threads:
         thread.start()
     time.sleep(0.5)  # all four running: capacity full
-    expired, elapsed = _chat(gateway, "late", **{"x-request-timeout": "0.5"})
+    expired, elapsed = _chat(gateway, "late", headers={"x-request-timeout": "0.5"})
     assert expired.status_code == 504
     assert expired.json()["error"]["code"] == "deadline_exceeded"
     assert 0.4 < elapsed < 1.0
