@@ -5,12 +5,14 @@ import asyncio
 import gc
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
+from starlette.types import ASGIApp
 
 from app.drain import Drain
 from app.main import create_app
@@ -62,14 +64,15 @@ def settle_heap() -> None:
     gc.set_threshold(10_000, 20, 20)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, wrap: Callable[[ASGIApp], ASGIApp] | None = None) -> None:
+    """Serve until drained. `wrap` puts ASGI middleware around the whole app (benchmarks time it)."""
     settings = parse_args(argv)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     app = create_app(settings)
     config = uvicorn.Config(
-        app,
+        wrap(app) if wrap else app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

@@ -21,6 +21,7 @@ the engines' slots, so capacity is known. Locust drives it through the OpenAI SD
 
 import argparse
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -43,7 +44,7 @@ WARMUP_S = 5  # locust starting its users and their clients connecting: outside 
 
 
 class Rig:
-    """Three counting engines and a gateway in front of them."""
+    """Three counting engines and a gateway in front of them (timing its shed answers)."""
 
     def __init__(self, work: Path, *, max_queue: int) -> None:
         self.work = work
@@ -60,9 +61,10 @@ class Rig:
         ]  # fmt: skip
         pools = [{"name": "bench", "max_load": SLOTS, "replicas": [e.url for e in self.engines]}]
         port = free_port()
+        self.shed_times = work / "shed-times.txt"
         self.gateway = ServerProcess(
-            "app",
-            ["--port", str(port), "--log-level", "warning"],
+            "loadtests.timed_gateway",
+            ["--times", str(self.shed_times), "--port", str(port), "--log-level", "warning"],
             port=port,
             log_dir=work,
             env={"SWITCHYARD_POOLS": json.dumps(pools), "SWITCHYARD_MAX_QUEUE": str(max_queue)},
@@ -107,6 +109,10 @@ def _answered_rps(report: dict[str, Any]) -> float:
     return float(done / report["duration_s"])
 
 
+def _p99(values: list[float]) -> float:
+    return values[max(0, math.ceil(0.99 * len(values)) - 1)] if values else math.nan
+
+
 def overload(seconds: int) -> None:
     with tempfile.TemporaryDirectory(prefix="overload-") as tmp, Rig(Path(tmp), max_queue=16) as rig:
         # Capacity: a closed loop of two users per slot keeps the queue from emptying (so no slot
@@ -128,6 +134,8 @@ def overload(seconds: int) -> None:
         extra = [*warmup, "--slo", "loadtests/slo-overload.yaml"]
         report = rig.locust("overload", users=offered_users, rate=rate, seconds=seconds + WARMUP_S, extra=extra)
         stop.set()
+        rig.gateway.stop()  # its shed times are written as it exits
+        inside = sorted(float(line) * 1000 for line in rig.shed_times.read_text().split())
         rows = report["rows"]
         measured = {name: row for name, row in rows.items() if not name.startswith(WARM_UP)}
         warm_up_failures = sum(row["failures"] for name, row in rows.items() if name.startswith(WARM_UP))
@@ -137,7 +145,8 @@ def overload(seconds: int) -> None:
         print(
             f"capacity {capacity:.1f} req/s; offered {offered:.1f} req/s ({offered / capacity:.2f}x) by "
             f"{offered_users} users; goodput {goodput:.1f} req/s = {goodput / capacity:.1%} of capacity; "
-            f"shed {shed['requests']} answers, p99 {shed['p99_ms']} ms; "
+            f"shed {shed['requests']} answers, p99 {shed['p99_ms']} ms at the client, "
+            f"{_p99(inside):.1f} ms inside the gateway; "
             f"admitted TTFT p95 {rows[TTFT]['p95_ms']} ms p99 {rows[TTFT]['p99_ms']} ms; "
             f"latency p99 chat {rows['chat']['p99_ms']} ms, stream {rows['chat stream']['p99_ms']} ms; "
             f"failures {rows['chat']['failures'] + rows['chat stream']['failures']} "
