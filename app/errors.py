@@ -2,7 +2,10 @@
 
 GatewayError
 ├── InvalidRequest          400 invalid_request_error (names `param`)
+├── Unauthenticated         401 missing_token (RFC 6750 challenge in WWW-Authenticate)
+│   └── InvalidToken            401 invalid_token
 ├── PermissionDenied        403 permission_denied
+│   └── InsufficientScope       403 insufficient_scope
 ├── NotFound                404 not_found
 ├── ModelNotFound           404 model_not_found
 ├── Conflict                409 conflict
@@ -39,7 +42,9 @@ __all__ = [
     "IdempotencyKeyInUse",
     "IdempotencyKeyReused",
     "IdempotencyUnavailable",
+    "InsufficientScope",
     "InvalidRequest",
+    "InvalidToken",
     "Conflict",
     "ModelNotFound",
     "NotFound",
@@ -50,6 +55,7 @@ __all__ = [
     "Unprocessable",
     "ShuttingDown",
     "TenantOverShare",
+    "Unauthenticated",
     "UnsupportedMediaType",
     "UpstreamFailed",
     "UpstreamTimeout",
@@ -81,10 +87,43 @@ class InvalidRequest(GatewayError):
     type = "invalid_request_error"
 
 
+REALM = "switchyard"
+
+
+class Unauthenticated(GatewayError):
+    """No bearer token: a bare challenge (RFC 6750 §3.1: no error code when none was sent)."""
+
+    status = 401
+    type = "invalid_request_error"
+    code = "missing_token"
+
+    def __init__(self, message: str = "This endpoint needs an OAuth2 bearer access token.") -> None:
+        super().__init__(message, headers={"www-authenticate": f'Bearer realm="{REALM}"'})
+
+
+class InvalidToken(Unauthenticated):
+    code = "invalid_token"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        description = message.replace("\\", "").replace('"', "'")
+        self.headers["www-authenticate"] = (
+            f'Bearer realm="{REALM}", error="invalid_token", error_description="{description}"'
+        )
+
+
 class PermissionDenied(GatewayError):
     status = 403
     type = "invalid_request_error"
     code = "permission_denied"
+
+
+class InsufficientScope(PermissionDenied):
+    code = "insufficient_scope"
+
+    def __init__(self, scope: str) -> None:
+        super().__init__(f"The access token lacks the scope `{scope}` this endpoint needs.")
+        self.headers["www-authenticate"] = f'Bearer realm="{REALM}", error="insufficient_scope", scope="{scope}"'
 
 
 class NotFound(GatewayError):

@@ -8,6 +8,7 @@ from fastapi import FastAPI
 
 from app.admin import NodeManager
 from app.admission import Admission
+from app.auth import build_auth
 from app.drain import Drain, DrainMiddleware
 from app.embedded import EmbeddedEngine
 from app.errors import ShuttingDown, install_error_handlers
@@ -18,7 +19,7 @@ from app.idempotency_store import InProcessStore, RedisStore
 from app.pools import PoolRegistry, Replica
 from app.proxy import Proxy
 from app.retry_budget import RetryBudget
-from app.routes import admin, openai, ops
+from app.routes import admin, oauth, openai, ops
 from app.settings import GatewaySettings, PoolSettings
 from app.upstream import UpstreamClient
 from router import OutlierPolicy, Router
@@ -94,12 +95,14 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     drain = Drain(settings.drain_timeout_s)
     app = FastAPI(title="switchyard", version="0.1.0", lifespan=lifespan)
     app.state.drain = drain
+    app.state.guard, app.state.issuer = build_auth(settings)
     app.add_middleware(DrainMiddleware, drain=drain)
     install_error_handlers(app)
     app.router.routes.extend(openai.completion_routes)
     app.include_router(openai.router)
     app.include_router(ops.router)
     app.include_router(admin.router)
+    app.include_router(oauth.router)
     return app
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, HttpUrl, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, HttpUrl, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -16,9 +16,22 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-__all__ = ["GatewaySettings", "PoolSettings", "load_settings"]
+__all__ = ["AuthClientSettings", "GatewaySettings", "PoolSettings", "load_settings"]
 
 PoolKind = Literal["transformers", "vllm"]
+Scope = Literal["chat", "finetune", "admin"]
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+AsymmetricAlgorithm = Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
+
+
+class AuthClientSettings(BaseModel):
+    """A client of the built-in issuer: `python -m app.auth hash-secret` makes the hash."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    client_id: str = Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_.:@-]+$")
+    secret_hash: str = Field(pattern=r"^scrypt\$")
+    scopes: list[Scope] = ["chat"]
 
 
 class PoolSettings(BaseModel):
@@ -92,6 +105,33 @@ class GatewaySettings(BaseSettings):
         validation_alias=AliasChoices("SWITCHYARD_DATA_DIR", "data_dir"),
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    # Authentication: OAuth2 bearer JWT access tokens (RFC 9068). `builtin`: this gateway
+    # issues them (/oauth/token) to `auth_clients` and signs with a key kept in data_dir;
+    # `external`: another issuer's (an OIDC provider), verified against its JWKS;
+    # `disabled`: no authentication, refused unless the gateway listens on loopback only.
+    auth_mode: Literal["builtin", "external", "disabled"] = "builtin"
+    auth_issuer: str | None = None  # the exact `iss`; builtin default: http://{host}:{port}
+    auth_audience: str = Field(default="switchyard", min_length=1)  # must be in every token's `aud`
+    auth_jwks: str | None = None  # external: the issuer's JWKS, a URL or a file
+    auth_algorithms: list[AsymmetricAlgorithm] = Field(
+        default=["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"],
+        min_length=1,
+    )
+    auth_leeway_s: float = Field(default=30.0, ge=0, le=60)  # on exp and nbf
+    auth_token_ttl_s: int = Field(default=3600, ge=60, le=86_400)  # builtin: tokens' lifetime
+    auth_clients: list[AuthClientSettings] = []
+
+    @model_validator(mode="after")
+    def _auth_is_complete(self) -> "GatewaySettings":
+        if self.auth_mode == "disabled" and self.host not in LOOPBACK_HOSTS:
+            raise ValueError(f"auth_mode disabled is refused unless host is a loopback address, not {self.host!r}")
+        if self.auth_mode == "external" and not (self.auth_issuer and self.auth_jwks):
+            raise ValueError("auth_mode external needs auth_issuer and auth_jwks (the issuer's JWKS URL or file)")
+        return self
+
+    @property
+    def issuer(self) -> str:
+        return self.auth_issuer or f"http://{self.host}:{self.port}"
 
     @field_validator("pools")
     @classmethod

@@ -109,7 +109,10 @@ def main() -> None:
         ["0", "app", "--port", str(gw_port), "--log-level", "warning"],
         port=gw_port,
         log_dir=log_dir,
-        env={"SWITCHYARD_POOLS": json.dumps([{"name": "bench", "replicas": [engine.url]}])},
+        env={
+            "SWITCHYARD_POOLS": json.dumps([{"name": "bench", "replicas": [engine.url]}]),
+            "SWITCHYARD_AUTH_MODE": "disabled",  # what authentication costs is measured on its own
+        },
         ready_path="/ready",
     )
     servers = [engine, passthrough, gateway]

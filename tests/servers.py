@@ -23,8 +23,15 @@ def free_port() -> int:
         return port
 
 
+GATEWAY_MODULES = ("app", "loadtests.timed_gateway")
+
+
 class ServerProcess:
-    """`python -m MODULE ARGS` with its output in a log file that failures print."""
+    """`python -m MODULE ARGS` with its output in a log file that failures print.
+
+    A gateway runs with authentication disabled (it listens on loopback) unless `env` sets
+    SWITCHYARD_AUTH_MODE: only the tests of authentication need tokens.
+    """
 
     def __init__(
         self,
@@ -40,6 +47,8 @@ class ServerProcess:
         self._ready_path = ready_path
         self.log_path = log_dir / f"{module.replace('.', '_')}-{port}.log"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
+        if module in GATEWAY_MODULES:
+            full_env["SWITCHYARD_AUTH_MODE"] = "disabled"
         full_env |= dict(env or {})
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(

@@ -1,4 +1,6 @@
-"""The admin API answers only clients on loopback (until token scopes guard it)."""
+"""With authentication disabled (a loopback-only gateway), the admin API still answers only
+clients on this host. With authentication on, it takes tokens with scope `admin`
+(tests/test_auth.py)."""
 
 import httpx
 import pytest
@@ -17,7 +19,8 @@ from app.settings import GatewaySettings
     ],
 )
 async def test_other_hosts_are_refused(method: str, path: str) -> None:
-    app = create_app(GatewaySettings.model_validate({"pools": [{"name": "eu", "replicas": ["http://127.0.0.1:9"]}]}))
+    settings = {"pools": [{"name": "eu", "replicas": ["http://127.0.0.1:9"]}], "auth_mode": "disabled"}
+    app = create_app(GatewaySettings.model_validate(settings))
     transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
         response = await client.request(method, path)

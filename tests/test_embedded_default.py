@@ -1,30 +1,51 @@
-"""`python -m app` with no configuration starts, serves and stops its own engine."""
+"""`python -m app` with no configuration starts, serves and stops its own engine, behind
+the built-in issuer: the README's token command gives what every request needs."""
 
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import MODEL
-from tests.servers import ServerProcess, free_port
+from tests.servers import ROOT, ServerProcess, free_port
 
 
 def test_embedded_default_serves_and_cleans_up(builtin_model: Path, data_dir: Path, log_dir: Path) -> None:
     port = free_port()
-    gateway = ServerProcess(
-        "app", ["--port", str(port)], port=port, log_dir=log_dir, env={"SWITCHYARD_DATA_DIR": str(data_dir)}
-    )
+    env = {"SWITCHYARD_DATA_DIR": str(data_dir), "SWITCHYARD_AUTH_MODE": "builtin"}  # the default, said aloud
+    gateway = ServerProcess("app", ["--port", str(port)], port=port, log_dir=log_dir, env=env)
     try:
         gateway.wait_ready()
         chat = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 5}
-        response = httpx.post(gateway.url + "/v1/chat/completions", json=chat, timeout=30)
+        refused = httpx.post(gateway.url + "/v1/chat/completions", json=chat, timeout=30)
+        assert refused.status_code == 401
+        # What `make token` runs: a development token for this gateway, scopes chat and admin.
+        command = [
+            sys.executable,
+            "-m",
+            "app.auth",
+            "--port",
+            str(port),
+            "token",
+            "--scope",
+            "chat",
+            "--scope",
+            "admin",
+        ]
+        token = subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout.strip()
+        auth = {"authorization": f"Bearer {token}"}
+        response = httpx.post(gateway.url + "/v1/chat/completions", json=chat, headers=auth, timeout=30)
         assert response.status_code == 200, response.text
         assert response.json()["usage"]["completion_tokens"] <= 5
-        predicted = httpx.post(gateway.url + "/predict", json={"text": "hello", "max_tokens": 3}, timeout=30)
+        predicted = httpx.post(
+            gateway.url + "/predict", json={"text": "hello", "max_tokens": 3}, headers=auth, timeout=30
+        )
         assert predicted.status_code == 200, predicted.text
         assert predicted.json()["model"] == MODEL
-        [pool] = httpx.get(gateway.url + "/status").json()["pools"]
+        [pool] = httpx.get(gateway.url + "/status", headers=auth).json()["pools"]
         assert pool["name"] == "embedded"
         engine_url = pool["replicas"][0]["url"]
         assert httpx.get(engine_url + "/health").status_code == 200

@@ -1,4 +1,5 @@
-"""The admin API: pools and their replicas, managed at run time. Loopback only for now."""
+"""The admin API: pools and their replicas, managed at run time. Tokens with scope `admin`;
+with authentication disabled (a loopback-only gateway), clients on this host only."""
 
 import ipaddress
 import time
@@ -8,15 +9,16 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, HttpUrl
 
-from app.deps import GatewayDep, NodesDep
+from app.deps import GatewayDep, NodesDep, guard_of
 from app.errors import PermissionDenied
 from app.inputs import parse_body, read_json_body
 
 __all__ = ["router"]
 
 
-async def _loopback_only(request: Request) -> None:
-    """Until token scopes guard it, the admin API answers only clients on this host."""
+async def _admin(request: Request) -> None:
+    if await guard_of(request).check(request.headers, "admin") is not None:
+        return
     host = request.client.host if request.client else ""
     try:
         local = ipaddress.ip_address(host).is_loopback
@@ -26,7 +28,7 @@ async def _loopback_only(request: Request) -> None:
         raise PermissionDenied("The admin API answers only on loopback.")
 
 
-router = APIRouter(prefix="/admin", dependencies=[Depends(_loopback_only)])
+router = APIRouter(prefix="/admin", dependencies=[Depends(_admin)])
 
 
 class AddReplica(BaseModel):

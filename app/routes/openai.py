@@ -11,7 +11,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.routing import Route
 
-from app.deps import GatewayDep, gateway_of
+from app.auth import Principal
+from app.deps import GatewayDep, gateway_of, guard_of, scoped
 from app.inputs import parse_body, read_json_body
 from app.routing import chat_key, completion_key
 from protocol import ChatCompletionRequest, CompletionRequest
@@ -21,36 +22,40 @@ __all__ = ["completion_routes", "router"]
 router = APIRouter()
 
 
-def tenant_of(user: str | None) -> str:
-    """Until authentication names the subject, the `user` field does, else `anonymous`."""
+def tenant_of(principal: Principal | None, user: str | None) -> str:
+    """The token's subject; with authentication disabled, the `user` field, else `anonymous`."""
+    if principal is not None:
+        return principal.subject
     return user or "anonymous"
 
 
 async def chat_completions(request: Request) -> Response:
+    principal = await guard_of(request).check(request.headers, "chat")
     gateway = gateway_of(request)
     body = await read_json_body(request, gateway.settings.max_body_bytes)
     chat = parse_body(body, ChatCompletionRequest)
     key = chat_key(request.headers, chat)
     path = "/v1/chat/completions"
-    tenant = tenant_of(chat.user)
+    tenant = tenant_of(principal, chat.user)
     return await gateway.idempotency.run(
         request, tenant, path, body, lambda: gateway.dispatch(request, path, chat.model, key, body, tenant)
     )
 
 
 async def completions(request: Request) -> Response:
+    principal = await guard_of(request).check(request.headers, "chat")
     gateway = gateway_of(request)
     body = await read_json_body(request, gateway.settings.max_body_bytes)
     completion = parse_body(body, CompletionRequest)
     key = completion_key(request.headers, completion)
     path = "/v1/completions"
-    tenant = tenant_of(completion.user)
+    tenant = tenant_of(principal, completion.user)
     return await gateway.idempotency.run(
         request, tenant, path, body, lambda: gateway.dispatch(request, path, completion.model, key, body, tenant)
     )
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", dependencies=[scoped("chat")])
 async def models(gateway: GatewayDep) -> dict[str, Any]:
     return {"object": "list", "data": gateway.registry.model_cards()}
 

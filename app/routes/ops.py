@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.deps import GatewayDep
+from app.deps import GatewayDep, scoped
 from app.engine_errors import normalize_error
 from app.errors import NoEngineAvailable, UpstreamFailed
 from app.gateway import Gateway
@@ -45,12 +45,12 @@ async def ready(gateway: GatewayDep) -> JSONResponse:
     return JSONResponse({"status": "ready"})
 
 
-@router.get("/status")
+@router.get("/status", dependencies=[scoped("admin")])
 async def status(gateway: GatewayDep) -> dict[str, Any]:
     return {"region": gateway.settings.region, "pools": gateway.registry.describe(time.monotonic())}
 
 
-@router.post("/predict")
+@router.post("/predict", dependencies=[scoped("chat")])
 async def predict(request: Request, gateway: GatewayDep) -> JSONResponse:
     body = await read_json_body(request, gateway.settings.max_body_bytes)
     ask = parse_body(body, PredictRequest)
