@@ -51,6 +51,7 @@ _streams: dict[str, int] = {"completed": 0, "no_content": 0, "error_event": 0, "
 
 def _options(parser: Any) -> None:
     parser.add_argument("--model", default="switchyard-tiny-v1", help="model to ask for")
+    parser.add_argument("--api-key", default="load-test", help="an access token (`make -s token`)")
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--stream-share", type=float, default=0.5, help="share of requests streamed (0 to 1)")
     parser.add_argument("--rate", type=float, default=0.0, help="requests/s per user, Poisson (0: back to back)")
@@ -94,7 +95,7 @@ class ChatUser(User):
             self._next_at = time.monotonic() + random.expovariate(options.rate)
             gevent.sleep(self._next_at - time.monotonic())
         self.client = openai.OpenAI(
-            base_url=f"{self.host}/v1", api_key="load-test", max_retries=0, timeout=options.request_timeout
+            base_url=f"{self.host}/v1", api_key=options.api_key, max_retries=0, timeout=options.request_timeout
         )
         self.tenant = f"tenant-{random.randrange(options.tenants)}"
 
