@@ -11,6 +11,7 @@ GatewayError
 ├── Conflict                409 conflict
 │   └── IdempotencyKeyInUse     409 idempotency_key_in_use
 ├── PayloadTooLarge         413 request_too_large
+├── RateLimited             429 rate_limit_exceeded (the tenant's requests or tokens per minute)
 ├── TenantOverShare         429 tenant_over_share (shed: the tenant has more than its share waiting)
 ├── UnsupportedMediaType    415 unsupported_media_type
 ├── Unprocessable           422 (the code names the check that failed)
@@ -52,6 +53,7 @@ __all__ = [
     "NoEngineAvailable",
     "PayloadTooLarge",
     "PermissionDenied",
+    "RateLimited",
     "Unprocessable",
     "ShuttingDown",
     "TenantOverShare",
@@ -202,6 +204,20 @@ def shed_headers(retry_after_ms: int) -> dict[str, str]:
     """Retry-After in whole seconds (1 to 120: the SDKs ignore more) and in milliseconds."""
     ms = max(1, min(retry_after_ms, 120_000))
     return {"retry-after": str(max(1, -(-ms // 1000))), "retry-after-ms": str(ms), "x-should-retry": "true"}
+
+
+class RateLimited(GatewayError):
+    """Over the tenant's requests or tokens per minute (app/limits.py)."""
+
+    status = 429
+    code = "rate_limit_exceeded"
+
+    def __init__(self, kind: str, retry_after_ms: int, headers: dict[str, str]) -> None:
+        super().__init__(
+            f"Rate limit reached for {kind} per minute; retry after the time given.",
+            headers={**headers, **shed_headers(retry_after_ms)},
+        )
+        self.type = kind  # "requests" or "tokens", as OpenAI's API names it
 
 
 class TenantOverShare(GatewayError):

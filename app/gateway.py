@@ -20,8 +20,9 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 
 from app.admission import Admission
 from app.deadlines import Deadline
-from app.errors import DeadlineExceeded, EngineUnreachable, NoEngineAvailable
+from app.errors import DeadlineExceeded, EngineUnreachable, GatewayError, NoEngineAvailable
 from app.idempotency import Idempotency
+from app.limits import RateLimiter, tokens_used
 from app.pools import Lease, PoolRegistry, Replica
 from app.proxy import AttemptTimeout, Proxy, RetryableAnswer
 from app.retry_budget import RetryBudget
@@ -63,13 +64,32 @@ class Gateway:
     budget: RetryBudget
     idempotency: Idempotency
     admission: Admission
+    limiter: RateLimiter | None = None
 
     def deadline(self, request: Request) -> Deadline:
         return Deadline.from_headers(
             request.headers, default_s=self.settings.request_timeout_s, max_s=self.settings.max_request_timeout_s
         )
 
-    async def dispatch(self, request: Request, path: str, model: str, key: str, body: bytes, tenant: str) -> Response:
+    async def dispatch(
+        self, request: Request, path: str, model: str, key: str, body: bytes, tenant: str, tokens: int = 0
+    ) -> Response:
+        """The answer to one request; `tokens`: its estimated cost for the tenant's rate limits."""
+        if self.limiter is None:
+            return await self._dispatch(request, path, model, key, body, tenant)
+        headers = await self.limiter.charge(tenant, tokens)
+        try:
+            response = await self._dispatch(request, path, model, key, body, tenant)
+        except GatewayError:
+            await self.limiter.correct(tenant, -tokens)  # no completion: the request counts, its tokens do not
+            raise
+        response.headers.update(headers)
+        used = tokens_used(response)
+        if used is not None:
+            await self.limiter.correct(tenant, used - tokens)
+        return response
+
+    async def _dispatch(self, request: Request, path: str, model: str, key: str, body: bytes, tenant: str) -> Response:
         deadline = self.deadline(request)
         call = _Call(request, path, model, key, body, tenant, request_id(request), deadline)
         self.budget.record_request(time.monotonic())

@@ -16,6 +16,7 @@ from app.gateway import Gateway
 from app.health import HealthMonitor
 from app.idempotency import Idempotency
 from app.idempotency_store import InProcessStore, RedisStore
+from app.limits import RedisLimiter, build_limiter
 from app.pools import PoolRegistry, Replica
 from app.proxy import Proxy
 from app.retry_budget import RetryBudget
@@ -86,7 +87,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             )
             stack.push_async_callback(idempotency.aclose)
             proxy = Proxy(client, registry.report, drain)
-            app.state.gateway = Gateway(settings, registry, proxy, budget, idempotency, admission)
+            limiter = build_limiter(settings)
+            if isinstance(limiter, RedisLimiter):
+                stack.push_async_callback(limiter.aclose)
+            app.state.gateway = Gateway(settings, registry, proxy, budget, idempotency, admission, limiter)
             app.state.nodes = NodeManager(registry, client, timeout=settings.health_timeout_s)
             stack.push_async_callback(app.state.nodes.aclose)
             log.info("gateway ready: %d pool(s) in region %s", len(registry.pools), settings.region)

@@ -16,7 +16,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-__all__ = ["AuthClientSettings", "GatewaySettings", "PoolSettings", "load_settings"]
+__all__ = ["AuthClientSettings", "GatewaySettings", "PoolSettings", "RateLimitSettings", "load_settings"]
 
 PoolKind = Literal["transformers", "vllm"]
 Scope = Literal["chat", "finetune", "admin"]
@@ -46,6 +46,13 @@ class PoolSettings(BaseModel):
     # Load (requests in flight plus queued in the engine) at which a replica is saturated;
     # when every replica of a region is, requests spill to the next region.
     max_load: int | None = Field(default=64, ge=1)
+
+
+class RateLimitSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
 
 
 class GatewaySettings(BaseSettings):
@@ -120,6 +127,11 @@ class GatewaySettings(BaseSettings):
     auth_leeway_s: float = Field(default=30.0, ge=0, le=60)  # on exp and nbf
     auth_token_ttl_s: int = Field(default=3600, ge=60, le=86_400)  # builtin: tokens' lifetime
     auth_clients: list[AuthClientSettings] = []
+    # Per-tenant (token subject) rate limits, requests and tokens per minute (none by default);
+    # `rate_limits` sets them for named subjects. In Redis when redis_url is set.
+    rate_limit_rpm: int | None = Field(default=None, ge=1)
+    rate_limit_tpm: int | None = Field(default=None, ge=1)
+    rate_limits: dict[str, RateLimitSettings] = {}
 
     @model_validator(mode="after")
     def _auth_is_complete(self) -> "GatewaySettings":

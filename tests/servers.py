@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["ServerProcess", "free_port"]
+__all__ = ["Redis", "ServerProcess", "free_port"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -89,3 +89,24 @@ class ServerProcess:
                 self.process.wait()
         self._log.close()
         return self.process.returncode
+
+
+class Redis:
+    """A redis-server of a test's own, on a free port, so a test may stop it."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True).stdout != b"PONG\n":
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)

@@ -2,7 +2,6 @@
 stopped) and counting engines that record every execution."""
 
 import json
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -11,29 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import ServerProcess, free_port
+from tests.servers import Redis, ServerProcess, free_port
 
 MODEL = "counting"
 CHAT: dict[str, object] = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
-
-
-class Redis:
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True).stdout != b"PONG\n":
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(10)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from starlette.routing import Route
 from app.auth import Principal
 from app.deps import GatewayDep, gateway_of, guard_of, scoped
 from app.inputs import parse_body, read_json_body
+from app.limits import estimate_tokens
 from app.routing import chat_key, completion_key
 from protocol import ChatCompletionRequest, CompletionRequest
 
@@ -37,8 +38,9 @@ async def chat_completions(request: Request) -> Response:
     key = chat_key(request.headers, chat)
     path = "/v1/chat/completions"
     tenant = tenant_of(principal, chat.user)
+    tokens = estimate_tokens(body, chat.token_limit())
     return await gateway.idempotency.run(
-        request, tenant, path, body, lambda: gateway.dispatch(request, path, chat.model, key, body, tenant)
+        request, tenant, path, body, lambda: gateway.dispatch(request, path, chat.model, key, body, tenant, tokens)
     )
 
 
@@ -50,8 +52,13 @@ async def completions(request: Request) -> Response:
     key = completion_key(request.headers, completion)
     path = "/v1/completions"
     tenant = tenant_of(principal, completion.user)
+    tokens = estimate_tokens(body, completion.max_tokens)
     return await gateway.idempotency.run(
-        request, tenant, path, body, lambda: gateway.dispatch(request, path, completion.model, key, body, tenant)
+        request,
+        tenant,
+        path,
+        body,
+        lambda: gateway.dispatch(request, path, completion.model, key, body, tenant, tokens),
     )
 
 

@@ -1,0 +1,182 @@
+"""Per-tenant rate limits: the bucket arithmetic on a clock the test moves, the same rules in
+a real Redis (atomic under concurrency), and the answers through a real gateway."""
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.errors import RateLimited
+from app.limits import InProcessLimiter, Limits, Policy, RateLimiter, RedisLimiter, estimate_tokens
+from tests.servers import Redis, ServerProcess, free_port
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _in_process(rpm: int | None, tpm: int | None, **own: Limits) -> tuple[InProcessLimiter, Clock]:
+    clock = Clock()
+    return InProcessLimiter(Policy(Limits(rpm, tpm), own), clock), clock
+
+
+async def _refused(limiter: RateLimiter, subject: str, tokens: int) -> RateLimited:
+    with pytest.raises(RateLimited) as refused:
+        await limiter.charge(subject, tokens)
+    return refused.value
+
+
+async def test_a_minute_of_requests_at_once_then_at_the_limits_pace() -> None:
+    limiter, clock = _in_process(rpm=3, tpm=None)
+    remaining = [(await limiter.charge("a", 0))["x-ratelimit-remaining-requests"] for _ in range(3)]
+    assert remaining == ["2", "1", "0"]
+    refused = await _refused(limiter, "a", 0)
+    assert refused.status == 429
+    assert refused.type == "requests"
+    assert refused.code == "rate_limit_exceeded"
+    assert refused.headers["retry-after"] == "20"  # one request every 20 s at 3 a minute
+    assert refused.headers["x-ratelimit-limit-requests"] == "3"
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    assert await limiter.charge("b", 0)  # another tenant has its own bucket
+    clock.now += 19.9
+    await _refused(limiter, "a", 0)
+    clock.now += 0.2
+    assert (await limiter.charge("a", 0))["x-ratelimit-remaining-requests"] == "0"
+
+
+async def test_tokens_are_charged_up_front_and_corrected() -> None:
+    limiter, clock = _in_process(rpm=None, tpm=600)  # 10 tokens a second
+    headers = await limiter.charge("a", 500)
+    assert headers["x-ratelimit-remaining-tokens"] == "100"
+    assert "x-ratelimit-limit-requests" not in headers
+    refused = await _refused(limiter, "a", 200)
+    assert refused.type == "tokens"
+    assert refused.headers["retry-after-ms"] == "10000"  # 100 more tokens: 10 s
+    await limiter.correct("a", -300)  # the answer used 200 of the 500 estimated
+    assert (await limiter.charge("a", 200))["x-ratelimit-remaining-tokens"] == "200"
+    clock.now += 60
+    assert (await limiter.charge("a", 600))["x-ratelimit-remaining-tokens"] == "0"
+
+
+async def test_a_refused_request_charges_neither_limit() -> None:
+    limiter, _ = _in_process(rpm=2, tpm=100)
+    await limiter.charge("a", 90)
+    await _refused(limiter, "a", 50)  # over the tokens, under the requests
+    headers = await limiter.charge("a", 10)
+    assert headers["x-ratelimit-remaining-requests"] == "0"  # the refused one did not count
+    assert headers["x-ratelimit-remaining-tokens"] == "0"
+
+
+async def test_more_than_the_whole_limit_waits_for_a_full_bucket() -> None:
+    limiter, clock = _in_process(rpm=None, tpm=100)
+    await limiter.charge("a", 1000)
+    refused = await _refused(limiter, "a", 1000)
+    assert refused.headers["retry-after"] == "60"
+    clock.now += 60
+    await limiter.charge("a", 1000)
+
+
+async def test_own_limits_for_named_subjects() -> None:
+    limiter, _ = _in_process(rpm=1, tpm=None, vip=Limits(rpm=100, tpm=None))
+    for _ in range(50):
+        await limiter.charge("vip", 0)
+    await limiter.charge("plain", 0)
+    await _refused(limiter, "plain", 0)
+
+
+def test_the_estimate_is_the_prompt_bytes_over_four_plus_the_completion_limit() -> None:
+    assert estimate_tokens(b"x" * 400, 50) == 150
+    assert estimate_tokens(b"x" * 401, None) == 101 + 256
+
+
+@pytest.fixture
+def redis() -> Iterator[Redis]:
+    server = Redis()
+    yield server
+    server.stop()
+
+
+async def test_redis_applies_the_same_rules_atomically(redis: Redis) -> None:
+    limiter = RedisLimiter(Policy(Limits(rpm=10, tpm=1000), {}), redis.url)
+    try:
+        outcomes = await asyncio.gather(*(limiter.charge("a", 50) for _ in range(50)), return_exceptions=True)
+        assert sum(not isinstance(o, BaseException) for o in outcomes) == 10
+        assert all(isinstance(o, RateLimited) for o in outcomes if isinstance(o, BaseException))
+        refused = await _refused(limiter, "a", 50)
+        assert refused.type == "requests"
+        assert 5000 < int(refused.headers["retry-after-ms"]) <= 6000  # 6 s a request at 10 a minute
+        # Redis's clock moves on between calls: a few tokens come back meanwhile.
+        headers = await limiter.charge("b", 900)
+        assert 100 <= int(headers["x-ratelimit-remaining-tokens"]) <= 110
+        assert (await _refused(limiter, "b", 200)).type == "tokens"
+        await limiter.correct("b", -500)
+        assert 400 <= int((await limiter.charge("b", 200))["x-ratelimit-remaining-tokens"]) <= 410
+    finally:
+        await limiter.aclose()
+
+
+async def test_redis_down_lets_requests_through(redis: Redis) -> None:
+    limiter = RedisLimiter(Policy(Limits(rpm=1, tpm=None), {}), redis.url)
+    redis.stop()
+    try:
+        assert await limiter.charge("a", 0) == {}
+        assert await limiter.charge("a", 0) == {}
+    finally:
+        await limiter.aclose()
+
+
+@pytest.fixture(scope="module")
+def engine(log_dir: Path) -> Iterator[ServerProcess]:
+    port = free_port()
+    server = ServerProcess("tests.counting_engine", ["--port", str(port)], port=port, log_dir=log_dir).wait_ready()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(engine: ServerProcess, log_dir: Path) -> Iterator[ServerProcess]:
+    env = {
+        "SWITCHYARD_POOLS": json.dumps([{"name": "p", "replicas": [engine.url]}]),
+        "SWITCHYARD_RATE_LIMIT_RPM": "3",
+        "SWITCHYARD_RATE_LIMITS": json.dumps({"big": {"rpm": 1000, "tpm": 100}}),
+    }
+    port = free_port()
+    server = ServerProcess("app", ["--port", str(port)], port=port, log_dir=log_dir, env=env, ready_path="/ready")
+    yield server.wait_ready()
+    server.stop()
+
+
+def _chat(gateway: ServerProcess, user: str, max_tokens: int = 4) -> httpx.Response:
+    body = {
+        "model": "counting",
+        "messages": [{"role": "user", "content": "hi"}],
+        "user": user,
+        "max_tokens": max_tokens,
+    }
+    return httpx.post(gateway.url + "/v1/chat/completions", json=body, timeout=30)
+
+
+def test_the_gateway_answers_429_with_the_openai_headers(gateway: ServerProcess) -> None:
+    answers = [_chat(gateway, "t1") for _ in range(4)]
+    assert [a.status_code for a in answers] == [200, 200, 200, 429]
+    assert [a.headers["x-ratelimit-remaining-requests"] for a in answers[:3]] == ["2", "1", "0"]
+    refused = answers[3].json()["error"]
+    assert (refused["type"], refused["code"]) == ("requests", "rate_limit_exceeded")
+    assert 1 <= int(answers[3].headers["retry-after"]) <= 20
+    assert _chat(gateway, "t2").status_code == 200  # tenants apart
+
+
+def test_tokens_are_corrected_by_the_answers_usage(gateway: ServerProcess) -> None:
+    # `big` may spend 100 tokens a minute; a request is estimated at its body's bytes / 4 plus
+    # max_tokens 64 (about 90) and uses 65 (the counting engine's usage: 1 prompt + 64).
+    first = _chat(gateway, "big", max_tokens=64)
+    assert first.status_code == 200
+    assert first.json()["usage"]["total_tokens"] == 65
+    assert _chat(gateway, "big", max_tokens=64).status_code == 429  # 35 left: not enough for the estimate
