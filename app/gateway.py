@@ -20,9 +20,18 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 
 from app.admission import Admission
 from app.deadlines import Deadline
-from app.errors import DeadlineExceeded, EngineUnreachable, GatewayError, NoEngineAvailable
+from app.errors import (
+    DeadlineExceeded,
+    EngineUnreachable,
+    GatewayError,
+    NoEngineAvailable,
+    Overloaded,
+    RateLimited,
+    TenantOverShare,
+)
 from app.idempotency import Idempotency
 from app.limits import RateLimiter, tokens_used
+from app.metrics import GatewayMetrics
 from app.pools import Lease, PoolRegistry, Replica
 from app.proxy import AttemptTimeout, Proxy, RetryableAnswer
 from app.retry_budget import RetryBudget
@@ -64,6 +73,7 @@ class Gateway:
     budget: RetryBudget
     idempotency: Idempotency
     admission: Admission
+    metrics: GatewayMetrics
     limiter: RateLimiter | None = None
 
     def deadline(self, request: Request) -> Deadline:
@@ -75,6 +85,15 @@ class Gateway:
         self, request: Request, path: str, model: str, key: str, body: bytes, tenant: str, tokens: int = 0
     ) -> Response:
         """The answer to one request; `tokens`: its estimated cost for the tenant's rate limits."""
+        try:
+            return await self._limited(request, path, model, key, body, tenant, tokens)
+        except (Overloaded, TenantOverShare, RateLimited) as shed:
+            self.metrics.shed.labels(shed.code).inc()
+            raise
+
+    async def _limited(
+        self, request: Request, path: str, model: str, key: str, body: bytes, tenant: str, tokens: int
+    ) -> Response:
         if self.limiter is None:
             return await self._dispatch(request, path, model, key, body, tenant)
         headers = await self.limiter.charge(tenant, tokens)
@@ -136,6 +155,7 @@ class Gateway:
             if call.answer is not None:
                 return call.answer.response  # every replica tried: what the last one said
             raise
+        self.metrics.retries.labels(decision.node.pool.name).inc()
         return await self._attempt(call, decision, decision.node.acquire(call.tenant))
 
     async def _attempt(self, call: _Call, decision: Decision[Replica], lease: Lease) -> Response:
@@ -153,7 +173,13 @@ class Gateway:
                 deadline=call.deadline,
                 attempt_timeout=self.settings.attempt_timeout_s,
             )
+        except (EngineUnreachable, AttemptTimeout) as failure:
+            kind = "connect" if isinstance(failure, EngineUnreachable) else "timeout"
+            self.metrics.engine_errors.labels(replica.pool.name, replica.pool.region, kind).inc()
+            raise
         except RetryableAnswer as answer:
+            kind = "overloaded" if answer.response.status_code in (429, 503) else "server_error"
+            self.metrics.engine_errors.labels(replica.pool.name, replica.pool.region, kind).inc()
             call.answer = answer
             if answer.retry_after is not None:
                 self.registry.router.hold(replica.name, time.monotonic() + answer.retry_after)

@@ -58,7 +58,16 @@ def fingerprint(body: bytes) -> str:
 
 
 class Idempotency:
-    def __init__(self, store: IdempotencyStore, *, lease_s: float, retention_s: float, max_answer_bytes: int) -> None:
+    def __init__(
+        self,
+        store: IdempotencyStore,
+        *,
+        lease_s: float,
+        retention_s: float,
+        max_answer_bytes: int,
+        on_replay: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.on_replay = on_replay
         self.store = store
         self._lease_ms = int(lease_s * 1000)
         self._retention_ms = int(retention_s * 1000)
@@ -86,6 +95,7 @@ class Idempotency:
             raise IdempotencyKeyInUse()
         if claim.answer is not None:
             answer = claim.answer
+            self.on_replay()
             return Response(answer.body, status_code=answer.status, headers={**answer.headers, REPLAYED_HEADER: "true"})
         return await self._execute(key, claim.owner, handler)
 

@@ -1,6 +1,7 @@
 """The app factory: `create_app(settings)` wires the gateway's parts in its lifespan."""
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -17,6 +18,7 @@ from app.health import HealthMonitor
 from app.idempotency import Idempotency
 from app.idempotency_store import InProcessStore, RedisStore
 from app.limits import RedisLimiter, build_limiter
+from app.metrics import GatewayMetrics, RequestMetrics
 from app.pools import PoolRegistry, Replica
 from app.proxy import Proxy
 from app.retry_budget import RetryBudget
@@ -84,23 +86,28 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                 lease_s=settings.idempotency_lease_s,
                 retention_s=settings.idempotency_retention_s,
                 max_answer_bytes=settings.idempotency_max_answer_bytes,
+                on_replay=metrics.replays.inc,
             )
             stack.push_async_callback(idempotency.aclose)
-            proxy = Proxy(client, registry.report, drain)
+            proxy = Proxy(client, registry.report, drain, metrics)
             limiter = build_limiter(settings)
             if isinstance(limiter, RedisLimiter):
                 stack.push_async_callback(limiter.aclose)
-            app.state.gateway = Gateway(settings, registry, proxy, budget, idempotency, admission, limiter)
+            app.state.gateway = Gateway(settings, registry, proxy, budget, idempotency, admission, metrics, limiter)
+            metrics.watch(lambda: admission.queued, lambda: breakers(registry))
             app.state.nodes = NodeManager(registry, client, timeout=settings.health_timeout_s)
             stack.push_async_callback(app.state.nodes.aclose)
             log.info("gateway ready: %d pool(s) in region %s", len(registry.pools), settings.region)
             yield
 
     drain = Drain(settings.drain_timeout_s)
+    metrics = GatewayMetrics()
     app = FastAPI(title="switchyard", version="0.1.0", lifespan=lifespan)
     app.state.drain = drain
+    app.state.metrics = metrics
     app.state.guard, app.state.issuer = build_auth(settings)
     app.add_middleware(DrainMiddleware, drain=drain)
+    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: shutdown answers count too
     install_error_handlers(app)
     app.router.routes.extend(openai.completion_routes)
     app.include_router(openai.router)
@@ -108,6 +115,12 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(oauth.router)
     return app
+
+
+def breakers(registry: PoolRegistry) -> list[tuple[str, str, str]]:
+    """(pool, replica id, breaker state) of every replica, for the metrics."""
+    now = time.monotonic()
+    return [(pool["name"], r["id"], r["breaker"]) for pool in registry.describe(now) for r in pool["replicas"]]
 
 
 def build_router(settings: GatewaySettings) -> Router[Replica]:

@@ -163,6 +163,7 @@ class PoolRegistry:
         self.router = router
         self.pools: dict[str, Pool] = {}
         self._adapters: frozenset[str] = frozenset()
+        self.known_models: frozenset[str] = frozenset()  # served by some replica: a bounded metrics label
         for config in pools:
             pool = Pool(config.name, config.region, config.kind, frozenset(config.models), config.max_load)
             self.pools[pool.name] = pool
@@ -222,6 +223,7 @@ class PoolRegistry:
         self._adapters = frozenset(
             model for r in self.replicas() if r.healthy for model, card in r.models.items() if card.get("parent")
         )
+        self.known_models = frozenset(m for r in self.replicas() for m in (*r.models, *r.pool.static_models))
 
     def model_cards(self) -> list[dict[str, Any]]:
         """The union of the models that healthy replicas serve, one card per id."""

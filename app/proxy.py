@@ -10,6 +10,7 @@ decides whether another replica gets the request. Everything after the first byt
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 
 from fastapi import Request
@@ -20,6 +21,7 @@ from app.deadlines import Deadline
 from app.drain import Drain
 from app.engine_errors import normalize_error
 from app.errors import EngineUnreachable, UpstreamFailed, UpstreamTimeout
+from app.metrics import GatewayMetrics, StreamTimer
 from app.pools import Lease, Replica
 from app.upstream import (
     UpstreamClient,
@@ -136,10 +138,11 @@ def _events_end(data: bytes) -> int:
 
 
 class Proxy:
-    def __init__(self, client: UpstreamClient, report: Report, drain: Drain) -> None:
+    def __init__(self, client: UpstreamClient, report: Report, drain: Drain, metrics: GatewayMetrics) -> None:
         self._client = client
         self._report = report
         self._drain = drain
+        self._metrics = metrics
 
     async def forward(
         self,
@@ -161,17 +164,21 @@ class Proxy:
         attempt = _Attempt(lease, self._report)
         streaming = False
         upstream_headers = {**_JSON_HEADERS, "x-request-id": headers["x-request-id"]}
+        pool = attempt.replica.pool
+        sent = time.perf_counter()
         try:
             async with CancelOnDisconnect(request):
                 upstream, data = await self._exchange(attempt, path, body, upstream_headers, deadline, attempt_timeout)
                 if data is None:
                     streaming = True
-                    relay = self._relay(upstream, attempt, deadline)
+                    timer = self._metrics.stream(request.scope, pool.name, pool.region)
+                    relay = self._relay(upstream, attempt, deadline, timer)
                     return _RelayResponse(upstream, attempt, relay, {**SSE_HEADERS, **headers})
         finally:
             if not streaming:
                 attempt.finish(Outcome.ABANDONED)  # still open only when the client left first
         if upstream.status < 400:
+            self._metrics.answered(request.scope, pool.name, pool.region, data, time.perf_counter() - sent)
             return Response(data, status_code=upstream.status, media_type=upstream.content_type, headers=dict(headers))
         retry_after = retry_after_s(upstream.headers)
         relayed = {"retry-after": upstream.headers["retry-after"]} if retry_after is not None else {}
@@ -239,7 +246,9 @@ class Proxy:
         attempt.finish(outcome_of_status(upstream.status))
         return upstream, data
 
-    async def _relay(self, upstream: UpstreamResponse, attempt: _Attempt, deadline: Deadline) -> AsyncIterator[bytes]:
+    async def _relay(
+        self, upstream: UpstreamResponse, attempt: _Attempt, deadline: Deadline, timer: StreamTimer
+    ) -> AsyncIterator[bytes]:
         """Each chunk goes out as it arrives; a stream that breaks, reaches its deadline or outlives
         the shutdown drain ends with an error event, never silently.
 
@@ -262,6 +271,7 @@ class Proxy:
                 end = _events_end(data)
                 pending = data[end:]
                 if end:
+                    timer.relayed(data[:end])
                     yield data[:end]
             if ended_by:  # closing may read as a clean end: it was not
                 raise UpstreamError(ended_by)
@@ -275,11 +285,14 @@ class Proxy:
             else:
                 log.warning("stream from %s broke: %s", attempt.replica.id, exc)
                 attempt.finish(Outcome.FAILURE)
+                pool = attempt.replica.pool
+                self._metrics.engine_errors.labels(pool.name, pool.region, "stream_broken").inc()
                 yield sse_event(
                     error_payload(f"The engine broke off the stream: {exc}", "server_error", code="upstream_error")
                 )
         else:
             attempt.finish(Outcome.SUCCESS)
+            timer.ended()
         finally:
             watchdog.cancel()
             untrack()

@@ -15,6 +15,7 @@ from app.auth import Principal
 from app.deps import GatewayDep, gateway_of, guard_of, scoped
 from app.inputs import parse_body, read_json_body
 from app.limits import estimate_tokens
+from app.metrics import label_model
 from app.routing import chat_key, completion_key
 from protocol import ChatCompletionRequest, CompletionRequest
 
@@ -35,6 +36,7 @@ async def chat_completions(request: Request) -> Response:
     gateway = gateway_of(request)
     body = await read_json_body(request, gateway.settings.max_body_bytes)
     chat = parse_body(body, ChatCompletionRequest)
+    label_model(request.scope, chat.model, gateway.registry.known_models)
     key = chat_key(request.headers, chat)
     path = "/v1/chat/completions"
     tenant = tenant_of(principal, chat.user)
@@ -49,6 +51,7 @@ async def completions(request: Request) -> Response:
     gateway = gateway_of(request)
     body = await read_json_body(request, gateway.settings.max_body_bytes)
     completion = parse_body(body, CompletionRequest)
+    label_model(request.scope, completion.model, gateway.registry.known_models)
     key = completion_key(request.headers, completion)
     path = "/v1/completions"
     tenant = tenant_of(principal, completion.user)

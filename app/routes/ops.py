@@ -5,7 +5,8 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.deps import GatewayDep, scoped
@@ -13,6 +14,7 @@ from app.engine_errors import normalize_error
 from app.errors import NoEngineAvailable, UpstreamFailed
 from app.gateway import Gateway
 from app.inputs import parse_body, read_json_body
+from app.metrics import label_model
 from app.routing import SESSION_HEADER, choose
 from protocol import ChatCompletion
 from router import routing_key
@@ -38,6 +40,13 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    """Prometheus text; open like the probes (scrapers carry no tokens): bounded labels only."""
+    registry = request.app.state.metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
 @router.get("/ready")
 async def ready(gateway: GatewayDep) -> JSONResponse:
     if not gateway.registry.any_healthy():
@@ -55,6 +64,7 @@ async def predict(request: Request, gateway: GatewayDep) -> JSONResponse:
     body = await read_json_body(request, gateway.settings.max_body_bytes)
     ask = parse_body(body, PredictRequest)
     model = ask.model or gateway.settings.default_model or _first_model(gateway)
+    label_model(request.scope, model, gateway.registry.known_models)
     chat: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": ask.text}]}
     chat |= {k: v for k, v in (("max_tokens", ask.max_tokens), ("temperature", ask.temperature)) if v is not None}
     key = routing_key(model=model, session_id=request.headers.get(SESSION_HEADER), user=None, prompt_head=ask.text)

@@ -1,0 +1,185 @@
+"""The gateway's Prometheus metrics (DESIGN.md §7), served on `/metrics`.
+
+The names are the ones users of LLM serving stacks expect (`llm_requests_total`,
+`llm_request_duration_seconds`, ...), plus time to first token and inter-token latency with
+buckets for LLM latencies. Every label value comes from a bounded set: a route of the API,
+a model some replica serves (else `other`), a configured pool and region, a status class,
+a shed reason. Queue depth and breaker states are read from the live objects at scrape time.
+"""
+
+import json
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["GatewayMetrics", "RequestMetrics", "StreamTimer", "label_model"]
+
+ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/predict"})
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30)
+ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5)
+TOKEN_BUCKETS = (1, 4, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
+_STARTED = "switchyard.started"  # where the middleware leaves a request's start in its scope's state
+_MODEL = "switchyard.model"
+
+
+def status_class(status: int) -> str:
+    return f"{status // 100}xx"
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        request_labels = ["route", "model", "status_class"]
+        self.requests = Counter("llm_requests", "Requests answered, by route, model and status class.",
+                                request_labels, registry=r)  # fmt: skip
+        self.in_progress = Gauge(
+            "llm_requests_in_progress", "Requests being answered, by route.", ["route"], registry=r
+        )
+        self.duration = Histogram(
+            "llm_request_duration_seconds", "Time from a request's arrival to its answer's last byte.",
+            request_labels, buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        engine_labels = ["model", "pool", "region"]
+        self.ttft = Histogram(
+            "llm_time_to_first_token_seconds", "Time from a streamed request's arrival to its first event.",
+            engine_labels, buckets=TTFT_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.itl = Histogram(
+            "llm_inter_token_latency_seconds", "Time between a stream's events after the first.",
+            engine_labels, buckets=ITL_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.generation_tokens = Histogram(
+            "llm_generation_tokens", "Completion tokens per answer (a stream's content events).",
+            engine_labels, buckets=TOKEN_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.generation_latency = Histogram(
+            "llm_generation_latency_seconds", "Time an engine spent answering: first to last byte of a stream, "
+            "the whole exchange otherwise.", engine_labels, buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.engine_errors = Counter(
+            "llm_engine_errors", "Engine failures seen by the gateway, by kind.", ["pool", "region", "kind"], registry=r
+        )
+        self.shed = Counter("llm_shed", "Requests refused to protect the engines, by reason.", ["reason"], registry=r)
+        self.retries = Counter("llm_retries", "Attempts after a request's first, by pool.", ["pool"], registry=r)
+        self.replays = Counter("llm_idempotent_replays", "Answers replayed for a repeated Idempotency-Key.", registry=r)
+        self._live = _Live()
+        r.register(self._live)
+
+    def watch(self, queued: Any, breakers: Any) -> None:
+        """What to read at scrape time: `queued()` -> int, `breakers()` -> (pool, replica, state) rows."""
+        self._live.queued, self._live.breakers = queued, breakers
+
+    def stream(self, scope: Scope, pool: str, region: str) -> "StreamTimer":
+        state = scope.get("state") or {}
+        return StreamTimer(self, (state.get(_MODEL, "other"), pool, region), state.get(_STARTED, time.perf_counter()))
+
+    def answered(self, scope: Scope, pool: str, region: str, body: bytes, seconds: float) -> None:
+        """A whole (non-streamed) answer: its completion tokens and how long the engine took."""
+        labels = ((scope.get("state") or {}).get(_MODEL, "other"), pool, region)
+        self.generation_latency.labels(*labels).observe(seconds)
+        tokens = _completion_tokens(body)
+        if tokens is not None:
+            self.generation_tokens.labels(*labels).observe(tokens)
+
+
+def label_model(scope: Scope, model: str, known: frozenset[str]) -> None:
+    """The request's model as a label: one some replica serves, else `other`."""
+    scope.setdefault("state", {})[_MODEL] = model if model in known else "other"
+
+
+class StreamTimer:
+    """Times one stream's events as the proxy relays them."""
+
+    __slots__ = ("_first", "_labels", "_last", "_metrics", "_started", "_tokens")
+
+    def __init__(self, metrics: GatewayMetrics, labels: tuple[str, str, str], started: float) -> None:
+        self._metrics = metrics
+        self._labels = labels
+        self._started = started
+        self._first: float | None = None
+        self._last = 0.0
+        self._tokens = 0
+
+    def relayed(self, data: bytes) -> None:
+        now = time.perf_counter()
+        if self._first is None:
+            self._first = now
+            self._metrics.ttft.labels(*self._labels).observe(now - self._started)
+        else:
+            self._metrics.itl.labels(*self._labels).observe(now - self._last)
+        self._last = now
+        self._tokens += data.count(b"data: ") - data.count(b"data: [DONE]")
+
+    def ended(self) -> None:
+        if self._first is not None:
+            self._metrics.generation_latency.labels(*self._labels).observe(self._last - self._first)
+            self._metrics.generation_tokens.labels(*self._labels).observe(self._tokens)
+
+
+def _completion_tokens(body: bytes) -> int | None:
+    try:
+        tokens = json.loads(body)["usage"]["completion_tokens"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return tokens if isinstance(tokens, int) else None
+
+
+class RequestMetrics:
+    """Counts and times the API's requests, to their answer's last byte (streams included)."""
+
+    def __init__(self, app: ASGIApp, metrics: GatewayMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = scope.get("path") if scope["type"] == "http" else None
+        if route not in ROUTES:
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        scope.setdefault("state", {})[_STARTED] = started
+        metrics, status = self.metrics, 500
+        metrics.in_progress.labels(route).inc()
+
+        async def timed_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, timed_send)
+        finally:
+            metrics.in_progress.labels(route).dec()
+            labels = (route, scope["state"].get(_MODEL, "other"), status_class(status))
+            metrics.requests.labels(*labels).inc()
+            metrics.duration.labels(*labels).observe(time.perf_counter() - started)
+
+
+class _Live(Collector):
+    """Gauges read from the live objects at scrape time."""
+
+    def __init__(self) -> None:
+        self.queued: Any = None
+        self.breakers: Any = None
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        depth = GaugeMetricFamily("llm_queue_depth", "Requests waiting for an engine (admission queue).")
+        depth.add_metric([], self.queued() if self.queued else 0)
+        yield depth
+        states = GaugeMetricFamily(
+            "llm_breaker_state", "Each replica's circuit breaker: 0 closed, 1 half-open, 2 open.",
+            labels=["pool", "replica"],
+        )  # fmt: skip
+        rows: Iterable[tuple[str, str, str]] = self.breakers() if self.breakers else ()
+        for pool, replica, state in rows:
+            states.add_metric([pool, replica], BREAKER_STATES[state])
+        yield states
