@@ -88,7 +88,7 @@ class Gateway:
         try:
             return await self._limited(request, path, model, key, body, tenant, tokens)
         except (Overloaded, TenantOverShare, RateLimited) as shed:
-            self.metrics.shed.labels(shed.code).inc()
+            self.metrics.shed(shed.code).inc()
             raise
 
     async def _limited(
@@ -155,7 +155,7 @@ class Gateway:
             if call.answer is not None:
                 return call.answer.response  # every replica tried: what the last one said
             raise
-        self.metrics.retries.labels(decision.node.pool.name).inc()
+        self.metrics.retries(decision.node.pool.name).inc()
         return await self._attempt(call, decision, decision.node.acquire(call.tenant))
 
     async def _attempt(self, call: _Call, decision: Decision[Replica], lease: Lease) -> Response:
@@ -175,11 +175,11 @@ class Gateway:
             )
         except (EngineUnreachable, AttemptTimeout) as failure:
             kind = "connect" if isinstance(failure, EngineUnreachable) else "timeout"
-            self.metrics.engine_errors.labels(replica.pool.name, replica.pool.region, kind).inc()
+            self.metrics.engine_errors(replica.pool.name, replica.pool.region, kind).inc()
             raise
         except RetryableAnswer as answer:
             kind = "overloaded" if answer.response.status_code in (429, 503) else "server_error"
-            self.metrics.engine_errors.labels(replica.pool.name, replica.pool.region, kind).inc()
+            self.metrics.engine_errors(replica.pool.name, replica.pool.region, kind).inc()
             call.answer = answer
             if answer.retry_after is not None:
                 self.registry.router.hold(replica.name, time.monotonic() + answer.retry_after)

@@ -286,7 +286,7 @@ class Proxy:
                 log.warning("stream from %s broke: %s", attempt.replica.id, exc)
                 attempt.finish(Outcome.FAILURE)
                 pool = attempt.replica.pool
-                self._metrics.engine_errors.labels(pool.name, pool.region, "stream_broken").inc()
+                self._metrics.engine_errors(pool.name, pool.region, "stream_broken").inc()
                 yield sse_event(
                     error_payload(f"The engine broke off the stream: {exc}", "server_error", code="upstream_error")
                 )
