@@ -1,0 +1,83 @@
+"""A/B of gateways built from several source trees (git worktrees), alternated round by round.
+
+    git worktree add /tmp/before <commit>
+    python -m loadtests.ab_gateways --seconds 6 --rounds 4 /tmp/before .
+
+Each round starts each tree's gateway in turn on CPU 0 (authentication off, one pool on
+the instant engine, which shares CPU 1 with wrk), drives it with wrk at 32 connections
+(non-streaming chat) and stops it. Alternating spreads the machine's drift over every
+tree, so the means compare; one run's spread is the noise to read them against.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from loadtests.gateway_overhead import BODY, run_wrk
+from tests.servers import ServerProcess, free_port
+
+
+def _serve(tree: Path, engine_url: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
+    env |= {
+        "SWITCHYARD_POOLS": json.dumps([{"name": "bench", "replicas": [engine_url]}]),
+        "SWITCHYARD_AUTH_MODE": "disabled",
+        "PYTHONPATH": str(tree),
+    }
+    command = ["taskset", "-c", "0", sys.executable, "-m", "app", "--port", str(port), "--log-level", "warning"]
+    process = subprocess.Popen(command, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/ready", timeout=1).status_code == 200:
+                time.sleep(2.5)  # a probe round: the replica healthy for routing
+                return process, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"the gateway from {tree} did not become ready")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=6, help="wrk run per tree and round")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("trees", nargs="+", type=Path)
+    args = parser.parse_args()
+    trees = [tree.resolve() for tree in args.trees]
+    port = free_port()
+    engine = ServerProcess(
+        "loadtests.pinned",
+        ["1", "engines.instant", "--port", str(port)],
+        port=port,
+        log_dir=Path(tempfile.mkdtemp(prefix="ab-")),
+    ).wait_ready()
+    rates: dict[Path, list[float]] = {tree: [] for tree in trees}
+    try:
+        for round_ in range(args.rounds):
+            for tree in trees:
+                process, url = _serve(tree, engine.url)
+                try:
+                    rates[tree].append(run_wrk(url, BODY, 32, args.seconds)[0])
+                finally:
+                    process.terminate()
+                    process.wait()
+            print(f"round {round_ + 1}: " + ", ".join(f"{t.name} {r[-1]:.0f}" for t, r in rates.items()), flush=True)
+    finally:
+        engine.stop()
+    for tree, values in rates.items():
+        print(f"{tree}: mean {sum(values) / len(values):.0f} req/s over {[round(v) for v in values]}")
+
+
+if __name__ == "__main__":
+    main()
