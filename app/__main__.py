@@ -3,8 +3,6 @@
 import argparse
 import asyncio
 import gc
-import logging
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -15,6 +13,7 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp
 
 from app.drain import Drain
+from app.logs import configure_logging
 from app.main import create_app
 from app.settings import GatewaySettings, load_settings
 
@@ -67,9 +66,7 @@ def settle_heap() -> None:
 def main(argv: list[str] | None = None, wrap: Callable[[ASGIApp], ASGIApp] | None = None) -> None:
     """Serve until drained. `wrap` puts ASGI middleware around the whole app (benchmarks time it)."""
     settings = parse_args(argv)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
     config = uvicorn.Config(
         wrap(app) if wrap else app,

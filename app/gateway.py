@@ -160,7 +160,10 @@ class Gateway:
 
     async def _attempt(self, call: _Call, decision: Decision[Replica], lease: Lease) -> Response:
         replica = decision.node
-        log.info("%s %s -> %s", call.rid, call.path, decision)  # explained only when logged
+        if log.isEnabledFor(logging.INFO):  # the decision is explained only when logged
+            fields = {"request_id": call.rid, "tenant": call.tenant, "route": call.path, "region": decision.region}
+            fields |= {"replica": replica.id, "reason": decision.reason.value}
+            log.info("%s %s -> %s", call.rid, call.path, decision, extra=fields)
         headers = {"x-request-id": call.rid, "x-route-region": decision.region, "x-route-replica": replica.id}
         call.tried.append(replica.name)
         try:

@@ -5,8 +5,11 @@ The names are the ones users of LLM serving stacks expect (`llm_requests_total`,
 buckets for LLM latencies. Every label value comes from a bounded set: a route of the API,
 a model some replica serves (else `other`), a configured pool and region, a status class,
 a shed reason. Queue depth and breaker states are read from the live objects at scrape time.
+The request middleware that counts and times the API's requests also writes their access
+lines (`app.access`, at info level).
 """
 
+import logging
 import re
 import time
 from collections.abc import Iterable, Iterator
@@ -19,6 +22,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["GatewayMetrics", "RequestMetrics", "StreamTimer", "label_model"]
 
+access_log = logging.getLogger("app.access")
+
 ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/predict"})
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30)
@@ -27,6 +32,7 @@ TOKEN_BUCKETS = (1, 4, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
 _STARTED = "switchyard.started"  # where the middleware leaves a request's start in its scope's state
 _MODEL = "switchyard.model"
+_TENANT = "switchyard.tenant"
 _COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
 
 
@@ -117,9 +123,12 @@ class GatewayMetrics:
             self.generation_tokens(*labels).observe(tokens)
 
 
-def label_model(scope: Scope, model: str, known: frozenset[str]) -> None:
-    """The request's model as a label: one some replica serves, else `other`."""
-    scope.setdefault("state", {})[_MODEL] = model if model in known else "other"
+def label_model(scope: Scope, model: str, known: frozenset[str], tenant: str | None = None) -> None:
+    """The request's model as a label (one some replica serves, else `other`), and its tenant for the access log."""
+    state = scope.setdefault("state", {})
+    state[_MODEL] = model if model in known else "other"
+    if tenant is not None:
+        state[_TENANT] = tenant
 
 
 class StreamTimer:
@@ -174,19 +183,33 @@ class RequestMetrics:
         metrics, status = self.metrics, 500
         metrics.in_progress(route).inc()
 
+        headers: list[tuple[bytes, bytes]] = []
+
         async def timed_send(message: Message) -> None:
-            nonlocal status
+            nonlocal status, headers
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, headers = message["status"], message.get("headers", [])
             await send(message)
 
         try:
             await self.app(scope, receive, timed_send)
         finally:
             metrics.in_progress(route).dec()
-            labels = (route, scope["state"].get(_MODEL, "other"), status_class(status))
+            state, seconds = scope["state"], time.perf_counter() - started
+            labels = (route, state.get(_MODEL, "other"), status_class(status))
             metrics.requests(*labels).inc()
-            metrics.duration(*labels).observe(time.perf_counter() - started)
+            metrics.duration(*labels).observe(seconds)
+            if access_log.isEnabledFor(logging.INFO):
+                _log_access(route, status, seconds, state, headers)
+
+
+def _log_access(
+    route: str, status: int, seconds: float, state: dict[str, Any], headers: list[tuple[bytes, bytes]]
+) -> None:
+    request_id = next((value.decode() for name, value in headers if name == b"x-request-id"), None)
+    fields = {"request_id": request_id, "route": route, "status": status, "duration_ms": round(seconds * 1000, 2)}
+    fields |= {"model": state.get(_MODEL, "other"), "tenant": state.get(_TENANT)}
+    access_log.info("%s %s %d in %.1f ms", request_id, route, status, seconds * 1000, extra=fields)
 
 
 class _Live(Collector):

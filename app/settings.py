@@ -112,6 +112,7 @@ class GatewaySettings(BaseSettings):
         validation_alias=AliasChoices("SWITCHYARD_DATA_DIR", "data_dir"),
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    log_format: Literal["text", "json"] = "text"  # json: one object a line, with the request's fields
     # Authentication: OAuth2 bearer JWT access tokens (RFC 9068). `builtin`: this gateway
     # issues them (/oauth/token) to `auth_clients` and signs with a key kept in data_dir;
     # `external`: another issuer's (an OIDC provider), verified against its JWKS;

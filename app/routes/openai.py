@@ -36,10 +36,10 @@ async def chat_completions(request: Request) -> Response:
     gateway = gateway_of(request)
     body = await read_json_body(request, gateway.settings.max_body_bytes)
     chat = parse_body(body, ChatCompletionRequest)
-    label_model(request.scope, chat.model, gateway.registry.known_models)
     key = chat_key(request.headers, chat)
     path = "/v1/chat/completions"
     tenant = tenant_of(principal, chat.user)
+    label_model(request.scope, chat.model, gateway.registry.known_models, tenant)
     tokens = estimate_tokens(body, chat.token_limit())
     return await gateway.idempotency.run(
         request, tenant, path, body, lambda: gateway.dispatch(request, path, chat.model, key, body, tenant, tokens)
@@ -51,10 +51,10 @@ async def completions(request: Request) -> Response:
     gateway = gateway_of(request)
     body = await read_json_body(request, gateway.settings.max_body_bytes)
     completion = parse_body(body, CompletionRequest)
-    label_model(request.scope, completion.model, gateway.registry.known_models)
     key = completion_key(request.headers, completion)
     path = "/v1/completions"
     tenant = tenant_of(principal, completion.user)
+    label_model(request.scope, completion.model, gateway.registry.known_models, tenant)
     tokens = estimate_tokens(body, completion.max_tokens)
     return await gateway.idempotency.run(
         request,
