@@ -16,6 +16,7 @@ from app.drain import Drain
 from app.logs import configure_logging
 from app.main import create_app
 from app.settings import GatewaySettings, load_settings
+from protocol import tracing
 
 
 def parse_args(argv: list[str] | None = None) -> GatewaySettings:
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None, wrap: Callable[[ASGIApp], ASGIApp] | Non
     """Serve until drained. `wrap` puts ASGI middleware around the whole app (benchmarks time it)."""
     settings = parse_args(argv)
     configure_logging(settings.log_level, settings.log_format)
+    tracing.configure("switchyard-gateway", settings.otlp_endpoint)
     app = create_app(settings)
     config = uvicorn.Config(
         wrap(app) if wrap else app,

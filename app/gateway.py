@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 from fastapi.responses import Response
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
 from app.admission import Admission
@@ -42,6 +44,7 @@ from router import Decision
 __all__ = ["Gateway", "request_id"]
 
 log = logging.getLogger("app.route")
+tracer = trace.get_tracer("switchyard.gateway")
 
 _MAX_REQUEST_ID = 128
 _ID_PREFIX = secrets.token_hex(8)  # per process: ids from several gateways never collide
@@ -112,9 +115,13 @@ class Gateway:
         deadline = self.deadline(request)
         call = _Call(request, path, model, key, body, tenant, request_id(request), deadline)
         self.budget.record_request(time.monotonic())
-        decision, lease = await self.admission.admit(
-            tenant, model, lambda: choose(self.registry, model, key, time.monotonic()), deadline
-        )
+        with tracer.start_as_current_span("admission", attributes={"switchyard.tenant": tenant}) as span:
+            entered = time.monotonic()
+            decision, lease = await self.admission.admit(
+                tenant, model, lambda: choose(self.registry, model, key, time.monotonic()), deadline
+            )
+            span.set_attribute("switchyard.queue_wait_s", time.monotonic() - entered)
+        _trace_decision(decision)  # decided inside admission (again at each turn while it waited)
         try:  # the first attempt outside tenacity: most requests need no retry machinery
             return await self._attempt(call, decision, lease)
         except _RETRYABLE as failure:
@@ -151,6 +158,7 @@ class Gateway:
             raise DeadlineExceeded("The request reached its deadline before an engine could take it.")
         try:
             decision = choose(self.registry, call.model, call.key, time.monotonic(), exclude=call.tried)
+            _trace_decision(decision)
         except NoEngineAvailable:
             if call.answer is not None:
                 return call.answer.response  # every replica tried: what the last one said
@@ -166,16 +174,20 @@ class Gateway:
             log.info("%s %s -> %s", call.rid, call.path, decision, extra=fields)
         headers = {"x-request-id": call.rid, "x-route-region": decision.region, "x-route-replica": replica.id}
         call.tried.append(replica.name)
+        attributes: dict[str, str | int] = {"switchyard.replica": replica.id, "switchyard.attempt": len(call.tried)}
         try:
-            return await self.proxy.forward(
-                call.request,
-                lease,
-                call.path,
-                call.body,
-                headers,
-                deadline=call.deadline,
-                attempt_timeout=self.settings.attempt_timeout_s,
-            )
+            with tracer.start_as_current_span("upstream", kind=SpanKind.CLIENT, attributes=attributes) as span:
+                response = await self.proxy.forward(
+                    call.request,
+                    lease,
+                    call.path,
+                    call.body,
+                    headers,
+                    deadline=call.deadline,
+                    attempt_timeout=self.settings.attempt_timeout_s,
+                )
+                span.set_attribute("http.response.status_code", response.status_code)
+                return response
         except (EngineUnreachable, AttemptTimeout) as failure:
             kind = "connect" if isinstance(failure, EngineUnreachable) else "timeout"
             self.metrics.engine_errors(replica.pool.name, replica.pool.region, kind).inc()
@@ -197,6 +209,20 @@ class Gateway:
             return not self.budget.try_spend(time.monotonic())  # last: spent only on a real retry
 
         return stop
+
+
+def _trace_decision(decision: Decision[Replica]) -> None:
+    """The routing decision as a span of its own, with its reasons."""
+    with tracer.start_as_current_span("route") as span:
+        if span.is_recording():
+            span.set_attributes(
+                {
+                    "switchyard.region": decision.region,
+                    "switchyard.replica": decision.node.id,
+                    "switchyard.reason": decision.reason.value,
+                    "switchyard.home": decision.home,
+                }
+            )
 
 
 def request_id(request: Request) -> str:

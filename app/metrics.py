@@ -6,7 +6,7 @@ buckets for LLM latencies. Every label value comes from a bounded set: a route o
 a model some replica serves (else `other`), a configured pool and region, a status class,
 a shed reason. Queue depth and breaker states are read from the live objects at scrape time.
 The request middleware that counts and times the API's requests also writes their access
-lines (`app.access`, at info level).
+lines (`app.access`). (FastAPI itself opens each request's server span.)
 """
 
 import logging

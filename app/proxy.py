@@ -32,6 +32,7 @@ from app.upstream import (
 )
 from protocol import error_payload, sse_event
 from protocol.asgi import CancelOnDisconnect
+from protocol.tracing import inject
 from router import Outcome
 
 __all__ = [
@@ -164,6 +165,7 @@ class Proxy:
         attempt = _Attempt(lease, self._report)
         streaming = False
         upstream_headers = {**_JSON_HEADERS, "x-request-id": headers["x-request-id"]}
+        inject(upstream_headers)  # the engine's spans join the request's trace
         pool = attempt.replica.pool
         sent = time.perf_counter()
         try:

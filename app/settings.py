@@ -113,6 +113,8 @@ class GatewaySettings(BaseSettings):
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     log_format: Literal["text", "json"] = "text"  # json: one object a line, with the request's fields
+    # Traces: exported over OTLP/HTTP to this collector (e.g. http://127.0.0.1:4318) when set.
+    otlp_endpoint: str | None = None
     # Authentication: OAuth2 bearer JWT access tokens (RFC 9068). `builtin`: this gateway
     # issues them (/oauth/token) to `auth_clients` and signs with a key kept in data_dir;
     # `external`: another issuer's (an OIDC provider), verified against its JWKS;

@@ -35,6 +35,7 @@ class CountingEngine:
     ) -> None:
         self.behaviour: dict[str, Any] = {"chunk_delay_s": chunk_delay_s} if chunk_delay_s else {}
         self.executed: Counter[str] = Counter()
+        self.traceparents: dict[str, str] = {}  # the W3C trace context each request came with
         self.received = 0
         self._slots = asyncio.Semaphore(slots) if slots else None
         self._log = log
@@ -65,6 +66,8 @@ class CountingEngine:
             await self._slots.acquire()
         request_id = request.headers.get("x-request-id", "-")
         self.executed[request_id] += 1
+        if "traceparent" in request.headers:
+            self.traceparents[request_id] = request.headers["traceparent"]
         if self._log is not None:
             self._log.write(f"{self._name} {request_id}\n")
             self._log.flush()
@@ -94,11 +97,19 @@ class CountingEngine:
         """New behaviour, and the counts start again from zero."""
         self.behaviour = await request.json()
         self.executed.clear()
+        self.traceparents.clear()
         self.received = 0
         return JSONResponse(self.behaviour)
 
     async def executions(self, _: Request) -> Response:
-        return JSONResponse({"received": self.received, "total": sum(self.executed.values()), "by_id": self.executed})
+        return JSONResponse(
+            {
+                "received": self.received,
+                "total": sum(self.executed.values()),
+                "by_id": self.executed,
+                "traceparents": self.traceparents,
+            }
+        )
 
 
 def _completion(chunks: int) -> dict[str, Any]:

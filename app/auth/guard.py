@@ -2,6 +2,8 @@
 
 from collections.abc import Mapping
 
+from opentelemetry import trace
+
 from app.auth.issuer import Client, Issuer
 from app.auth.jwks import LocalKeys, RemoteJwks
 from app.auth.keys import SigningKeys
@@ -10,6 +12,8 @@ from app.errors import InsufficientScope, InvalidToken, Unauthenticated
 from app.settings import GatewaySettings
 
 __all__ = ["Guard", "build_auth"]
+
+tracer = trace.get_tracer("switchyard.gateway")
 
 
 class Guard:
@@ -29,10 +33,12 @@ class Guard:
         token = token.strip()
         if not token or " " in token:
             raise InvalidToken("The bearer token is empty or malformed.")
-        principal = await self.verifier.verify(token)
-        if scope not in principal.scopes:
-            raise InsufficientScope(scope)
-        return principal
+        with tracer.start_as_current_span("auth") as span:
+            principal = await self.verifier.verify(token)
+            span.set_attribute("enduser.id", principal.subject)
+            if scope not in principal.scopes:
+                raise InsufficientScope(scope)
+            return principal
 
 
 def build_auth(settings: GatewaySettings) -> tuple[Guard, Issuer | None]:

@@ -4,11 +4,13 @@ Errors leave as the OpenAI envelope, so the gateway treats every engine alike.
 """
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
@@ -24,6 +26,7 @@ from protocol import (
     UnloadLoraAdapterRequest,
     describe_validation_error,
     error_payload,
+    tracing,
 )
 from protocol.asgi import CancelOnDisconnect, ClientDisconnected
 
@@ -36,6 +39,20 @@ SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 def _error(status: int, message: str, *, type_: str = "invalid_request_error", **fields: str | None) -> JSONResponse:
     return JSONResponse(error_payload(message, type_, **fields), status_code=status)
+
+
+tracer = trace.get_tracer("switchyard.engine")
+
+
+def _span(name: str, request: Request) -> AbstractContextManager[Span]:
+    """The engine's span for a request, in the caller's trace when it sent a `traceparent`
+    (the gateway does). A stream's span ends when its answer starts."""
+    return tracer.start_as_current_span(
+        f"engine.{name}",
+        context=tracing.extract(request.headers),
+        kind=SpanKind.SERVER,
+        attributes={"switchyard.request_id": request.headers.get("x-request-id", "")},
+    )
 
 
 def create_app(engine: Engine, *, model_root: str | None = None) -> FastAPI:
@@ -106,27 +123,29 @@ def create_app(engine: Engine, *, model_root: str | None = None) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        chat = await parse(request, ChatCompletionRequest)
-        generation = serving.prepare_chat(chat, adapter_for(chat.model))
-        return await respond(
-            request,
-            chat.stream,
-            generation,
-            lambda g: serving.chat(chat, g),
-            lambda g: serving.chat_stream(chat, g),
-        )
+        with _span("chat", request):
+            chat = await parse(request, ChatCompletionRequest)
+            generation = serving.prepare_chat(chat, adapter_for(chat.model))
+            return await respond(
+                request,
+                chat.stream,
+                generation,
+                lambda g: serving.chat(chat, g),
+                lambda g: serving.chat_stream(chat, g),
+            )
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        completion = await parse(request, CompletionRequest)
-        generation = serving.prepare_completion(completion, adapter_for(completion.model))
-        return await respond(
-            request,
-            completion.stream,
-            generation,
-            lambda g: serving.completion(completion, g),
-            lambda g: serving.completion_stream(completion, g),
-        )
+        with _span("completion", request):
+            completion = await parse(request, CompletionRequest)
+            generation = serving.prepare_completion(completion, adapter_for(completion.model))
+            return await respond(
+                request,
+                completion.stream,
+                generation,
+                lambda g: serving.completion(completion, g),
+                lambda g: serving.completion_stream(completion, g),
+            )
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """`python -m engines.transformers`: serve a Transformers model over the OpenAI protocol."""
 
 import argparse
+import os
 from typing import Any
 
 import uvicorn
@@ -9,6 +10,7 @@ from engines.builtin_model import BUILTIN_MODEL_NAME, ensure_builtin_model
 from engines.server.api import create_app
 from engines.transformers.engine import TransformersEngine, resolve_model
 from engines.transformers.settings import EngineSettings
+from protocol import tracing
 
 
 def parse_args(argv: list[str] | None = None) -> EngineSettings:
@@ -46,6 +48,7 @@ def main(argv: list[str] | None = None) -> None:
         max_lora_rank=settings.max_lora_rank,
     )
     app = create_app(engine, model_root=model_path)
+    tracing.configure("switchyard-engine", os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
 
 

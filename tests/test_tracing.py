@@ -1,0 +1,160 @@
+"""Traces with an in-memory exporter: the gateway's span tree for a request (FastAPI's server
+span continues the client's `traceparent`; ours hang below it), the context it sends the
+engine, and our engine continuing it."""
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from app.auth.__main__ import mint
+from app.main import create_app
+from app.settings import GatewaySettings
+from engines.fake import FakeEngine
+from engines.server.api import create_app as create_engine_app
+from tests.servers import ServerProcess, free_port
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+CLIENT_SPAN = "00f067aa0ba902b7"
+TRACEPARENT = f"00-{TRACE_ID}-{CLIENT_SPAN}-01"
+
+
+@pytest.fixture(scope="module")
+def exporter() -> InMemorySpanExporter:
+    """A provider for this process (OpenTelemetry takes one per process: this module's)."""
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    trace.set_tracer_provider(provider)
+    return memory
+
+
+@pytest.fixture(scope="module")
+def engine(log_dir: Path) -> Iterator[ServerProcess]:
+    port = free_port()
+    server = ServerProcess("tests.counting_engine", ["--port", str(port)], port=port, log_dir=log_dir).wait_ready()
+    yield server
+    server.stop()
+
+
+def _by_name(spans: tuple[ReadableSpan, ...], name: str) -> list[ReadableSpan]:
+    return [span for span in spans if span.name == name]
+
+
+def test_the_gateway_span_tree_continues_the_client_trace(
+    exporter: InMemorySpanExporter, engine: ServerProcess, tmp_path: Path
+) -> None:
+    settings = GatewaySettings.model_validate(
+        {
+            "pools": [{"name": "p", "region": "eu", "replicas": [engine.url]}],
+            "region": "eu",
+            "auth_mode": "disabled",
+            "health_interval_s": 0.2,
+            "data_dir": str(tmp_path),
+        }
+    )
+    with TestClient(create_app(settings)) as client:
+        deadline = time.monotonic() + 10
+        while client.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline, "the gateway never found its engine"
+            time.sleep(0.05)
+        exporter.clear()
+        body = {"model": "counting", "messages": [{"role": "user", "content": "hi"}], "user": "t1"}
+        headers = {"traceparent": TRACEPARENT, "x-request-id": "traced-1"}
+        assert client.post("/v1/chat/completions", json=body, headers=headers).status_code == 200
+    spans = exporter.get_finished_spans()
+    [root] = _by_name(spans, "POST /v1/chat/completions")
+    assert f"{root.context.trace_id:032x}" == TRACE_ID
+    assert root.parent is not None
+    assert f"{root.parent.span_id:016x}" == CLIENT_SPAN
+    assert root.attributes is not None
+    assert root.attributes["http.response.status_code"] == 200
+    children = {
+        span.name: span for span in spans if span.parent is not None and span.parent.span_id == root.context.span_id
+    }
+    assert set(children) == {"admission", "route", "upstream"}
+    assert children["admission"].attributes == {
+        "switchyard.tenant": "t1",
+        "switchyard.queue_wait_s": pytest.approx(0, abs=0.5),
+    }
+    route = children["route"].attributes
+    assert route is not None
+    assert (route["switchyard.region"], route["switchyard.replica"], route["switchyard.reason"]) == (
+        "eu",
+        "p-0",
+        "affinity",
+    )
+    upstream = children["upstream"]
+    assert upstream.kind == trace.SpanKind.CLIENT
+    assert upstream.attributes == {
+        "switchyard.replica": "p-0",
+        "switchyard.attempt": 1,
+        "http.response.status_code": 200,
+    }
+    # The engine got the upstream span as its parent, in the client's trace.
+    sent = httpx.get(engine.url + "/executions").json()["traceparents"]["traced-1"]
+    assert sent == f"00-{TRACE_ID}-{upstream.context.span_id:016x}-01"
+
+
+async def test_our_engine_continues_the_trace(exporter: InMemorySpanExporter) -> None:
+    transport = httpx.ASGITransport(app=create_engine_app(FakeEngine("Hello.", max_model_len=64)))
+    exporter.clear()
+    async with httpx.AsyncClient(transport=transport, base_url="http://engine") as client:
+        body = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
+        response = await client.post("/v1/chat/completions", json=body, headers={"traceparent": TRACEPARENT})
+    assert response.status_code == 200
+    [span] = _by_name(exporter.get_finished_spans(), "engine.chat")
+    assert f"{span.context.trace_id:032x}" == TRACE_ID
+    assert span.parent is not None
+    assert f"{span.parent.span_id:016x}" == CLIENT_SPAN
+    assert span.kind == trace.SpanKind.SERVER
+
+
+def test_without_a_traceparent_a_request_starts_its_own_trace(
+    exporter: InMemorySpanExporter, engine: ServerProcess, tmp_path: Path
+) -> None:
+    settings = GatewaySettings.model_validate(
+        {"pools": [{"name": "p", "replicas": [engine.url]}], "auth_mode": "disabled", "health_interval_s": 0.2,
+         "data_dir": str(tmp_path)}
+    )  # fmt: skip
+    with TestClient(create_app(settings)) as client:
+        deadline = time.monotonic() + 10
+        while client.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        exporter.clear()
+        body = {"model": "counting", "messages": [{"role": "user", "content": "hi"}]}
+        assert client.post("/v1/chat/completions", json=body).status_code == 200
+    [root] = _by_name(exporter.get_finished_spans(), "POST /v1/chat/completions")
+    assert root.parent is None
+    assert json.dumps(f"{root.context.trace_id:032x}") != json.dumps(TRACE_ID)
+
+
+def test_authentication_has_its_span(exporter: InMemorySpanExporter, engine: ServerProcess, tmp_path: Path) -> None:
+    settings = GatewaySettings.model_validate(
+        {"pools": [{"name": "p", "replicas": [engine.url]}], "health_interval_s": 0.2, "data_dir": str(tmp_path)}
+    )
+    app = create_app(settings)  # the built-in issuer: its key is made now
+    token = mint(settings, subject="alice", scopes=["chat"], ttl_s=60)
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 10
+        while client.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        exporter.clear()
+        body = {"model": "counting", "messages": [{"role": "user", "content": "hi"}]}
+        response = client.post("/v1/chat/completions", json=body, headers={"authorization": f"Bearer {token}"})
+        assert response.status_code == 200
+    [auth] = _by_name(exporter.get_finished_spans(), "auth")
+    assert auth.attributes == {"enduser.id": "alice"}
+    [admission] = _by_name(exporter.get_finished_spans(), "admission")
+    assert admission.attributes is not None
+    assert admission.attributes["switchyard.tenant"] == "alice"
