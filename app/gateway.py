@@ -39,6 +39,7 @@ from app.proxy import AttemptTimeout, Proxy, RetryableAnswer
 from app.retry_budget import RetryBudget
 from app.routing import choose
 from app.settings import GatewaySettings
+from protocol import tracing
 from router import Decision
 
 __all__ = ["Gateway", "request_id"]
@@ -115,7 +116,7 @@ class Gateway:
         deadline = self.deadline(request)
         call = _Call(request, path, model, key, body, tenant, request_id(request), deadline)
         self.budget.record_request(time.monotonic())
-        with tracer.start_as_current_span("admission", attributes={"switchyard.tenant": tenant}) as span:
+        with tracing.span(tracer, "admission", attributes={"switchyard.tenant": tenant}) as span:
             entered = time.monotonic()
             decision, lease = await self.admission.admit(
                 tenant, model, lambda: choose(self.registry, model, key, time.monotonic()), deadline
@@ -176,7 +177,7 @@ class Gateway:
         call.tried.append(replica.name)
         attributes: dict[str, str | int] = {"switchyard.replica": replica.id, "switchyard.attempt": len(call.tried)}
         try:
-            with tracer.start_as_current_span("upstream", kind=SpanKind.CLIENT, attributes=attributes) as span:
+            with tracing.span(tracer, "upstream", kind=SpanKind.CLIENT, attributes=attributes) as span:
                 response = await self.proxy.forward(
                     call.request,
                     lease,
@@ -213,6 +214,8 @@ class Gateway:
 
 def _trace_decision(decision: Decision[Replica]) -> None:
     """The routing decision as a span of its own, with its reasons."""
+    if not tracing.enabled():
+        return
     with tracer.start_as_current_span("route") as span:
         if span.is_recording():
             span.set_attributes(

@@ -20,6 +20,7 @@ from app.main import create_app
 from app.settings import GatewaySettings
 from engines.fake import FakeEngine
 from engines.server.api import create_app as create_engine_app
+from protocol import tracing
 from tests.servers import ServerProcess, free_port
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -33,7 +34,7 @@ def exporter() -> InMemorySpanExporter:
     memory = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(memory))
-    trace.set_tracer_provider(provider)
+    tracing.install(provider)
     return memory
 
 

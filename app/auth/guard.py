@@ -10,6 +10,7 @@ from app.auth.keys import SigningKeys
 from app.auth.verifier import KeySource, Principal, TokenVerifier
 from app.errors import InsufficientScope, InvalidToken, Unauthenticated
 from app.settings import GatewaySettings
+from protocol import tracing
 
 __all__ = ["Guard", "build_auth"]
 
@@ -33,7 +34,7 @@ class Guard:
         token = token.strip()
         if not token or " " in token:
             raise InvalidToken("The bearer token is empty or malformed.")
-        with tracer.start_as_current_span("auth") as span:
+        with tracing.span(tracer, "auth") as span:
             principal = await self.verifier.verify(token)
             span.set_attribute("enduser.id", principal.subject)
             if scope not in principal.scopes:

@@ -47,7 +47,8 @@ tracer = trace.get_tracer("switchyard.engine")
 def _span(name: str, request: Request) -> AbstractContextManager[Span]:
     """The engine's span for a request, in the caller's trace when it sent a `traceparent`
     (the gateway does). A stream's span ends when its answer starts."""
-    return tracer.start_as_current_span(
+    return tracing.span(
+        tracer,
         f"engine.{name}",
         context=tracing.extract(request.headers),
         kind=SpanKind.SERVER,
