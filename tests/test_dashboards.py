@@ -1,0 +1,98 @@
+"""The Prometheus rules and Grafana dashboards: promtool checks and unit-tests the rules,
+every metric a rule or a panel queries is one the gateway (or an engine) exports or a rule
+records, and every alert has its section in docs/runbook.md."""
+
+import json
+import re
+import shutil
+import subprocess
+
+import yaml
+
+from app.engine_metrics import RUNNING, WAITING
+from app.metrics import GatewayMetrics
+from tests.servers import ROOT
+
+RULES = ROOT / "dashboards" / "rules"
+DASHBOARDS = ROOT / "dashboards" / "grafana"
+PROMTOOL = shutil.which("promtool") or "promtool"  # `make test` installs it (Debian: prometheus)
+HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
+
+
+def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PROMTOOL, *args], cwd=RULES, capture_output=True, text=True, timeout=60)
+
+
+def test_promtool_checks_the_rules() -> None:
+    run = _promtool("check", "rules", "slo.rules.yml")
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_the_compose_prometheus_config_loads_the_rules() -> None:
+    run = subprocess.run(
+        [PROMTOOL, "check", "config", "deploy/prometheus.yml"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "SUCCESS: 24 rules found" in run.stdout + run.stderr
+
+
+def test_promtool_unit_tests_pass() -> None:
+    run = _promtool("test", "rules", "slo.rules.test.yml")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "SUCCESS" in run.stdout
+
+
+def _exported() -> set[str]:
+    """Every series name the gateway's registry can expose, suffixes included."""
+    names: set[str] = set()
+    for family in GatewayMetrics().registry.collect():
+        names.add(family.name)
+        if family.type == "counter":
+            names.add(family.name + "_total")
+        if family.type == "histogram":
+            names.update(family.name + suffix for suffix in HISTOGRAM_SUFFIXES)
+    return names
+
+
+def _queried(expr: str) -> set[str]:
+    """The series names in a PromQL expression: gateway (`llm_`), engine (`vllm:`) or recorded (`slo:`)."""
+    words = set(re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", re.sub(r'"[^"]*"|\{[^}]*\}|\[[^]]*\]', " ", expr)))
+    return {w for w in words if w.startswith(("llm_", "vllm:", "slo:"))}
+
+
+def _rules() -> list[dict[str, str]]:
+    groups = yaml.safe_load((RULES / "slo.rules.yml").read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"]]
+
+
+def _panel_exprs() -> dict[str, list[str]]:
+    exprs: dict[str, list[str]] = {}
+    for path in sorted(DASHBOARDS.glob("*.json")):
+        dashboard = json.loads(path.read_text())
+        exprs[path.name] = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    return exprs
+
+
+def test_every_queried_metric_is_exported_or_recorded() -> None:
+    rules = _rules()
+    recorded = {rule["record"] for rule in rules if "record" in rule}
+    known = _exported() | recorded | {RUNNING, WAITING}
+    dashboards = _panel_exprs()
+    assert set(dashboards) == {"overview.json", "slo.json", "engines.json"}
+    queried = {f"rule {rule.get('record') or rule['alert']}": _queried(rule["expr"]) for rule in rules}
+    queried |= {f"{name} panel {i}": _queried(e) for name, exprs in dashboards.items() for i, e in enumerate(exprs)}
+    assert all(queried.values()), [where for where, names in queried.items() if not names]
+    unknown = {where: sorted(names - known) for where, names in queried.items() if names - known}
+    assert not unknown
+
+
+def test_every_alert_has_a_runbook_section() -> None:
+    groups = yaml.safe_load((RULES / "slo.rules.yml").read_text())["groups"]
+    alerts = {rule["alert"] for group in groups for rule in group["rules"] if "alert" in rule}
+    sections = set(re.findall(r"^## (\w+)$", (ROOT / "docs" / "runbook.md").read_text(), re.MULTILINE))
+    assert alerts
+    assert alerts <= sections, sorted(alerts - sections)
+    for group in groups:
+        for rule in group["rules"]:
+            if "alert" in rule:
+                assert rule["annotations"]["runbook_url"] == f"docs/runbook.md#{rule['alert'].lower()}"
