@@ -63,10 +63,18 @@ def _ms(value: str, unit: str) -> float:
 
 
 def run_wrk(
-    url: str, body: dict[str, object], connections: int, duration: int, *, keyed: bool = False
+    url: str,
+    body: dict[str, object],
+    connections: int,
+    duration: int,
+    *,
+    keyed: bool = False,
+    headers: dict[str, str] | None = None,
 ) -> tuple[float, float, float, int]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(LUA.format(body=json.dumps(body)))
+        for name, value in (headers or {}).items():
+            script.write(f'wrk.headers["{name}"] = "{value}"\n')
         if keyed:
             script.write(KEYED_LUA.replace("{prefix}", uuid.uuid4().hex))
     command = ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]

@@ -1,0 +1,80 @@
+"""Benchmark: what authentication and tracing cost the gateway, in one run.
+
+    python -m loadtests.auth_overhead [--seconds 10] [--rounds 2]
+
+Three gateways on CPU 0, driven one at a time by wrk (c=32, non-streaming chat) on CPU 1
+beside the instant engine: `off` (authentication disabled, no tracer), `auth` (the built-in
+issuer's token on every request: verified once, then from the cache) and `auth+traces`
+(the same, with spans recorded and exported over OTLP/HTTP; the instant engine stands in
+for the collector and refuses them, so the export work is done and thrown away). Metrics
+are always on. Rounds alternate the three, so the machine's drift hits them alike.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from loadtests.gateway_overhead import BODY, run_wrk
+from tests.servers import ROOT, ServerProcess, free_port
+
+VARIANTS = ("off", "auth", "auth+traces")
+
+
+def _gateway(variant: str, engine_url: str, data_dir: Path, log_dir: Path) -> tuple[ServerProcess, dict[str, str]]:
+    port = free_port()
+    env = {
+        "SWITCHYARD_POOLS": json.dumps([{"name": "bench", "replicas": [engine_url]}]),
+        "SWITCHYARD_DATA_DIR": str(data_dir),
+        "SWITCHYARD_AUTH_MODE": "disabled" if variant == "off" else "builtin",
+    }
+    if variant == "auth+traces":
+        env["SWITCHYARD_OTLP_ENDPOINT"] = engine_url
+    gateway = ServerProcess(
+        "loadtests.pinned",
+        ["0", "app", "--port", str(port), "--log-level", "warning"],
+        port=port,
+        log_dir=log_dir,
+        env=env,
+        ready_path="/ready",
+    ).wait_ready()
+    if variant == "off":
+        return gateway, {}
+    command = [sys.executable, "-m", "app.auth", "--port", str(port), "token", "--scope", "chat"]
+    token = subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout.strip()
+    return gateway, {"Authorization": f"Bearer {token}"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="auth-bench-"))
+    engine_port = free_port()
+    engine = ServerProcess(
+        "loadtests.pinned", ["1", "engines.instant", "--port", str(engine_port)], port=engine_port, log_dir=work
+    ).wait_ready()
+    gateways = {v: _gateway(v, engine.url, work / v.replace("+", "-"), work) for v in VARIANTS}
+    rates: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    try:
+        for _ in range(args.rounds):
+            for variant, (gateway, headers) in gateways.items():
+                rate, _, _, errors = run_wrk(gateway.url, BODY, 32, args.seconds, headers=headers)
+                if errors:
+                    raise RuntimeError(f"{variant}: {errors} answers were not 2xx")
+                rates[variant].append(rate)
+    finally:
+        for gateway, _ in gateways.values():
+            gateway.stop()
+        engine.stop()
+    base = sum(rates["off"]) / len(rates["off"])
+    for variant, values in rates.items():
+        mean = sum(values) / len(values)
+        print(f"{variant:12} {mean:7.0f} req/s  {mean / base:.2f} of off  ({', '.join(f'{v:.0f}' for v in values)})")
+
+
+if __name__ == "__main__":
+    main()
