@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None, wrap: Callable[[ASGIApp], ASGIApp] | Non
     """Serve until drained. `wrap` puts ASGI middleware around the whole app (benchmarks time it)."""
     settings = parse_args(argv)
     configure_logging(settings.log_level, settings.log_format)
-    tracing.configure("switchyard-gateway", settings.otlp_endpoint)
+    tracing.configure("switchyard-gateway", settings.otlp_endpoint, settings.otlp_sample_ratio)
     app = create_app(settings)
     config = uvicorn.Config(
         wrap(app) if wrap else app,

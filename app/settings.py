@@ -115,6 +115,7 @@ class GatewaySettings(BaseSettings):
     log_format: Literal["text", "json"] = "text"  # json: one object a line, with the request's fields
     # Traces: exported over OTLP/HTTP to this collector (e.g. http://127.0.0.1:4318) when set.
     otlp_endpoint: str | None = None
+    otlp_sample_ratio: float = Field(default=1.0, ge=0, le=1)  # traces begun here that are recorded
     # Authentication: OAuth2 bearer JWT access tokens (RFC 9068). `builtin`: this gateway
     # issues them (/oauth/token) to `auth_clients` and signs with a key kept in data_dir;
     # `external`: another issuer's (an OIDC provider), verified against its JWKS;

@@ -2,12 +2,13 @@
 
     python -m loadtests.auth_overhead [--seconds 10] [--rounds 2]
 
-Three gateways on CPU 0, driven one at a time by wrk (c=32, non-streaming chat) on CPU 1
+Four gateways on CPU 0, driven one at a time by wrk (c=32, non-streaming chat) on CPU 1
 beside the instant engine: `off` (authentication disabled, no tracer), `auth` (the built-in
-issuer's token on every request: verified once, then from the cache) and `auth+traces`
-(the same, with spans recorded and exported over OTLP/HTTP; the instant engine stands in
-for the collector and refuses them, so the export work is done and thrown away). Metrics
-are always on. Rounds alternate the three, so the machine's drift hits them alike.
+issuer's token on every request: verified once, then from the cache), `auth+traces` (the
+same, every trace recorded and exported over OTLP/HTTP; the instant engine stands in for
+the collector and refuses them, so the export work is done and thrown away) and
+`auth+traces/10` (one trace in ten recorded). Metrics are always on. Rounds alternate the
+gateways, so the machine's drift hits them alike.
 """
 
 import argparse
@@ -20,7 +21,7 @@ from pathlib import Path
 from loadtests.gateway_overhead import BODY, run_wrk
 from tests.servers import ROOT, ServerProcess, free_port
 
-VARIANTS = ("off", "auth", "auth+traces")
+VARIANTS = ("off", "auth", "auth+traces", "auth+traces/10")
 
 
 def _gateway(variant: str, engine_url: str, data_dir: Path, log_dir: Path) -> tuple[ServerProcess, dict[str, str]]:
@@ -30,8 +31,9 @@ def _gateway(variant: str, engine_url: str, data_dir: Path, log_dir: Path) -> tu
         "SWITCHYARD_DATA_DIR": str(data_dir),
         "SWITCHYARD_AUTH_MODE": "disabled" if variant == "off" else "builtin",
     }
-    if variant == "auth+traces":
+    if variant.startswith("auth+traces"):
         env["SWITCHYARD_OTLP_ENDPOINT"] = engine_url
+        env["SWITCHYARD_OTLP_SAMPLE_RATIO"] = "0.1" if variant.endswith("/10") else "1.0"
     gateway = ServerProcess(
         "loadtests.pinned",
         ["0", "app", "--port", str(port), "--log-level", "warning"],
@@ -73,7 +75,7 @@ def main() -> None:
     base = sum(rates["off"]) / len(rates["off"])
     for variant, values in rates.items():
         mean = sum(values) / len(values)
-        print(f"{variant:12} {mean:7.0f} req/s  {mean / base:.2f} of off  ({', '.join(f'{v:.0f}' for v in values)})")
+        print(f"{variant:15} {mean:7.0f} req/s  {mean / base:.2f} of off  ({', '.join(f'{v:.0f}' for v in values)})")
 
 
 if __name__ == "__main__":

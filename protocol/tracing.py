@@ -37,16 +37,21 @@ def span(tracer: Tracer, name: str, **options: Any) -> AbstractContextManager[Sp
     return tracer.start_as_current_span(name, **options) if enabled() else _NO_SPAN
 
 
-def configure(service: str, endpoint: str | None) -> None:
-    """Export this process's spans to `endpoint` (an OTLP/HTTP collector); nothing when None."""
+def configure(service: str, endpoint: str | None, sample_ratio: float | None = None) -> None:
+    """Export this process's spans to `endpoint` (an OTLP/HTTP collector); nothing when None.
+
+    `sample_ratio`: the share of traces begun here that are recorded (a caller's sampled
+    flag is followed); None leaves it to OTEL_TRACES_SAMPLER (default: every trace)."""
     if not endpoint:
         return
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # only when exporting
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
-    provider = SdkTracerProvider(resource=Resource.create({"service.name": service}))
+    sampler = None if sample_ratio is None else ParentBased(TraceIdRatioBased(sample_ratio))
+    provider = SdkTracerProvider(resource=Resource.create({"service.name": service}), sampler=sampler)
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{endpoint.rstrip('/')}/v1/traces")))
     install(provider)
 

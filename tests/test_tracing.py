@@ -3,6 +3,8 @@ span continues the client's `traceparent`; ours hang below it), the context it s
 engine, and our engine continuing it."""
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +23,7 @@ from app.settings import GatewaySettings
 from engines.fake import FakeEngine
 from engines.server.api import create_app as create_engine_app
 from protocol import tracing
-from tests.servers import ServerProcess, free_port
+from tests.servers import ROOT, ServerProcess, free_port
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
@@ -159,3 +161,17 @@ def test_authentication_has_its_span(exporter: InMemorySpanExporter, engine: Ser
     [admission] = _by_name(exporter.get_finished_spans(), "admission")
     assert admission.attributes is not None
     assert admission.attributes["switchyard.tenant"] == "alice"
+
+
+def test_configure_samples_the_given_share_of_traces() -> None:
+    """In a process of its own: OpenTelemetry takes one provider per process."""
+    script = (
+        "from opentelemetry import trace; from protocol import tracing; "
+        "tracing.configure('switchyard-gateway', 'http://127.0.0.1:9', 0.25); "
+        "print(tracing.enabled(), trace.get_tracer_provider().sampler.get_description())"
+    )
+    run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    enabled, sampler = run.stdout.split()
+    assert enabled == "True"
+    assert sampler.startswith("ParentBased{root:TraceIdRatioBased{0.25},remoteParentSampled:AlwaysOnSampler,")
