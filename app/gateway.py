@@ -90,26 +90,34 @@ class Gateway:
     ) -> Response:
         """The answer to one request; `tokens`: its estimated cost for the tenant's rate limits."""
         try:
-            return await self._limited(request, path, model, key, body, tenant, tokens)
+            if self.limiter is None:
+                return await self._dispatch(request, path, model, key, body, tenant)
+            return await self._limited(self.limiter, request, path, model, key, body, tenant, tokens)
         except (Overloaded, TenantOverShare, RateLimited) as shed:
             self.metrics.shed(shed.code).inc()
             raise
 
     async def _limited(
-        self, request: Request, path: str, model: str, key: str, body: bytes, tenant: str, tokens: int
+        self,
+        limiter: RateLimiter,
+        request: Request,
+        path: str,
+        model: str,
+        key: str,
+        body: bytes,
+        tenant: str,
+        tokens: int,
     ) -> Response:
-        if self.limiter is None:
-            return await self._dispatch(request, path, model, key, body, tenant)
-        headers = await self.limiter.charge(tenant, tokens)
+        headers = await limiter.charge(tenant, tokens)
         try:
             response = await self._dispatch(request, path, model, key, body, tenant)
         except GatewayError:
-            await self.limiter.correct(tenant, -tokens)  # no completion: the request counts, its tokens do not
+            await limiter.correct(tenant, -tokens)  # no completion: the request counts, its tokens do not
             raise
         response.headers.update(headers)
         used = tokens_used(response)
         if used is not None:
-            await self.limiter.correct(tenant, used - tokens)
+            await limiter.correct(tenant, used - tokens)
         return response
 
     async def _dispatch(self, request: Request, path: str, model: str, key: str, body: bytes, tenant: str) -> Response:

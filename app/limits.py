@@ -11,7 +11,6 @@ carries OpenAI's `x-ratelimit-*` headers.
 """
 
 import contextlib
-import json
 import math
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from starlette.responses import Response, StreamingResponse
 
 from app.errors import RateLimited
 from app.settings import GatewaySettings
+from protocol import usage_count
 
 __all__ = [
     "InProcessLimiter",
@@ -55,11 +55,7 @@ def tokens_used(response: Response) -> int | None:
     """`usage.total_tokens` of a whole (non-streamed) answer; None for a stream, an error or no usage."""
     if isinstance(response, StreamingResponse) or response.status_code != 200:
         return None
-    try:
-        total = json.loads(bytes(response.body))["usage"]["total_tokens"]
-    except (ValueError, KeyError, TypeError):
-        return None
-    return total if isinstance(total, int) and not isinstance(total, bool) else None
+    return usage_count(bytes(response.body), "total_tokens")
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,6 @@ lines (`app.access`). (FastAPI itself opens each request's server span.)
 """
 
 import logging
-import re
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -19,6 +18,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from protocol import usage_count
 
 __all__ = ["GatewayMetrics", "RequestMetrics", "StreamTimer", "label_model"]
 
@@ -33,7 +34,6 @@ BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
 _STARTED = "switchyard.started"  # where the middleware leaves a request's start in its scope's state
 _MODEL = "switchyard.model"
 _TENANT = "switchyard.tenant"
-_COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
 
 
 def status_class(status: int) -> str:
@@ -118,7 +118,7 @@ class GatewayMetrics:
         """A whole (non-streamed) answer: its completion tokens and how long the engine took."""
         labels = ((scope.get("state") or {}).get(_MODEL, "other"), pool, region)
         self.generation_latency(*labels).observe(seconds)
-        tokens = _completion_tokens(body)
+        tokens = usage_count(body, "completion_tokens")
         if tokens is not None:
             self.generation_tokens(*labels).observe(tokens)
 
@@ -158,12 +158,6 @@ class StreamTimer:
         if self._first is not None:
             self._metrics.generation_latency(*self._labels).observe(self._last - self._first)
             self._metrics.generation_tokens(*self._labels).observe(self._tokens)
-
-
-def _completion_tokens(body: bytes) -> int | None:
-    """`usage.completion_tokens`, found without parsing the whole answer again."""
-    found = _COMPLETION_TOKENS.search(body, max(0, body.rfind(b'"completion_tokens"')))
-    return int(found.group(1)) if found else None
 
 
 class RequestMetrics:

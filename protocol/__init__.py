@@ -18,7 +18,7 @@ from protocol.chat import (
     ResponseMessage,
     StreamOptions,
 )
-from protocol.common import FinishReason, SamplingParams, Usage
+from protocol.common import FinishReason, SamplingParams, Usage, usage_count
 from protocol.completions import (
     Completion,
     CompletionChoice,
@@ -55,4 +55,5 @@ __all__ = [
     "describe_validation_error",
     "error_payload",
     "sse_event",
+    "usage_count",
 ]

@@ -1,5 +1,6 @@
 """Parts shared by the chat and legacy completion wire models."""
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -67,3 +68,14 @@ class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+
+
+_USAGE_FIELDS = {
+    name: re.compile(rb'"' + name.encode() + rb'"\s*:\s*(\d+)') for name in ("completion_tokens", "total_tokens")
+}
+
+
+def usage_count(body: bytes, field: Literal["completion_tokens", "total_tokens"]) -> int | None:
+    """`usage.<field>` of a whole answer's JSON, found without parsing it (the usage comes last)."""
+    found = _USAGE_FIELDS[field].search(body, max(0, body.rfind(b'"' + field.encode() + b'"')))
+    return int(found.group(1)) if found else None
