@@ -50,6 +50,15 @@ def engine(builtin_model: Path, log_dir: Path) -> Iterator[ServerProcess]:
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def counting_engine(log_dir: Path) -> Iterator[ServerProcess]:
+    """A counting engine (tests/counting_engine.py) for one test module: it records executions."""
+    port = free_port()
+    server = ServerProcess("tests.counting_engine", ["--port", str(port)], port=port, log_dir=log_dir).wait_ready()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def gateway(engine: ServerProcess, log_dir: Path) -> Iterator[ServerProcess]:
     """A real gateway (uvicorn) routing to the engine above."""

@@ -59,22 +59,14 @@ class _Jwks:
 
 
 @pytest.fixture(scope="module")
-def engine(log_dir: Path) -> Iterator[ServerProcess]:
-    port = free_port()
-    server = ServerProcess("tests.counting_engine", ["--port", str(port)], port=port, log_dir=log_dir).wait_ready()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def auth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("auth-data")
 
 
-def _gateway_env(engine: ServerProcess, data_dir: Path, **extra: str) -> dict[str, str]:
+def _gateway_env(counting_engine: ServerProcess, data_dir: Path, **extra: str) -> dict[str, str]:
     clients = [{"client_id": c, "secret_hash": hash_secret(s), "scopes": SCOPES[c]} for c, s in SECRETS.items()]
     return {
-        "SWITCHYARD_POOLS": json.dumps([{"name": "p", "replicas": [engine.url]}]),
+        "SWITCHYARD_POOLS": json.dumps([{"name": "p", "replicas": [counting_engine.url]}]),
         "SWITCHYARD_DATA_DIR": str(data_dir),
         "SWITCHYARD_AUTH_MODE": "builtin",
         "SWITCHYARD_AUTH_CLIENTS": json.dumps(clients),
@@ -83,9 +75,9 @@ def _gateway_env(engine: ServerProcess, data_dir: Path, **extra: str) -> dict[st
 
 
 @pytest.fixture(scope="module")
-def gateway(engine: ServerProcess, auth_dir: Path, log_dir: Path) -> Iterator[ServerProcess]:
+def gateway(counting_engine: ServerProcess, auth_dir: Path, log_dir: Path) -> Iterator[ServerProcess]:
     port = free_port()
-    env = _gateway_env(engine, auth_dir, SWITCHYARD_AUTH_ISSUER="https://issuer.test")
+    env = _gateway_env(counting_engine, auth_dir, SWITCHYARD_AUTH_ISSUER="https://issuer.test")
     server = ServerProcess("app", ["--port", str(port)], port=port, log_dir=log_dir, env=env, ready_path="/ready")
     yield server.wait_ready()
     server.stop()
@@ -100,12 +92,14 @@ def jwks() -> Iterator[_Jwks]:
 
 
 @pytest.fixture(scope="module")
-def external(engine: ServerProcess, jwks: _Jwks, gateway: ServerProcess, log_dir: Path) -> Iterator[ServerProcess]:
+def external(
+    counting_engine: ServerProcess, jwks: _Jwks, gateway: ServerProcess, log_dir: Path
+) -> Iterator[ServerProcess]:
     """A second gateway that trusts the first one's keys through a JWKS URL."""
     jwks.document = httpx.get(gateway.url + "/.well-known/jwks.json").json()
     port = free_port()
     env = {
-        "SWITCHYARD_POOLS": json.dumps([{"name": "p", "replicas": [engine.url]}]),
+        "SWITCHYARD_POOLS": json.dumps([{"name": "p", "replicas": [counting_engine.url]}]),
         "SWITCHYARD_AUTH_MODE": "external",
         "SWITCHYARD_AUTH_ISSUER": "https://issuer.test",
         "SWITCHYARD_AUTH_JWKS": jwks.url,

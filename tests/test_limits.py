@@ -133,17 +133,9 @@ async def test_redis_down_lets_requests_through(redis: Redis) -> None:
 
 
 @pytest.fixture(scope="module")
-def engine(log_dir: Path) -> Iterator[ServerProcess]:
-    port = free_port()
-    server = ServerProcess("tests.counting_engine", ["--port", str(port)], port=port, log_dir=log_dir).wait_ready()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def gateway(engine: ServerProcess, log_dir: Path) -> Iterator[ServerProcess]:
+def gateway(counting_engine: ServerProcess, log_dir: Path) -> Iterator[ServerProcess]:
     env = {
-        "SWITCHYARD_POOLS": json.dumps([{"name": "p", "replicas": [engine.url]}]),
+        "SWITCHYARD_POOLS": json.dumps([{"name": "p", "replicas": [counting_engine.url]}]),
         "SWITCHYARD_RATE_LIMIT_RPM": "3",
         "SWITCHYARD_RATE_LIMITS": json.dumps({"big": {"rpm": 1000, "tpm": 100}}),
     }
