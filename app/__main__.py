@@ -1,86 +1,27 @@
 """`python -m app`: run the gateway. With no pools configured it starts its own local engine."""
 
-import argparse
-import asyncio
-import gc
+import sys
 from collections.abc import Callable
-from pathlib import Path
-from types import FrameType
-from typing import Any
 
-import uvicorn
-from pydantic import ValidationError
 from starlette.types import ASGIApp
 
-from app.drain import Drain
+from app.auth.keys import SigningKeys
 from app.logs import configure_logging
-from app.main import create_app
-from app.settings import GatewaySettings, load_settings
-from protocol import tracing
-
-
-def parse_args(argv: list[str] | None = None) -> GatewaySettings:
-    parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
-    parser.add_argument("--config", type=Path, help="YAML settings file (also SWITCHYARD_CONFIG)")
-    parser.add_argument("--host")
-    parser.add_argument("--port", type=int)
-    parser.add_argument("--region")
-    parser.add_argument("--log-level")
-    args = vars(parser.parse_args(argv))
-    config = args.pop("config")
-    overrides: dict[str, Any] = {k: v for k, v in args.items() if v is not None}
-    try:
-        return load_settings(overrides, config)
-    except (ValidationError, ValueError) as exc:
-        parser.exit(2, f"invalid settings: {exc}\n")
-
-
-class _DrainingServer(uvicorn.Server):
-    """The first SIGTERM or SIGINT drains (app/drain.py) and exits when done, with status 0;
-    a second one is uvicorn's own: exit now."""
-
-    def __init__(self, config: uvicorn.Config, drain: Drain) -> None:
-        super().__init__(config)
-        self._drain = drain
-        drain.on_drained = self._drained
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self._drain.draining or not self.started:
-            super().handle_exit(sig, frame)
-            return
-        asyncio.get_running_loop().call_soon_threadsafe(self._drain.begin)
-
-    def _drained(self) -> None:
-        self.should_exit = True
-
-
-def settle_heap() -> None:
-    """What exists before serving lives as long as the process: keep it out of the cycle
-    collector's scans, and let the young generation grow before a collection. The request path
-    allocates many short-lived objects, and each full scan of the start-up heap (FastAPI,
-    pydantic, the router) showed as a quarter of the gateway's time (docs/benchmarks.md)."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 20, 20)
+from app.server import parse_args, serve, serve_worker
+from app.workers import Supervisor, worker_exit
 
 
 def main(argv: list[str] | None = None, wrap: Callable[[ASGIApp], ASGIApp] | None = None) -> None:
     """Serve until drained. `wrap` puts ASGI middleware around the whole app (benchmarks time it)."""
+    argv = sys.argv[1:] if argv is None else argv
     settings = parse_args(argv)
     configure_logging(settings.log_level, settings.log_format)
-    tracing.configure("switchyard-gateway", settings.otlp_endpoint, settings.otlp_sample_ratio)
-    app = create_app(settings)
-    config = uvicorn.Config(
-        wrap(app) if wrap else app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=False,
-        timeout_graceful_shutdown=5,  # after the drain, only idle connections remain
-    )
-    server = _DrainingServer(config, app.state.drain)
-    settle_heap()
-    server.run()
+    if settings.workers == 1:
+        worker_exit(serve(settings, wrap))
+    if settings.auth_mode == "builtin":  # the signing key, made once before the workers read it
+        SigningKeys(settings.data_dir / "auth", token_ttl_s=settings.auth_token_ttl_s)
+    supervisor = Supervisor(serve_worker, argv, settings.workers, settings.host, settings.port, wrap)
+    sys.exit(supervisor.run())
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Log lines as text for people or JSON for collectors (`log_format`).
 
-A JSON line holds the time, level, logger and message, and the request's fields when the
+A JSON line holds the time, level, logger, process id and message, and the request's fields when the
 record has them: its id, tenant, route, and the routing decision (region, replica, reason)
 or the outcome (status, duration). Access lines come from `app.access`, one per API request.
 """
@@ -23,6 +23,7 @@ class JsonFormatter(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
+            "pid": record.process,  # which worker, when there are several
             "message": record.getMessage(),
         }
         line |= {name: getattr(record, name) for name in REQUEST_FIELDS if hasattr(record, name)}

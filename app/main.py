@@ -55,7 +55,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                 pools = [
                     PoolSettings.model_validate({"name": "embedded", "region": settings.region, "replicas": [url]})
                 ]
-            registry = PoolRegistry(pools, build_router(settings))
+            registry = PoolRegistry([worker_share(pool, settings) for pool in pools], build_router(settings))
             await stack.enter_async_context(
                 HealthMonitor(
                     registry,
@@ -66,7 +66,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                 )
             )
             budget = RetryBudget(settings.retry_budget_ratio, minimum=settings.retry_budget_min)
-            admission = Admission(registry, max_queue=settings.max_queue, queue_timeout_s=settings.queue_timeout_s)
+            admission = Admission(
+                registry, max_queue=settings.worker_share(settings.max_queue), queue_timeout_s=settings.queue_timeout_s
+            )
 
             async def wait_idle() -> None:
                 while admission.queued or any(r.in_flight for r in registry.replicas()):
@@ -95,6 +97,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                 stack.push_async_callback(limiter.aclose)
             app.state.gateway = Gateway(settings, registry, proxy, budget, idempotency, admission, metrics, limiter)
             metrics.watch(lambda: admission.queued, lambda: breakers(registry))
+            if metrics.multiprocess:
+                await stack.enter_async_context(metrics.refreshing(interval=settings.stats_interval_s))
             app.state.nodes = NodeManager(registry, client, timeout=settings.health_timeout_s)
             stack.push_async_callback(app.state.nodes.aclose)
             log.info("gateway ready: %d pool(s) in region %s", len(registry.pools), settings.region)
@@ -115,6 +119,13 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(oauth.router)
     return app
+
+
+def worker_share(pool: PoolSettings, settings: GatewaySettings) -> PoolSettings:
+    """The pool as one worker admits to it: its part of each replica's max_load."""
+    if pool.max_load is None or settings.workers == 1:
+        return pool
+    return pool.model_copy(update={"max_load": settings.worker_share(pool.max_load)})
 
 
 def breakers(registry: PoolRegistry) -> list[tuple[str, str, str]]:

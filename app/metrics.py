@@ -5,18 +5,26 @@ The names are the ones users of LLM serving stacks expect (`llm_requests_total`,
 buckets for LLM latencies. Every label value comes from a bounded set: a route of the API,
 a model some replica serves (else `other`), a configured pool and region, a status class,
 a shed reason. Queue depth and breaker states are read from the live objects at scrape time.
+
+With several workers (`PROMETHEUS_MULTIPROC_DIR` set before the process starts), every
+worker writes its values to files there and a scrape, answered by any worker, sums them:
+counters and histograms over all workers that ever ran, gauges over the live ones (a
+breaker shows the worst state any worker sees). Each worker then copies its queue depth and
+breaker states into those files every `refreshing` interval as well as at scrape time.
 The request middleware that counts and times the API's requests also writes their access
 lines (`app.access`). (FastAPI itself opens each request's server span.)
 """
 
+import asyncio
 import logging
+import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from protocol import usage_count
@@ -60,13 +68,17 @@ class _Family:
 class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        self._scraped = self.registry
+        if self.multiprocess:
+            self._scraped = CollectorRegistry()
+            MultiProcessCollector(self._scraped)  # type: ignore[no-untyped-call]
         r = self.registry
         request_labels = ["route", "model", "status_class"]
         self.requests = _Family(Counter("llm_requests", "Requests answered, by route, model and status class.",
                                 request_labels, registry=r))  # fmt: skip
-        self.in_progress = _Family(
-            Gauge("llm_requests_in_progress", "Requests being answered, by route.", ["route"], registry=r)
-        )
+        self.in_progress = _Family(Gauge("llm_requests_in_progress", "Requests being answered, by route.",
+                                         ["route"], registry=r, multiprocess_mode="livesum"))  # fmt: skip
         self.duration = _Family(Histogram(
             "llm_request_duration_seconds", "Time from a request's arrival to its answer's last byte.",
             request_labels, buckets=LATENCY_BUCKETS, registry=r,
@@ -103,12 +115,50 @@ class GatewayMetrics:
             Counter("llm_retries", "Attempts after a request's first, by pool.", ["pool"], registry=r)
         )
         self.replays = Counter("llm_idempotent_replays", "Answers replayed for a repeated Idempotency-Key.", registry=r)
-        self._live = _Live()
-        r.register(self._live)
+        self.queue_depth = Gauge("llm_queue_depth", "Requests waiting for an engine (admission queue).",
+                                 registry=r, multiprocess_mode="livesum")  # fmt: skip
+        self.breaker_state = Gauge(
+            "llm_breaker_state", "Each replica's circuit breaker: 0 closed, 1 half-open, 2 open.",
+            ["pool", "replica"], registry=r, multiprocess_mode="livemax",
+        )  # fmt: skip
+        self._queued: Callable[[], int] = lambda: 0
+        self._breakers: Callable[[], Iterable[tuple[str, str, str]]] = list
 
-    def watch(self, queued: Any, breakers: Any) -> None:
+    def watch(self, queued: Callable[[], int], breakers: Callable[[], Iterable[tuple[str, str, str]]]) -> None:
         """What to read at scrape time: `queued()` -> int, `breakers()` -> (pool, replica, state) rows."""
-        self._live.queued, self._live.breakers = queued, breakers
+        self._queued, self._breakers = queued, breakers
+
+    def refresh(self) -> None:
+        """Copy the live objects' state into the gauges."""
+        self.queue_depth.set(self._queued())
+        rows = list(self._breakers())
+        if not self.multiprocess:  # a removed replica's row goes (files keep theirs: workers can't remove)
+            self.breaker_state.clear()
+        for pool, replica, state in rows:
+            self.breaker_state.labels(pool, replica).set(BREAKER_STATES[state])
+
+    def exposition(self) -> bytes:
+        """The Prometheus text of a scrape: this process's metrics, or every worker's."""
+        self.refresh()
+        return generate_latest(self._scraped)
+
+    @asynccontextmanager
+    async def refreshing(self, interval: float) -> AsyncIterator[None]:
+        """Refresh the gauges every `interval` seconds while inside: with several workers, a
+        scrape answered by one still sees the others' recent state."""
+
+        async def loop() -> None:
+            while True:
+                self.refresh()
+                await asyncio.sleep(interval)
+
+        task = asyncio.create_task(loop())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
 
     def stream(self, scope: Scope, pool: str, region: str) -> "StreamTimer":
         state = scope.get("state") or {}
@@ -204,24 +254,3 @@ def _log_access(
     fields = {"request_id": request_id, "route": route, "status": status, "duration_ms": round(seconds * 1000, 2)}
     fields |= {"model": state.get(_MODEL, "other"), "tenant": state.get(_TENANT)}
     access_log.info("%s %s %d in %.1f ms", request_id, route, status, seconds * 1000, extra=fields)
-
-
-class _Live(Collector):
-    """Gauges read from the live objects at scrape time."""
-
-    def __init__(self) -> None:
-        self.queued: Any = None
-        self.breakers: Any = None
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        depth = GaugeMetricFamily("llm_queue_depth", "Requests waiting for an engine (admission queue).")
-        depth.add_metric([], self.queued() if self.queued else 0)
-        yield depth
-        states = GaugeMetricFamily(
-            "llm_breaker_state", "Each replica's circuit breaker: 0 closed, 1 half-open, 2 open.",
-            labels=["pool", "replica"],
-        )  # fmt: skip
-        rows: Iterable[tuple[str, str, str]] = self.breakers() if self.breakers else ()
-        for pool, replica, state in rows:
-            states.add_metric([pool, replica], BREAKER_STATES[state])
-        yield states

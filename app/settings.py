@@ -61,6 +61,10 @@ class GatewaySettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     region: str = "local"
+    # Processes serving the port. Each admits its share of every replica's max_load and of
+    # max_queue; they share Redis for idempotency and limits, so more than one needs redis_url
+    # and configured pools. Metrics are summed over them (Prometheus multiprocess mode).
+    workers: int = Field(default=1, ge=1, le=64)
     pools: list[PoolSettings] = []
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     health_interval_s: float = Field(default=2.0, gt=0)
@@ -138,12 +142,20 @@ class GatewaySettings(BaseSettings):
     rate_limits: dict[str, RateLimitSettings] = {}
 
     @model_validator(mode="after")
-    def _auth_is_complete(self) -> "GatewaySettings":
+    def _is_consistent(self) -> "GatewaySettings":
         if self.auth_mode == "disabled" and self.host not in LOOPBACK_HOSTS:
             raise ValueError(f"auth_mode disabled is refused unless host is a loopback address, not {self.host!r}")
         if self.auth_mode == "external" and not (self.auth_issuer and self.auth_jwks):
             raise ValueError("auth_mode external needs auth_issuer and auth_jwks (the issuer's JWKS URL or file)")
+        if self.workers > 1 and self.embedded:
+            raise ValueError("workers > 1 needs configured pools: the embedded engine belongs to one process")
+        if self.workers > 1 and not self.redis_url:
+            raise ValueError("workers > 1 needs redis_url: idempotency records and rate limits must be shared")
         return self
+
+    def worker_share(self, amount: int) -> int:
+        """One worker's part of a gateway-wide bound (rounded up: never zero)."""
+        return -(-amount // self.workers)
 
     @property
     def issuer(self) -> str:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from engines.builtin_model import BUILTIN_MODEL_NAME, ensure_builtin_model
-from tests.servers import ServerProcess, free_port
+from tests.servers import Redis, ServerProcess, free_port
 
 MODEL = BUILTIN_MODEL_NAME
 
@@ -72,5 +72,13 @@ def gateway(engine: ServerProcess, log_dir: Path) -> Iterator[ServerProcess]:
         env={"SWITCHYARD_POOLS": json.dumps(pools), "SWITCHYARD_HEALTH_INTERVAL_S": "0.5"},
         ready_path="/ready",
     ).wait_ready()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis() -> Iterator[Redis]:
+    """A redis-server of the test's own (it may stop it)."""
+    server = Redis()
     yield server
     server.stop()

@@ -25,13 +25,6 @@ def engine(log_dir: Path) -> Iterator[ServerProcess]:
 
 
 @pytest.fixture
-def redis() -> Iterator[Redis]:
-    server = Redis()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def gateway(engine: ServerProcess, redis: Redis, log_dir: Path) -> Iterator[ServerProcess]:
     httpx.post(engine.url + "/control", json={}).raise_for_status()
     env = {"SWITCHYARD_POOLS": json.dumps([{"name": "p", "replicas": [engine.url]}]), "SWITCHYARD_REDIS_URL": redis.url}

@@ -96,13 +96,6 @@ def test_the_estimate_is_the_prompt_bytes_over_four_plus_the_completion_limit() 
     assert estimate_tokens(b"x" * 401, None) == 101 + 256
 
 
-@pytest.fixture
-def redis() -> Iterator[Redis]:
-    server = Redis()
-    yield server
-    server.stop()
-
-
 async def test_redis_applies_the_same_rules_atomically(redis: Redis) -> None:
     limiter = RedisLimiter(Policy(Limits(rpm=10, tpm=1000), {}), redis.url)
     try:

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, HttpUrl
 
 from app.deps import GatewayDep, NodesDep, guard_of
-from app.errors import PermissionDenied
+from app.errors import Conflict, PermissionDenied
 from app.inputs import parse_body, read_json_body
 
 __all__ = ["router"]
@@ -28,7 +28,16 @@ async def _admin(request: Request) -> None:
         raise PermissionDenied("The admin API answers only on loopback.")
 
 
+async def _one_process(gateway: GatewayDep) -> None:
+    """Pools live in each worker's memory: a change here would reach one worker only."""
+    if gateway.settings.workers > 1:
+        raise Conflict(
+            f"This gateway runs {gateway.settings.workers} workers; change its pools in the settings and restart it."
+        )
+
+
 router = APIRouter(prefix="/admin", dependencies=[Depends(_admin)])
+changes = [Depends(_one_process)]
 
 
 class AddReplica(BaseModel):
@@ -47,13 +56,13 @@ async def get_pool(pool: str, gateway: GatewayDep, nodes: NodesDep) -> dict[str,
     return gateway.registry.describe_pool(nodes.pool(pool), time.monotonic())
 
 
-@router.post("/pools/{pool}/replicas", status_code=201)
+@router.post("/pools/{pool}/replicas", status_code=201, dependencies=changes)
 async def add_replica(pool: str, request: Request, gateway: GatewayDep, nodes: NodesDep) -> dict[str, Any]:
     body = parse_body(await read_json_body(request, gateway.settings.max_body_bytes), AddReplica)
     return nodes.describe(await nodes.add(pool, str(body.url)))
 
 
-@router.delete("/pools/{pool}/replicas/{replica_id}")
+@router.delete("/pools/{pool}/replicas/{replica_id}", dependencies=changes)
 async def remove_replica(pool: str, replica_id: str, nodes: NodesDep) -> JSONResponse:
     """200 when removed at once; 202 while its requests finish (it is removed after them)."""
     replica = nodes.replica(pool, replica_id)
@@ -62,14 +71,14 @@ async def remove_replica(pool: str, replica_id: str, nodes: NodesDep) -> JSONRes
     return JSONResponse(nodes.describe(replica) | {"status": "draining"}, status_code=202)
 
 
-@router.post("/pools/{pool}/replicas/{replica_id}/drain")
+@router.post("/pools/{pool}/replicas/{replica_id}/drain", dependencies=changes)
 async def drain_replica(pool: str, replica_id: str, nodes: NodesDep) -> dict[str, Any]:
     replica = nodes.replica(pool, replica_id)
     nodes.drain(replica)
     return nodes.describe(replica)
 
 
-@router.post("/pools/{pool}/replicas/{replica_id}/undrain")
+@router.post("/pools/{pool}/replicas/{replica_id}/undrain", dependencies=changes)
 async def undrain_replica(pool: str, replica_id: str, nodes: NodesDep) -> dict[str, Any]:
     replica = nodes.replica(pool, replica_id)
     nodes.undrain(replica)
