@@ -7,8 +7,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+from tests.scrape import scrape, value
 from tests.servers import ServerProcess, free_port
 
 MODEL = "counting"
@@ -37,21 +37,6 @@ def gateway(engines: list[ServerProcess], log_dir: Path) -> Iterator[ServerProce
     server.stop()
 
 
-def _samples(gateway: ServerProcess) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    response = httpx.get(gateway.url + "/metrics")
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain")
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
-
-
-def _value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
-
-
 def _chat(gateway: ServerProcess, model: str = MODEL, **fields: object) -> httpx.Response:
     body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, **fields}
     return httpx.post(gateway.url + CHAT, json=body, timeout=30)
@@ -60,7 +45,7 @@ def _chat(gateway: ServerProcess, model: str = MODEL, **fields: object) -> httpx
 def test_answers_are_counted_and_timed_by_route_model_and_status_class(
     gateway: ServerProcess, engines: list[ServerProcess]
 ) -> None:
-    before = _samples(gateway)
+    before = scrape(gateway.url)
     for _ in range(3):
         assert _chat(gateway).status_code == 200
     for engine in engines:  # tokens 20 ms apart, so each is relayed on its own
@@ -74,10 +59,10 @@ def test_answers_are_counted_and_timed_by_route_model_and_status_class(
         for engine in engines:
             httpx.post(engine.url + "/control", json={}).raise_for_status()
     assert _chat(gateway, model="no-such-model").status_code == 404
-    after = _samples(gateway)
+    after = scrape(gateway.url)
 
     def delta(name: str, **labels: str) -> float:
-        return _value(after, name, **labels) - _value(before, name, **labels)
+        return value(after, name, **labels) - value(before, name, **labels)
 
     ok = {"route": CHAT, "model": MODEL, "status_class": "2xx"}
     assert delta("llm_requests_total", **ok) == 4
@@ -90,11 +75,11 @@ def test_answers_are_counted_and_timed_by_route_model_and_status_class(
     assert delta("llm_inter_token_latency_seconds_count", **served) >= 3  # 4 tokens, then [DONE]
     assert delta("llm_generation_tokens_count", **served) == 4  # 3 whole answers and 1 stream
     assert delta("llm_generation_tokens_sum", **served) == 3 * 5 + 4
-    assert _value(after, "llm_requests_in_progress", route=CHAT) == 0
+    assert value(after, "llm_requests_in_progress", route=CHAT) == 0
 
 
 def test_engine_failures_retries_and_live_gauges(gateway: ServerProcess, engines: list[ServerProcess]) -> None:
-    before = _samples(gateway)
+    before = scrape(gateway.url)
     httpx.post(engines[0].url + "/control", json={"fail_times": 1, "fail_status": 503}).raise_for_status()
     try:  # requests with other keys until one lands on the failing replica and is retried on the other
         for i in range(20):
@@ -107,10 +92,10 @@ def test_engine_failures_retries_and_live_gauges(gateway: ServerProcess, engines
             pytest.fail("no request reached the first replica")
     finally:
         httpx.post(engines[0].url + "/control", json={}).raise_for_status()
-    after = _samples(gateway)
+    after = scrape(gateway.url)
 
     def delta(name: str, **labels: str) -> float:
-        return _value(after, name, **labels) - _value(before, name, **labels)
+        return value(after, name, **labels) - value(before, name, **labels)
 
     assert delta("llm_engine_errors_total", pool="p", region="eu", kind="overloaded") == 1
     assert delta("llm_retries_total", pool="p") == 1
@@ -120,7 +105,7 @@ def test_engine_failures_retries_and_live_gauges(gateway: ServerProcess, engines
 
 
 def test_sheds_are_counted_by_reason(gateway: ServerProcess, engines: list[ServerProcess]) -> None:
-    before = _samples(gateway)
+    before = scrape(gateway.url)
     for engine in engines:
         httpx.post(engine.url + "/control", json={"chunks": 5, "chunk_delay_s": 0.2}).raise_for_status()
     try:
@@ -138,8 +123,7 @@ def test_sheds_are_counted_by_reason(gateway: ServerProcess, engines: list[Serve
         for engine in engines:
             httpx.post(engine.url + "/control", json={}).raise_for_status()
     assert shed.status_code == 503
-    after = _samples(gateway)
+    after = scrape(gateway.url)
     assert (
-        _value(after, "llm_shed_total", reason="overloaded") - _value(before, "llm_shed_total", reason="overloaded")
-        == 1
+        value(after, "llm_shed_total", reason="overloaded") - value(before, "llm_shed_total", reason="overloaded") == 1
     )

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from app.settings import load_settings
+from tests.scrape import scrape, value
 from tests.servers import Redis, ServerProcess, free_port
 
 MODEL = "counting"
@@ -56,20 +56,6 @@ def _chat(url: str, **headers: str) -> httpx.Response:
     return httpx.post(url + CHAT, json=body, headers=headers, timeout=30)
 
 
-def _samples(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    response = httpx.get(url + "/metrics", timeout=10)
-    assert response.status_code == 200
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
-
-
-def _value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
-
-
 def _access_pids(server: ServerProcess) -> list[int]:
     lines = (json.loads(line) for line in server.log_path.read_text().splitlines() if line.startswith("{"))
     return [line["pid"] for line in lines if line["logger"] == "app.access"]
@@ -83,18 +69,18 @@ def _worker_pids(server: ServerProcess) -> set[int]:
 
 def test_every_scrape_counts_every_workers_requests(gateway: ServerProcess) -> None:
     ok = {"route": CHAT, "model": MODEL, "status_class": "2xx"}
-    before = _value(_samples(gateway.url), "llm_requests_total", **ok)
+    before = value(scrape(gateway.url), "llm_requests_total", **ok)
     requests = 30
     for _ in range(requests):
         assert _chat(gateway.url).status_code == 200
     assert len(set(_access_pids(gateway))) > 1, "the requests should have reached several workers"
     # Whichever worker answers the scrape, it counts the others' requests too.
     for _ in range(8):
-        samples = _samples(gateway.url)
-        assert _value(samples, "llm_requests_total", **ok) - before == requests
-        assert _value(samples, "llm_requests_in_progress", route=CHAT) == 0
-        assert _value(samples, "llm_queue_depth") == 0
-        assert _value(samples, "llm_breaker_state", pool="p", replica="p-0") == 0
+        samples = scrape(gateway.url)
+        assert value(samples, "llm_requests_total", **ok) - before == requests
+        assert value(samples, "llm_requests_in_progress", route=CHAT) == 0
+        assert value(samples, "llm_queue_depth") == 0
+        assert value(samples, "llm_breaker_state", pool="p", replica="p-0") == 0
 
 
 def test_an_idempotency_key_is_honoured_across_workers(gateway: ServerProcess) -> None:
@@ -128,7 +114,7 @@ def test_a_dead_worker_is_replaced_and_its_gauges_leave(
         assert victim not in now
         for _ in range(10):
             assert _chat(server.url).status_code == 200
-        assert _value(_samples(server.url), "llm_requests_in_progress", route=CHAT) == 0
+        assert value(scrape(server.url), "llm_requests_in_progress", route=CHAT) == 0
     finally:
         server.stop()
 
