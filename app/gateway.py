@@ -222,9 +222,7 @@ class Gateway:
 
 def _trace_decision(decision: Decision[Replica]) -> None:
     """The routing decision as a span of its own, with its reasons."""
-    if not tracing.enabled():
-        return
-    with tracer.start_as_current_span("route") as span:
+    with tracing.span(tracer, "route") as span:
         if span.is_recording():
             span.set_attributes(
                 {

@@ -33,8 +33,16 @@ def enabled() -> bool:
 
 
 def span(tracer: Tracer, name: str, **options: Any) -> AbstractContextManager[Span]:
-    """`tracer.start_as_current_span(name, ...)`, or a do-nothing span when tracing is off."""
-    return tracer.start_as_current_span(name, **options) if enabled() else _NO_SPAN
+    """`tracer.start_as_current_span(name, ...)`, or a do-nothing span when tracing is off or
+    the parent's trace is not sampled: the SDK would begin a non-recording span for nothing
+    (a sampled-out request then costs what an untraced one does; `inject` still sends the
+    parent's context, with its not-sampled flag, downstream)."""
+    if not enabled():
+        return _NO_SPAN
+    parent = trace.get_current_span(options.get("context")).get_span_context()
+    if parent.is_valid and not parent.trace_flags.sampled:
+        return _NO_SPAN
+    return tracer.start_as_current_span(name, **options)
 
 
 def configure(service: str, endpoint: str | None, sample_ratio: float | None = None) -> None:

@@ -107,6 +107,35 @@ def test_the_gateway_span_tree_continues_the_client_trace(
     assert sent == f"00-{TRACE_ID}-{upstream.context.span_id:016x}-01"
 
 
+def test_a_trace_the_caller_did_not_sample_costs_no_spans(
+    exporter: InMemorySpanExporter, counting_engine: ServerProcess, tmp_path: Path
+) -> None:
+    settings = GatewaySettings.model_validate(
+        {"pools": [{"name": "p", "replicas": [counting_engine.url]}], "auth_mode": "disabled", "health_interval_s": 0.2,
+         "data_dir": str(tmp_path)}
+    )  # fmt: skip
+    with _serving(create_app(settings)) as client:
+        exporter.clear()
+        body = {"model": "counting", "messages": [{"role": "user", "content": "hi"}]}
+        headers = {"traceparent": f"00-{TRACE_ID}-{CLIENT_SPAN}-00", "x-request-id": "unsampled-1"}
+        assert client.post("/v1/chat/completions", json=body, headers=headers).status_code == 200
+    assert exporter.get_finished_spans() == ()
+    # The engine still learns the trace, and that it is not sampled.
+    sent = httpx.get(counting_engine.url + "/executions").json()["traceparents"]["unsampled-1"]
+    assert sent.startswith(f"00-{TRACE_ID}-") and sent.endswith("-00")
+
+
+def test_no_span_is_begun_below_a_parent_that_is_not_sampled(exporter: InMemorySpanExporter) -> None:
+    tracer = trace.get_tracer("test")
+    unsampled = trace.NonRecordingSpan(
+        trace.SpanContext(int(TRACE_ID, 16), int(CLIENT_SPAN, 16), is_remote=True, trace_flags=trace.TraceFlags(0))
+    )
+    with trace.use_span(unsampled), tracing.span(tracer, "admission") as span:
+        assert span is trace.INVALID_SPAN
+    with tracing.span(tracer, "root") as span:  # no parent: the sampler decides (here: recorded)
+        assert span.is_recording()
+
+
 async def test_our_engine_continues_the_trace(exporter: InMemorySpanExporter) -> None:
     transport = httpx.ASGITransport(app=create_engine_app(FakeEngine("Hello.", max_model_len=64)))
     exporter.clear()
