@@ -122,7 +122,8 @@ def test_a_trace_the_caller_did_not_sample_costs_no_spans(
     assert exporter.get_finished_spans() == ()
     # The engine still learns the trace, and that it is not sampled.
     sent = httpx.get(counting_engine.url + "/executions").json()["traceparents"]["unsampled-1"]
-    assert sent.startswith(f"00-{TRACE_ID}-") and sent.endswith("-00")
+    assert sent.startswith(f"00-{TRACE_ID}-")
+    assert sent.endswith("-00")
 
 
 def test_no_span_is_begun_below_a_parent_that_is_not_sampled(exporter: InMemorySpanExporter) -> None:
