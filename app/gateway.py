@@ -7,12 +7,14 @@ request's deadline and within the retry budget. An engine's Retry-After keeps ne
 off that replica until it is over.
 """
 
+import asyncio
 import itertools
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import Response
@@ -32,8 +34,8 @@ from app.errors import (
     TenantOverShare,
 )
 from app.idempotency import Idempotency
-from app.limits import RateLimiter, tokens_used
-from app.metrics import GatewayMetrics
+from app.limits import RateLimiter, estimate_prompt_tokens, tokens_used
+from app.metrics import GatewayMetrics, on_stream_end
 from app.pools import Lease, PoolRegistry, Replica
 from app.proxy import AttemptTimeout, Proxy, RetryableAnswer
 from app.retry_budget import RetryBudget
@@ -79,6 +81,7 @@ class Gateway:
     admission: Admission
     metrics: GatewayMetrics
     limiter: RateLimiter | None = None
+    _background: set["asyncio.Task[None]"] = field(default_factory=set)
 
     def deadline(self, request: Request) -> Deadline:
         return Deadline.from_headers(
@@ -109,6 +112,13 @@ class Gateway:
         tokens: int,
     ) -> Response:
         headers = await limiter.charge(tenant, tokens)
+
+        def stream_ended(relayed: int, total: int | None) -> None:
+            """A stream's cost: its reported usage, else the prompt's estimate and the events relayed."""
+            used = total if total is not None else estimate_prompt_tokens(body) + relayed
+            self._later(limiter.correct(tenant, used - tokens))
+
+        on_stream_end(request.scope, stream_ended)
         try:
             response = await self._dispatch(request, path, model, key, body, tenant)
         except GatewayError:
@@ -119,6 +129,12 @@ class Gateway:
         if used is not None:
             await limiter.correct(tenant, used - tokens)
         return response
+
+    def _later(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` in the background (a stream's end may come as its task is cancelled)."""
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _dispatch(self, request: Request, path: str, model: str, key: str, body: bytes, tenant: str) -> Response:
         deadline = self.deadline(request)

@@ -32,6 +32,7 @@ __all__ = [
     "RateLimiter",
     "RedisLimiter",
     "build_limiter",
+    "estimate_prompt_tokens",
     "estimate_tokens",
     "tokens_used",
 ]
@@ -46,9 +47,14 @@ class Limits:
     tpm: int | None
 
 
+def estimate_prompt_tokens(body: bytes) -> int:
+    """Prompt tokens from the body's size: about 4 bytes a token."""
+    return math.ceil(len(body) / 4)
+
+
 def estimate_tokens(body: bytes, completion_limit: int | None) -> int:
-    """Prompt tokens from the body's size (about 4 bytes a token), plus the completion's limit."""
-    return math.ceil(len(body) / 4) + (completion_limit or DEFAULT_COMPLETION_TOKENS)
+    """The prompt's estimate plus the completion's limit."""
+    return estimate_prompt_tokens(body) + (completion_limit or DEFAULT_COMPLETION_TOKENS)
 
 
 def tokens_used(response: Response) -> int | None:

@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from protocol import usage_count
 
-__all__ = ["GatewayMetrics", "RequestMetrics", "StreamTimer", "label_model"]
+__all__ = ["GatewayMetrics", "RequestMetrics", "StreamEnd", "StreamTimer", "label_model", "on_stream_end"]
 
 access_log = logging.getLogger("app.access")
 
@@ -42,6 +42,11 @@ BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
 _STARTED = "switchyard.started"  # where the middleware leaves a request's start in its scope's state
 _MODEL = "switchyard.model"
 _TENANT = "switchyard.tenant"
+_STREAM_END = "switchyard.stream_end"
+
+# Told when a request's stream is over, however it ended: the events it relayed, and the
+# `usage.total_tokens` the engine reported in it (when the client asked for usage), else None.
+StreamEnd = Callable[[int, int | None], None]
 
 
 def status_class(status: int) -> str:
@@ -162,7 +167,8 @@ class GatewayMetrics:
 
     def stream(self, scope: Scope, pool: str, region: str) -> "StreamTimer":
         state = scope.get("state") or {}
-        return StreamTimer(self, (state.get(_MODEL, "other"), pool, region), state.get(_STARTED, time.perf_counter()))
+        labels = (state.get(_MODEL, "other"), pool, region)
+        return StreamTimer(self, labels, state.get(_STARTED, time.perf_counter()), state.get(_STREAM_END))
 
     def answered(self, scope: Scope, pool: str, region: str, body: bytes, seconds: float) -> None:
         """A whole (non-streamed) answer: its completion tokens and how long the engine took."""
@@ -181,18 +187,27 @@ def label_model(scope: Scope, model: str, known: frozenset[str], tenant: str | N
         state[_TENANT] = tenant
 
 
+def on_stream_end(scope: Scope, callback: StreamEnd) -> None:
+    """Have `callback` told what the request's stream relayed, once it is over."""
+    scope.setdefault("state", {})[_STREAM_END] = callback
+
+
 class StreamTimer:
-    """Times one stream's events as the proxy relays them."""
+    """Times and counts one stream's events as the proxy relays them."""
 
-    __slots__ = ("_first", "_labels", "_last", "_metrics", "_started", "_tokens")
+    __slots__ = ("_end", "_first", "_labels", "_last", "_metrics", "_started", "_tokens", "_usage")
 
-    def __init__(self, metrics: GatewayMetrics, labels: tuple[str, str, str], started: float) -> None:
+    def __init__(
+        self, metrics: GatewayMetrics, labels: tuple[str, str, str], started: float, end: StreamEnd | None = None
+    ) -> None:
         self._metrics = metrics
         self._labels = labels
         self._started = started
+        self._end = end
         self._first: float | None = None
         self._last = 0.0
         self._tokens = 0
+        self._usage = b""  # the last chunk that reported usage
 
     def relayed(self, data: bytes) -> None:
         now = time.perf_counter()
@@ -203,11 +218,20 @@ class StreamTimer:
             self._metrics.itl(*self._labels).observe(now - self._last)
         self._last = now
         self._tokens += data.count(b"data: ") - data.count(b"data: [DONE]")
+        if self._end is not None and b'"total_tokens"' in data:
+            self._usage = data
 
     def ended(self) -> None:
+        """The stream ran to its end."""
         if self._first is not None:
             self._metrics.generation_latency(*self._labels).observe(self._last - self._first)
             self._metrics.generation_tokens(*self._labels).observe(self._tokens)
+
+    def closed(self) -> None:
+        """The stream is over, however it ended (at most once)."""
+        if self._end is not None:
+            end, self._end = self._end, None
+            end(self._tokens, usage_count(self._usage, "total_tokens") if self._usage else None)
 
 
 class RequestMetrics:

@@ -299,3 +299,4 @@ class Proxy:
             watchdog.cancel()
             untrack()
             upstream.close()
+            timer.closed()

@@ -1,7 +1,8 @@
 """A fake engine for reliability tests: it counts every execution and fails on command.
 
 `python -m tests.counting_engine --port N` serves the OpenAI chat route for model
-`counting`: JSON, or an SSE stream of `max_tokens` (else `chunks`) events `chunk_delay_s` apart. `POST /control`
+`counting`: JSON, or an SSE stream of `max_tokens` (else `chunks`) events `chunk_delay_s` apart
+(then a usage chunk when `stream_options.include_usage`). `POST /control`
 sets its behaviour and zeroes the counts (`fail_status` for the next `fail_times` requests, with `retry_after`;
 `stall_s` before answering; `chunks`, `chunk_delay_s`); `GET /executions` says how many
 requests it executed, in all and per `x-request-id`.
@@ -78,7 +79,8 @@ class CountingEngine:
             finally:
                 self._free()
             return JSONResponse(_completion(chunks))
-        return StreamingResponse(_stream(chunks, delay, self._free), media_type="text/event-stream")
+        usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        return StreamingResponse(_stream(chunks, delay, self._free, usage), media_type="text/event-stream")
 
     def _free(self) -> None:
         if self._slots is not None:
@@ -125,16 +127,18 @@ def _completion(chunks: int) -> dict[str, Any]:
     }
 
 
-async def _stream(chunks: int, delay: float, done: Callable[[], None]) -> Any:
+async def _stream(chunks: int, delay: float, done: Callable[[], None], usage: bool = False) -> Any:
     try:
+        chunk = {"id": "chatcmpl-counting", "object": "chat.completion.chunk", "model": MODEL}
         for i in range(chunks):
             if delay:
                 await asyncio.sleep(delay)
             last = i == chunks - 1
             choice = {"index": 0, "delta": {"content": f"tok{i} "}, "finish_reason": "length" if last else None}
-            yield sse_event(
-                {"id": "chatcmpl-counting", "object": "chat.completion.chunk", "model": MODEL, "choices": [choice]}
-            )
+            yield sse_event({**chunk, "choices": [choice]})
+        if usage:  # as OpenAI sends it: a last chunk with no choices
+            counts = {"prompt_tokens": 1, "completion_tokens": chunks, "total_tokens": chunks + 1}
+            yield sse_event({**chunk, "choices": [], "usage": counts})
         yield DONE_EVENT
     finally:
         done()

@@ -3,6 +3,7 @@ a real Redis (atomic under concurrency), and the answers through a real gateway.
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +11,15 @@ import httpx
 import pytest
 
 from app.errors import RateLimited
-from app.limits import InProcessLimiter, Limits, Policy, RateLimiter, RedisLimiter, estimate_tokens
+from app.limits import (
+    InProcessLimiter,
+    Limits,
+    Policy,
+    RateLimiter,
+    RedisLimiter,
+    estimate_prompt_tokens,
+    estimate_tokens,
+)
 from tests.servers import Redis, ServerProcess, free_port
 
 
@@ -130,7 +139,9 @@ def gateway(counting_engine: ServerProcess, log_dir: Path) -> Iterator[ServerPro
     env = {
         "SWITCHYARD_POOLS": json.dumps([{"name": "p", "replicas": [counting_engine.url]}]),
         "SWITCHYARD_RATE_LIMIT_RPM": "3",
-        "SWITCHYARD_RATE_LIMITS": json.dumps({"big": {"rpm": 1000, "tpm": 100}}),
+        "SWITCHYARD_RATE_LIMITS": json.dumps(
+            {"big": {"rpm": 1000, "tpm": 100}, **{s: {"rpm": 1000, "tpm": STREAM_TPM} for s in ("counted", "reported")}}
+        ),
     }
     port = free_port()
     server = ServerProcess("app", ["--port", str(port)], port=port, log_dir=log_dir, env=env, ready_path="/ready")
@@ -165,3 +176,39 @@ def test_tokens_are_corrected_by_the_answers_usage(gateway: ServerProcess) -> No
     assert first.status_code == 200
     assert first.json()["usage"]["total_tokens"] == 65
     assert _chat(gateway, "big", max_tokens=64).status_code == 429  # 35 left: not enough for the estimate
+
+
+STREAM_TPM = 400
+
+
+def _exact(gateway: ServerProcess, body: dict[str, object]) -> tuple[httpx.Response, int]:
+    """Send exactly these bytes; the answer, and the gateway's up-front estimate for them."""
+    content = json.dumps(body).encode()
+    headers = {"content-type": "application/json"}
+    with httpx.stream("POST", gateway.url + "/v1/chat/completions", content=content, headers=headers) as response:
+        response.read()
+    completion_limit = body.get("max_tokens")
+    return response, estimate_tokens(content, completion_limit if isinstance(completion_limit, int) else None)
+
+
+@pytest.mark.parametrize(
+    ("user", "stream_options"),
+    [("counted", None), ("reported", {"include_usage": True})],
+)
+def test_a_streams_tokens_are_corrected_when_it_ends(
+    gateway: ServerProcess, user: str, stream_options: dict[str, bool] | None
+) -> None:
+    """Charged up front for 256 completion tokens (no max_tokens), the 4-event stream then costs
+    its usage as the engine reported it (1 prompt + 4), else the prompt's estimate + 4 events."""
+    body: dict[str, object] = {"model": "counting", "messages": [{"role": "user", "content": "hi"}], "user": user}
+    body |= {"stream": True} | ({"stream_options": stream_options} if stream_options else {})
+    streamed, estimate = _exact(gateway, body)
+    assert streamed.status_code == 200
+    assert streamed.text.count("tok") - streamed.text.count("_tokens") == 4
+    used = 5 if stream_options else estimate_prompt_tokens(json.dumps(body).encode()) + 4
+    time.sleep(0.3)  # the correction runs as the stream closes
+    after, estimate_after = _exact(gateway, {**body, "stream": False, "max_tokens": 1})
+    assert after.status_code == 200
+    remaining = int(after.headers["x-ratelimit-remaining-tokens"])
+    assert STREAM_TPM - used - estimate_after <= remaining <= STREAM_TPM - used - estimate_after + 10  # + refill
+    assert estimate - used > 200  # so an uncorrected charge could not pass the check above
