@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
@@ -200,8 +200,13 @@ class Gateway:
         headers = {"x-request-id": call.rid, "x-route-region": decision.region, "x-route-replica": replica.id}
         call.tried.append(replica.name)
         attributes: dict[str, str | int] = {"switchyard.replica": replica.id, "switchyard.attempt": len(call.tried)}
+        span: trace.Span = trace.INVALID_SPAN
+        streamed = False
         try:
-            with tracing.span(tracer, "upstream", kind=SpanKind.CLIENT, attributes=attributes) as span:
+            # The span lasts as long as the attempt: for a stream, until its last event.
+            with tracing.span(
+                tracer, "upstream", kind=SpanKind.CLIENT, attributes=attributes, end_on_exit=False
+            ) as span:
                 response = await self.proxy.forward(
                     call.request,
                     lease,
@@ -212,6 +217,9 @@ class Gateway:
                     attempt_timeout=self.settings.attempt_timeout_s,
                 )
                 span.set_attribute("http.response.status_code", response.status_code)
+                if span.is_recording() and isinstance(response, StreamingResponse):
+                    on_stream_end(call.request.scope, lambda events, _: _end_stream_span(span, events))
+                    streamed = True
                 return response
         except (EngineUnreachable, AttemptTimeout) as failure:
             kind = "connect" if isinstance(failure, EngineUnreachable) else "timeout"
@@ -224,6 +232,9 @@ class Gateway:
             if answer.retry_after is not None:
                 self.registry.router.hold(replica.name, time.monotonic() + answer.retry_after)
             raise
+        finally:
+            if not streamed:
+                span.end()
 
     def _stop(self, deadline: Deadline) -> Callable[[RetryCallState], bool]:
         def stop(state: RetryCallState) -> bool:
@@ -234,6 +245,11 @@ class Gateway:
             return not self.budget.try_spend(time.monotonic())  # last: spent only on a real retry
 
         return stop
+
+
+def _end_stream_span(span: trace.Span, events: int) -> None:
+    span.set_attribute("switchyard.events", events)
+    span.end()
 
 
 def _trace_decision(decision: Decision[Replica]) -> None:

@@ -166,9 +166,9 @@ class GatewayMetrics:
                 await task
 
     def stream(self, scope: Scope, pool: str, region: str) -> "StreamTimer":
-        state = scope.get("state") or {}
+        state = scope.setdefault("state", {})
         labels = (state.get(_MODEL, "other"), pool, region)
-        return StreamTimer(self, labels, state.get(_STARTED, time.perf_counter()), state.get(_STREAM_END))
+        return StreamTimer(self, labels, state.get(_STARTED, time.perf_counter()), state)
 
     def answered(self, scope: Scope, pool: str, region: str, body: bytes, seconds: float) -> None:
         """A whole (non-streamed) answer: its completion tokens and how long the engine took."""
@@ -189,36 +189,45 @@ def label_model(scope: Scope, model: str, known: frozenset[str], tenant: str | N
 
 def on_stream_end(scope: Scope, callback: StreamEnd) -> None:
     """Have `callback` told what the request's stream relayed, once it is over."""
-    scope.setdefault("state", {})[_STREAM_END] = callback
+    scope.setdefault("state", {}).setdefault(_STREAM_END, []).append(callback)
 
 
 class StreamTimer:
-    """Times and counts one stream's events as the proxy relays them."""
+    """Times and counts one stream's events as the proxy relays them.
 
-    __slots__ = ("_end", "_first", "_labels", "_last", "_metrics", "_started", "_tokens", "_usage")
+    Inter-token latency is per event, as the client sees them: the gap before a chunk for its
+    first event, and none for the others that arrived with it (an engine may send several at
+    once), so its mean is the stream's mean gap between tokens."""
+
+    __slots__ = ("_first", "_labels", "_last", "_metrics", "_started", "_state", "_tokens", "_usage")
 
     def __init__(
-        self, metrics: GatewayMetrics, labels: tuple[str, str, str], started: float, end: StreamEnd | None = None
+        self, metrics: GatewayMetrics, labels: tuple[str, str, str], started: float, state: dict[str, Any]
     ) -> None:
         self._metrics = metrics
         self._labels = labels
         self._started = started
-        self._end = end
+        self._state = state  # the request's: where `on_stream_end` leaves its callbacks
         self._first: float | None = None
         self._last = 0.0
         self._tokens = 0
         self._usage = b""  # the last chunk that reported usage
 
     def relayed(self, data: bytes) -> None:
+        events = data.count(b"data: ") - data.count(b"data: [DONE]")
+        if not events:
+            return
         now = time.perf_counter()
         if self._first is None:
             self._first = now
             self._metrics.ttft(*self._labels).observe(now - self._started)
         else:
             self._metrics.itl(*self._labels).observe(now - self._last)
+        for _ in range(events - 1):  # those that came with the chunk's first
+            self._metrics.itl(*self._labels).observe(0.0)
         self._last = now
-        self._tokens += data.count(b"data: ") - data.count(b"data: [DONE]")
-        if self._end is not None and b'"total_tokens"' in data:
+        self._tokens += events
+        if b'"total_tokens"' in data:
             self._usage = data
 
     def ended(self) -> None:
@@ -229,9 +238,11 @@ class StreamTimer:
 
     def closed(self) -> None:
         """The stream is over, however it ended (at most once)."""
-        if self._end is not None:
-            end, self._end = self._end, None
-            end(self._tokens, usage_count(self._usage, "total_tokens") if self._usage else None)
+        ends: list[StreamEnd] = self._state.pop(_STREAM_END, [])
+        if ends:
+            total = usage_count(self._usage, "total_tokens") if self._usage else None
+            for end in ends:
+                end(self._tokens, total)
 
 
 class RequestMetrics:

@@ -110,11 +110,17 @@ class _RelayResponse(StreamingResponse):
     """A stream that ends its attempt however the response ends, started or not."""
 
     def __init__(
-        self, upstream: UpstreamResponse, attempt: _Attempt, body: AsyncIterator[bytes], headers: Mapping[str, str]
+        self,
+        upstream: UpstreamResponse,
+        attempt: _Attempt,
+        timer: StreamTimer,
+        body: AsyncIterator[bytes],
+        headers: Mapping[str, str],
     ) -> None:
         super().__init__(body, media_type="text/event-stream", headers=headers)
         self._upstream = upstream
         self._attempt = attempt
+        self._timer = timer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -122,6 +128,7 @@ class _RelayResponse(StreamingResponse):
         finally:
             self._upstream.close()
             self._attempt.finish(Outcome.ABANDONED)  # the client left mid-stream: no verdict on the engine
+            self._timer.closed()  # also when the client left before the stream began
 
 
 _EARLY_END = {
@@ -175,7 +182,7 @@ class Proxy:
                     streaming = True
                     timer = self._metrics.stream(request.scope, pool.name, pool.region)
                     relay = self._relay(upstream, attempt, deadline, timer)
-                    return _RelayResponse(upstream, attempt, relay, {**SSE_HEADERS, **headers})
+                    return _RelayResponse(upstream, attempt, timer, relay, {**SSE_HEADERS, **headers})
         finally:
             if not streaming:
                 attempt.finish(Outcome.ABANDONED)  # still open only when the client left first

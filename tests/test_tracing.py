@@ -107,6 +107,36 @@ def test_the_gateway_span_tree_continues_the_client_trace(
     assert sent == f"00-{TRACE_ID}-{upstream.context.span_id:016x}-01"
 
 
+def test_a_streams_upstream_span_lasts_until_its_last_event(
+    exporter: InMemorySpanExporter, counting_engine: ServerProcess, tmp_path: Path
+) -> None:
+    settings = GatewaySettings.model_validate(
+        {"pools": [{"name": "p", "replicas": [counting_engine.url]}], "auth_mode": "disabled", "health_interval_s": 0.2,
+         "data_dir": str(tmp_path)}
+    )  # fmt: skip
+    httpx.post(counting_engine.url + "/control", json={"chunk_delay_s": 0.1}).raise_for_status()
+    try:
+        with _serving(create_app(settings)) as client:
+            exporter.clear()
+            body = {
+                "model": "counting",
+                "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 4,
+                "stream": True,
+            }
+            with client.stream("POST", "/v1/chat/completions", json=body) as response:
+                assert response.status_code == 200
+                response.read()
+    finally:
+        httpx.post(counting_engine.url + "/control", json={}).raise_for_status()
+    [upstream] = _by_name(exporter.get_finished_spans(), "upstream")
+    assert upstream.attributes is not None
+    assert upstream.attributes["switchyard.events"] == 4
+    assert upstream.start_time is not None
+    assert upstream.end_time is not None
+    assert (upstream.end_time - upstream.start_time) / 1e9 >= 0.35  # four events 0.1 s apart
+
+
 def test_a_trace_the_caller_did_not_sample_costs_no_spans(
     exporter: InMemorySpanExporter, counting_engine: ServerProcess, tmp_path: Path
 ) -> None:
