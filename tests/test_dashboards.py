@@ -78,7 +78,7 @@ def test_every_queried_metric_is_exported_or_recorded() -> None:
     recorded = {rule["record"] for rule in rules if "record" in rule}
     known = _exported() | recorded | {RUNNING, WAITING}
     dashboards = _panel_exprs()
-    assert set(dashboards) == {"overview.json", "slo.json", "engines.json"}
+    assert set(dashboards) == {"overview.json", "slo.json", "engines.json", "regions.json"}
     queried = {f"rule {rule.get('record') or rule['alert']}": _queried(rule["expr"]) for rule in rules}
     queried |= {f"{name} panel {i}": _queried(e) for name, exprs in dashboards.items() for i, e in enumerate(exprs)}
     assert all(queried.values()), [where for where, names in queried.items() if not names]
