@@ -54,6 +54,15 @@ def test_chat_and_stream_through_the_gateway(client: openai.OpenAI) -> None:
     assert text == whole.choices[0].message.content
 
 
+def test_vllm_accepts_the_trace_context_the_gateway_sends(vllm: ServerProcess) -> None:
+    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 8, "temperature": 0}
+    plain = httpx.post(vllm.url + "/v1/chat/completions", json=body, timeout=120)
+    headers = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "x-request-id": "traced"}
+    traced = httpx.post(vllm.url + "/v1/chat/completions", json=body, headers=headers, timeout=120)
+    assert (plain.status_code, traced.status_code) == (200, 200)
+    assert traced.json()["choices"] == plain.json()["choices"]
+
+
 def test_vllm_errors_arrive_in_the_openai_shape(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=3000)
