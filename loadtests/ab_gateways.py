@@ -1,11 +1,11 @@
 """A/B of gateways built from several source trees (git worktrees), alternated round by round.
 
     git worktree add /tmp/before <commit>
-    python -m loadtests.ab_gateways --seconds 6 --rounds 4 /tmp/before .
+    python -m loadtests.ab_gateways --seconds 6 --rounds 4 [--connections 32] [--keyed] /tmp/before .
 
 Each round starts each tree's gateway in turn on CPU 0 (authentication off, one pool on
-the instant engine, which shares CPU 1 with wrk), drives it with wrk at 32 connections
-(non-streaming chat) and stops it. Alternating spreads the machine's drift over every
+the instant engine, which shares CPU 1 with wrk), drives it with wrk (non-streaming chat;
+`--keyed`: a new Idempotency-Key on every request) and stops it. Alternating spreads the machine's drift over every
 tree, so the means compare; one run's spread is the noise to read them against.
 """
 
@@ -52,6 +52,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=6, help="wrk run per tree and round")
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--keyed", action="store_true")
     parser.add_argument("trees", nargs="+", type=Path)
     args = parser.parse_args()
     trees = [tree.resolve() for tree in args.trees]
@@ -63,12 +65,15 @@ def main() -> None:
         log_dir=Path(tempfile.mkdtemp(prefix="ab-")),
     ).wait_ready()
     rates: dict[Path, list[float]] = {tree: [] for tree in trees}
+    p50s: dict[Path, list[float]] = {tree: [] for tree in trees}
     try:
         for round_ in range(args.rounds):
             for tree in trees:
                 process, url = _serve(tree, engine.url)
                 try:
-                    rates[tree].append(run_wrk(url, BODY, 32, args.seconds)[0])
+                    rate, p50, _, _ = run_wrk(url, BODY, args.connections, args.seconds, keyed=args.keyed)
+                    rates[tree].append(rate)
+                    p50s[tree].append(p50)
                 finally:
                     process.terminate()
                     process.wait()
@@ -76,7 +81,8 @@ def main() -> None:
     finally:
         engine.stop()
     for tree, values in rates.items():
-        print(f"{tree}: mean {sum(values) / len(values):.0f} req/s over {[round(v) for v in values]}")
+        p50 = sorted(p50s[tree])[len(values) // 2]
+        print(f"{tree}: mean {sum(values) / len(values):.0f} req/s over {[round(v) for v in values]}, median p50 {p50:.2f} ms")
 
 
 if __name__ == "__main__":
