@@ -28,6 +28,7 @@ __all__ = [
 
 _OWNER_PREFIX = secrets.token_hex(8)  # per process: owners from several gateways never collide
 _owners = itertools.count(1)
+_SWEEP_STEP, _SWEEP_LIVE = 16, 4  # records looked at per claim, and live ones met before stopping
 
 
 def _new_owner() -> str:
@@ -119,8 +120,7 @@ class InProcessStore:
             return Claim("running", record.fingerprint)
         owner = _new_owner()
         self._put(key, _Record(time.monotonic() + lease_ms / 1000, fingerprint, owner))
-        if len(self._records) % 1024 == 0:
-            self._sweep()
+        self._sweep()
         return Claim("claimed", fingerprint, owner)
 
     async def renew(self, key: str, owner: str, lease_ms: int) -> bool:
@@ -174,8 +174,19 @@ class InProcessStore:
         return record
 
     def _sweep(self) -> None:
-        now = time.monotonic()
-        for key in [k for k, record in self._records.items() if record.expires <= now]:
+        """Drop expired records from the oldest end, a few at a time, so each claim pays a
+        bounded share however many records there are. Records are kept in the order they were
+        put, so the expired ones gather there; one that lapses behind live ones goes when it
+        reaches the front, when looked up, or by eviction."""
+        now, live, expired = time.monotonic(), 0, []
+        for key, record in itertools.islice(self._records.items(), _SWEEP_STEP):
+            if record.expires <= now:
+                expired.append(key)
+            else:
+                live += 1
+                if live == _SWEEP_LIVE:
+                    break
+        for key in expired:
             self._drop(key)
 
     def _evict(self) -> None:

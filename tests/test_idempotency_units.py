@@ -73,6 +73,17 @@ async def test_the_in_process_store_stays_within_its_memory_and_never_drops_a_ru
     assert await store.complete("running", running.owner, ANSWER, 60_000)
 
 
+async def test_expired_records_go_as_new_claims_come_a_few_at_a_time() -> None:
+    store = InProcessStore()
+    for number in range(100):
+        claim = await store.claim(f"old-{number}", "fp", 60_000)
+        await store.complete(f"old-{number}", claim.owner, ANSWER, retention_ms=1)
+    await asyncio.sleep(0.01)  # all 100 expired, none looked up again
+    for number in range(10):
+        await store.claim(f"new-{number}", "fp", 60_000)
+    assert len(store) == 10  # the expired went ahead of the new ones, at most 16 per claim
+
+
 def _keyed_request(key: str) -> Request:
     return Request({"type": "http", "method": "POST", "path": "/", "headers": [(b"idempotency-key", key.encode())]})
 
