@@ -1,1 +1,2 @@
-"""Sync sidecar: CRDT adapter registry and gossip between regions (not built yet)."""
+"""Sync sidecar: LoRA adapters shared across regions. `crdt` is the registry (a pure
+state-based CRDT shipped in deltas), `clock` its hybrid logical clocks."""

@@ -1,0 +1,382 @@
+"""The adapter registry as a state-based CRDT shipped in deltas (DESIGN.md §8). Pure: no I/O.
+
+Per adapter name, an `Entry`:
+- `adds` / `removes`: an observed-remove set of dots (region, counter). The adapter exists
+  while some add is not removed; retiring removes the adds (and contributions) it has seen,
+  so a publish the retiring region had not seen survives it: publish wins.
+- `versions`: grow-only, by content digest (sha256 of the canonical manifest of the
+  adapter's files), each with its base model and rank.
+- `revoked`: grow-only digests that are never served again.
+- `contributions`: one slot per region, written only by that region; the higher sequence
+  wins. A contribution carries a dot too, so a retire removes the contributions it saw.
+
+Every mutator returns a delta (a small `State`) that the caller joins into its own state and
+ships to peers. `join` is commutative, associative and idempotent (tests/test_sync_crdt.py
+checks it with hypothesis), so deltas may arrive late, twice or never: anti-entropy
+(`summary` / `differing`) repairs what was lost. Hybrid-logical timestamps only order the
+audit log and break ties.
+
+What a region serves under a name is the `Recipe`: every region's live contribution, in
+region order, stacked (sync/merge.py), so every region computes the same weights.
+"""
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from sync.clock import Timestamp
+
+__all__ = [
+    "Contribution",
+    "Entry",
+    "FileRef",
+    "Part",
+    "Recipe",
+    "State",
+    "Version",
+    "audit",
+    "decode",
+    "differing",
+    "encode",
+    "join",
+    "manifest_digest",
+    "newest_timestamp",
+    "publish",
+    "recipe",
+    "retire",
+    "revoke",
+    "summary",
+    "withdraw",
+]
+
+Dot = tuple[str, int]  # (region, counter): one event of one region
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class FileRef:
+    path: str
+    size: int
+    sha256: str
+
+
+def manifest_digest(files: Iterable[FileRef]) -> str:
+    """The version's identity: sha256 of its files' (path, size, sha256), sorted by path."""
+    rows = sorted([f.path, f.size, f.sha256] for f in files)
+    return hashlib.sha256(_canonical(rows)).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    digest: str
+    base_model: str
+    rank: int
+    files: tuple[FileRef, ...]
+    at: Timestamp  # first published: when, and by which region
+
+
+@dataclass(frozen=True, slots=True)
+class Contribution:
+    seq: int
+    version: str | None  # None: the region withdrew its contribution
+    weight: float
+    dot: Dot
+    at: Timestamp
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    adds: frozenset[Dot] = frozenset()
+    removes: frozenset[Dot] = frozenset()
+    versions: Mapping[str, Version] = field(default_factory=dict)
+    revoked: Mapping[str, Timestamp] = field(default_factory=dict)
+    contributions: Mapping[str, Contribution] = field(default_factory=dict)
+    retired: Mapping[Dot, Timestamp] = field(default_factory=dict)  # each retire, for the audit log
+
+    @property
+    def live(self) -> bool:
+        return not self.adds <= self.removes
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    entries: Mapping[str, Entry] = field(default_factory=dict)
+    dots: Mapping[str, int] = field(default_factory=dict)  # the highest counter seen per region
+
+
+# --- join --------------------------------------------------------------------------------
+
+
+def _later(a: Contribution, b: Contribution) -> Contribution:
+    """The slot's winner: higher sequence, then later timestamp, then the larger encoding
+    (only a region that lost its state and reused a sequence gets that far)."""
+    return max(a, b, key=lambda c: (c.seq, c.at, _canonical(_contribution(c))))
+
+
+def _first(a: Version, b: Version) -> Version:
+    return min(a, b, key=lambda v: (v.at, _canonical(_version(v))))
+
+
+def _merge_maps(a: Mapping[Any, Any], b: Mapping[Any, Any], pick: Any) -> dict[Any, Any]:
+    merged = dict(a)
+    for key, value in b.items():
+        mine = merged.get(key)
+        merged[key] = value if mine is None else pick(mine, value)
+    return merged
+
+
+def _join_entry(a: Entry, b: Entry) -> Entry:
+    return Entry(
+        adds=a.adds | b.adds,
+        removes=a.removes | b.removes,
+        versions=_merge_maps(a.versions, b.versions, _first),
+        revoked=_merge_maps(a.revoked, b.revoked, min),
+        contributions=_merge_maps(a.contributions, b.contributions, _later),
+        retired=_merge_maps(a.retired, b.retired, min),
+    )
+
+
+def join(a: State, b: State) -> State:
+    entries = _merge_maps(a.entries, b.entries, _join_entry)
+    return State(entries, _merge_maps(a.dots, b.dots, max))
+
+
+# --- mutators: each returns the delta ------------------------------------------------------
+
+
+def _next_dot(state: State, region: str) -> Dot:
+    return region, state.dots.get(region, 0) + 1
+
+
+def _delta(name: str, entry: Entry, dot: Dot) -> State:
+    return State({name: entry}, {dot[0]: dot[1]})
+
+
+def _contribution_of(state: State, name: str, region: str) -> Contribution | None:
+    entry = state.entries.get(name)
+    return entry.contributions.get(region) if entry else None
+
+
+def publish(state: State, name: str, version: Version, weight: float, region: str, at: Timestamp) -> State:
+    """`region` serves `version` under `name`, with `weight` in the stack (re-adding a retired name)."""
+    if version.digest != manifest_digest(version.files):
+        raise ValueError("the version's digest is not its manifest's")
+    add = _next_dot(state, region)
+    contribution_dot = (region, add[1] + 1)
+    previous = _contribution_of(state, name, region)
+    seq = previous.seq + 1 if previous else 1
+    contribution = Contribution(seq, version.digest, weight, contribution_dot, at)
+    entry = Entry(adds=frozenset({add}), versions={version.digest: version}, contributions={region: contribution})
+    return _delta(name, entry, contribution_dot)
+
+
+def withdraw(state: State, name: str, region: str, at: Timestamp) -> State:
+    """`region` stops contributing to `name` (the others' contributions stay served)."""
+    previous = _contribution_of(state, name, region)
+    if previous is None:
+        raise KeyError(name)
+    dot = _next_dot(state, region)
+    contribution = Contribution(previous.seq + 1, None, 0.0, dot, at)
+    return _delta(name, Entry(contributions={region: contribution}), dot)
+
+
+def retire(state: State, name: str, region: str, at: Timestamp) -> State:
+    """Remove `name` as this region sees it: its adds and contributions, not ones it has not seen."""
+    entry = state.entries.get(name)
+    if entry is None or not entry.live:
+        raise KeyError(name)
+    dot = _next_dot(state, region)
+    seen = entry.adds | {c.dot for c in entry.contributions.values()}
+    return _delta(name, Entry(removes=frozenset(seen), retired={dot: at}), dot)
+
+
+def revoke(state: State, name: str, digest: str, region: str, at: Timestamp) -> State:
+    """Never serve version `digest` of `name` again, in any region's contribution."""
+    entry = state.entries.get(name)
+    if entry is None or digest not in entry.versions:
+        raise KeyError(f"{name}@{digest}")
+    dot = _next_dot(state, region)
+    return _delta(name, Entry(revoked={digest: at}), dot)
+
+
+# --- what is served --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    region: str
+    version: str
+    weight: float
+
+
+@dataclass(frozen=True, slots=True)
+class Recipe:
+    """What `name` serves: the parts to stack, in region order, on `base_model`."""
+
+    name: str
+    base_model: str
+    parts: tuple[Part, ...]
+
+    @property
+    def digest(self) -> str:
+        rows = [[p.region, p.version, p.weight] for p in self.parts]
+        return hashlib.sha256(_canonical([self.name, self.base_model, rows])).hexdigest()
+
+
+def recipe(state: State, name: str) -> Recipe | None:
+    """The recipe for `name`, or None when it is retired or nothing of it can be served.
+
+    A contribution counts when it is live (not removed by a retire), names a version this
+    state knows and nobody revoked, and has a weight. If contributions disagree on the base
+    model, the base of the earliest published version wins and the others wait."""
+    entry = state.entries.get(name)
+    if entry is None or not entry.live:
+        return None
+    candidates = [
+        (region, c)
+        for region, c in sorted(entry.contributions.items())
+        if c.version is not None
+        and c.dot not in entry.removes
+        and c.version in entry.versions
+        and c.version not in entry.revoked
+        and c.weight != 0
+    ]
+    if not candidates:
+        return None
+    versions = [entry.versions[c.version] for _, c in candidates if c.version]
+    base = min(versions, key=lambda v: (v.at, v.digest)).base_model
+    parts = tuple(
+        Part(region, c.version, c.weight)
+        for region, c in candidates
+        if c.version and entry.versions[c.version].base_model == base
+    )
+    return Recipe(name, base, parts)
+
+
+def audit(state: State, name: str) -> list[tuple[Timestamp, str]]:
+    """What happened to `name`, in timestamp order: publishes, withdrawals, retires, revocations."""
+    entry = state.entries.get(name)
+    if entry is None:
+        return []
+    events = [(v.at, f"version {v.digest[:12]} published by {v.at.region}") for v in entry.versions.values()]
+    for region, c in entry.contributions.items():
+        what = f"serves {c.version[:12]} at weight {c.weight}" if c.version else "withdrew"
+        events.append((c.at, f"{region} {what} (seq {c.seq})"))
+    events += [(at, f"retired by {dot[0]}") for dot, at in entry.retired.items()]
+    events += [(at, f"version {digest[:12]} revoked by {at.region}") for digest, at in entry.revoked.items()]
+    return sorted(events)
+
+
+# --- anti-entropy ----------------------------------------------------------------------------
+
+
+def entry_digest(entry: Entry) -> str:
+    return hashlib.sha256(_canonical(_entry(entry))).hexdigest()
+
+
+def summary(state: State) -> dict[str, str]:
+    """Each entry's digest: what a peer compares to find what differs."""
+    return {name: entry_digest(entry) for name, entry in state.entries.items()}
+
+
+def differing(state: State, theirs: Mapping[str, str]) -> State:
+    """The entries a peer with summary `theirs` lacks or holds otherwise, as a delta."""
+    entries = {name: e for name, e in state.entries.items() if theirs.get(name) != entry_digest(e)}
+    return replace(state, entries=entries)
+
+
+def newest_timestamp(state: State) -> Timestamp | None:
+    """The latest timestamp in `state` (to refuse a peer's clock far in the future)."""
+    stamps = [
+        at
+        for entry in state.entries.values()
+        for at in (
+            *(v.at for v in entry.versions.values()),
+            *(c.at for c in entry.contributions.values()),
+            *entry.revoked.values(),
+            *entry.retired.values(),
+        )
+    ]
+    return max(stamps, default=None)
+
+
+# --- encoding (the wire and the disk) ------------------------------------------------------------
+
+
+def _contribution(c: Contribution) -> dict[str, Any]:
+    return {"seq": c.seq, "version": c.version, "weight": c.weight, "dot": list(c.dot), "at": c.at.encode()}
+
+
+def _version(v: Version) -> dict[str, Any]:
+    return {
+        "digest": v.digest,
+        "base_model": v.base_model,
+        "rank": v.rank,
+        "files": [[f.path, f.size, f.sha256] for f in v.files],
+        "at": v.at.encode(),
+    }
+
+
+def _entry(e: Entry) -> dict[str, Any]:
+    return {
+        "adds": sorted(list(d) for d in e.adds),
+        "removes": sorted(list(d) for d in e.removes),
+        "versions": {digest: _version(v) for digest, v in e.versions.items()},
+        "revoked": {digest: at.encode() for digest, at in e.revoked.items()},
+        "contributions": {region: _contribution(c) for region, c in e.contributions.items()},
+        "retired": sorted([list(dot), at.encode()] for dot, at in e.retired.items()),
+    }
+
+
+def encode(state: State) -> dict[str, Any]:
+    return {"entries": {name: _entry(e) for name, e in state.entries.items()}, "dots": dict(state.dots)}
+
+
+def _dot(value: Any) -> Dot:
+    region, counter = value
+    if not isinstance(region, str) or not isinstance(counter, int) or isinstance(counter, bool) or counter < 1:
+        raise ValueError(f"not a dot: {value!r}")
+    return region, counter
+
+
+def _decode_version(value: Mapping[str, Any]) -> Version:
+    files = tuple(FileRef(str(path), int(size), str(sha)) for path, size, sha in value["files"])
+    version = Version(str(value["digest"]), str(value["base_model"]), int(value["rank"]), files,
+                      Timestamp.decode(value["at"]))  # fmt: skip
+    if version.digest != manifest_digest(files):
+        raise ValueError(f"version {version.digest[:12]}: the digest is not its manifest's")
+    return version
+
+
+def _decode_contribution(value: Mapping[str, Any]) -> Contribution:
+    version = value["version"]
+    weight = value["weight"]
+    if (version is not None and not isinstance(version, str)) or not isinstance(weight, int | float):
+        raise ValueError(f"not a contribution: {value!r}")
+    return Contribution(int(value["seq"]), version, float(weight), _dot(value["dot"]), Timestamp.decode(value["at"]))
+
+
+def _decode_entry(value: Mapping[str, Any]) -> Entry:
+    return Entry(
+        adds=frozenset(_dot(d) for d in value["adds"]),
+        removes=frozenset(_dot(d) for d in value["removes"]),
+        versions={str(k): _decode_version(v) for k, v in value["versions"].items()},
+        revoked={str(k): Timestamp.decode(v) for k, v in value["revoked"].items()},
+        contributions={str(k): _decode_contribution(v) for k, v in value["contributions"].items()},
+        retired={_dot(dot): Timestamp.decode(at) for dot, at in value["retired"]},
+    )
+
+
+def decode(value: Any) -> State:
+    """A state from its encoding; ValueError for anything malformed (peers are not trusted)."""
+    try:
+        entries = {str(name): _decode_entry(e) for name, e in value["entries"].items()}
+        dots = {str(region): int(counter) for region, counter in value["dots"].items()}
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"malformed registry state: {exc!r}") from exc
+    return State(entries, dots)
