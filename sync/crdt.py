@@ -22,6 +22,7 @@ region order, stacked (sync/merge.py), so every region computes the same weights
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -52,6 +53,8 @@ __all__ = [
 ]
 
 Dot = tuple[str, int]  # (region, counter): one event of one region
+_FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def _canonical(value: Any) -> bytes:
@@ -346,6 +349,9 @@ def _dot(value: Any) -> Dot:
 
 def _decode_version(value: Mapping[str, Any]) -> Version:
     files = tuple(FileRef(str(path), int(size), str(sha)) for path, size, sha in value["files"])
+    for ref in files:  # names inside one folder: never a path out of it
+        if not _FILE_NAME.fullmatch(ref.path) or not _SHA256.fullmatch(ref.sha256) or ref.size < 0:
+            raise ValueError(f"not a file of an adapter: {ref!r}")
     version = Version(str(value["digest"]), str(value["base_model"]), int(value["rank"]), files,
                       Timestamp.decode(value["at"]))  # fmt: skip
     if version.digest != manifest_digest(files):

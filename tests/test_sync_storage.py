@@ -1,0 +1,114 @@
+"""The sidecar's storage: blobs checked by content, adapters checked before they become
+versions, materialized folders, and the registry state saved crash-safely."""
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from sync import crdt
+from sync.adapters import AdapterRefused, materialize, read_version
+from sync.blobs import BlobMismatch, BlobStore, file_sha256
+from sync.clock import Timestamp
+from sync.merge import CONFIG, WEIGHTS
+from sync.persist import load_state, save_state
+from tests.adapters import make_lora_adapter
+
+BASE = "switchyard-tiny-v1"
+AT = Timestamp(1, 0, "a")
+
+
+@pytest.fixture(scope="module")
+def adapter(builtin_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_lora_adapter(builtin_model, tmp_path_factory.mktemp("adapter") / "a", rank=4)
+
+
+def test_a_blob_is_stored_under_its_digest_and_a_bad_download_is_refused(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path / "blobs")
+    source = tmp_path / "file"
+    source.write_bytes(b"x" * 3000)
+    digest = blobs.put_file(source)
+    assert digest == file_sha256(source)
+    assert blobs.has(digest)
+    assert blobs.verify(digest)
+    # A download in two parts (resumed), then one corrupted, then one truncated.
+    other = b"y" * 5000
+    other_digest = hashlib.sha256(other).hexdigest()
+    blobs.append(other_digest, other[:2000])
+    assert blobs.partial_size(other_digest) == 2000
+    blobs.append(other_digest, other[2000:])
+    blobs.finish(other_digest, len(other))
+    assert blobs.path(other_digest).read_bytes() == other
+    third = b"z" * 100
+    third_digest = hashlib.sha256(third).hexdigest()
+    blobs.append(third_digest, b"Z" * 100)
+    with pytest.raises(BlobMismatch):
+        blobs.finish(third_digest, 100)
+    assert blobs.partial_size(third_digest) == 0  # dropped: fetched again from the start
+    blobs.append(third_digest, third[:50])
+    with pytest.raises(BlobMismatch):
+        blobs.finish(third_digest, 100)
+    assert not blobs.has(third_digest)
+    # Damage on disk is found by verify, and the blob goes.
+    blobs.path(digest).write_bytes(b"rot")
+    assert not blobs.verify(digest)
+    assert not blobs.has(digest)
+    with pytest.raises(ValueError, match="sha256"):
+        blobs.path("../../etc/passwd")
+
+
+def test_an_adapter_becomes_a_version_of_its_config_and_safetensors(adapter: Path, tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path / "blobs")
+    version = read_version(adapter, blobs, base_models=[BASE], max_rank=8, base_model=BASE, at=AT)
+    assert [f.path for f in version.files] == [CONFIG, WEIGHTS]  # PEFT's README.md is not part of it
+    assert (version.base_model, version.rank) == (BASE, 4)
+    assert version.digest == crdt.manifest_digest(version.files)
+    folder = materialize(version, blobs, tmp_path / "served")
+    assert file_sha256(folder / WEIGHTS) == file_sha256(adapter / WEIGHTS)
+    assert materialize(version, blobs, tmp_path / "served") == folder  # already there
+
+
+def test_adapters_the_engines_must_not_see_are_refused(adapter: Path, tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path / "blobs")
+
+    def refused(folder: Path, match: str, **options: object) -> None:
+        settings: dict[str, object] = {"base_models": [BASE], "max_rank": 8, "base_model": BASE, "at": AT}
+        with pytest.raises(AdapterRefused, match=match):
+            read_version(folder, blobs, **(settings | options))  # type: ignore[arg-type]
+
+    refused(tmp_path / "missing", "no adapter folder")
+    refused(adapter, "rank 4 is above", max_rank=2)
+    refused(adapter, "base model is 'other'", base_model="other")
+    pickled = tmp_path / "pickled"
+    shutil.copytree(adapter, pickled)
+    (pickled / "adapter_model.bin").write_bytes(b"\x80\x04")
+    refused(pickled, "pickled weights")
+    not_lora = tmp_path / "not-lora"
+    shutil.copytree(adapter, not_lora)
+    (not_lora / CONFIG).write_text(json.dumps({"peft_type": "PREFIX_TUNING"}))
+    refused(not_lora, "not a LoRA adapter")
+    truncated = tmp_path / "truncated"
+    shutil.copytree(adapter, truncated)
+    (truncated / WEIGHTS).write_bytes((adapter / WEIGHTS).read_bytes()[:100])
+    refused(truncated, "adapter_model")
+    empty = tmp_path / "empty"
+    shutil.copytree(adapter, empty)
+    save_file({}, str(empty / WEIGHTS))
+    refused(empty, "no tensors")
+    assert load_file(str(adapter / WEIGHTS))  # the original is untouched
+
+
+def test_the_state_survives_a_restart_and_a_crash_mid_write(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "registry.json"
+    assert load_state(path) == crdt.State()
+    files = (crdt.FileRef(CONFIG, 10, "a" * 64),)
+    version = crdt.Version(crdt.manifest_digest(files), BASE, 4, files, AT)
+    state = crdt.join(crdt.State(), crdt.publish(crdt.State(), "alpha", version, 1.0, "a", AT))
+    save_state(path, state)
+    assert load_state(path) == state
+    # A crash while writing the next state leaves its temporary file; the saved one stands.
+    path.with_suffix(".999.tmp").write_text('{"entries": {"half')
+    assert load_state(path) == state
