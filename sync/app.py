@@ -1,0 +1,171 @@
+"""The sidecar's HTTP API: adapters for operators, `/sync/*` and `/blobs/*` for peers.
+
+Errors use the OpenAI envelope like the gateway's: 400 for an adapter the engines must not
+see (with the reason), 403 for publishing at an edge site, 404 for an unknown name or blob,
+409 for a peer whose clock is too far ahead, 413 for a message over the limit.
+"""
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from protocol import error_payload
+from sync import crdt
+from sync.adapters import AdapterRefused
+from sync.clock import ClockSkew
+from sync.node import EdgeCannotPublish, SyncNode
+from sync.peers import Peers
+from sync.settings import SyncSettings
+from sync.telemetry import SyncMetrics
+
+__all__ = ["create_app"]
+
+ADAPTER_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+
+
+class PublishRequest(BaseModel):
+    """A local adapter folder to publish under `name`, this region's part with `weight`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(pattern=ADAPTER_NAME)
+    path: str = Field(min_length=1)
+    weight: float = Field(default=1.0, gt=0, le=100)
+    base_model: str | None = None
+
+
+def _error(status: int, message: str, code: str, param: str | None = None) -> JSONResponse:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return JSONResponse(error_payload(message, kind, param=param, code=code), status_code=status)
+
+
+async def _json_body(request: Request, limit: int) -> Any:
+    body = await request.body()
+    if len(body) > limit:
+        raise _TooLarge(len(body), limit)
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"the body is not JSON: {exc}") from exc
+
+
+class _TooLarge(Exception):
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"the body is {size} bytes, over the limit of {limit}")
+
+
+def create_app(settings: SyncSettings) -> FastAPI:
+    node = SyncNode(settings)
+    metrics = SyncMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with httpx.AsyncClient(timeout=settings.peer_timeout_s) as client:
+            peers = Peers(node, client)
+            metrics.watch(node, peers)
+            app.state.peers = peers
+            async with asyncio_task(peers.run()):
+                yield
+
+    app = FastAPI(title="switchyard-sync", lifespan=lifespan)
+    app.state.node = node
+
+    @app.exception_handler(_TooLarge)
+    async def too_large(_: Request, exc: _TooLarge) -> JSONResponse:
+        return _error(413, str(exc), "request_too_large")
+
+    @app.exception_handler(ValueError)
+    async def malformed(_: Request, exc: ValueError) -> JSONResponse:
+        return _error(400, str(exc), "invalid_request")
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "region": settings.region, "role": settings.role}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_text() -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/adapters")
+    async def list_adapters() -> dict[str, Any]:
+        return {"region": settings.region, "adapters": node.describe()}
+
+    @app.post("/adapters", status_code=201)
+    async def publish(request: Request) -> JSONResponse:
+        try:
+            body = PublishRequest.model_validate(await _json_body(request, 64 * 1024))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            param = ".".join(str(p) for p in first["loc"]) or None
+            return _error(400, f"{param}: {first['msg']}", "invalid_request", param)
+        try:
+            version = node.publish(body.name, Path(body.path), weight=body.weight, base_model=body.base_model)
+        except EdgeCannotPublish as exc:
+            return _error(403, str(exc), "edge_cannot_publish")
+        except AdapterRefused as exc:
+            return _error(400, f"{body.path} is refused: {exc}", "adapter_refused", "path")
+        described = next(a for a in node.describe() if a["name"] == body.name)
+        return JSONResponse({**described, "published": version.digest}, status_code=201)
+
+    @app.delete("/adapters/{name}")
+    async def retire(name: str) -> JSONResponse:
+        try:
+            node.retire(name)
+        except EdgeCannotPublish as exc:
+            return _error(403, str(exc), "edge_cannot_publish")
+        except KeyError:
+            return _error(404, f"No adapter named {name!r} is published.", "adapter_not_found", "name")
+        return JSONResponse({"name": name, "status": "retired"})
+
+    # --- peers ------------------------------------------------------------------------------------
+
+    @app.post("/sync/delta")
+    async def receive_delta(request: Request) -> JSONResponse:
+        delta = crdt.decode(await _json_body(request, settings.max_message_bytes))
+        try:
+            node.receive(delta)
+        except ClockSkew as exc:
+            return _error(409, str(exc), "clock_skew")
+        return JSONResponse({"status": "ok"})
+
+    @app.post("/sync/summary")
+    async def exchange(request: Request) -> JSONResponse:
+        body = await _json_body(request, settings.max_message_bytes)
+        theirs = body.get("summary") if isinstance(body, dict) else None
+        if not isinstance(theirs, dict):
+            raise ValueError("expected {'region': ..., 'summary': {name: digest}}")
+        delta = node.differing(theirs)
+        return JSONResponse({"delta": crdt.encode(delta), "summary": node.summary()})
+
+    @app.get("/blobs/{digest}")
+    async def blob(digest: str) -> Response:
+        try:
+            present = node.blobs.has(digest)
+        except ValueError as exc:
+            return _error(400, str(exc), "invalid_digest", "digest")
+        if not present:
+            return _error(404, f"No blob {digest[:12]} here.", "blob_not_found", "digest")
+        return FileResponse(node.blobs.path(digest), media_type="application/octet-stream")
+
+    return app
+
+
+@asynccontextmanager
+async def asyncio_task(work: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    """Run `work` in the background while inside; cancelled on the way out."""
+    task = asyncio.create_task(work)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task

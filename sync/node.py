@@ -1,0 +1,142 @@
+"""One region's registry replica: local operations, deltas from peers, saved on every change.
+
+Everything that changes the state goes through `_apply`: join, save, then tell the
+listeners (the peers' outboxes) the delta. Deltas from peers are checked first: a clock too
+far ahead is refused (`ClockSkew`), and the clock moves past the rest.
+"""
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sync import crdt
+from sync.adapters import AdapterRefused, read_version
+from sync.blobs import BlobStore
+from sync.clock import HybridClock
+from sync.crdt import State, Version
+from sync.persist import load_state, save_state
+from sync.settings import SyncSettings
+
+__all__ = ["EdgeCannotPublish", "SyncNode"]
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[State], None]
+
+
+class EdgeCannotPublish(PermissionError):
+    """An edge site serves what regions publish; it never publishes or retires."""
+
+
+class SyncNode:
+    def __init__(self, settings: SyncSettings, *, clock: HybridClock | None = None) -> None:
+        self.settings = settings
+        self.region = settings.region
+        self.clock = clock or HybridClock(settings.region, max_drift_ms=settings.max_drift_ms)
+        self.blobs = BlobStore(settings.blobs)
+        self._state_path = settings.state / "registry.json"
+        self.state = load_state(self._state_path)
+        newest = crdt.newest_timestamp(self.state)
+        if newest is not None and newest.region == self.region:
+            self.clock.observe(newest)  # never issue a timestamp before one of our own saved ones
+        self._listeners: list[Listener] = []
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def _apply(self, delta: State, *, local: bool) -> None:
+        """Join `delta`; a local one goes to the listeners (a peer's is not passed on: every
+        region pushes its own to all, and anti-entropy repairs the rest)."""
+        joined = crdt.join(self.state, delta)
+        if joined == self.state:
+            return
+        self.state = joined
+        save_state(self._state_path, self.state)
+        if local:
+            for listener in self._listeners:
+                listener(delta)
+
+    def _writable(self) -> None:
+        if self.settings.role == "edge":
+            raise EdgeCannotPublish(f"{self.region} is an edge site: it serves adapters, it does not publish them")
+
+    # --- local operations -----------------------------------------------------------------------
+
+    def publish(self, name: str, folder: Path, *, weight: float = 1.0, base_model: str | None = None) -> Version:
+        self._writable()
+        version = read_version(
+            folder,
+            self.blobs,
+            base_models=self.settings.base_models,
+            max_rank=self.settings.max_rank,
+            base_model=base_model,
+            at=self.clock.now(),
+        )
+        existing = self.state.entries.get(name)
+        if existing is not None and version.digest in existing.revoked:
+            raise AdapterRefused(f"version {version.digest[:12]} of {name!r} was revoked")
+        self._apply(crdt.publish(self.state, name, version, weight, self.region, self.clock.now()), local=True)
+        log.info("published %s version %s (weight %s)", name, version.digest[:12], weight)
+        return version
+
+    def retire(self, name: str) -> None:
+        self._writable()
+        self._apply(crdt.retire(self.state, name, self.region, self.clock.now()), local=True)
+        log.info("retired %s", name)
+
+    def revoke(self, name: str, digest: str) -> None:
+        self._writable()
+        self._apply(crdt.revoke(self.state, name, digest, self.region, self.clock.now()), local=True)
+        log.info("revoked %s version %s", name, digest[:12])
+
+    # --- peers ------------------------------------------------------------------------------------
+
+    def receive(self, delta: State) -> None:
+        """A peer's delta or anti-entropy answer; ClockSkew when its clock is too far ahead."""
+        newest = crdt.newest_timestamp(delta)
+        if newest is not None:
+            self.clock.observe(newest)
+        self._apply(delta, local=False)
+
+    def summary(self) -> dict[str, str]:
+        return crdt.summary(self.state)
+
+    def differing(self, theirs: dict[str, str]) -> State:
+        return crdt.differing(self.state, theirs)
+
+    # --- reading ----------------------------------------------------------------------------------
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Every adapter: its versions, each region's contribution, and what is served."""
+        return [_describe(self.state, name, entry) for name, entry in sorted(self.state.entries.items())]
+
+
+def _describe(state: State, name: str, entry: crdt.Entry) -> dict[str, Any]:
+    versions = sorted(entry.versions.values(), key=lambda v: (v.at, v.digest))
+    recipe = crdt.recipe(state, name)
+    return {
+        "name": name,
+        "live": entry.live,
+        "versions": [
+            {
+                "digest": v.digest,
+                "base_model": v.base_model,
+                "rank": v.rank,
+                "revoked": v.digest in entry.revoked,
+                "published_by": v.at.region,
+            }
+            for v in versions
+        ],
+        "contributions": {
+            region: {"version": c.version, "weight": c.weight, "seq": c.seq, "live": c.dot not in entry.removes}
+            for region, c in sorted(entry.contributions.items())
+        },
+        "served": None
+        if recipe is None
+        else {
+            "digest": recipe.digest,
+            "base_model": recipe.base_model,
+            "parts": [[p.region, p.version, p.weight] for p in recipe.parts],
+        },
+    }

@@ -1,0 +1,47 @@
+"""The sync sidecar's settings: environment (`SWITCHYARD_SYNC_*`), then command line."""
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, HttpUrl
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["SyncSettings"]
+
+
+class SyncSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SWITCHYARD_SYNC_", extra="forbid")
+
+    region: str = Field(default="local", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    # `edge`: pulls and serves, never publishes (its API refuses to).
+    role: Literal["region", "edge"] = "region"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8300, ge=0, le=65535)
+    peers: list[HttpUrl] = []  # the other regions' sidecars
+    engines: list[HttpUrl] = []  # this region's engines, which the sidecar loads adapters into
+    data_dir: Path = Field(
+        default=Path.home() / ".cache" / "switchyard",
+        validation_alias=AliasChoices("SWITCHYARD_DATA_DIR", "data_dir"),
+    )
+    blob_dir: Path | None = None  # default: <data_dir>/sync/<region>/blobs
+    state_dir: Path | None = None  # default: <data_dir>/sync/<region>/state
+    # The engines' base model: adapters trained on another are refused. The first name is
+    # the canonical one; the others are accepted spellings (a local path, say).
+    base_models: list[str] = Field(default=["switchyard-tiny-v1"], min_length=1)
+    max_rank: int = Field(default=64, ge=1)  # the engines' maximum LoRA rank
+    anti_entropy_interval_s: float = Field(default=5.0, gt=0)
+    reconcile_interval_s: float = Field(default=2.0, gt=0)
+    peer_timeout_s: float = Field(default=10.0, gt=0)
+    retry_base_s: float = Field(default=0.2, gt=0)  # backoff for peers that are down ...
+    retry_max_s: float = Field(default=10.0, gt=0)  # ... doubling up to this
+    max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_drift_ms: int = Field(default=60_000, ge=0)  # a peer's clock at most this far ahead
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @property
+    def blobs(self) -> Path:
+        return self.blob_dir or self.data_dir / "sync" / self.region / "blobs"
+
+    @property
+    def state(self) -> Path:
+        return self.state_dir or self.data_dir / "sync" / self.region / "state"

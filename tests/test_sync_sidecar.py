@@ -1,0 +1,219 @@
+"""Three regions' sidecars on loopback (`python -m sync`), each peer link through its own
+fault proxy so a region can be cut off: publishing, concurrent contributions, a partition
+that heals, a restart, and the API's answers to bad input."""
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from sync.crdt import FileRef, manifest_digest
+from tests.adapters import make_lora_adapter
+from tests.faultproxy import FaultProxy
+from tests.servers import ServerProcess, free_port
+
+REGIONS = ("a", "b", "c")
+
+
+@dataclass
+class Mesh:
+    ports: dict[str, int]
+    links: dict[tuple[str, str], FaultProxy]  # (from, to): the proxy `from` reaches `to` through
+    sidecars: dict[str, ServerProcess]
+    start: Callable[[str], ServerProcess]
+
+    def url(self, region: str) -> str:
+        return f"http://127.0.0.1:{self.ports[region]}"
+
+    def cut_off(self, region: str, fault: str) -> None:
+        for (source, target), proxy in self.links.items():
+            if region in (source, target):
+                proxy.set(fault)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def adapters(builtin_model: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    root = tmp_path_factory.mktemp("sync-adapters")
+    return [make_lora_adapter(builtin_model, root / f"lora{i}", rank=4, seed=i) for i in range(4)]
+
+
+@pytest.fixture(scope="module")
+def mesh(builtin_model: Path, log_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    data = tmp_path_factory.mktemp("sync-data")
+    ports = {region: free_port() for region in REGIONS}
+    links = {(s, t): FaultProxy(ports[t]) for s in REGIONS for t in REGIONS if s != t}
+    env = {
+        "SWITCHYARD_DATA_DIR": str(data),
+        "SWITCHYARD_SYNC_BASE_MODELS": json.dumps(["switchyard-tiny-v1", str(builtin_model)]),
+        "SWITCHYARD_SYNC_ANTI_ENTROPY_INTERVAL_S": "0.3",
+        "SWITCHYARD_SYNC_RETRY_BASE_S": "0.05",
+        "SWITCHYARD_SYNC_RETRY_MAX_S": "0.5",
+        "SWITCHYARD_SYNC_PEER_TIMEOUT_S": "2",
+    }
+
+    def start(region: str) -> ServerProcess:
+        args = ["--region", region, "--port", str(ports[region])]
+        for (source, _), proxy in links.items():
+            if source == region:
+                args += ["--peer", proxy.url]
+        return ServerProcess("sync", args, port=ports[region], log_dir=log_dir, env=env).wait_ready()
+
+    sidecars = {region: start(region) for region in REGIONS}
+    yield Mesh(ports, links, sidecars, start)
+    for sidecar in sidecars.values():
+        sidecar.stop()
+    for proxy in links.values():
+        proxy.close()
+
+
+def _adapters(url: str) -> dict[str, dict[str, Any]]:
+    return {a["name"]: a for a in httpx.get(url + "/adapters", timeout=5).json()["adapters"]}
+
+
+def _served(url: str, name: str) -> Any:
+    adapter = _adapters(url).get(name)
+    return adapter["served"] if adapter else None
+
+
+def _eventually(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        time.sleep(0.1)
+
+
+def _publish(mesh: Mesh, region: str, name: str, folder: Path, **fields: object) -> httpx.Response:
+    return httpx.post(mesh.url(region) + "/adapters", json={"name": name, "path": str(folder), **fields}, timeout=30)
+
+
+def _converged(mesh: Mesh, name: str, regions: tuple[str, ...] = REGIONS) -> bool:
+    served = [_served(mesh.url(r), name) for r in regions]
+    return served[0] is not None and all(s == served[0] for s in served)
+
+
+def test_an_adapter_published_in_one_region_is_served_in_every_region(mesh: Mesh, adapters: list[Path]) -> None:
+    response = _publish(mesh, "a", "solo", adapters[0])
+    assert response.status_code == 201, response.text
+    digest = response.json()["published"]
+    _eventually(lambda: _converged(mesh, "solo"), "solo served alike in a, b and c")
+    served = _served(mesh.url("c"), "solo")
+    assert served["parts"] == [["a", digest, 1.0]]
+    assert served["base_model"] == "switchyard-tiny-v1"
+
+
+def test_concurrent_contributions_converge_to_one_merged_digest(mesh: Mesh, adapters: list[Path]) -> None:
+    first = _publish(mesh, "a", "shared", adapters[1])
+    second = _publish(mesh, "b", "shared", adapters[2], weight=0.5)
+    assert (first.status_code, second.status_code) == (201, 201)
+    _eventually(
+        lambda: _converged(mesh, "shared") and len(_served(mesh.url("c"), "shared")["parts"]) == 2,
+        "both contributions served everywhere",
+    )
+    parts = _served(mesh.url("a"), "shared")["parts"]
+    assert parts == [["a", first.json()["published"], 1.0], ["b", second.json()["published"], 0.5]]
+
+
+def test_a_partitioned_region_publishes_and_converges_after_the_heal(mesh: Mesh, adapters: list[Path]) -> None:
+    mesh.cut_off("c", "down")
+    try:
+        assert _publish(mesh, "c", "island", adapters[3]).status_code == 201
+        assert _publish(mesh, "a", "mainland", adapters[0]).status_code == 201
+        time.sleep(1.0)  # several anti-entropy rounds: nothing crosses
+        assert _served(mesh.url("a"), "island") is None
+        assert _served(mesh.url("c"), "mainland") is None
+    finally:
+        mesh.cut_off("c", "pass")
+    healed = time.monotonic()
+    _eventually(lambda: _converged(mesh, "island") and _converged(mesh, "mainland"), "both sides after the heal")
+    assert time.monotonic() - healed < 5  # retries back off to at most 0.5 s; rounds every 0.3 s
+
+
+def test_a_restarted_sidecar_keeps_its_state_and_its_sequence(mesh: Mesh, adapters: list[Path]) -> None:
+    assert _publish(mesh, "b", "durable", adapters[0]).status_code == 201
+    _eventually(lambda: _converged(mesh, "durable"), "durable everywhere")
+    before = _adapters(mesh.url("b"))
+    mesh.sidecars["b"].stop()
+    mesh.sidecars["b"] = mesh.start("b")
+    assert _adapters(mesh.url("b")) == before
+    assert _publish(mesh, "b", "durable", adapters[1]).status_code == 201  # a newer contribution
+    _eventually(lambda: _converged(mesh, "durable"), "the new contribution everywhere")
+    contribution = _adapters(mesh.url("a"))["durable"]["contributions"]["b"]
+    assert contribution["seq"] == before["durable"]["contributions"]["b"]["seq"] + 1
+
+
+def test_retiring_removes_the_adapter_everywhere(mesh: Mesh, adapters: list[Path]) -> None:
+    assert _publish(mesh, "a", "short-lived", adapters[2]).status_code == 201
+    _eventually(lambda: _converged(mesh, "short-lived"), "short-lived everywhere")
+    assert httpx.delete(mesh.url("c") + "/adapters/short-lived").status_code == 200
+    _eventually(
+        lambda: all(_served(mesh.url(r), "short-lived") is None for r in REGIONS), "short-lived retired everywhere"
+    )
+
+
+def test_bad_input_gets_a_clear_error(mesh: Mesh, adapters: list[Path], tmp_path: Path) -> None:
+    url = mesh.url("a")
+
+    def error(response: httpx.Response, status: int, code: str) -> str:
+        assert response.status_code == status, response.text
+        body = response.json()["error"]
+        assert body["code"] == code
+        return str(body["message"])
+
+    (tmp_path / "empty").mkdir()
+    assert "adapter_config.json" in error(_publish(mesh, "a", "x", tmp_path / "empty"), 400, "adapter_refused")
+    wrong_base = _publish(mesh, "a", "x", adapters[0], base_model="another-model")
+    assert "another-model" in error(wrong_base, 400, "adapter_refused")
+    error(_publish(mesh, "a", "bad name!", adapters[0]), 400, "invalid_request")
+    error(httpx.post(url + "/adapters", content=b"{not json", timeout=5), 400, "invalid_request")
+    error(httpx.post(url + "/adapters", json={"name": "x"}, timeout=5), 400, "invalid_request")
+    error(httpx.delete(url + "/adapters/never-published"), 404, "adapter_not_found")
+    error(httpx.post(url + "/sync/delta", json={"entries": 5}), 400, "invalid_request")
+    error(httpx.post(url + "/sync/delta", content=b"x" * (5 * 1024 * 1024)), 413, "request_too_large")
+    error(httpx.get(url + "/blobs/" + "0" * 64), 404, "blob_not_found")
+    error(httpx.get(url + "/blobs/not-a-digest"), 400, "invalid_digest")
+
+
+def test_an_edge_site_pulls_and_serves_but_never_publishes(
+    mesh: Mesh, adapters: list[Path], log_dir: Path, tmp_path: Path
+) -> None:
+    assert _publish(mesh, "a", "to-the-edge", adapters[1]).status_code == 201
+    port = free_port()
+    args = ["--region", "edge1", "--role", "edge", "--port", str(port), "--peer", mesh.url("a")]
+    env = {"SWITCHYARD_DATA_DIR": str(tmp_path), "SWITCHYARD_SYNC_ANTI_ENTROPY_INTERVAL_S": "0.3"}
+    edge = ServerProcess("sync", args, port=port, log_dir=log_dir, env=env).wait_ready()
+    try:
+        _eventually(lambda: _served(edge.url, "to-the-edge") == _served(mesh.url("a"), "to-the-edge"), "pulled")
+        refused = httpx.post(edge.url + "/adapters", json={"name": "x", "path": str(adapters[0])}, timeout=10)
+        assert refused.status_code == 403
+        assert refused.json()["error"]["code"] == "edge_cannot_publish"
+        assert httpx.delete(edge.url + "/adapters/to-the-edge").status_code == 403
+    finally:
+        edge.stop()
+
+
+def test_a_peer_clock_far_in_the_future_is_refused(mesh: Mesh) -> None:
+    files = [["adapter_config.json", 10, "a" * 64]]
+    digest = manifest_digest([FileRef("adapter_config.json", 10, "a" * 64)])
+    future = [int(time.time() * 1000) + 3_600_000, 0, "z"]
+    delta = {
+        "entries": {
+            "from-the-future": {
+                "adds": [["z", 1]],
+                "removes": [],
+                "versions": {digest: {"digest": digest, "base_model": "m", "rank": 1, "files": files, "at": future}},
+                "revoked": {},
+                "contributions": {},
+                "retired": [],
+            }
+        },
+        "dots": {"z": 1},
+    }
+    response = httpx.post(mesh.url("a") + "/sync/delta", json=delta, timeout=5)
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "clock_skew"
+    assert "from-the-future" not in _adapters(mesh.url("a"))
