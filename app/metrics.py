@@ -20,7 +20,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -28,6 +28,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from protocol import usage_count
+from protocol.background import running
 
 __all__ = ["GatewayMetrics", "RequestMetrics", "StreamEnd", "StreamTimer", "label_model", "on_stream_end"]
 
@@ -157,13 +158,8 @@ class GatewayMetrics:
                 self.refresh()
                 await asyncio.sleep(interval)
 
-        task = asyncio.create_task(loop())
-        try:
+        async with running(loop()):
             yield
-        finally:
-            task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
 
     def stream(self, scope: Scope, pool: str, region: str) -> "StreamTimer":
         state = scope.setdefault("state", {})

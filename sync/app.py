@@ -5,10 +5,9 @@ see (with the reason), 403 for publishing at an edge site, 404 for an unknown na
 409 for a peer whose clock is too far ahead, 413 for a message over the limit.
 """
 
-import asyncio
 import json
-from collections.abc import AsyncIterator, Coroutine
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from protocol import error_payload
+from protocol.background import running
 from sync import crdt
 from sync.adapters import AdapterRefused
 from sync.clock import ClockSkew
@@ -73,7 +73,7 @@ def create_app(settings: SyncSettings) -> FastAPI:
             peers = Peers(node, client)
             metrics.watch(node, peers)
             app.state.peers = peers
-            async with asyncio_task(peers.run()):
+            async with running(peers.run()):
                 yield
 
     app = FastAPI(title="switchyard-sync", lifespan=lifespan)
@@ -157,15 +157,3 @@ def create_app(settings: SyncSettings) -> FastAPI:
         return FileResponse(node.blobs.path(digest), media_type="application/octet-stream")
 
     return app
-
-
-@asynccontextmanager
-async def asyncio_task(work: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
-    """Run `work` in the background while inside; cancelled on the way out."""
-    task = asyncio.create_task(work)
-    try:
-        yield
-    finally:
-        task.cancel()
-        with suppress(asyncio.CancelledError):
-            await task
