@@ -24,6 +24,7 @@ from sync.adapters import AdapterRefused
 from sync.clock import ClockSkew
 from sync.node import EdgeCannotPublish, SyncNode
 from sync.peers import Peers
+from sync.reconcile import Reconciler
 from sync.settings import SyncSettings
 from sync.telemetry import SyncMetrics
 
@@ -71,9 +72,10 @@ def create_app(settings: SyncSettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with httpx.AsyncClient(timeout=settings.peer_timeout_s) as client:
             peers = Peers(node, client)
-            metrics.watch(node, peers)
-            app.state.peers = peers
-            async with running(peers.run()):
+            reconciler = Reconciler(node, peers, client)
+            metrics.watch(node, peers, reconciler)
+            app.state.peers, app.state.reconciler = peers, reconciler
+            async with running(peers.run()), running(reconciler.run()):
                 yield
 
     app = FastAPI(title="switchyard-sync", lifespan=lifespan)
@@ -97,7 +99,9 @@ def create_app(settings: SyncSettings) -> FastAPI:
 
     @app.get("/adapters")
     async def list_adapters() -> dict[str, Any]:
-        return {"region": settings.region, "adapters": node.describe()}
+        reconciler: Reconciler = app.state.reconciler
+        adapters = [adapter | reconciler.describe(adapter["name"]) for adapter in node.describe()]
+        return {"region": settings.region, "adapters": adapters}
 
     @app.post("/adapters", status_code=201)
     async def publish(request: Request) -> JSONResponse:

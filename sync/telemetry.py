@@ -19,9 +19,10 @@ class SyncMetrics(Collector):
         self.registry.register(self)
         self._node: Any = None
         self._peers: Any = None
+        self._reconciler: Any = None
 
-    def watch(self, node: Any, peers: Any) -> None:
-        self._node, self._peers = node, peers
+    def watch(self, node: Any, peers: Any, reconciler: Any) -> None:
+        self._node, self._peers, self._reconciler = node, peers, reconciler
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -56,3 +57,14 @@ class SyncMetrics(Collector):
             if peer.last_synced is not None:
                 lag.add_metric([peer.url], now - peer.last_synced)
         yield from (up, in_sync, lag)
+        passes = CounterMetricFamily("sync_reconcile_passes", "Passes of the hot-loading loop.")
+        passes.add_metric([], self._reconciler.passes)
+        yield passes
+        loaded = GaugeMetricFamily(
+            "sync_engine_adapters", "Adapters loaded from this sidecar, per local engine.", labels=["engine"]
+        )
+        engine_up = GaugeMetricFamily("sync_engine_up", "Whether the local engine answered.", labels=["engine"])
+        for engine in self._reconciler.engines:
+            loaded.add_metric([engine.url], sum("@" not in name for name in engine.loaded))
+            engine_up.add_metric([engine.url], float(engine.up))
+        yield from (loaded, engine_up)

@@ -1,0 +1,148 @@
+"""Three regions, each a real Transformers engine on the built-in model, its sync sidecar and
+its gateway: an adapter published in one region is hot-loaded and served in all, the same
+answer everywhere at temperature 0 and not the base model's; contributions from two regions
+are stacked alike; a restarted engine gets its adapters back."""
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.adapters import make_lora_adapter
+from tests.conftest import MODEL, start_engine
+from tests.servers import ServerProcess, free_port
+
+REGIONS = ("a", "b", "c")
+
+
+@dataclass
+class Region:
+    name: str
+    engine: ServerProcess
+    sidecar: ServerProcess
+    gateway: ServerProcess
+
+
+@pytest.fixture(scope="module")
+def adapters(builtin_model: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    root = tmp_path_factory.mktemp("hotload-adapters")
+    return [make_lora_adapter(builtin_model, root / f"lora{i}", rank=4, seed=10 + i) for i in range(2)]
+
+
+@pytest.fixture(scope="module")
+def regions(
+    builtin_model: Path, log_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Region]]:
+    data = tmp_path_factory.mktemp("hotload-data")
+    sidecar_ports = {name: free_port() for name in REGIONS}
+    started: dict[str, Region] = {}
+    try:
+        for name in REGIONS:
+            engine = start_engine(builtin_model, MODEL, log_dir)
+            args = ["--region", name, "--port", str(sidecar_ports[name]), "--engine", engine.url]
+            args += [
+                arg
+                for other in REGIONS
+                if other != name
+                for arg in ("--peer", f"http://127.0.0.1:{sidecar_ports[other]}")
+            ]
+            env = {
+                "SWITCHYARD_DATA_DIR": str(data),
+                "SWITCHYARD_SYNC_BASE_MODELS": json.dumps([MODEL, str(builtin_model)]),
+                "SWITCHYARD_SYNC_ANTI_ENTROPY_INTERVAL_S": "0.3",
+                "SWITCHYARD_SYNC_RECONCILE_INTERVAL_S": "0.3",
+            }
+            port = sidecar_ports[name]
+            sidecar = ServerProcess("sync", args, port=port, log_dir=log_dir, env=env).wait_ready()
+            pools = [{"name": f"pool-{name}", "region": name, "replicas": [engine.url]}]
+            gateway_env = {"SWITCHYARD_POOLS": json.dumps(pools), "SWITCHYARD_REGION": name,
+                           "SWITCHYARD_HEALTH_INTERVAL_S": "0.3", "SWITCHYARD_DATA_DIR": str(data)}  # fmt: skip
+            port = free_port()
+            gateway = ServerProcess("app", ["--port", str(port)], port=port, log_dir=log_dir, env=gateway_env)
+            started[name] = Region(name, engine, sidecar, gateway.wait_ready())
+        yield started
+    finally:
+        for region in started.values():
+            for process in (region.gateway, region.sidecar, region.engine):
+                process.stop()
+
+
+def _eventually(check: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        time.sleep(0.2)
+
+
+def _models(region: Region) -> set[str]:
+    return {card["id"] for card in httpx.get(region.gateway.url + "/v1/models", timeout=5).json()["data"]}
+
+
+def _answer(region: Region, model: str) -> str:
+    body = {"model": model, "messages": [{"role": "user", "content": "Tell me a story"}], "max_tokens": 12,
+            "temperature": 0}  # fmt: skip
+    response = httpx.post(region.gateway.url + "/v1/chat/completions", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    return str(response.json()["choices"][0]["message"]["content"])
+
+
+def _sidecar_view(region: Region, name: str) -> dict[str, Any]:
+    adapters = httpx.get(region.sidecar.url + "/adapters", timeout=5).json()["adapters"]
+    return next((a for a in adapters if a["name"] == name), {})
+
+
+def _loaded_everywhere(regions: dict[str, Region], name: str) -> bool:
+    views = [_sidecar_view(r, name) for r in regions.values()]
+    digests = {(v.get("served") or {}).get("digest") for v in views}
+    if len(digests) != 1 or None in digests:
+        return False
+    [digest] = digests
+    paths = [path for v in views for path in v["loaded"].values()]
+    return all(path and path.endswith(str(digest)) for path in paths) and all(
+        name in _models(r) for r in regions.values()
+    )
+
+
+def test_an_adapter_published_in_one_region_answers_alike_in_every_region(
+    regions: dict[str, Region], adapters: list[Path]
+) -> None:
+    published = httpx.post(regions["a"].sidecar.url + "/adapters", json={"name": "tuned", "path": str(adapters[0])})
+    assert published.status_code == 201, published.text
+    _eventually(lambda: _loaded_everywhere(regions, "tuned"), "tuned loaded in every region's engine")
+    answers = {name: _answer(region, "tuned") for name, region in regions.items()}
+    assert len(set(answers.values())) == 1, answers
+    assert answers["a"] != _answer(regions["a"], MODEL)
+
+
+def test_contributions_from_two_regions_are_stacked_alike(regions: dict[str, Region], adapters: list[Path]) -> None:
+    for region, adapter, weight in (("a", adapters[0], 1.0), ("b", adapters[1], 0.5)):
+        response = httpx.post(regions[region].sidecar.url + "/adapters",
+                              json={"name": "blend", "path": str(adapter), "weight": weight})  # fmt: skip
+        assert response.status_code == 201, response.text
+    _eventually(
+        lambda: (
+            _loaded_everywhere(regions, "blend") and len(_sidecar_view(regions["c"], "blend")["served"]["parts"]) == 2
+        ),
+        "the stack of a's and b's contributions loaded everywhere",
+    )
+    answers = {name: _answer(region, "blend") for name, region in regions.items()}
+    assert len(set(answers.values())) == 1, answers
+    assert answers["a"] != _answer(regions["a"], "tuned")  # b's part changes the answer
+
+
+def test_a_restarted_engine_gets_its_adapters_back(
+    regions: dict[str, Region], builtin_model: Path, log_dir: Path
+) -> None:
+    region = regions["c"]
+    _eventually(lambda: "tuned" in _models(region), "tuned in c before the restart")
+    expected = _answer(region, "tuned")
+    port = int(region.engine.url.rsplit(":", 1)[1])
+    region.engine.stop()
+    region.engine = start_engine(builtin_model, MODEL, log_dir, port=port)
+    _eventually(lambda: "tuned" in _models(region) and "blend" in _models(region), "the adapters back in c")
+    assert _answer(region, "tuned") == expected
