@@ -3,16 +3,22 @@ fault proxy so a region can be cut off: publishing, concurrent contributions, a 
 that heals, a restart, and the API's answers to bad input."""
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
 
+from sync.blobs import file_sha256
 from sync.crdt import FileRef, manifest_digest
+from sync.node import SyncNode
+from sync.peers import Peers
+from sync.settings import SyncSettings
 from tests.adapters import make_lora_adapter
 from tests.faultproxy import FaultProxy
 from tests.servers import ServerProcess, free_port
@@ -217,3 +223,55 @@ def test_a_peer_clock_far_in_the_future_is_refused(mesh: Mesh) -> None:
     assert response.status_code == 409
     assert response.json()["error"]["code"] == "clock_skew"
     assert "from-the-future" not in _adapters(mesh.url("a"))
+
+
+class _BadPeer(BaseHTTPRequestHandler):
+    """Serves every blob wrong: `corrupt` sends other bytes of the right length, `truncated`
+    promises the whole blob and sends its first half."""
+
+    mode: ClassVar[str] = "corrupt"
+    blobs: ClassVar[dict[str, bytes]] = {}
+
+    def do_GET(self) -> None:
+        blob = self.blobs[self.path.rsplit("/", 1)[-1]]
+        self.send_response(200)
+        self.send_header("content-length", str(len(blob)))
+        self.end_headers()
+        self.wfile.write(b"x" * len(blob) if self.mode == "corrupt" else blob[: len(blob) // 2])
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def _serve_bad_peer(mode: str, blobs: dict[str, bytes]) -> tuple[ThreadingHTTPServer, str]:
+    handler = type(f"{mode.title()}Peer", (_BadPeer,), {"mode": mode, "blobs": blobs})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+async def test_a_corrupted_or_truncated_blob_is_refused_and_fetched_again(
+    mesh: Mesh, adapters: list[Path], tmp_path: Path
+) -> None:
+    assert _publish(mesh, "a", "blobs", adapters[0]).status_code == 201
+    weights = adapters[0] / "adapter_model.safetensors"
+    digest, size = file_sha256(weights), weights.stat().st_size
+    async with httpx.AsyncClient(timeout=5) as client:
+        resumed = await client.get(f"{mesh.url('a')}/blobs/{digest}", headers={"range": "bytes=100-"})
+    assert (resumed.status_code, len(resumed.content)) == (206, size - 100)  # downloads resume
+    corrupt, corrupt_url = _serve_bad_peer("corrupt", {digest: weights.read_bytes()})
+    truncated, truncated_url = _serve_bad_peer("truncated", {digest: weights.read_bytes()})
+    try:
+        settings = SyncSettings(region="x", peers=[corrupt_url, truncated_url, mesh.url("a")], data_dir=tmp_path)
+        node = SyncNode(settings)
+        async with httpx.AsyncClient(timeout=5) as client:
+            peers = Peers(node, client)
+            assert await peers.fetch_blob(digest, size)
+        assert node.blobs.verify(digest)
+        assert node.blobs.path(digest).read_bytes() == weights.read_bytes()
+        # The corrupt copy, the first half, then only the second half: resumed, not fetched whole.
+        assert peers.bytes_received == size + size // 2 + (size - size // 2)
+    finally:
+        for server in (corrupt, truncated):
+            server.shutdown()
+            server.server_close()
