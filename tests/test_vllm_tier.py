@@ -112,3 +112,34 @@ def test_lora_adapter_loaded_at_run_time(
     tuned = client.chat.completions.create(model=ADAPTER, messages=MESSAGES, max_tokens=16, temperature=0)
     assert tuned.model == ADAPTER
     assert tuned.choices[0].message.content != base.choices[0].message.content, "the adapter changed nothing"
+
+
+def test_the_sync_sidecar_hot_loads_a_stacked_adapter_into_vllm(
+    client: openai.OpenAI, vllm: ServerProcess, builtin_model: Path, log_dir: Path, tmp_path: Path
+) -> None:
+    adapter = make_lora_adapter(builtin_model, tmp_path / "for-sync", rank=4, seed=7)
+    port = free_port()
+    args = ["--region", "v", "--port", str(port), "--engine", vllm.url]
+    env = {
+        "SWITCHYARD_DATA_DIR": str(tmp_path / "sync"),
+        "SWITCHYARD_SYNC_BASE_MODELS": json.dumps([MODEL, str(builtin_model)]),
+        "SWITCHYARD_SYNC_MAX_RANK": "8",
+        "SWITCHYARD_SYNC_RECONCILE_INTERVAL_S": "0.3",
+    }
+    sidecar = ServerProcess("sync", args, port=port, log_dir=log_dir, env=env).wait_ready()
+    try:
+        published = httpx.post(sidecar.url + "/adapters", json={"name": "synced", "path": str(adapter)}, timeout=60)
+        assert published.status_code == 201, published.text
+        deadline = time.monotonic() + 120
+        while "synced" not in {m.id for m in client.models.list()}:
+            assert time.monotonic() < deadline, "the gateway never listed the hot-loaded adapter"
+            time.sleep(0.2)
+        card = next(m for m in httpx.get(vllm.url + "/v1/models").json()["data"] if m["id"] == "synced")
+        served = httpx.get(sidecar.url + "/adapters").json()["adapters"][0]["served"]["digest"]
+        assert card["root"].endswith(served)  # the stack the recipe names, not the published folder
+        assert not any("@" in m["id"] for m in httpx.get(vllm.url + "/v1/models").json()["data"])  # staging gone
+        base = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16, temperature=0)
+        tuned = client.chat.completions.create(model="synced", messages=MESSAGES, max_tokens=16, temperature=0)
+        assert tuned.choices[0].message.content != base.choices[0].message.content
+    finally:
+        sidecar.stop()
