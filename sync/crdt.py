@@ -13,7 +13,8 @@ Per adapter name, an `Entry`:
 Every mutator returns a delta (a small `State`) that the caller joins into its own state and
 ships to peers. `join` is commutative, associative and idempotent (tests/test_sync_crdt.py
 checks it with hypothesis), so deltas may arrive late, twice or never: anti-entropy
-(`summary` / `differing`) repairs what was lost. Hybrid-logical timestamps only order the
+(`summary` / `differing`: digests of 256 buckets of names, then the entries of the buckets
+that differ) repairs what was lost. Hybrid-logical timestamps only order the
 audit log and break ties.
 
 What a region serves under a name is the `Recipe`: every region's live contribution, in
@@ -23,7 +24,7 @@ region order, stacked (sync/merge.py), so every region computes the same weights
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -38,6 +39,8 @@ __all__ = [
     "State",
     "Version",
     "audit",
+    "Digests",
+    "bucket",
     "decode",
     "differing",
     "encode",
@@ -282,14 +285,42 @@ def entry_digest(entry: Entry) -> str:
     return hashlib.sha256(_canonical(_entry(entry))).hexdigest()
 
 
-def summary(state: State) -> dict[str, str]:
-    """Each entry's digest: what a peer compares to find what differs."""
-    return {name: entry_digest(entry) for name, entry in state.entries.items()}
+class Digests:
+    """Entry digests, remembered while the entry object is unchanged (entries are immutable:
+    a join makes a new one), so a round costs a hash only for what changed since the last."""
+
+    def __init__(self) -> None:
+        self._known: dict[str, tuple[Entry, str]] = {}
+
+    def __call__(self, name: str, entry: Entry) -> str:
+        known = self._known.get(name)
+        if known is not None and known[0] is entry:
+            return known[1]
+        digest = entry_digest(entry)
+        self._known[name] = (entry, digest)
+        return digest
 
 
-def differing(state: State, theirs: Mapping[str, str]) -> State:
-    """The entries a peer with summary `theirs` lacks or holds otherwise, as a delta."""
-    entries = {name: e for name, e in state.entries.items() if theirs.get(name) != entry_digest(e)}
+def bucket(name: str) -> str:
+    """Which of 256 buckets a name falls in (the first byte of its sha256, in hex)."""
+    return hashlib.sha256(name.encode()).hexdigest()[:2]
+
+
+def summary(state: State, digests: Callable[[str, Entry], str] | None = None) -> dict[str, str]:
+    """A digest per non-empty bucket of entries: what a peer compares to find what differs.
+    At most 256 short lines, however many adapters: a round between peers in sync costs a
+    few kilobytes, and a difference costs the entries of the buckets where it lies."""
+    digest_of = digests or (lambda _, entry: entry_digest(entry))
+    rows: dict[str, list[str]] = {}
+    for name in sorted(state.entries):
+        rows.setdefault(bucket(name), []).append(f"{name}\x1f{digest_of(name, state.entries[name])}")
+    return {b: hashlib.sha256("\n".join(lines).encode()).hexdigest()[:32] for b, lines in rows.items()}
+
+
+def differing(state: State, theirs: Mapping[str, str], summary_here: Mapping[str, str] | None = None) -> State:
+    """The entries of the buckets where a peer with summary `theirs` differs, as a delta."""
+    ours = summary(state) if summary_here is None else summary_here
+    entries = {name: e for name, e in state.entries.items() if theirs.get(bucket(name)) != ours.get(bucket(name))}
     return replace(state, entries=entries)
 
 

@@ -41,6 +41,7 @@ class SyncNode:
         if newest is not None and newest.region == self.region:
             self.clock.observe(newest)  # never issue a timestamp before one of our own saved ones
         self._listeners: list[Listener] = []
+        self._digests = crdt.Digests()
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -100,10 +101,10 @@ class SyncNode:
         self._apply(delta, local=False)
 
     def summary(self) -> dict[str, str]:
-        return crdt.summary(self.state)
+        return crdt.summary(self.state, self._digests)
 
     def differing(self, theirs: dict[str, str]) -> State:
-        return crdt.differing(self.state, theirs)
+        return crdt.differing(self.state, theirs, self.summary())
 
     # --- reading ----------------------------------------------------------------------------------
 

@@ -306,3 +306,18 @@ def test_replicas_converge_despite_lost_duplicated_and_reordered_deltas(
         assert len(recipes) == 1
         digests = {recipe.digest if recipe else None for recipe in recipes}
         assert len(digests) == 1  # every region would stack the same parts: the same merged weights
+
+
+def test_anti_entropy_sends_only_the_buckets_that_differ() -> None:
+    a, b = Region("a"), Region("b")
+    for number in range(1000):
+        b.apply(a.publish(f"adapter-{number}", version(number % 4, region="a")))
+    assert a.state == b.state
+    assert len(crdt.summary(a.state)) == 256
+    assert crdt.differing(a.state, crdt.summary(b.state)).entries == {}
+    a.publish("adapter-7", version(5, region="a"))  # one change
+    changed = crdt.differing(a.state, crdt.summary(b.state))
+    assert "adapter-7" in changed.entries
+    assert len(changed.entries) < 15  # its bucket's few entries, not the thousand
+    digests = crdt.Digests()
+    assert crdt.summary(a.state, digests) == crdt.summary(a.state)
