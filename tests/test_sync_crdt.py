@@ -313,7 +313,7 @@ def test_anti_entropy_sends_only_the_buckets_that_differ() -> None:
     for number in range(1000):
         b.apply(a.publish(f"adapter-{number}", version(number % 4, region="a")))
     assert a.state == b.state
-    assert len(crdt.summary(a.state)) == 256
+    assert 240 <= len(crdt.summary(a.state)) <= 256  # non-empty buckets only
     assert crdt.differing(a.state, crdt.summary(b.state)).entries == {}
     a.publish("adapter-7", version(5, region="a"))  # one change
     changed = crdt.differing(a.state, crdt.summary(b.state))
