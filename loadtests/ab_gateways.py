@@ -82,7 +82,9 @@ def main() -> None:
         engine.stop()
     for tree, values in rates.items():
         p50 = sorted(p50s[tree])[len(values) // 2]
-        print(f"{tree}: mean {sum(values) / len(values):.0f} req/s over {[round(v) for v in values]}, median p50 {p50:.2f} ms")
+        print(
+            f"{tree}: mean {sum(values) / len(values):.0f} req/s over {[round(v) for v in values]}, median p50 {p50:.2f} ms"
+        )
 
 
 if __name__ == "__main__":
