@@ -82,9 +82,8 @@ def main() -> None:
         engine.stop()
     for tree, values in rates.items():
         p50 = sorted(p50s[tree])[len(values) // 2]
-        print(
-            f"{tree}: mean {sum(values) / len(values):.0f} req/s over {[round(v) for v in values]}, median p50 {p50:.2f} ms"
-        )
+        mean = sum(values) / len(values)
+        print(f"{tree}: mean {mean:.0f} req/s over {[round(v) for v in values]}, median p50 {p50:.2f} ms")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ class Reconciler:
         self.engines = [EngineView(str(url).rstrip("/")) for url in node.settings.engines]
         self.root = node.settings.state
         self.problems: dict[str, str] = {}  # adapter name -> why it is not served here
+        self.stacked: dict[str, Path] = {}  # adapter name -> its merged folder, ready for the engines
         self.passes = 0
 
     async def run(self) -> None:
@@ -67,6 +68,7 @@ class Reconciler:
             folder = await self._prepare(recipe)
             if folder is not None:
                 desired[name] = folder
+        self.stacked = desired
         for engine in self.engines:
             await self._converge(engine, desired)
         self.passes += 1
@@ -160,7 +162,9 @@ class Reconciler:
 
     def describe(self, name: str) -> dict[str, Any]:
         """Where `name` is loaded here, and why not where it is not."""
+        stacked = self.stacked.get(name)
         return {
+            "stacked": stacked.name if stacked else None,  # the recipe digest whose merged folder is here
             "loaded": {e.url: e.loaded.get(name) for e in self.engines},
             "problem": self.problems.get(name),
         }

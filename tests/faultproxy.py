@@ -3,7 +3,8 @@
 Runs its own event loop on a thread. Faults, set at any time with `set(...)`:
 `pass` (relay), `down` (refuse connections), `reset` (accept, then reset the connection),
 `stall` (accept and read, never answer), `cut` (relay, then cut the connection after
-`cut_after` bytes of the answer); `latency_s` delays every connection's first answer bytes.
+`cut_after` bytes of the answer); `latency_s` delays every connection's first answer bytes;
+`one_way_s` delays every chunk both ways, in order (a link with that latency: RTT twice it).
 """
 
 import asyncio
@@ -28,6 +29,7 @@ class FaultProxy:
         self.fault: Fault = "pass"
         self._applied: Fault = "pass"
         self.latency_s = 0.0
+        self.one_way_s = 0.0
         self.cut_after = 0
         self.connections = 0
         self.stalled = 0  # connections held without an answer right now
@@ -38,10 +40,10 @@ class FaultProxy:
         self._thread.start()
         self._run(self._listen())
 
-    def set(self, fault: Fault = "pass", *, latency_s: float = 0.0, cut_after: int = 0) -> None:
+    def set(self, fault: Fault = "pass", *, latency_s: float = 0.0, cut_after: int = 0, one_way_s: float = 0.0) -> None:
         """A new fault applies to every connection: open ones are dropped (the gateway keeps
         connections alive, and a fault on new ones only would never be seen)."""
-        self.latency_s, self.cut_after = latency_s, cut_after
+        self.latency_s, self.cut_after, self.one_way_s = latency_s, cut_after, one_way_s
         self.fault = fault
         if fault != self._applied:
             self._run(self._drop_connections())
@@ -103,6 +105,9 @@ class FaultProxy:
         except OSError:
             return
         self._open.add(up_writer)
+        if self.one_way_s:
+            await self._link(reader, writer, up_reader, up_writer)
+            return
         to_engine = asyncio.create_task(self._pipe(reader, up_writer, limit=None))
         try:
             await self._pipe(up_reader, writer, limit=self.cut_after if fault == "cut" else None, delay=self.latency_s)
@@ -132,3 +137,46 @@ class FaultProxy:
                 await writer.drain()
         except (ConnectionError, OSError):
             return
+
+    async def _link(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        up_reader: asyncio.StreamReader,
+        up_writer: asyncio.StreamWriter,
+    ) -> None:
+        try:
+            await asyncio.gather(
+                self._delayed(reader, up_writer, self.one_way_s), self._delayed(up_reader, writer, self.one_way_s)
+            )
+        finally:
+            self._open.discard(up_writer)
+            up_writer.close()
+
+    @staticmethod
+    async def _delayed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
+        """Each chunk written `delay` after it was read, in order; the end passed on likewise."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def deliver() -> None:
+            while True:
+                due, data = await queue.get()
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                if not data:
+                    if writer.can_write_eof():
+                        writer.write_eof()
+                    return
+                writer.write(data)
+                await writer.drain()
+
+        delivering = asyncio.create_task(deliver())
+        try:
+            while True:
+                data = await reader.read(65536)
+                queue.put_nowait((loop.time() + delay, data))
+                if not data:
+                    break
+            await delivering
+        except (ConnectionError, OSError):
+            delivering.cancel()
