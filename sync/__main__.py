@@ -1,11 +1,11 @@
 """`python -m sync`: one region's sync sidecar."""
 
 import argparse
+import logging
 from typing import Any
 
 import uvicorn
 
-from app.logs import configure_logging
 from sync.app import create_app
 from sync.settings import SyncSettings
 
@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--engine", action="append", dest="engines", help="a local engine URL (repeat)")
     given: dict[str, Any] = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
     settings = SyncSettings(**given)
-    configure_logging(settings.log_level, "text")
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
 
 

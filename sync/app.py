@@ -1,11 +1,13 @@
 """The sidecar's HTTP API: adapters for operators, `/sync/*` and `/blobs/*` for peers.
 
 Errors use the OpenAI envelope like the gateway's: 400 for an adapter the engines must not
-see (with the reason), 403 for publishing at an edge site, 404 for an unknown name or blob,
-409 for a peer whose clock is too far ahead, 413 for a message over the limit.
+see (with the reason), 403 for publishing at an edge site, 404 for an unknown name, version
+or blob, 409 for a peer whose clock is too far ahead, 413 for a message or upload over the
+limit.
 """
 
 import json
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -27,10 +29,12 @@ from sync.peers import Peers
 from sync.reconcile import Reconciler
 from sync.settings import SyncSettings
 from sync.telemetry import SyncMetrics
+from sync.uploads import unpack_adapter
 
 __all__ = ["create_app"]
 
 ADAPTER_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+UPLOAD_TYPES = ("application/x-tar", "application/gzip", "application/x-gzip")
 
 
 class PublishRequest(BaseModel):
@@ -57,6 +61,18 @@ async def _json_body(request: Request, limit: int) -> Any:
         return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"the body is not JSON: {exc}") from exc
+
+
+async def _receive_file(request: Request, path: Path, limit: int) -> Path:
+    """The request's body into `path`, streamed; _TooLarge past `limit` bytes."""
+    size = 0
+    with path.open("wb") as file:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _TooLarge(size, limit)
+            file.write(chunk)
+    return path
 
 
 class _TooLarge(Exception):
@@ -105,20 +121,55 @@ def create_app(settings: SyncSettings) -> FastAPI:
 
     @app.post("/adapters", status_code=201)
     async def publish(request: Request) -> JSONResponse:
+        """A folder on this host (JSON `{"name", "path", "weight", "base_model"}`), or an
+        upload: a tar archive of the adapter's files, with `?name=...&weight=...`."""
+        uploaded = request.headers.get("content-type", "").split(";")[0] in UPLOAD_TYPES
         try:
-            body = PublishRequest.model_validate(await _json_body(request, 64 * 1024))
+            if uploaded:
+                fields: Any = dict(request.query_params) | {"path": "(upload)"}
+                if "weight" in fields:
+                    fields["weight"] = float(fields["weight"])
+            else:
+                fields = await _json_body(request, 64 * 1024)
+            body = PublishRequest.model_validate(fields)
         except ValidationError as exc:
             first = exc.errors()[0]
             param = ".".join(str(p) for p in first["loc"]) or None
             return _error(400, f"{param}: {first['msg']}", "invalid_request", param)
         try:
-            version = node.publish(body.name, Path(body.path), weight=body.weight, base_model=body.base_model)
+            if uploaded:
+                with tempfile.TemporaryDirectory(prefix="upload-", dir=settings.state.parent) as work:
+                    archive = await _receive_file(request, Path(work) / "adapter.tar", settings.max_upload_bytes)
+                    folder = unpack_adapter(archive, Path(work) / "adapter")
+                    version = node.publish(body.name, folder, weight=body.weight, base_model=body.base_model)
+            else:
+                version = node.publish(body.name, Path(body.path), weight=body.weight, base_model=body.base_model)
         except EdgeCannotPublish as exc:
             return _error(403, str(exc), "edge_cannot_publish")
         except AdapterRefused as exc:
             return _error(400, f"{body.path} is refused: {exc}", "adapter_refused", "path")
         described = next(a for a in node.describe() if a["name"] == body.name)
         return JSONResponse({**described, "published": version.digest}, status_code=201)
+
+    @app.get("/adapters/{name}/audit")
+    async def audit(name: str) -> JSONResponse:
+        """What happened to `name`, in hybrid-logical-clock order."""
+        events = crdt.audit(node.state, name)
+        if not events:
+            return _error(404, f"No adapter named {name!r} is known here.", "adapter_not_found", "name")
+        rows = [{"at": at.encode(), "event": event} for at, event in events]
+        return JSONResponse({"name": name, "events": rows})
+
+    @app.delete("/adapters/{name}/versions/{digest}")
+    async def revoke(name: str, digest: str) -> JSONResponse:
+        """Never serve this version again, in any region's contribution."""
+        try:
+            node.revoke(name, digest)
+        except EdgeCannotPublish as exc:
+            return _error(403, str(exc), "edge_cannot_publish")
+        except KeyError:
+            return _error(404, f"{name!r} has no version {digest[:64]!r}.", "version_not_found", "digest")
+        return JSONResponse({"name": name, "version": digest, "status": "revoked"})
 
     @app.delete("/adapters/{name}")
     async def retire(name: str) -> JSONResponse:

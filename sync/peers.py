@@ -3,8 +3,9 @@
 - Each peer has an outbox: local deltas joined into one state (joins are idempotent, so
   merging queued deltas loses nothing), sent by that peer's task as soon as it can; a peer
   that is down is retried with doubling backoff, and whatever piled up goes in one go.
-- Every `anti_entropy_interval_s`, a round with each peer: send our entries' digests, get
-  back the entries that differ and the peer's digests, send it the entries it lacks.
+- Every `anti_entropy_interval_s`, a round with each peer: send our buckets' digests, get
+  back the entries that differ and the peer's digests, send it the entries it lacks (the
+  full state, in bounded messages, to a peer that cannot compare digests).
 - Messages are at most `max_message_bytes`: a larger state goes as several, by entry.
 - Blobs are fetched from any peer that has them, resumed where a broken download stopped,
   and verified before use; a peer that sends bad bytes is skipped for the next one.
@@ -132,6 +133,10 @@ class Peers:
         response = await self.client.post(
             peer.url + "/sync/summary", content=request, headers={"content-type": "application/json"}
         )
+        if response.status_code in (400, 404, 413):  # the peer cannot compare digests: the full state
+            await self._send_state(peer, self.node.state)
+            peer.up, peer.last_synced, peer.in_sync = True, time.monotonic(), False
+            return
         response.raise_for_status()
         self.bytes_sent += len(request)
         self.bytes_received += len(response.content)

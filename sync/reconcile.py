@@ -79,6 +79,9 @@ class Reconciler:
         served = self.root / "served" / recipe.digest
         if served.is_dir():
             return served
+        if recipe.base_model not in self.node.settings.base_models:  # a peer's, for another base
+            self.problems[recipe.name] = f"its base model {recipe.base_model!r} is not this region's engines'"
+            return None
         entry = self.node.state.entries[recipe.name]
         parts = []
         for part in recipe.parts:

@@ -35,6 +35,7 @@ class SyncSettings(BaseSettings):
     retry_base_s: float = Field(default=0.2, gt=0)  # backoff for peers that are down ...
     retry_max_s: float = Field(default=10.0, gt=0)  # ... doubling up to this
     max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_upload_bytes: int = Field(default=2 * 1024**3, ge=1024)  # an adapter uploaded as a tar archive
     max_drift_ms: int = Field(default=60_000, ge=0)  # a peer's clock at most this far ahead
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 

@@ -2,7 +2,9 @@
 fault proxy so a region can be cut off: publishing, concurrent contributions, a partition
 that heals, a restart, and the API's answers to bad input."""
 
+import io
 import json
+import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -142,10 +144,15 @@ def test_a_partitioned_region_publishes_and_converges_after_the_heal(mesh: Mesh,
 def test_a_restarted_sidecar_keeps_its_state_and_its_sequence(mesh: Mesh, adapters: list[Path]) -> None:
     assert _publish(mesh, "b", "durable", adapters[0]).status_code == 201
     _eventually(lambda: _converged(mesh, "durable"), "durable everywhere")
-    before = _adapters(mesh.url("b"))
+
+    def registry() -> dict[str, dict[str, Any]]:  # what the registry holds, not what was loaded since
+        local = ("stacked", "loaded", "problem")
+        return {name: {k: v for k, v in a.items() if k not in local} for name, a in _adapters(mesh.url("b")).items()}
+
+    before = registry()
     mesh.sidecars["b"].stop()
     mesh.sidecars["b"] = mesh.start("b")
-    assert _adapters(mesh.url("b")) == before
+    assert registry() == before
     assert _publish(mesh, "b", "durable", adapters[1]).status_code == 201  # a newer contribution
     _eventually(lambda: _converged(mesh, "durable"), "the new contribution everywhere")
     contribution = _adapters(mesh.url("a"))["durable"]["contributions"]["b"]
@@ -275,3 +282,87 @@ async def test_a_corrupted_or_truncated_blob_is_refused_and_fetched_again(
         for server in (corrupt, truncated):
             server.shutdown()
             server.server_close()
+
+
+def _tar(folder: Path, destination: Path, *, extra: tuple[str, bytes] | None = None) -> bytes:
+    with tarfile.open(destination, "w:gz") as tar:
+        for file in sorted(folder.iterdir()):
+            tar.add(file, arcname=file.name)
+        if extra is not None:
+            info = tarfile.TarInfo(extra[0])
+            info.size = len(extra[1])
+            tar.addfile(info, io.BytesIO(extra[1]))
+    return destination.read_bytes()
+
+
+def test_an_uploaded_archive_is_published_and_a_version_can_be_revoked(
+    mesh: Mesh, adapters: list[Path], tmp_path: Path
+) -> None:
+    archive = _tar(adapters[2], tmp_path / "adapter.tar.gz")
+    url = mesh.url("b") + "/adapters"
+    uploaded = httpx.post(url, params={"name": "uploaded", "weight": "0.5"}, content=archive,
+                          headers={"content-type": "application/gzip"}, timeout=30)  # fmt: skip
+    assert uploaded.status_code == 201, uploaded.text
+    digest = uploaded.json()["published"]
+    _eventually(lambda: _converged(mesh, "uploaded"), "the upload served everywhere")
+    assert _served(mesh.url("a"), "uploaded")["parts"] == [["b", digest, 0.5]]
+    # The same files published from a folder are the same version.
+    assert _publish(mesh, "a", "from-folder", adapters[2]).json()["published"] == digest
+    escaping = _tar(adapters[2], tmp_path / "escaping.tar.gz", extra=("../../outside", b"x"))
+    refused = httpx.post(url, params={"name": "evil"}, content=escaping, headers={"content-type": "application/gzip"})
+    assert refused.status_code == 400
+    assert "../../outside" in refused.json()["error"]["message"]
+    garbage = httpx.post(url, params={"name": "x"}, content=b"not a tar", headers={"content-type": "application/x-tar"})
+    assert garbage.status_code == 400
+    revoked = httpx.delete(f"{mesh.url('c')}/adapters/uploaded/versions/{digest}")
+    assert revoked.status_code == 200, revoked.text
+    _eventually(lambda: all(_served(mesh.url(r), "uploaded") is None for r in REGIONS), "the revoked version gone")
+    assert httpx.delete(f"{mesh.url('c')}/adapters/uploaded/versions/{'0' * 64}").status_code == 404
+
+
+def test_the_audit_log_of_an_adapter_is_in_clock_order(mesh: Mesh, adapters: list[Path]) -> None:
+    assert _publish(mesh, "a", "audited", adapters[0]).status_code == 201
+    assert _publish(mesh, "b", "audited", adapters[1]).status_code == 201
+    _eventually(lambda: len(_served(mesh.url("c"), "audited")["parts"]) == 2, "both parts in c")
+    assert httpx.delete(mesh.url("c") + "/adapters/audited").status_code == 200
+    events = httpx.get(mesh.url("c") + "/adapters/audited/audit").json()["events"]
+    assert [e["at"] for e in events] == sorted(e["at"] for e in events)
+    assert events[-1]["event"] == "retired by c"
+    assert sum("published by" in e["event"] for e in events) == 2
+    assert httpx.get(mesh.url("c") + "/adapters/nothing/audit").status_code == 404
+
+
+class _OldPeer(BaseHTTPRequestHandler):
+    """A peer that cannot compare digests (404 on /sync/summary) and keeps what it is sent."""
+
+    received: ClassVar[list[dict[str, Any]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["content-length"]))
+        if self.path == "/sync/delta":
+            self.received.append(json.loads(body))
+        self.send_response(200 if self.path == "/sync/delta" else 404)
+        self.send_header("content-length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+async def test_a_peer_that_cannot_compare_digests_gets_the_full_state(adapters: list[Path], tmp_path: Path) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _OldPeer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        peer_url = f"http://127.0.0.1:{server.server_address[1]}"
+        settings = SyncSettings(region="x", peers=[peer_url], data_dir=tmp_path, base_models=["switchyard-tiny-v1"])
+        node = SyncNode(settings)
+        for number, name in enumerate(("one", "two")):
+            node.publish(name, adapters[number], base_model="switchyard-tiny-v1")
+        async with httpx.AsyncClient(timeout=5) as client:
+            peers = Peers(node, client)
+            await peers.anti_entropy_round(peers.peers[0])
+        assert {name for message in _OldPeer.received for name in message["entries"]} == {"one", "two"}
+    finally:
+        server.shutdown()
+        server.server_close()
