@@ -3,6 +3,7 @@ laws on random states, and 3 to 5 replicas exchanging deltas over a network that
 duplicates and reorders them ending, after anti-entropy, in one state and one recipe."""
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 
 import pytest
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from sync import crdt
 from sync.clock import ClockSkew, HybridClock, Timestamp
 from sync.crdt import FileRef, State, Version
+from sync.peers import encode_messages
 
 NAMES = ("alpha", "beta")
 BASES = ("switchyard-tiny-v1", "other-base")
@@ -321,3 +323,17 @@ def test_anti_entropy_sends_only_the_buckets_that_differ() -> None:
     assert len(changed.entries) < 15  # its bucket's few entries, not the thousand
     digests = crdt.Digests()
     assert crdt.summary(a.state, digests) == crdt.summary(a.state)
+
+
+def test_a_large_state_goes_in_messages_under_the_limit_that_join_back_to_it() -> None:
+    a = Region("a")
+    for number in range(200):
+        a.publish(f"adapter-{number}", version(number, region="a"))
+    limit = 16 * 1024
+    messages = list(encode_messages(a.state, limit))
+    assert len(messages) > 1
+    assert all(len(message) <= limit for message in messages)
+    joined = State()
+    for message in messages:
+        joined = crdt.join(joined, crdt.decode(json.loads(message)))
+    assert joined == a.state
