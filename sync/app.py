@@ -6,6 +6,7 @@ or blob, 409 for a peer whose clock is too far ahead, 413 for a message or uploa
 limit.
 """
 
+import asyncio
 import json
 import tempfile
 from collections.abc import AsyncIterator
@@ -137,13 +138,15 @@ def create_app(settings: SyncSettings) -> FastAPI:
             param = ".".join(str(p) for p in first["loc"]) or None
             return _error(400, f"{param}: {first['msg']}", "invalid_request", param)
         try:
+            at = node.clock.now()  # hashing and storing the files runs off the event loop
             if uploaded:
                 with tempfile.TemporaryDirectory(prefix="upload-", dir=settings.state.parent) as work:
                     archive = await _receive_file(request, Path(work) / "adapter.tar", settings.max_upload_bytes)
-                    folder = unpack_adapter(archive, Path(work) / "adapter")
-                    version = node.publish(body.name, folder, weight=body.weight, base_model=body.base_model)
+                    folder = await asyncio.to_thread(unpack_adapter, archive, Path(work) / "adapter")
+                    version = await asyncio.to_thread(node.check, folder, at=at, base_model=body.base_model)
             else:
-                version = node.publish(body.name, Path(body.path), weight=body.weight, base_model=body.base_model)
+                version = await asyncio.to_thread(node.check, Path(body.path), at=at, base_model=body.base_model)
+            node.publish(body.name, version, weight=body.weight)
         except EdgeCannotPublish as exc:
             return _error(403, str(exc), "edge_cannot_publish")
         except AdapterRefused as exc:

@@ -13,7 +13,7 @@ from typing import Any
 from sync import crdt
 from sync.adapters import AdapterRefused, read_version
 from sync.blobs import BlobStore
-from sync.clock import HybridClock
+from sync.clock import HybridClock, Timestamp
 from sync.crdt import State, Version
 from sync.persist import load_state, save_state
 from sync.settings import SyncSettings
@@ -64,22 +64,27 @@ class SyncNode:
 
     # --- local operations -----------------------------------------------------------------------
 
-    def publish(self, name: str, folder: Path, *, weight: float = 1.0, base_model: str | None = None) -> Version:
+    def check(self, folder: Path, *, at: Timestamp, base_model: str | None = None) -> Version:
+        """The adapter in `folder` as a version, its files stored as blobs; AdapterRefused if
+        the engines must not see it. Touches only the blob store: safe in a worker thread."""
         self._writable()
-        version = read_version(
+        return read_version(
             folder,
             self.blobs,
             base_models=self.settings.base_models,
             max_rank=self.settings.max_rank,
             base_model=base_model,
-            at=self.clock.now(),
+            at=at,
         )
+
+    def publish(self, name: str, version: Version, *, weight: float = 1.0) -> None:
+        """This region serves `version` (from `check`) under `name`."""
+        self._writable()
         existing = self.state.entries.get(name)
         if existing is not None and version.digest in existing.revoked:
             raise AdapterRefused(f"version {version.digest[:12]} of {name!r} was revoked")
         self._apply(crdt.publish(self.state, name, version, weight, self.region, self.clock.now()), local=True)
         log.info("published %s version %s (weight %s)", name, version.digest[:12], weight)
-        return version
 
     def retire(self, name: str) -> None:
         self._writable()

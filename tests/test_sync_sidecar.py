@@ -358,7 +358,8 @@ async def test_a_peer_that_cannot_compare_digests_gets_the_full_state(adapters: 
         settings = SyncSettings(region="x", peers=[peer_url], data_dir=tmp_path, base_models=["switchyard-tiny-v1"])
         node = SyncNode(settings)
         for number, name in enumerate(("one", "two")):
-            node.publish(name, adapters[number], base_model="switchyard-tiny-v1")
+            version = node.check(adapters[number], at=node.clock.now(), base_model="switchyard-tiny-v1")
+            node.publish(name, version)
         async with httpx.AsyncClient(timeout=5) as client:
             peers = Peers(node, client)
             await peers.anti_entropy_round(peers.peers[0])
