@@ -1,16 +1,24 @@
 """The Prometheus rules and Grafana dashboards: promtool checks and unit-tests the rules,
-every metric a rule or a panel queries is one the gateway (or an engine) exports or a rule
-records, and every alert has its section in docs/runbook.md."""
+every metric a rule or a panel queries is one the gateway (or an engine, or a sync sidecar)
+exports or a rule records, and every alert has its section in docs/runbook.md."""
 
 import json
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
+import httpx
 import yaml
+from prometheus_client.metrics_core import Metric
 
 from app.engine_metrics import RUNNING, WAITING
 from app.metrics import GatewayMetrics
+from sync.node import SyncNode
+from sync.peers import Peers
+from sync.reconcile import Reconciler
+from sync.settings import SyncSettings
+from sync.telemetry import SyncMetrics
 from tests.servers import ROOT
 
 RULES = ROOT / "dashboards" / "rules"
@@ -33,7 +41,7 @@ def test_the_compose_prometheus_config_loads_the_rules() -> None:
         [PROMTOOL, "check", "config", "deploy/prometheus.yml"], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "SUCCESS: 24 rules found" in run.stdout + run.stderr
+    assert "SUCCESS: 26 rules found" in run.stdout + run.stderr
 
 
 def test_promtool_unit_tests_pass() -> None:
@@ -42,10 +50,21 @@ def test_promtool_unit_tests_pass() -> None:
     assert "SUCCESS" in run.stdout
 
 
-def _exported() -> set[str]:
-    """Every series name the gateway's registry can expose, suffixes included."""
+def _sync_families(data_dir: Path) -> list[Metric]:
+    """What a sync sidecar's `/metrics` exposes, with one peer and one engine."""
+    settings = SyncSettings(region="r", data_dir=data_dir, peers=["http://peer:1"], engines=["http://engine:2"])
+    node = SyncNode(settings)
+    peers = Peers(node, httpx.AsyncClient())
+    metrics = SyncMetrics()
+    metrics.watch(node, peers, Reconciler(node, peers, peers.client))
+    peers.peers[0].last_synced = 0.0
+    return list(metrics.registry.collect())
+
+
+def _exported(data_dir: Path) -> set[str]:
+    """Every series name the gateway, a sync sidecar, can expose, suffixes included."""
     names: set[str] = set()
-    for family in GatewayMetrics().registry.collect():
+    for family in [*GatewayMetrics().registry.collect(), *_sync_families(data_dir)]:
         names.add(family.name)
         if family.type == "counter":
             names.add(family.name + "_total")
@@ -55,9 +74,10 @@ def _exported() -> set[str]:
 
 
 def _queried(expr: str) -> set[str]:
-    """The series names in a PromQL expression: gateway (`llm_`), engine (`vllm:`) or recorded (`slo:`)."""
+    """The series names in a PromQL expression: gateway (`llm_`), engine (`vllm:`), sidecar
+    (`sync_`) or recorded (`slo:`)."""
     words = set(re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", re.sub(r'"[^"]*"|\{[^}]*\}|\[[^]]*\]', " ", expr)))
-    return {w for w in words if w.startswith(("llm_", "vllm:", "slo:"))}
+    return {w for w in words if w.startswith(("llm_", "vllm:", "sync_", "slo:"))}
 
 
 def _rules() -> list[dict[str, str]]:
@@ -73,10 +93,10 @@ def _panel_exprs() -> dict[str, list[str]]:
     return exprs
 
 
-def test_every_queried_metric_is_exported_or_recorded() -> None:
+def test_every_queried_metric_is_exported_or_recorded(tmp_path: Path) -> None:
     rules = _rules()
     recorded = {rule["record"] for rule in rules if "record" in rule}
-    known = _exported() | recorded | {RUNNING, WAITING}
+    known = _exported(tmp_path) | recorded | {RUNNING, WAITING}
     dashboards = _panel_exprs()
     assert set(dashboards) == {"overview.json", "slo.json", "engines.json", "regions.json"}
     queried = {f"rule {rule.get('record') or rule['alert']}": _queried(rule["expr"]) for rule in rules}
