@@ -32,11 +32,17 @@ def test_env_example_names_every_setting() -> None:
     from app.settings import GatewaySettings
     from engines.transformers.settings import EngineSettings
     from engines.vllm.settings import VllmSettings
+    from sync.settings import SyncSettings
 
     text = (ROOT / ".env.example").read_text()
     for field in GatewaySettings.model_fields:
         assert f"SWITCHYARD_{field.upper()}=" in text, field
-    for prefix, settings in (("SWITCHYARD_ENGINE_", EngineSettings), ("SWITCHYARD_VLLM_", VllmSettings)):
+    every = (
+        ("SWITCHYARD_ENGINE_", EngineSettings),
+        ("SWITCHYARD_VLLM_", VllmSettings),
+        ("SWITCHYARD_SYNC_", SyncSettings),
+    )
+    for prefix, settings in every:
         for field in settings.model_fields:
             name = "SWITCHYARD_DATA_DIR" if field == "data_dir" else f"{prefix}{field.upper()}"
             assert f"{name}=" in text, field
