@@ -157,8 +157,8 @@ class Peers:
             for peer in self.peers:
                 try:
                     await self.anti_entropy_round(peer)
-                except (httpx.HTTPError, ValueError, KeyError, ClockSkew) as exc:
-                    self._down(peer, exc)
+                except (httpx.HTTPError, ValueError, KeyError, TypeError, ClockSkew) as exc:
+                    self._down(peer, exc)  # a peer's bad answer must not end the rounds with the others
             self.rounds += 1
             await asyncio.sleep(self.settings.anti_entropy_interval_s)
 
