@@ -6,11 +6,13 @@ each engine whose `/v1/models` does not show the name at that path: load it as
 `name@<digest>` (a failure leaves the public name alone), move the public name to it
 (`load_inplace`), and unload the staging name. Names no longer served are unloaded. An
 engine that restarted shows nothing loaded, so the next pass loads everything again.
+Stacks that nothing serves or holds any more are removed from disk.
 """
 
 import asyncio
 import logging
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +73,7 @@ class Reconciler:
         self.stacked = desired
         for engine in self.engines:
             await self._converge(engine, desired)
+        self._collect(desired)
         self.passes += 1
 
     # --- the merged adapter, on disk -------------------------------------------------------------
@@ -83,39 +86,46 @@ class Reconciler:
             self.problems[recipe.name] = f"its base model {recipe.base_model!r} is not this region's engines'"
             return None
         entry = self.node.state.entries[recipe.name]
-        parts = []
         for part in recipe.parts:
-            version = entry.versions[part.version]
-            for ref in version.files:
+            for ref in entry.versions[part.version].files:
                 present = self.node.blobs.verify(ref.sha256)  # damage on disk: dropped, fetched again
                 if not present and not await self.peers.fetch_blob(ref.sha256, ref.size):
                     self.problems[recipe.name] = f"blob {ref.sha256[:12]} of {part.version[:12]} is not available yet"
                     return None
-            folder = materialize(version, self.node.blobs, self._versions() / version.digest)
-            parts.append(AdapterPart(folder, part.weight))
-        staging = self.root / "served" / f".{recipe.digest}.partial"
-        shutil.rmtree(staging, ignore_errors=True)
-        try:
-            rank = await asyncio.to_thread(merge_adapters, parts, staging, base_model=recipe.base_model)
-        except ValueError as exc:
-            self.problems[recipe.name] = f"the stack does not merge: {exc}"
-            shutil.rmtree(staging, ignore_errors=True)
-            return None
-        if rank > self.node.settings.max_rank:
-            self.problems[recipe.name] = (
-                f"the stack's rank {rank} is above the engines' maximum {self.node.settings.max_rank}"
-            )
-            shutil.rmtree(staging, ignore_errors=True)
-            return None
-        staging.rename(served)
+        (self.root / "served").mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".stacking-", dir=self.root / "served") as work:
+            parts = [
+                AdapterPart(materialize(entry.versions[p.version], self.node.blobs, Path(work) / p.version), p.weight)
+                for p in recipe.parts
+            ]
+            staging = Path(work) / "stack"
+            try:
+                rank = await asyncio.to_thread(merge_adapters, parts, staging, base_model=recipe.base_model)
+            except ValueError as exc:
+                self.problems[recipe.name] = f"the stack does not merge: {exc}"
+                return None
+            if rank > self.node.settings.max_rank:
+                self.problems[recipe.name] = (
+                    f"the stack's rank {rank} is above the engines' maximum {self.node.settings.max_rank}"
+                )
+                return None
+            staging.rename(served)
         self.problems.pop(recipe.name, None)
         log.info("stacked %s: %d part(s), rank %d, recipe %s", recipe.name, len(parts), rank, recipe.digest[:12])
         return served
 
-    def _versions(self) -> Path:
-        folder = self.root / "versions"
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
+    def _collect(self, desired: dict[str, Path]) -> None:
+        """Remove stacks nothing serves any more: not desired, and loaded in no engine. Only
+        after a pass that reached every engine (one not heard from may still read its files)."""
+        if not all(engine.up for engine in self.engines):
+            return
+        keep = {str(folder) for folder in desired.values()}
+        keep |= {path for engine in self.engines for path in engine.loaded.values()}
+        served = self.root / "served"
+        for folder in served.iterdir() if served.is_dir() else ():
+            if not folder.name.startswith(".") and str(folder) not in keep:
+                shutil.rmtree(folder, ignore_errors=True)
+                log.info("removed stack %s: nothing serves it", folder.name[:12])
 
     # --- the engines -------------------------------------------------------------------------------
 
@@ -133,6 +143,7 @@ class Reconciler:
         for name, path in list(engine.loaded.items()):
             if name not in desired and path.startswith(ours) and "@" not in name:
                 await self._call(engine, "/v1/unload_lora_adapter", {"lora_name": name})
+                del engine.loaded[name]
                 log.info("unloaded %s from %s: no longer served", name, engine.url)
 
     async def _loaded(self, engine: EngineView) -> dict[str, str]:

@@ -30,6 +30,7 @@ REGIONS = ("a", "b", "c")
 
 @dataclass
 class Mesh:
+    data: Path
     ports: dict[str, int]
     links: dict[tuple[str, str], FaultProxy]  # (from, to): the proxy `from` reaches `to` through
     sidecars: dict[str, ServerProcess]
@@ -72,7 +73,7 @@ def mesh(builtin_model: Path, log_dir: Path, tmp_path_factory: pytest.TempPathFa
         return ServerProcess("sync", args, port=ports[region], log_dir=log_dir, env=env).wait_ready()
 
     sidecars = {region: start(region) for region in REGIONS}
-    yield Mesh(ports, links, sidecars, start)
+    yield Mesh(data, ports, links, sidecars, start)
     for sidecar in sidecars.values():
         sidecar.stop()
     for proxy in links.values():
@@ -161,11 +162,17 @@ def test_a_restarted_sidecar_keeps_its_state_and_its_sequence(mesh: Mesh, adapte
 
 def test_retiring_removes_the_adapter_everywhere(mesh: Mesh, adapters: list[Path]) -> None:
     assert _publish(mesh, "a", "short-lived", adapters[2]).status_code == 201
-    _eventually(lambda: _converged(mesh, "short-lived"), "short-lived everywhere")
+    _eventually(
+        lambda: all(_adapters(mesh.url(r))["short-lived"]["stacked"] for r in REGIONS), "short-lived stacked everywhere"
+    )
+    digest = _adapters(mesh.url("a"))["short-lived"]["stacked"]
+    stacks = [mesh.data / "sync" / region / "state" / "served" / digest for region in REGIONS]
+    assert all(stack.is_dir() for stack in stacks)
     assert httpx.delete(mesh.url("c") + "/adapters/short-lived").status_code == 200
     _eventually(
         lambda: all(_served(mesh.url(r), "short-lived") is None for r in REGIONS), "short-lived retired everywhere"
     )
+    _eventually(lambda: not any(stack.exists() for stack in stacks), "its stacks removed from disk")
 
 
 def test_bad_input_gets_a_clear_error(mesh: Mesh, adapters: list[Path], tmp_path: Path) -> None:
