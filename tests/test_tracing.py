@@ -52,6 +52,13 @@ def _serving(app: FastAPI) -> Iterator[TestClient]:
         yield client
 
 
+def _settings(engine: ServerProcess, data_dir: Path, **overrides: object) -> GatewaySettings:
+    """One pool on `engine`, authentication off, probes every 0.2 s (tests may override)."""
+    values = {"pools": [{"name": "p", "replicas": [engine.url]}], "auth_mode": "disabled", "health_interval_s": 0.2,
+              "data_dir": str(data_dir)}  # fmt: skip
+    return GatewaySettings.model_validate(values | overrides)
+
+
 def _by_name(spans: tuple[ReadableSpan, ...], name: str) -> list[ReadableSpan]:
     return [span for span in spans if span.name == name]
 
@@ -59,15 +66,8 @@ def _by_name(spans: tuple[ReadableSpan, ...], name: str) -> list[ReadableSpan]:
 def test_the_gateway_span_tree_continues_the_client_trace(
     exporter: InMemorySpanExporter, counting_engine: ServerProcess, tmp_path: Path
 ) -> None:
-    settings = GatewaySettings.model_validate(
-        {
-            "pools": [{"name": "p", "region": "eu", "replicas": [counting_engine.url]}],
-            "region": "eu",
-            "auth_mode": "disabled",
-            "health_interval_s": 0.2,
-            "data_dir": str(tmp_path),
-        }
-    )
+    pools = [{"name": "p", "region": "eu", "replicas": [counting_engine.url]}]
+    settings = _settings(counting_engine, tmp_path, pools=pools, region="eu")
     with _serving(create_app(settings)) as client:
         exporter.clear()
         body = {"model": "counting", "messages": [{"role": "user", "content": "hi"}], "user": "t1"}
@@ -110,10 +110,7 @@ def test_the_gateway_span_tree_continues_the_client_trace(
 def test_a_streams_upstream_span_lasts_until_its_last_event(
     exporter: InMemorySpanExporter, counting_engine: ServerProcess, tmp_path: Path
 ) -> None:
-    settings = GatewaySettings.model_validate(
-        {"pools": [{"name": "p", "replicas": [counting_engine.url]}], "auth_mode": "disabled", "health_interval_s": 0.2,
-         "data_dir": str(tmp_path)}
-    )  # fmt: skip
+    settings = _settings(counting_engine, tmp_path)
     httpx.post(counting_engine.url + "/control", json={"chunk_delay_s": 0.1}).raise_for_status()
     try:
         with _serving(create_app(settings)) as client:
@@ -140,10 +137,7 @@ def test_a_streams_upstream_span_lasts_until_its_last_event(
 def test_a_trace_the_caller_did_not_sample_costs_no_spans(
     exporter: InMemorySpanExporter, counting_engine: ServerProcess, tmp_path: Path
 ) -> None:
-    settings = GatewaySettings.model_validate(
-        {"pools": [{"name": "p", "replicas": [counting_engine.url]}], "auth_mode": "disabled", "health_interval_s": 0.2,
-         "data_dir": str(tmp_path)}
-    )  # fmt: skip
+    settings = _settings(counting_engine, tmp_path)
     with _serving(create_app(settings)) as client:
         exporter.clear()
         body = {"model": "counting", "messages": [{"role": "user", "content": "hi"}]}
@@ -184,10 +178,7 @@ async def test_our_engine_continues_the_trace(exporter: InMemorySpanExporter) ->
 def test_without_a_traceparent_a_request_starts_its_own_trace(
     exporter: InMemorySpanExporter, counting_engine: ServerProcess, tmp_path: Path
 ) -> None:
-    settings = GatewaySettings.model_validate(
-        {"pools": [{"name": "p", "replicas": [counting_engine.url]}], "auth_mode": "disabled", "health_interval_s": 0.2,
-         "data_dir": str(tmp_path)}
-    )  # fmt: skip
+    settings = _settings(counting_engine, tmp_path)
     with _serving(create_app(settings)) as client:
         exporter.clear()
         body = {"model": "counting", "messages": [{"role": "user", "content": "hi"}]}
@@ -200,13 +191,7 @@ def test_without_a_traceparent_a_request_starts_its_own_trace(
 def test_authentication_has_its_span(
     exporter: InMemorySpanExporter, counting_engine: ServerProcess, tmp_path: Path
 ) -> None:
-    settings = GatewaySettings.model_validate(
-        {
-            "pools": [{"name": "p", "replicas": [counting_engine.url]}],
-            "health_interval_s": 0.2,
-            "data_dir": str(tmp_path),
-        }
-    )
+    settings = _settings(counting_engine, tmp_path, auth_mode="builtin")
     app = create_app(settings)  # the built-in issuer: its key is made now
     token = mint(settings, subject="alice", scopes=["chat"], ttl_s=60)
     with _serving(app) as client:
