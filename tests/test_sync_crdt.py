@@ -27,6 +27,13 @@ def version(seed: int, base: str = BASES[0], region: str = "r0") -> Version:
     return Version(crdt.manifest_digest(files), base, 8, files, Timestamp(1000 + seed, 0, region))
 
 
+def _parts(state: State, name: str = "alpha") -> tuple[crdt.Part, ...]:
+    """What `name` serves: its recipe's parts (the recipe must exist)."""
+    served = crdt.recipe(state, name)
+    assert served is not None, f"{name} is not served"
+    return served.parts
+
+
 @dataclass
 class Region:
     """A region's replica: its state and clock, mutating through the CRDT's delta mutators."""
@@ -63,10 +70,8 @@ def test_a_published_adapter_is_served_everywhere_its_delta_reaches() -> None:
     a, b = Region("a"), Region("b")
     delta = a.publish("alpha", version(1))
     b.apply(delta)
-    served = crdt.recipe(b.state, "alpha")
-    assert served is not None
-    assert served.parts == (crdt.Part("a", version(1).digest, 1.0),)
-    assert crdt.recipe(a.state, "alpha") == served
+    assert _parts(b.state) == (crdt.Part("a", version(1).digest, 1.0),)
+    assert crdt.recipe(a.state, "alpha") == crdt.recipe(b.state, "alpha")
 
 
 def test_contributions_of_several_regions_stack_in_region_order() -> None:
@@ -88,9 +93,7 @@ def test_a_regions_newer_contribution_replaces_its_older_one() -> None:
     second = a.publish("alpha", version(2))
     b.apply(second)
     b.apply(first)  # late and out of order: the higher sequence still wins
-    served = crdt.recipe(b.state, "alpha")
-    assert served is not None
-    assert served.parts == (crdt.Part("a", version(2).digest, 1.0),)
+    assert _parts(b.state) == (crdt.Part("a", version(2).digest, 1.0),)
 
 
 def test_a_publish_concurrent_with_a_retire_wins() -> None:
@@ -101,9 +104,7 @@ def test_a_publish_concurrent_with_a_retire_wins() -> None:
     a.apply(published)
     b.apply(retired)
     for region in (a, b):
-        served = crdt.recipe(region.state, "alpha")
-        assert served is not None
-        assert served.parts == (crdt.Part("b", version(2).digest, 1.0),)  # a's own part was retired
+        assert _parts(region.state) == (crdt.Part("b", version(2).digest, 1.0),)  # a's own part was retired
 
 
 def test_a_retire_that_saw_everything_removes_the_adapter() -> None:
@@ -114,9 +115,7 @@ def test_a_retire_that_saw_everything_removes_the_adapter() -> None:
     assert crdt.recipe(a.state, "alpha") is None
     assert crdt.recipe(b.state, "alpha") is None
     a.publish("alpha", version(3))  # published again: b's old contribution stays retired
-    served = crdt.recipe(a.state, "alpha")
-    assert served is not None
-    assert served.parts == (crdt.Part("a", version(3).digest, 1.0),)
+    assert _parts(a.state) == (crdt.Part("a", version(3).digest, 1.0),)
 
 
 def test_a_revoked_version_is_never_served_again() -> None:
@@ -124,13 +123,9 @@ def test_a_revoked_version_is_never_served_again() -> None:
     b.apply(a.publish("alpha", version(1)))
     a.apply(b.publish("alpha", version(2)))
     b.apply(a.revoke("alpha", version(1).digest))
-    served = crdt.recipe(b.state, "alpha")
-    assert served is not None
-    assert [p.region for p in served.parts] == ["b"]
+    assert [p.region for p in _parts(b.state)] == ["b"]
     b.apply(a.publish("alpha", version(1)))  # publishing the revoked version again does not bring it back
-    served = crdt.recipe(b.state, "alpha")
-    assert served is not None
-    assert [p.region for p in served.parts] == ["b"]
+    assert [p.region for p in _parts(b.state)] == ["b"]
 
 
 def test_a_withdrawn_contribution_leaves_the_others() -> None:
@@ -138,9 +133,7 @@ def test_a_withdrawn_contribution_leaves_the_others() -> None:
     b.apply(a.publish("alpha", version(1)))
     a.apply(b.publish("alpha", version(2)))
     a.withdraw("alpha")
-    served = crdt.recipe(a.state, "alpha")
-    assert served is not None
-    assert [p.region for p in served.parts] == ["b"]
+    assert [p.region for p in _parts(a.state)] == ["b"]
 
 
 def test_contributions_on_another_base_model_wait() -> None:
