@@ -2,13 +2,15 @@
 
 import time
 from collections.abc import Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from sync import crdt
+from sync.node import SyncNode
+from sync.peers import Peers
+from sync.reconcile import Reconciler
 
 __all__ = ["SyncMetrics"]
 
@@ -17,18 +19,18 @@ class SyncMetrics(Collector):
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
-        self._node: Any = None
-        self._peers: Any = None
-        self._reconciler: Any = None
+        self._node: SyncNode | None = None
+        self._peers: Peers | None = None
+        self._reconciler: Reconciler | None = None
 
-    def watch(self, node: Any, peers: Any, reconciler: Any) -> None:
+    def watch(self, node: SyncNode, peers: Peers, reconciler: Reconciler) -> None:
         self._node, self._peers, self._reconciler = node, peers, reconciler
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        if self._node is None or self._peers is None:
+        if self._node is None or self._peers is None or self._reconciler is None:
             return
         state, peers, now = self._node.state, self._peers, time.monotonic()
         served = sum(crdt.recipe(state, name) is not None for name in state.entries)
