@@ -2,12 +2,13 @@
 
     python -m loadtests.auth_overhead [--seconds 10] [--rounds 2]
 
-Four gateways on CPU 0, driven one at a time by wrk (c=32, non-streaming chat) on CPU 1
+Five gateways on CPU 0, driven one at a time by wrk (c=32, non-streaming chat) on CPU 1
 beside the instant engine: `off` (authentication disabled, no tracer), `auth` (the built-in
 issuer's token on every request: verified once, then from the cache), `auth+traces` (the
 same, every trace recorded and exported over OTLP/HTTP; the instant engine stands in for
-the collector and refuses them, so the export work is done and thrown away) and
-`auth+traces/10` (one trace in ten recorded). Metrics are always on. Rounds alternate the
+the collector and refuses them, so the export work is done and thrown away),
+`auth+traces/10` (one trace in ten recorded) and `auth+traces/0` (none recorded: what a
+sampled-out request still costs). Metrics are always on. Rounds alternate the
 gateways, so the machine's drift hits them alike.
 """
 
@@ -21,7 +22,8 @@ from pathlib import Path
 from loadtests.gateway_overhead import BODY, run_wrk
 from tests.servers import ROOT, ServerProcess, free_port
 
-VARIANTS = ("off", "auth", "auth+traces", "auth+traces/10")
+VARIANTS = ("off", "auth", "auth+traces", "auth+traces/10", "auth+traces/0")
+SAMPLE_RATIOS = {"auth+traces": "1.0", "auth+traces/10": "0.1", "auth+traces/0": "0.0"}
 
 
 def _gateway(variant: str, engine_url: str, data_dir: Path, log_dir: Path) -> tuple[ServerProcess, dict[str, str]]:
@@ -33,7 +35,7 @@ def _gateway(variant: str, engine_url: str, data_dir: Path, log_dir: Path) -> tu
     }
     if variant.startswith("auth+traces"):
         env["SWITCHYARD_OTLP_ENDPOINT"] = engine_url
-        env["SWITCHYARD_OTLP_SAMPLE_RATIO"] = "0.1" if variant.endswith("/10") else "1.0"
+        env["SWITCHYARD_OTLP_SAMPLE_RATIO"] = SAMPLE_RATIOS[variant]
     gateway = ServerProcess(
         "loadtests.pinned",
         ["0", "app", "--port", str(port), "--log-level", "warning"],
