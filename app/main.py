@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.routing import Route
 
 from app.admin import NodeManager
 from app.admission import Admission
@@ -22,7 +23,7 @@ from app.metrics import GatewayMetrics, RequestMetrics
 from app.pools import PoolRegistry, Replica
 from app.proxy import Proxy
 from app.retry_budget import RetryBudget
-from app.routes import admin, oauth, openai, ops
+from app.routes import admin, oauth, openai, ops, predict
 from app.settings import GatewaySettings, PoolSettings
 from app.upstream import UpstreamClient
 from router import OutlierPolicy, Router
@@ -114,6 +115,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: shutdown answers count too
     install_error_handlers(app)
     app.router.routes.extend(openai.completion_routes)
+    app.router.routes.append(Route("/predict", predict.predict, methods=["POST"]))
     app.include_router(openai.router)
     app.include_router(ops.router)
     app.include_router(admin.router)

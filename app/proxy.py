@@ -201,16 +201,6 @@ class Proxy:
             raise RetryableAnswer(response, retry_after)
         return response
 
-    async def call(self, lease: Lease, path: str, body: bytes, deadline: Deadline) -> tuple[int, bytes]:
-        """A whole request and answer, for the gateway's own use of an engine."""
-        attempt = _Attempt(lease, self._report)
-        try:
-            upstream, data = await self._exchange(attempt, path, body, _JSON_HEADERS, deadline, None, whole=True)
-            assert data is not None
-            return upstream.status, data
-        finally:
-            attempt.finish(Outcome.ABANDONED)
-
     async def _exchange(
         self,
         attempt: _Attempt,
@@ -219,11 +209,8 @@ class Proxy:
         headers: Mapping[str, str],
         deadline: Deadline,
         attempt_timeout: float | None,
-        *,
-        whole: bool = False,
     ) -> tuple[UpstreamResponse, bytes | None]:
-        """Send `body` and read the answer whole, or for a stream (unless `whole`) only its headers
-        (data None).
+        """Send `body` and read the answer whole, or for a stream only its headers (data None).
 
         One timer for both: the attempt's time until the headers, then the request's deadline.
         """
@@ -234,7 +221,7 @@ class Proxy:
             async with asyncio.timeout(within) as limit:
                 upstream = await self._client.post(replica.url + path, body, headers)
                 answered = True
-                if not whole and upstream.status == 200 and upstream.content_type == "text/event-stream":
+                if upstream.status == 200 and upstream.content_type == "text/event-stream":
                     return upstream, None
                 limit.reschedule(asyncio.get_running_loop().time() + deadline.remaining())
                 data = await upstream.read()

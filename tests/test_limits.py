@@ -212,3 +212,11 @@ def test_a_streams_tokens_are_corrected_when_it_ends(
     remaining = int(after.headers["x-ratelimit-remaining-tokens"])
     assert STREAM_TPM - used - estimate_after <= remaining <= STREAM_TPM - used - estimate_after + 10  # + refill
     assert estimate - used > 200  # so an uncorrected charge could not pass the check above
+
+
+def test_predict_is_charged_like_the_chat_route(gateway: ServerProcess) -> None:
+    """`/predict` goes through the same limits: its tenant (here `anonymous`) has 3 a minute."""
+    answers = [httpx.post(gateway.url + "/predict", json={"text": "hi"}, timeout=30) for _ in range(4)]
+    assert [a.status_code for a in answers] == [200, 200, 200, 429], answers[-1].text
+    assert answers[0].headers["x-ratelimit-remaining-requests"] == "2"
+    assert answers[3].json()["error"]["code"] == "rate_limit_exceeded"

@@ -128,3 +128,13 @@ async def test_async_errors(async_client: openai.AsyncOpenAI) -> None:
         await async_client.chat.completions.create(model="missing", messages=MESSAGES)
     with pytest.raises(openai.BadRequestError):
         await async_client.chat.completions.create(model=MODEL, messages=MESSAGES, temperature=3)
+
+
+def test_models_retrieve(client: openai.OpenAI) -> None:
+    listed = {model.id for model in client.models.list()}
+    assert MODEL in listed
+    model = client.models.retrieve(MODEL)
+    assert (model.id, model.object) == (MODEL, "model")
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.models.retrieve("no/such:model")
+    assert missing.value.code == "model_not_found"

@@ -197,3 +197,48 @@ def test_a_bad_timeout_header_is_refused(gateway: ServerProcess, value: str) -> 
     )
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "x-request-timeout"
+
+
+def _predict(gateway: ServerProcess, request_id: str, **headers: str) -> httpx.Response:
+    body = {"text": "hi", "max_tokens": 2}
+    sent = {"x-request-id": request_id, "x-session-id": request_id, **headers}
+    return httpx.post(gateway.url + "/predict", json=body, headers=sent, timeout=30)
+
+
+@pytest.mark.parametrize("fault", ["down", "reset"])
+def test_predict_fails_over_like_the_chat_route(gateway: ServerProcess, replicas: list[Replica], fault: str) -> None:
+    """`/predict` runs the same pipeline: a replica that is down costs no request, the engine
+    sees the request id, and the answer says where it was served (its trace: tests/test_tracing.py)."""
+    replicas[0].proxy.set(fault)  # type: ignore[arg-type]
+    ids = [uuid.uuid4().hex for _ in range(12)]
+    for request_id in ids:
+        response = _predict(gateway, request_id)
+        assert response.status_code == 200, response.text
+        assert response.json()["text"] == "tok tok "
+        assert response.json()["model"] == MODEL
+        assert response.headers["x-request-id"] == request_id
+        assert response.headers["x-route-replica"] != "p-0"
+        assert response.headers["x-route-region"]
+    assert [_executions(replicas, i) for i in ids] == [1] * len(ids)
+
+
+def test_predict_answers_are_replayed_for_an_idempotency_key(gateway: ServerProcess, replicas: list[Replica]) -> None:
+    request_id = uuid.uuid4().hex
+    first = _predict(gateway, request_id, **{"idempotency-key": request_id})
+    again = _predict(gateway, uuid.uuid4().hex, **{"idempotency-key": request_id})
+    assert first.status_code == again.status_code == 200
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.content == first.content
+    assert again.headers["x-request-id"] == request_id
+    assert _executions(replicas, request_id) == 1
+
+
+def test_predict_relays_the_engines_answer_when_no_retry_is_left(
+    gateway: ServerProcess, replicas: list[Replica]
+) -> None:
+    for replica in replicas:
+        replica.control(fail_status=503, fail_times=1000, retry_after=2)
+    response = _predict(gateway, uuid.uuid4().hex)
+    assert response.status_code == 503
+    assert response.json()["error"]["type"] == "server_error"
+    assert sum(r.counts()[0] for r in replicas) == 3  # retried on every replica, as chat is

@@ -107,6 +107,22 @@ def test_the_gateway_span_tree_continues_the_client_trace(
     assert sent == f"00-{TRACE_ID}-{upstream.context.span_id:016x}-01"
 
 
+def test_predict_continues_the_client_trace_to_the_engine(
+    exporter: InMemorySpanExporter, counting_engine: ServerProcess, tmp_path: Path
+) -> None:
+    with _serving(create_app(_settings(counting_engine, tmp_path))) as client:
+        exporter.clear()
+        headers = {"traceparent": TRACEPARENT, "x-request-id": "predicted-1"}
+        assert client.post("/predict", json={"text": "hi"}, headers=headers).status_code == 200
+    spans = exporter.get_finished_spans()
+    [root] = _by_name(spans, "POST /predict")
+    assert f"{root.context.trace_id:032x}" == TRACE_ID
+    [upstream] = _by_name(spans, "upstream")
+    assert {"admission", "route"} <= {span.name for span in spans}
+    sent = httpx.get(counting_engine.url + "/executions").json()["traceparents"]["predicted-1"]
+    assert sent == f"00-{TRACE_ID}-{upstream.context.span_id:016x}-01"
+
+
 def test_a_streams_upstream_span_lasts_until_its_last_event(
     exporter: InMemorySpanExporter, counting_engine: ServerProcess, tmp_path: Path
 ) -> None:

@@ -13,6 +13,7 @@ from starlette.routing import Route
 
 from app.auth import Principal
 from app.deps import GatewayDep, gateway_of, guard_of, scoped
+from app.errors import ModelNotFound
 from app.inputs import parse_body, read_json_body
 from app.limits import estimate_tokens
 from app.metrics import label_model
@@ -68,6 +69,15 @@ async def completions(request: Request) -> Response:
 @router.get("/v1/models", dependencies=[scoped("chat")])
 async def models(gateway: GatewayDep) -> dict[str, Any]:
     return {"object": "list", "data": gateway.registry.model_cards()}
+
+
+@router.get("/v1/models/{model:path}", dependencies=[scoped("chat")])
+async def model(model: str, gateway: GatewayDep) -> dict[str, Any]:
+    """One model's card (the SDK's `models.retrieve`); ids may hold `/` (hub ids) and `:`."""
+    card = next((card for card in gateway.registry.model_cards() if card["id"] == model), None)
+    if card is None:
+        raise ModelNotFound(model)
+    return card
 
 
 completion_routes = [

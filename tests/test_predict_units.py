@@ -1,0 +1,36 @@
+"""`/predict` without `model`: which model it gets, whatever adapters come and go."""
+
+from typing import Any
+
+import pytest
+
+from app.errors import InvalidRequest, NoEngineAvailable
+from app.routes.predict import default_model
+
+
+def _card(model: str, parent: str | None = None) -> dict[str, Any]:
+    return {"id": model, "object": "model"} | ({"parent": parent} if parent else {})
+
+
+def test_the_one_base_model_is_chosen_whatever_adapters_are_published() -> None:
+    base = _card("switchyard-tiny-v1")
+    assert default_model(None, [base]) == "switchyard-tiny-v1"
+    # `aaa` and `demo` sort before the base model: they must not take its place.
+    adapters = [_card("aaa", "switchyard-tiny-v1"), _card("demo", "switchyard-tiny-v1")]
+    assert default_model(None, [*adapters, base]) == "switchyard-tiny-v1"
+
+
+def test_the_setting_wins() -> None:
+    assert default_model("chosen", [_card("a"), _card("b")]) == "chosen"
+
+
+def test_several_base_models_need_the_client_to_say_which() -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        default_model(None, [_card("b"), _card("a")])
+    assert refused.value.param == "model"
+    assert "2 base models (a, b)" in refused.value.message
+
+
+def test_nothing_served_is_a_503() -> None:
+    with pytest.raises(NoEngineAvailable):
+        default_model(None, [_card("adapter-only", "gone")])
