@@ -2,6 +2,7 @@
 
 GatewayError
 ├── InvalidRequest          400 invalid_request_error (names `param`)
+│   └── AmbiguousCredentials    400 invalid_request (RFC 6750 §3.1: more than one Authorization header)
 ├── Unauthenticated         401 missing_token (RFC 6750 challenge in WWW-Authenticate)
 │   └── InvalidToken            401 invalid_token
 ├── PermissionDenied        403 permission_denied
@@ -37,6 +38,7 @@ from protocol import error_payload
 from protocol.asgi import ClientDisconnected
 
 __all__ = [
+    "AmbiguousCredentials",
     "DeadlineExceeded",
     "EngineUnreachable",
     "GatewayError",
@@ -111,6 +113,17 @@ class InvalidToken(Unauthenticated):
         description = message.replace("\\", "").replace('"', "'")
         self.headers["www-authenticate"] = (
             f'Bearer realm="{REALM}", error="invalid_token", error_description="{description}"'
+        )
+
+
+class AmbiguousCredentials(InvalidRequest):
+    code = "invalid_request"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(
+            message,
+            param="Authorization",
+            headers={"www-authenticate": f'Bearer realm="{REALM}", error="invalid_request"'},
         )
 
 

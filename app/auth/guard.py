@@ -1,14 +1,16 @@
-"""What every protected route asks: who is calling, and may they use this scope."""
+"""What every protected route asks: who is calling, and may they use this scope.
 
-from collections.abc import Mapping
+The checks themselves are the `oauth` package's; this maps its refusals to the gateway's
+errors (the OpenAI envelope, with RFC 6750's challenge).
+"""
 
 from opentelemetry import trace
+from starlette.datastructures import Headers
 
+import oauth
 from app.auth.issuer import Client, Issuer
-from app.auth.jwks import LocalKeys, RemoteJwks
-from app.auth.keys import SigningKeys
-from app.auth.verifier import KeySource, Principal, TokenVerifier
-from app.errors import InsufficientScope, InvalidToken, Unauthenticated
+from app.auth.keys import LocalKeys, SigningKeys
+from app.errors import AmbiguousCredentials, GatewayError, InsufficientScope, InvalidToken, Unauthenticated
 from app.settings import GatewaySettings
 from protocol import tracing
 
@@ -18,28 +20,33 @@ tracer = trace.get_tracer("switchyard.gateway")
 
 
 class Guard:
-    def __init__(self, verifier: TokenVerifier | None) -> None:
+    def __init__(self, verifier: oauth.TokenVerifier | None) -> None:
         self.verifier = verifier  # None: authentication is disabled
 
-    async def check(self, headers: Mapping[str, str], scope: str) -> Principal | None:
+    async def check(self, headers: Headers, scope: str) -> oauth.Principal | None:
         """The caller's principal, holding `scope`; None when authentication is disabled."""
         if self.verifier is None:
             return None
-        authorization = headers.get("authorization")
-        if authorization is None:
-            raise Unauthenticated()
-        scheme, _, token = authorization.strip().partition(" ")
-        if scheme.lower() != "bearer":
-            raise Unauthenticated("This endpoint takes an OAuth2 bearer access token (`Authorization: Bearer ...`).")
-        token = token.strip()
-        if not token or " " in token:
-            raise InvalidToken("The bearer token is empty or malformed.")
-        with tracing.span(tracer, "auth") as span:
-            principal = await self.verifier.verify(token)
-            span.set_attribute("enduser.id", principal.subject)
-            if scope not in principal.scopes:
-                raise InsufficientScope(scope)
-            return principal
+        try:
+            token = oauth.bearer_token(headers.getlist("authorization"))
+            with tracing.span(tracer, "auth") as span:
+                principal = await self.verifier.verify(token)
+                span.set_attribute("enduser.id", principal.subject)
+                principal.require(scope)
+                return principal
+        except oauth.OAuthError as refusal:
+            raise gateway_error(refusal) from None
+
+
+def gateway_error(refusal: oauth.OAuthError) -> GatewayError:
+    """The gateway's error for a refusal of the `oauth` checks: same status, code and challenge."""
+    if isinstance(refusal, oauth.InvalidRequest):
+        return AmbiguousCredentials(refusal.message)
+    if isinstance(refusal, oauth.InsufficientScope):
+        return InsufficientScope(refusal.scope)
+    if isinstance(refusal, oauth.InvalidToken):
+        return InvalidToken(refusal.message)
+    return Unauthenticated(refusal.message)
 
 
 def build_auth(settings: GatewaySettings) -> tuple[Guard, Issuer | None]:
@@ -47,7 +54,7 @@ def build_auth(settings: GatewaySettings) -> tuple[Guard, Issuer | None]:
     if settings.auth_mode == "disabled":
         return Guard(None), None
     issuer: Issuer | None = None
-    keys: KeySource
+    keys: oauth.KeySource
     if settings.auth_mode == "builtin":
         signing = SigningKeys(settings.data_dir / "auth", token_ttl_s=settings.auth_token_ttl_s)
         clients = [Client(c.client_id, c.secret_hash, tuple(c.scopes)) for c in settings.auth_clients]
@@ -61,8 +68,8 @@ def build_auth(settings: GatewaySettings) -> tuple[Guard, Issuer | None]:
         keys = LocalKeys(signing)
     else:
         assert settings.auth_jwks is not None  # the settings check it
-        keys = RemoteJwks(settings.auth_jwks)
-    verifier = TokenVerifier(
+        keys = oauth.RemoteJwks(settings.auth_jwks)
+    verifier = oauth.TokenVerifier(
         keys,
         issuer=settings.issuer,
         audience=settings.auth_audience,

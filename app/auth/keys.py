@@ -13,9 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from joserfc.jwk import ECKey, KeySet
+from joserfc.jwk import ECKey, Key, KeySet
 
-__all__ = ["SIGNING_ALGORITHM", "SigningKeys"]
+from oauth import find_key
+
+__all__ = ["SIGNING_ALGORITHM", "LocalKeys", "SigningKeys"]
 
 SIGNING_ALGORITHM = "ES256"
 _CHECK_EVERY_S = 2.0  # how often the file's modification time is looked at
@@ -96,3 +98,22 @@ class SigningKeys:
         with os.fdopen(descriptor, "w") as file:
             json.dump({"keys": entries}, file)
         os.replace(temporary, self.path)
+
+
+class LocalKeys:
+    """The built-in issuer's keys as a verifier's key source (`oauth.KeySource`), read again
+    when a token names a key not known yet (a rotation by another process)."""
+
+    def __init__(self, signing: SigningKeys, *, min_reload_s: float = 1.0) -> None:
+        self._signing = signing
+        self._min_reload_s = min_reload_s
+        self._reloaded = 0.0
+
+    async def key(self, kid: str | None) -> Key | None:
+        found = find_key(self._signing.key_set(), kid)
+        now = time.monotonic()
+        if found is None and now - self._reloaded >= self._min_reload_s:
+            self._reloaded = now
+            self._signing.refresh(force=True)
+            found = find_key(self._signing.key_set(), kid)
+        return found

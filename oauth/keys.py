@@ -1,9 +1,9 @@
-"""Where verification keys come from: the built-in issuer's own keys, or an issuer's JWKS.
+"""Where verification keys come from: a fixed set, or an issuer's JWKS (a URL or a file).
 
-`RemoteJwks` reads a JWKS from a URL or a file and keeps it for `max_age_s`. A token whose
-`kid` is unknown makes it fetch again at once, but at most once per `min_refetch_s` and
-with every caller waiting on the same fetch: a flood of made-up `kid`s costs the issuer one
-request per interval. When a fetch fails the keys already known stay in use.
+`RemoteJwks` keeps a fetched JWKS for `max_age_s`. A token whose `kid` is unknown makes it
+fetch again at once, but at most once per `min_refetch_s` and with every caller waiting on
+the same fetch: a flood of made-up `kid`s costs the issuer one request per interval. When a
+fetch fails the keys already known stay in use.
 """
 
 import asyncio
@@ -11,41 +11,38 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from joserfc.errors import JoseError
 from joserfc.jwk import Key, KeySet
 
-from app.auth.keys import SigningKeys
-
-__all__ = ["LocalKeys", "RemoteJwks"]
+__all__ = ["KeySource", "RemoteJwks", "StaticKeys", "find_key"]
 
 log = logging.getLogger(__name__)
 
 
-def _find(keys: KeySet, kid: str | None) -> Key | None:
+class KeySource(Protocol):
+    async def key(self, kid: str | None) -> Key | None:
+        """The verification key named `kid` (None: the only one), or None when there is none."""
+        ...
+
+
+def find_key(keys: KeySet, kid: str | None) -> Key | None:
+    """The key named `kid`; without a `kid`, the only key when there is exactly one."""
     if kid is None:
         return keys.keys[0] if len(keys.keys) == 1 else None
     return next((key for key in keys.keys if key.kid == kid), None)
 
 
-class LocalKeys:
-    """The built-in issuer's keys, read again when the key file changes (a rotation)."""
+class StaticKeys:
+    """Keys known in advance: a JWKS document (`{"keys": [...]}`) or a joserfc `KeySet`."""
 
-    def __init__(self, signing: SigningKeys, *, min_reload_s: float = 1.0) -> None:
-        self._signing = signing
-        self._min_reload_s = min_reload_s
-        self._reloaded = 0.0
+    def __init__(self, keys: KeySet | dict[str, Any]) -> None:
+        self._keys = keys if isinstance(keys, KeySet) else KeySet.import_key_set(keys)  # type: ignore[arg-type]
 
     async def key(self, kid: str | None) -> Key | None:
-        found = _find(self._signing.key_set(), kid)
-        now = time.monotonic()
-        if found is None and now - self._reloaded >= self._min_reload_s:
-            self._reloaded = now
-            self._signing.refresh(force=True)
-            found = _find(self._signing.key_set(), kid)
-        return found
+        return find_key(self._keys, kid)
 
 
 class RemoteJwks:
@@ -57,7 +54,7 @@ class RemoteJwks:
         min_refetch_s: float = 30.0,
         timeout_s: float = 5.0,
     ) -> None:
-        self.source = source
+        self.source = source  # an http(s) URL, or a file's path
         self.fetches = 0  # attempts, for tests and logs
         self._max_age_s = max_age_s
         self._min_refetch_s = min_refetch_s
@@ -71,10 +68,10 @@ class RemoteJwks:
         now = time.monotonic()
         if now - self._loaded_at > self._max_age_s and now - self._fetched_at >= self._min_refetch_s:
             await self._refetch()
-        found = _find(self._keys, kid)
+        found = find_key(self._keys, kid)
         if found is None and time.monotonic() - self._fetched_at >= self._min_refetch_s:
             await self._refetch()
-            found = _find(self._keys, kid)
+            found = find_key(self._keys, kid)
         return found
 
     async def _refetch(self) -> None:
@@ -94,7 +91,7 @@ class RemoteJwks:
         try:
             document = await self._read()
             keys = KeySet.import_key_set(document)
-        except (OSError, httpx.HTTPError, ValueError, KeyError, TypeError, JoseError) as exc:
+        except (OSError, httpx.HTTPError, ValueError, KeyError, TypeError, RecursionError, JoseError) as exc:
             log.warning(
                 "JWKS from %s unavailable (%s); keeping the %d keys known", self.source, exc, len(self._keys.keys)
             )

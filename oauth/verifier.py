@@ -1,30 +1,29 @@
 """Verifying JWT access tokens (RFC 9068) as a resource server.
 
-The checks, in order, each failure a 401 `invalid_token` (never a 5xx): size; three
-base64url segments; a JSON header whose `alg` is in the allow-list (asymmetric only: never
-`none`, never HMAC) and whose `typ` is `at+jwt`; no `crit`; the signing key found by `kid`
-in the issuer's JWKS (`jku`, `x5u`, `jwk` and `x5c` in the header are never used); the
-signature; then the claims: `iss` equal to the issuer, `aud` containing the gateway, `exp`
-and `nbf` within the leeway, a non-empty `sub`. Verified tokens are kept until they expire
-(at most `_CACHE_TTL_S`, so a key withdrawn from the JWKS stops working soon after).
+The checks, in order, each failure an `InvalidToken` (never another exception): size; three
+base64url segments; a JSON header, bounded in nesting, whose `alg` is in the allow-list
+(asymmetric only: never `none`, never HMAC) and whose `typ` is `at+jwt`; no `crit`; the
+signing key found by `kid` in the issuer's keys (`jku`, `x5u`, `jwk` and `x5c` in the header
+are never used); the signature; then the claims: `iss` equal to the issuer, `aud`
+containing the audience, `exp` and `nbf` within the leeway, a non-empty `sub`. Verified
+tokens are kept until they expire (at most `_CACHE_TTL_S`, so a key withdrawn from the
+JWKS stops working soon after).
 """
 
-import base64
-import binascii
-import json
 import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from joserfc import jwt
 from joserfc.errors import JoseError
-from joserfc.jwk import Key
 
-from app.errors import InvalidToken
+from oauth.compact import PARSE_ERRORS, read_header
+from oauth.errors import InsufficientScope, InvalidToken
+from oauth.keys import KeySource
 
-__all__ = ["ASYMMETRIC_ALGORITHMS", "KeySource", "Principal", "TokenVerifier"]
+__all__ = ["ACCESS_TOKEN_TYPES", "ASYMMETRIC_ALGORITHMS", "Principal", "TokenVerifier"]
 
 ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 ACCESS_TOKEN_TYPES = ("at+jwt", "application/at+jwt")
@@ -40,11 +39,10 @@ class Principal:
     client_id: str | None = None
     expires_at: float = float("inf")
 
-
-class KeySource(Protocol):
-    async def key(self, kid: str | None) -> Key | None:
-        """The verification key named `kid` (None: the only one), or None when there is none."""
-        ...
+    def require(self, *scopes: str) -> None:
+        """Raise `InsufficientScope` unless the token holds at least one of `scopes`."""
+        if not any(scope in self.scopes for scope in scopes):
+            raise InsufficientScope(*scopes)
 
 
 class TokenVerifier:
@@ -74,6 +72,7 @@ class TokenVerifier:
         self._cache_size = cache_size
 
     async def verify(self, token: str) -> Principal:
+        """The principal `token` speaks for; `InvalidToken` when it is not a valid access token."""
         now = time.time()
         cached = self._cache.get(token)
         if cached is not None:
@@ -90,7 +89,7 @@ class TokenVerifier:
     async def _verify(self, token: str, now: float) -> Principal:
         if len(token) > self._max_token_bytes:
             raise InvalidToken("The access token is too large.")
-        header = _header(token)
+        header = read_header(token)
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self._algorithms:
             raise InvalidToken("The access token's signing algorithm is not accepted.")
@@ -98,26 +97,27 @@ class TokenVerifier:
         if not isinstance(typ, str) or typ.lower() not in ACCESS_TOKEN_TYPES:
             raise InvalidToken("The token is not a JWT access token (its `typ` must be `at+jwt`).")
         if "crit" in header:
-            raise InvalidToken("The access token has critical header parameters this gateway does not understand.")
+            raise InvalidToken("The access token has critical header parameters this server does not understand.")
         kid = header.get("kid")
         if kid is not None and (not isinstance(kid, str) or len(kid) > 256):
             raise InvalidToken("The access token's `kid` is malformed.")
         key = await self._keys.key(kid)
         if key is None:
-            raise InvalidToken("The access token was signed by a key this gateway does not know.")
+            raise InvalidToken("The access token was signed by a key this server does not know.")
         try:
             claims = jwt.decode(token, key, algorithms=[alg]).claims
-        except (JoseError, ValueError, TypeError):
+        except (JoseError, *PARSE_ERRORS):
             raise InvalidToken("The access token's signature does not verify.") from None
         return self._check_claims(claims, now)
 
     def _check_claims(self, claims: dict[str, Any], now: float) -> Principal:
-        if claims.get("iss") != self._issuer or not isinstance(claims.get("iss"), str):
+        issuer = claims.get("iss")
+        if not isinstance(issuer, str) or issuer != self._issuer:
             raise InvalidToken("The access token was issued by another issuer.")
         audience = claims.get("aud")
         audiences = [audience] if isinstance(audience, str) else audience
         if not isinstance(audiences, list) or self._audience not in audiences:
-            raise InvalidToken("The access token is not meant for this gateway (`aud`).")
+            raise InvalidToken("The access token is not meant for this server (`aud`).")
         expires = _seconds(claims.get("exp"))
         if expires is None:
             raise InvalidToken("The access token has no valid expiry (`exp`).")
@@ -134,20 +134,6 @@ class TokenVerifier:
         return Principal(
             subject, _scopes(claims.get("scope")), client_id if isinstance(client_id, str) else None, expires
         )
-
-
-def _header(token: str) -> dict[str, Any]:
-    parts = token.split(".")
-    if len(parts) != 3 or not all(parts):
-        raise InvalidToken("The access token is not a signed JWT (three base64url segments).")
-    try:
-        segment = parts[0]
-        header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
-    except (binascii.Error, ValueError):
-        raise InvalidToken("The access token's header is not base64url-encoded JSON.") from None
-    if not isinstance(header, dict):
-        raise InvalidToken("The access token's header is not a JSON object.")
-    return header
 
 
 def _seconds(value: object) -> float | None:
