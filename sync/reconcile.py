@@ -3,10 +3,13 @@
 Each pass, for every served name: fetch and verify the blobs its recipe needs, materialize
 each version, stack them (sync/merge.py) into `<state>/served/<recipe digest>`, then for
 each engine whose `/v1/models` does not show the name at that path: load it as
-`name@<digest>` (a failure leaves the public name alone), move the public name to it
-(`load_inplace`), and unload the staging name. Names no longer served are unloaded. An
-engine that restarted shows nothing loaded, so the next pass loads everything again.
-Stacks that nothing serves or holds any more are removed from disk.
+`name@<digest>`, move the public name to it (`load_inplace`), and unload the staging name
+whatever happened in between (a refused move leaves the public name as it was and nothing
+else loaded; the next pass tries again). A name the engine serves as a base model is never
+loaded there. Names no longer served, and staging names left by a pass that never finished
+(a sidecar killed mid-move), are unloaded. An engine that restarted shows nothing loaded,
+so the next pass loads everything again. Stacks that nothing serves or holds any more are
+removed from disk.
 """
 
 import asyncio
@@ -26,7 +29,9 @@ from sync.merge import AdapterPart, merge_adapters
 from sync.node import SyncNode
 from sync.peers import Peers
 
-__all__ = ["Reconciler"]
+__all__ = ["STAGING_SEPARATOR", "Reconciler"]
+
+STAGING_SEPARATOR = "@"  # `name@<digest>`: a stack being loaded, never a public name
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +42,8 @@ class EngineView:
 
     url: str
     loaded: dict[str, str] = field(default_factory=dict)
+    bases: dict[str, str] = field(default_factory=dict)  # base model name -> its root (a path, or the name)
+    refused: dict[str, str] = field(default_factory=dict)  # adapter name -> why this engine does not serve it
     up: bool = False
     error: str | None = None
 
@@ -131,48 +138,80 @@ class Reconciler:
 
     async def _converge(self, engine: EngineView, desired: dict[str, Path]) -> None:
         try:
-            engine.loaded = await self._loaded(engine)
+            engine.loaded, engine.bases = await self._models(engine)
             engine.up, engine.error = True, None
-        except (httpx.HTTPError, ValueError, KeyError) as exc:
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
             engine.up, engine.error = False, str(exc)
             return
-        ours = str(self.root / "served")
+        engine.refused = {name: why for name, why in engine.refused.items() if name in desired}
         for name, folder in desired.items():
-            if engine.loaded.get(name) != str(folder):
+            if name in engine.bases:  # the engine refuses the name, or would serve its base model under it
+                engine.refused[name] = f"{engine.url} serves a base model named {name!r}"
+            elif STAGING_SEPARATOR in name:  # from a peer that does not check names
+                engine.refused[name] = f"{STAGING_SEPARATOR!r} is reserved for staging names"
+            elif engine.loaded.get(name) != str(folder):
                 await self._move(engine, name, folder)
+        ours = str(self.root / "served")
         for name, path in list(engine.loaded.items()):
-            if name not in desired and path.startswith(ours) and "@" not in name:
-                await self._call(engine, "/v1/unload_lora_adapter", {"lora_name": name})
-                del engine.loaded[name]
-                log.info("unloaded %s from %s: no longer served", name, engine.url)
+            staging = STAGING_SEPARATOR in name  # a move that never finished: never served on purpose
+            if path.startswith(ours) and (staging or name not in desired) and await self._discard(engine, name):
+                why = "a staging name" if staging else "no longer served"
+                log.info("unloaded %s from %s: %s", name, engine.url, why)
 
-    async def _loaded(self, engine: EngineView) -> dict[str, str]:
+    async def _models(self, engine: EngineView) -> tuple[dict[str, str], dict[str, str]]:
+        """The engine's adapters (name -> path) and base models (name -> root), from `/v1/models`."""
         response = await self.client.get(engine.url + "/v1/models")
         response.raise_for_status()
-        return {card["id"]: str(card.get("root")) for card in response.json()["data"] if card.get("parent")}
+        loaded: dict[str, str] = {}
+        bases: dict[str, str] = {}
+        for card in response.json()["data"]:
+            name, root = str(card["id"]), str(card.get("root") or card["id"])
+            (loaded if card.get("parent") else bases)[name] = root
+        return loaded, bases
 
     async def _move(self, engine: EngineView, name: str, folder: Path) -> None:
-        staging = f"{name}@{folder.name[:12]}"
+        staging = f"{name}{STAGING_SEPARATOR}{folder.name[:12]}"
         try:
-            if staging not in engine.loaded:
-                await self._call(engine, "/v1/load_lora_adapter", {"lora_name": staging, "lora_path": str(folder)})
-            replace = name in engine.loaded
-            body: dict[str, Any] = {"lora_name": name, "lora_path": str(folder), "load_inplace": replace}
-            await self._call(engine, "/v1/load_lora_adapter", body)
-            await self._call(engine, "/v1/unload_lora_adapter", {"lora_name": staging})
+            try:
+                if staging not in engine.loaded:
+                    await self._call(engine, "/v1/load_lora_adapter", {"lora_name": staging, "lora_path": str(folder)})
+                replace = name in engine.loaded
+                body: dict[str, Any] = {"lora_name": name, "lora_path": str(folder), "load_inplace": replace}
+                await self._call(engine, "/v1/load_lora_adapter", body)
+            finally:  # moved or not, the staging name must not stay: it holds a slot and is served
+                await self._discard(engine, staging)
         except httpx.HTTPStatusError as exc:
-            self.problems[name] = f"{engine.url} refused it: {exc.response.text[:300]}"
+            engine.refused[name] = f"{engine.url} refused it: {exc.response.text[:300]}"
             log.warning("loading %s into %s failed: %s", name, engine.url, exc.response.text[:300])
             return
         except httpx.HTTPError as exc:
             engine.up, engine.error = False, str(exc)
             return
         engine.loaded[name] = str(folder)
+        engine.refused.pop(name, None)
         log.info("%s now serves %s from %s", engine.url, name, folder.name[:12])
+
+    async def _discard(self, engine: EngineView, name: str) -> bool:
+        """Unload `name` if the engine holds it; whether it is gone. A failure is logged and
+        left to the next pass's clean-up, which finds the name in `/v1/models` again."""
+        try:
+            response = await self.client.post(engine.url + "/v1/unload_lora_adapter", json={"lora_name": name})
+        except httpx.HTTPError as exc:
+            log.warning("unloading %s from %s failed: %s", name, engine.url, exc)
+            return False
+        if response.status_code not in (200, 404):  # 404: not loaded (its load failed, or it was evicted)
+            log.warning("unloading %s from %s failed: %s", name, engine.url, response.text[:300])
+            return False
+        engine.loaded.pop(name, None)
+        return True
 
     async def _call(self, engine: EngineView, path: str, body: dict[str, Any]) -> None:
         response = await self.client.post(engine.url + path, json=body)
         response.raise_for_status()
+
+    def base_models(self) -> dict[str, str]:
+        """What the engines serve as base models, as last seen: name -> root (its folder)."""
+        return {name: root for engine in self.engines for name, root in engine.bases.items()}
 
     def describe(self, name: str) -> dict[str, Any]:
         """Where `name` is loaded here, and why not where it is not."""
@@ -180,5 +219,7 @@ class Reconciler:
         return {
             "stacked": stacked.name if stacked else None,  # the recipe digest whose merged folder is here
             "loaded": {e.url: e.loaded.get(name) for e in self.engines},
-            "problem": self.problems.get(name),
+            "problem": self.problems.get(name)
+            or "; ".join(e.refused[name] for e in self.engines if name in e.refused)
+            or None,
         }

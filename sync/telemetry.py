@@ -10,7 +10,7 @@ from prometheus_client.registry import Collector
 from sync import crdt
 from sync.node import SyncNode
 from sync.peers import Peers
-from sync.reconcile import Reconciler
+from sync.reconcile import STAGING_SEPARATOR, Reconciler
 
 __all__ = ["SyncMetrics"]
 
@@ -67,6 +67,6 @@ class SyncMetrics(Collector):
         )
         engine_up = GaugeMetricFamily("sync_engine_up", "Whether the local engine answered.", labels=["engine"])
         for engine in self._reconciler.engines:
-            loaded.add_metric([engine.url], sum("@" not in name for name in engine.loaded))
+            loaded.add_metric([engine.url], sum(STAGING_SEPARATOR not in name for name in engine.loaded))
             engine_up.add_metric([engine.url], float(engine.up))
         yield from (loaded, engine_up)

@@ -1,11 +1,15 @@
-"""A fake replica for router tests: plain fields where the gateway has live stats."""
+"""Fakes of the nodes around the router and the sidecar: a replica for router tests (plain
+fields where the gateway has live stats), and an engine that refuses to load the adapter
+names it is told to (behind the engine's real HTTP routes, for the sync sidecar's tests)."""
 
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
+from engines.base import InvalidRequest
+from engines.fake import FakeEngine
 from router import Decision, Router
 
-__all__ = ["FakeNode", "decide", "fake_nodes"]
+__all__ = ["FakeNode", "RefusingEngine", "decide", "fake_nodes"]
 
 
 @dataclass(eq=False)
@@ -46,3 +50,20 @@ def decide(
     decision = router.route(key, model, now, adapter=adapter, exclude=exclude)
     assert decision is not None, f"no route for {key}"
     return decision
+
+
+class RefusingEngine(FakeEngine):
+    """A fake engine whose adapter loads fail for the names in `refuse` (as an engine refuses
+    a name it serves as a base model, or a rank it cannot hold); it records every load."""
+
+    def __init__(self, *, model_name: str = "fake-model") -> None:
+        super().__init__(model_name=model_name)
+        self.max_loras = 8
+        self.refuse: set[str] = set()
+        self.loads: list[str] = []
+
+    async def load_adapter(self, name: str, path: str, *, replace: bool = False) -> None:
+        self.loads.append(name)
+        if name in self.refuse:
+            raise InvalidRequest(f"The fake engine refuses to load {name!r}.", "lora_name")
+        await super().load_adapter(name, path, replace=replace)
