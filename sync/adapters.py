@@ -37,8 +37,9 @@ def read_version(
 ) -> Version:
     """Check the adapter in `folder`, store its files as blobs, and describe it as a version.
 
-    `base_model`: the base it was trained on, when its config names it otherwise (a local
-    path, say). It must be one of `base_models`; the version records the first of them."""
+    `base_model`: the base it was trained on, when its config names it otherwise. It must be
+    one of `base_models`, or an absolute path to the same folder as one of them (a model
+    folder reached through a link); the version records the first of them."""
     if not folder.is_dir():
         raise AdapterRefused(f"no adapter folder at {folder}")
     names = sorted(p.name for p in folder.iterdir() if p.is_file())
@@ -50,8 +51,11 @@ def read_version(
     except ValueError as exc:
         raise AdapterRefused(str(exc)) from exc
     claimed = base_model or str(config.get("base_model_name_or_path") or "")
-    if claimed not in base_models:
-        raise AdapterRefused(f"the adapter's base model is {claimed!r}; the engines serve {sorted(base_models)}")
+    if not _same_model(claimed, base_models):
+        raise AdapterRefused(
+            f"the adapter's base model is {claimed!r}; the engines serve {sorted(base_models)} "
+            "(if it was trained on one of them under another name, give that name as `base_model`)"
+        )
     rank = config.get("r")
     if not isinstance(rank, int) or rank < 1:
         raise AdapterRefused(f"the adapter's rank {rank!r} is not a positive integer")
@@ -62,6 +66,15 @@ def read_version(
     members = [n for n in names if n == CONFIG or n.endswith(".safetensors")]
     files = tuple(FileRef(name, (folder / name).stat().st_size, blobs.put_file(folder / name)) for name in members)
     return Version(manifest_digest(files), base_models[0], rank, files, at)
+
+
+def _same_model(claimed: str, base_models: Sequence[str]) -> bool:
+    if claimed in base_models:
+        return True
+    if not os.path.isabs(claimed):  # a hub id or a relative path: only the exact spelling
+        return False
+    folder = os.path.realpath(claimed)
+    return any(os.path.isabs(known) and os.path.realpath(known) == folder for known in base_models)
 
 
 def materialize(version: Version, blobs: BlobStore, destination: Path) -> Path:

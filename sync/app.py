@@ -11,6 +11,7 @@ import json
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from protocol import error_payload
 from protocol.background import running
@@ -27,7 +28,7 @@ from sync.adapters import AdapterRefused
 from sync.clock import ClockSkew
 from sync.node import EdgeCannotPublish, SyncNode
 from sync.peers import Peers
-from sync.reconcile import Reconciler
+from sync.reconcile import STAGING_SEPARATOR, Reconciler
 from sync.settings import SyncSettings
 from sync.telemetry import SyncMetrics
 from sync.uploads import unpack_adapter
@@ -39,7 +40,8 @@ UPLOAD_TYPES = ("application/x-tar", "application/gzip", "application/x-gzip")
 
 
 class PublishRequest(BaseModel):
-    """A local adapter folder to publish under `name`, this region's part with `weight`."""
+    """A local adapter folder to publish under `name`, this region's part with `weight`;
+    `base_model` names what it was trained on when its config says otherwise."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -47,6 +49,16 @@ class PublishRequest(BaseModel):
     path: str = Field(min_length=1)
     weight: float = Field(default=1.0, gt=0, le=100)
     base_model: str | None = None
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _not_a_staging_name(cls, name: object) -> object:
+        if isinstance(name, str) and STAGING_SEPARATOR in name:
+            raise ValueError(
+                f"{STAGING_SEPARATOR!r} is reserved: `name{STAGING_SEPARATOR}<digest>` is how the engines hold a "
+                "stack while its name moves to it"
+            )
+        return name
 
 
 def _error(status: int, message: str, code: str, param: str | None = None) -> JSONResponse:
@@ -137,15 +149,24 @@ def create_app(settings: SyncSettings) -> FastAPI:
             first = exc.errors()[0]
             param = ".".join(str(p) for p in first["loc"]) or None
             return _error(400, f"{param}: {first['msg']}", "invalid_request", param)
+        reconciler: Reconciler = app.state.reconciler
+        engine_bases = reconciler.base_models()
+        if body.name in settings.base_models or body.name in engine_bases:
+            message = f"name: {body.name!r} is a base model's name; an adapter published under it would never load"
+            return _error(400, message, "name_reserved", "name")
+        # The engines' model folders are other spellings of their base models: an adapter
+        # trained from the folder records its path.
+        spellings = [root for name, root in engine_bases.items() if name in settings.base_models]
         try:
             at = node.clock.now()  # hashing and storing the files runs off the event loop
+            check = partial(node.check, at=at, base_model=body.base_model, spellings=spellings)
             if uploaded:
                 with tempfile.TemporaryDirectory(prefix="upload-", dir=settings.state.parent) as work:
                     archive = await _receive_file(request, Path(work) / "adapter.tar", settings.max_upload_bytes)
                     folder = await asyncio.to_thread(unpack_adapter, archive, Path(work) / "adapter")
-                    version = await asyncio.to_thread(node.check, folder, at=at, base_model=body.base_model)
+                    version = await asyncio.to_thread(check, folder)
             else:
-                version = await asyncio.to_thread(node.check, Path(body.path), at=at, base_model=body.base_model)
+                version = await asyncio.to_thread(check, Path(body.path))
             node.publish(body.name, version, weight=body.weight)
         except EdgeCannotPublish as exc:
             return _error(403, str(exc), "edge_cannot_publish")

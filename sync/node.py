@@ -6,7 +6,7 @@ far ahead is refused (`ClockSkew`), and the clock moves past the rest.
 """
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,14 +64,17 @@ class SyncNode:
 
     # --- local operations -----------------------------------------------------------------------
 
-    def check(self, folder: Path, *, at: Timestamp, base_model: str | None = None) -> Version:
+    def check(
+        self, folder: Path, *, at: Timestamp, base_model: str | None = None, spellings: Sequence[str] = ()
+    ) -> Version:
         """The adapter in `folder` as a version, its files stored as blobs; AdapterRefused if
-        the engines must not see it. Touches only the blob store: safe in a worker thread."""
+        the engines must not see it. `spellings`: other names of `base_models` (the model
+        folders the engines report). Touches only the blob store: safe in a worker thread."""
         self._writable()
         return read_version(
             folder,
             self.blobs,
-            base_models=self.settings.base_models,
+            base_models=[*self.settings.base_models, *spellings],
             max_rank=self.settings.max_rank,
             base_model=base_model,
             at=at,

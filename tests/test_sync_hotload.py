@@ -1,7 +1,9 @@
 """Three regions, each a real Transformers engine on the built-in model, its sync sidecar and
 its gateway: an adapter published in one region is hot-loaded and served in all, the same
 answer everywhere at temperature 0 and not the base model's; contributions from two regions
-are stacked alike; a restarted engine gets its adapters back."""
+are stacked alike; a restarted engine gets its adapters back. Region c's engine serves the
+model under another name: an adapter published elsewhere under that name is never loaded
+there, and no staging name is ever left in an engine."""
 
 import json
 import time
@@ -18,6 +20,7 @@ from tests.conftest import MODEL, start_engine
 from tests.servers import ServerProcess, free_port
 
 REGIONS = ("a", "b", "c")
+SERVED_AS = {"a": MODEL, "b": MODEL, "c": "tiny-c"}  # the name each region's engine serves the model under
 
 
 @dataclass
@@ -43,7 +46,7 @@ def regions(
     started: dict[str, Region] = {}
     try:
         for name in REGIONS:
-            engine = start_engine(builtin_model, MODEL, log_dir)
+            engine = start_engine(builtin_model, SERVED_AS[name], log_dir)
             args = ["--region", name, "--port", str(sidecar_ports[name]), "--engine", engine.url]
             args += [
                 arg
@@ -53,7 +56,6 @@ def regions(
             ]
             env = {
                 "SWITCHYARD_DATA_DIR": str(data),
-                "SWITCHYARD_SYNC_BASE_MODELS": json.dumps([MODEL, str(builtin_model)]),
                 "SWITCHYARD_SYNC_ANTI_ENTROPY_INTERVAL_S": "0.3",
                 "SWITCHYARD_SYNC_RECONCILE_INTERVAL_S": "0.3",
             }
@@ -111,6 +113,8 @@ def _loaded_everywhere(regions: dict[str, Region], name: str) -> bool:
 def test_an_adapter_published_in_one_region_answers_alike_in_every_region(
     regions: dict[str, Region], adapters: list[Path]
 ) -> None:
+    # The sidecars keep the default base_models; the adapter names the model's folder (PEFT
+    # records where the model was loaded from), which the engines report as their model's root.
     published = httpx.post(regions["a"].sidecar.url + "/adapters", json={"name": "tuned", "path": str(adapters[0])})
     assert published.status_code == 201, published.text
     _eventually(lambda: _loaded_everywhere(regions, "tuned"), "tuned loaded in every region's engine")
@@ -143,6 +147,56 @@ def test_a_restarted_engine_gets_its_adapters_back(
     expected = _answer(region, "tuned")
     port = int(region.engine.url.rsplit(":", 1)[1])
     region.engine.stop()
-    region.engine = start_engine(builtin_model, MODEL, log_dir, port=port)
+    region.engine = start_engine(builtin_model, SERVED_AS["c"], log_dir, port=port)
     _eventually(lambda: "tuned" in _models(region) and "blend" in _models(region), "the adapters back in c")
     assert _answer(region, "tuned") == expected
+
+
+def _engine_models(region: Region) -> dict[str, str | None]:
+    """What the engine itself lists: name -> parent (None for its base model)."""
+    cards = httpx.get(region.engine.url + "/v1/models", timeout=5).json()["data"]
+    return {card["id"]: card.get("parent") for card in cards}
+
+
+def test_a_base_models_name_is_refused_and_never_leaves_a_staging_name(
+    regions: dict[str, Region], adapters: list[Path]
+) -> None:
+    publish = regions["a"].sidecar.url + "/adapters"
+    for name, code in ((MODEL, "name_reserved"), ("tuned@0123456789ab", "invalid_request")):
+        refused = httpx.post(publish, json={"name": name, "path": str(adapters[0])}, timeout=30)
+        assert refused.status_code == 400, refused.text
+        assert (refused.json()["error"]["param"], refused.json()["error"]["code"]) == ("name", code)
+    # c's sidecar knows its engine's base model names; a cannot know c's: a and b load it, c does not.
+    at_c = httpx.post(regions["c"].sidecar.url + "/adapters", json={"name": SERVED_AS["c"], "path": str(adapters[0])})
+    assert (at_c.status_code, at_c.json()["error"]["code"]) == (400, "name_reserved"), at_c.text
+    published = httpx.post(publish, json={"name": SERVED_AS["c"], "path": str(adapters[0])}, timeout=30)
+    assert published.status_code == 201, published.text
+    _eventually(
+        lambda: (
+            all(SERVED_AS["c"] in _engine_models(regions[r]) for r in ("a", "b"))
+            and "base model" in str(_sidecar_view(regions["c"], SERVED_AS["c"]).get("problem"))
+        ),
+        "tiny-c loaded in a and b, refused in c",
+    )
+    for region in regions.values():
+        assert not [name for name in _engine_models(region) if "@" in name], region.name
+    assert _engine_models(regions["c"])[SERVED_AS["c"]] is None  # still c's base model
+    assert httpx.delete(publish + "/" + SERVED_AS["c"], timeout=10).status_code == 200
+    _eventually(lambda: all(SERVED_AS["c"] not in _engine_models(regions[r]) for r in ("a", "b")), "retired")
+
+
+def test_a_staging_name_left_in_an_engine_is_unloaded(regions: dict[str, Region]) -> None:
+    region = regions["b"]
+    _eventually(lambda: "tuned" in _models(region), "tuned in b")
+    folder = _engine_models_paths(region)["tuned"]
+    leaked = "tuned@" + Path(folder).name[:12]  # what a sidecar killed between load and move leaves
+    loaded = httpx.post(region.engine.url + "/v1/load_lora_adapter",
+                        json={"lora_name": leaked, "lora_path": folder}, timeout=30)  # fmt: skip
+    assert loaded.status_code == 200, loaded.text
+    _eventually(lambda: leaked not in _engine_models(region), "the staging name unloaded")
+    assert "tuned" in _engine_models(region)
+
+
+def _engine_models_paths(region: Region) -> dict[str, str]:
+    cards = httpx.get(region.engine.url + "/v1/models", timeout=5).json()["data"]
+    return {card["id"]: card["root"] for card in cards if card.get("parent")}

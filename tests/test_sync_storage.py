@@ -71,6 +71,20 @@ def test_an_adapter_becomes_a_version_of_its_config_and_safetensors(adapter: Pat
     assert materialize(version, blobs, tmp_path / "served") == folder  # already there
 
 
+def test_a_base_model_given_as_its_folder_is_the_same_model(adapter: Path, builtin_model: Path, tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path / "blobs")
+    claimed = json.loads((adapter / CONFIG).read_text())["base_model_name_or_path"]
+    assert Path(claimed) == builtin_model  # PEFT records the folder the model was loaded from
+    linked = tmp_path / "models-link"
+    linked.symlink_to(builtin_model.parent)
+    for spelling in (str(builtin_model), str(linked / builtin_model.name), str(builtin_model) + "/"):
+        version = read_version(adapter, blobs, base_models=[BASE, spelling], max_rank=8, at=AT)
+        assert version.base_model == BASE  # the canonical name, whatever the spelling
+    for other in (str(builtin_model.parent), builtin_model.name, "/elsewhere/" + builtin_model.name):
+        with pytest.raises(AdapterRefused, match="give that name as `base_model`"):
+            read_version(adapter, blobs, base_models=[BASE, other], max_rank=8, at=AT)
+
+
 def test_adapters_the_engines_must_not_see_are_refused(adapter: Path, tmp_path: Path) -> None:
     blobs = BlobStore(tmp_path / "blobs")
 
