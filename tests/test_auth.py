@@ -2,6 +2,7 @@
 server that counts its fetches): the token endpoint, the OpenAI SDK with a token, scopes,
 key rotation, and a JWT attack suite where every case has its exact status, never a 5xx."""
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -387,6 +388,55 @@ def test_malformed_tokens(gateway: ServerProcess, token: str) -> None:
     assert _refused(_chat(gateway, token)) == "invalid_token"
 
 
+def test_a_header_nested_1500_deep_is_a_401_and_logs_no_traceback(gateway: ServerProcess) -> None:
+    """It raised RecursionError out of the header parser: a 500 and a traceback per request."""
+    for document in (b"[" * 1500 + b"]" * 1500, b'{"":' * 1500 + b"1" + b"}" * 1500):
+        token = f"{_b64(document)}.{_b64(json.dumps(_claims()).encode())}.c2ln"
+        assert _refused(_chat(gateway, token)) == "invalid_token"
+    assert "Traceback" not in gateway.log_path.read_text(errors="replace")
+
+
+def test_two_authorization_headers_are_refused(gateway: ServerProcess, auth_dir: Path) -> None:
+    """Ambiguous credentials (a proxy may have read the other one): 400, whichever they are."""
+    token = _sign(_signing_key(auth_dir), _claims())
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    for second in (f"Bearer {token}", "Bearer forged", "Basic c3ZjOnN2Yy1zZWNyZXQ="):
+        headers = [("authorization", f"Bearer {token}"), ("authorization", second)]
+        for response in (
+            httpx.post(gateway.url + "/v1/chat/completions", json=body, headers=headers, timeout=30),
+            httpx.get(gateway.url + "/v1/models", headers=headers),
+            httpx.get(gateway.url + "/admin/pools", headers=headers),
+        ):
+            assert response.status_code == 400, response.text
+            assert response.json()["error"]["code"] == "invalid_request"
+            assert response.json()["error"]["param"] == "Authorization"
+            assert response.headers["www-authenticate"] == 'Bearer realm="switchyard", error="invalid_request"'
+    assert _chat(gateway, token).status_code == 200  # the same token, sent once
+    basic = ("authorization", "Basic " + base64.b64encode(f"svc:{SECRETS['svc']}".encode()).decode())
+    form = {"grant_type": "client_credentials"}
+    response = httpx.post(gateway.url + "/oauth/token", data=form, headers=[basic, basic])
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "invalid_request"
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        b"Basic " + base64.b64encode(b"\xff\xfe:svc-secret"),  # an id that is not UTF-8
+        b"Basic " + base64.b64encode(b"svc:\xc3\x28"),  # a secret that is not
+        b"Basic \xff\xfe\x80\x81",  # raw bytes where base64 belongs
+        b"Basic " + base64.b64encode(b"svc"),  # no colon
+    ],
+)
+def test_malformed_basic_credentials_are_invalid_client(gateway: ServerProcess, authorization: bytes) -> None:
+    headers = [(b"authorization", authorization), (b"content-type", b"application/x-www-form-urlencoded")]
+    response = httpx.post(gateway.url + "/oauth/token", content=b"grant_type=client_credentials", headers=headers)
+    assert response.status_code == 401, response.text
+    assert response.json()["error"] == "invalid_client"
+    assert response.headers["www-authenticate"].startswith("Basic ")
+    assert "Traceback" not in gateway.log_path.read_text(errors="replace")
+
+
 def test_a_signature_over_other_claims(gateway: ServerProcess, auth_dir: Path) -> None:
     header, _, signature = _sign(_signing_key(auth_dir), _claims()).split(".")
     tampered = f"{header}.{_b64(json.dumps(_claims(sub='root', scope='chat admin')).encode())}.{signature}"
@@ -447,10 +497,15 @@ def test_disabled_authentication_is_refused_off_loopback(log_dir: Path) -> None:
 
 
 def test_the_token_endpoint_slows_down_a_flood(gateway: ServerProcess) -> None:
-    answers = [
-        httpx.post(gateway.url + "/oauth/token", data={"grant_type": "client_credentials"}, auth=("svc", "guess"))
-        for _ in range(40)
-    ]
+    async def flood() -> list[httpx.Response]:
+        """All at once: one after the other, a loaded machine's scrypt alone paces them under the rate."""
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as client:
+            form = {"grant_type": "client_credentials"}
+            return await asyncio.gather(
+                *(client.post("/oauth/token", data=form, auth=("svc", "guess")) for _ in range(40))
+            )
+
+    answers = asyncio.run(flood())
     statuses = {answer.status_code for answer in answers}
     assert statuses == {401, 429}
     slowed = next(answer for answer in answers if answer.status_code == 429)

@@ -2,21 +2,25 @@
 authorization server, issuing RFC 9068 JWT access tokens signed with `SigningKeys`.
 
 Clients come from the settings (`auth_clients`: id, scrypt hash of the secret, scopes) and
-authenticate with HTTP Basic (`client_secret_basic`) only. Errors are RFC 6749 §5.2's.
+authenticate with HTTP Basic (`client_secret_basic`) only, read by our own strict parser
+(app/auth/basic.py): authlib's answers 500 to credentials that are not UTF-8. Errors are
+RFC 6749 §5.2's.
 """
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from authlib.oauth2 import AuthorizationServer, OAuth2Request
-from authlib.oauth2.rfc6749 import ClientMixin, InvalidScopeError, OAuth2Payload
+from authlib.oauth2.rfc6749 import ClientMixin, InvalidClientError, InvalidScopeError, OAuth2Payload
 from authlib.oauth2.rfc6749.grants import ClientCredentialsGrant
 from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
 from joserfc.jwk import KeySet
 
+from app.auth.basic import basic_credentials
 from app.auth.keys import SIGNING_ALGORITHM, SigningKeys
-from app.auth.secrets import verify_secret
+from app.auth.secrets import hash_secret, new_secret, verify_secret
 
 __all__ = ["SCOPES", "Client", "Issuer"]
 
@@ -60,6 +64,12 @@ class Client(ClientMixin):  # type: ignore[misc]
         return False
 
 
+@cache
+def _unknown_client() -> Client:
+    """Checked when the client id is unknown, so that a wrong id takes as long as a wrong secret."""
+    return Client("", hash_secret(new_secret()), ())
+
+
 class _FormPayload(OAuth2Payload):  # type: ignore[misc]
     def __init__(self, form: Mapping[str, str]) -> None:
         self._form = dict(form)
@@ -74,8 +84,13 @@ class _FormPayload(OAuth2Payload):  # type: ignore[misc]
 
 
 class _TokenRequest(OAuth2Request):  # type: ignore[misc]
-    def __init__(self, uri: str, headers: Mapping[str, str], form: Mapping[str, str]) -> None:
-        super().__init__("POST", uri, headers=headers)  # as given: Starlette's are case-insensitive
+    def __init__(self, path: str, headers: Mapping[str, str], form: Mapping[str, str]) -> None:
+        # authlib refuses a URI that is neither https nor loopback, and raised that outside its
+        # error handling (a 500 for every token request with a Host header like `gateway`).
+        # TLS ends in front of the gateway, and the URL a request came to is rebuilt from its
+        # own Host header, so that check could prove nothing here; authlib reads the URI for
+        # nothing else.
+        super().__init__("POST", f"https://localhost{path}", headers=headers)  # Starlette's: case-insensitive
         self.payload = _FormPayload(form)
         self._form = dict(form)
 
@@ -124,6 +139,20 @@ class _Server(AuthorizationServer):  # type: ignore[misc]
         return status, body, headers
 
 
+def _authenticate_basic(query_client: Callable[[str], Client | None], request: OAuth2Request) -> Client:
+    """`client_secret_basic`, strictly; an unknown client costs the same scrypt as a wrong secret."""
+    credentials = basic_credentials(request.headers.get("authorization", ""))
+    if credentials is None:
+        raise InvalidClientError(
+            status_code=401, description="Send the client's id and secret as HTTP Basic credentials (RFC 6749 2.3.1)."
+        )
+    client_id, secret = credentials
+    client = query_client(client_id)
+    if not (client or _unknown_client()).check_client_secret(secret) or client is None:
+        raise InvalidClientError(status_code=401, description="The client id or secret is wrong.")
+    return client
+
+
 class Issuer:
     def __init__(
         self, *, issuer: str, audience: str, clients: list[Client], signing: SigningKeys, token_ttl_s: int
@@ -131,15 +160,16 @@ class Issuer:
         self.issuer = issuer
         self.signing = signing
         self._server = _Server({client.client_id: client for client in clients})
+        self._server.register_client_auth_method("client_secret_basic", _authenticate_basic)
         self._server.register_grant(ClientCredentialsGrant)
         self._server.register_token_generator("default", _Tokens(issuer, audience, signing, token_ttl_s))
 
     def token(
-        self, uri: str, headers: Mapping[str, str], form: Mapping[str, str]
+        self, path: str, headers: Mapping[str, str], form: Mapping[str, str]
     ) -> tuple[int, Any, list[tuple[str, str]]]:
         """The token endpoint's answer: status, JSON body, headers (Cache-Control: no-store)."""
         result: tuple[int, Any, list[tuple[str, str]]] = self._server.create_token_response(
-            _TokenRequest(uri, headers, form)
+            _TokenRequest(path, headers, form)
         )
         return result
 

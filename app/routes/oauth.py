@@ -43,20 +43,26 @@ async def token(request: Request) -> JSONResponse:
     wait = _throttle.wait_s(request.client.host if request.client else "", time.monotonic())
     if wait:
         return _oauth_error(429, "slow_down", "Too many token requests.", **{"retry-after": str(math.ceil(wait))})
-    if request.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
+    if len(request.headers.getlist("authorization")) > 1:
+        return _oauth_error(400, "invalid_request", "The request has more than one Authorization header.")
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/x-www-form-urlencoded":
         return _oauth_error(400, "invalid_request", "The body must be application/x-www-form-urlencoded.")
-    body = await request.body()
-    if len(body) > _MAX_FORM_BYTES:
-        return _oauth_error(400, "invalid_request", "The request body is too large.")
+    body = bytearray()
+    async for chunk in request.stream():  # read no further than the limit
+        body += chunk
+        if len(body) > _MAX_FORM_BYTES:
+            return _oauth_error(400, "invalid_request", "The request body is too large.")
     try:
-        pairs = parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=bool(body))
-    except (UnicodeDecodeError, ValueError):
+        pairs = parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=bool(body), errors="strict")
+    except ValueError:  # UnicodeDecodeError included
         return _oauth_error(400, "invalid_request", "The body is not a valid form.")
     names = [name for name, _ in pairs]
     if len(set(names)) != len(names):
         return _oauth_error(400, "invalid_request", "A parameter is repeated.")
-    # scrypt checks the secret: tens of milliseconds, off the event loop.
-    status, payload, headers = await asyncio.to_thread(issuer.token, str(request.url), request.headers, dict(pairs))
+    # scrypt checks the secret: tens of milliseconds, off the event loop. The path, not
+    # request.url: that is rebuilt from the Host header, which may not parse.
+    path = request.scope["path"]
+    status, payload, headers = await asyncio.to_thread(issuer.token, path, request.headers, dict(pairs))
     return JSONResponse(payload, status, headers=dict(headers))
 
 
