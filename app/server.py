@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp
 
 from app.drain import Drain
+from app.http_limits import HttpLimits, limited_protocol
 from app.logs import configure_logging
 from app.main import create_app
 from app.settings import GatewaySettings, load_settings
@@ -86,8 +87,10 @@ def serve(
     settings: GatewaySettings,
     wrap: Callable[[ASGIApp], ASGIApp] | None = None,
     sockets: list[socket.socket] | None = None,
+    http: dict[str, Any] | None = None,
 ) -> bool:
-    """Run one server until drained; whether it started."""
+    """Run one server until drained; whether it started. `http`: uvicorn's HTTP options in
+    place of httptools with the limits of app/http_limits.py (benchmarks compare parsers)."""
     tracing.configure("switchyard-gateway", settings.otlp_endpoint, settings.otlp_sample_ratio)
     app = create_app(settings)
     config = uvicorn.Config(
@@ -97,6 +100,7 @@ def serve(
         log_level=settings.log_level,
         access_log=False,
         timeout_graceful_shutdown=5,  # after the drain, only idle connections remain
+        **(http if http is not None else {"http": limited_protocol(HttpLimits.from_settings(settings))}),
     )
     server = _DrainingServer(config, app.state.drain)
     settle_heap()

@@ -67,6 +67,14 @@ class GatewaySettings(BaseSettings):
     workers: int = Field(default=1, ge=1, le=64)
     pools: list[PoolSettings] = []
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # HTTP limits, enforced before the app sees a request (app/http_limits.py): 431 over the
+    # header bytes (request line, fields, trailers) or fields, 408 when a request's headers
+    # do not arrive within header_timeout_s of its first byte, or its body within
+    # body_timeout_s of its headers.
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_header_fields: int = Field(default=100, ge=1)
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=60.0, gt=0)
     health_interval_s: float = Field(default=2.0, gt=0)
     health_timeout_s: float = Field(default=2.0, gt=0)
     stats_interval_s: float = Field(default=1.0, gt=0)
