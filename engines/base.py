@@ -3,6 +3,15 @@
 An engine turns prompt token ids into a stream of generated token ids. Text,
 stop strings and the OpenAI wire format are the server's business
 (`engines.server`), so an engine stays small and a fake one is easy to write.
+
+Errors (the HTTP status each becomes in `engines.server.api`):
+
+    EngineError
+    ├── InvalidRequest (400): caused by the request; the engine is fine
+    │   └── AdapterNotFound (404)
+    ├── ModelNotFound (404)
+    ├── EngineOverloaded (503 + Retry-After): busy, not broken
+    └── EngineFault (500): the engine failed; the gateway may count it against the replica
 """
 
 from collections.abc import AsyncGenerator, Mapping, Sequence
@@ -13,6 +22,7 @@ __all__ = [
     "AdapterNotFound",
     "Engine",
     "EngineError",
+    "EngineFault",
     "EngineOverloaded",
     "GenerationRequest",
     "InvalidRequest",
@@ -45,6 +55,10 @@ class EngineOverloaded(EngineError):
     def __init__(self, retry_after_s: int = 1) -> None:
         super().__init__("The engine's queue is full; retry shortly or elsewhere.")
         self.retry_after_s = retry_after_s
+
+
+class EngineFault(EngineError):
+    """The engine failed to generate (a 500): its model, its worker, nothing the request did wrong."""
 
 
 class ModelNotFound(EngineError):
@@ -82,6 +96,11 @@ class Engine(Protocol):
 
     @property
     def max_model_len(self) -> int: ...
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids from 0 to `vocab_size - 1` are the model's; a prompt with any other is refused."""
+        ...
 
     @property
     def num_running(self) -> int: ...

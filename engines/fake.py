@@ -25,6 +25,7 @@ class FakeEngine:
         self._reply = reply.encode()
         self.model_name = model_name
         self.max_model_len = max_model_len
+        self.vocab_size = 256  # a token is a byte
         self._step_delay = step_delay
         self._tokens_per_chunk = tokens_per_chunk
         self.num_running = 0

@@ -54,6 +54,7 @@ class NaiveEngine:
         self._model = AutoModelForCausalLM.from_pretrained(model).eval()
         self.model_name = served_model_name
         self.max_model_len = int(self._model.config.max_position_embeddings)
+        self.vocab_size = int(self._model.config.vocab_size)
         self.num_running = 0
         self.num_waiting = 0
         self.adapters: dict[str, str] = {}

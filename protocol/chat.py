@@ -4,7 +4,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
-from protocol.common import FinishReason, SamplingParams, StreamOptions, Usage
+from protocol.common import FinishReason, SamplingParams, StreamOptions, TokenCount, Usage
 
 __all__ = [
     "ChatChoice",
@@ -20,6 +20,8 @@ __all__ = [
 ]
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
+
+MAX_TOP_LOGPROBS = 20
 
 
 class ContentPart(BaseModel):
@@ -47,7 +49,9 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionRequest(SamplingParams):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: TokenCount | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
 
     def token_limit(self) -> int | None:
         """`max_completion_tokens` supersedes the deprecated `max_tokens`."""

@@ -4,15 +4,21 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from protocol.common import FinishReason, SamplingParams, Usage
+from protocol.common import FinishReason, SamplingParams, TokenId, Usage
 
 __all__ = ["Completion", "CompletionChoice", "CompletionRequest"]
+
+# The legacy API's bounds: log probabilities of at most 5 tokens, at most 20 candidates.
+MAX_LOGPROBS = 5
+MAX_BEST_OF = 20
 
 
 class CompletionRequest(SamplingParams):
     # One prompt per request: a string or its token ids (a one-element list of either is accepted).
-    prompt: str | list[int] | list[str] | list[list[int]] = Field(min_length=1)
+    prompt: str | list[TokenId] | list[str] | list[list[TokenId]] = Field(min_length=1)
     echo: bool = False
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+    best_of: int | None = Field(default=None, ge=1, le=MAX_BEST_OF)
 
     def single_prompt(self) -> str | list[int]:
         """The one prompt; raises ValueError for a batch, which this API does not serve."""

@@ -36,7 +36,10 @@ def describe_validation_error(exc: ValidationError) -> tuple[str, str | None]:
     param = _param_name(first["loc"])
     if first["type"] == "missing":
         return f"Missing required parameter: '{param}'.", param
-    reasons = [e["msg"] for e in errors if _param_name(e["loc"]) == param]
+    mine = [e for e in errors if _param_name(e["loc"]) == param]
+    # A union's members each fail: the one that failed on a bound (not on its type) says what is wrong.
+    bounded = [e for e in mine if not e["type"].endswith("_type")]
+    reasons = [e["msg"] for e in bounded or mine]
     return f"Invalid value for '{param}': {' or '.join(dict.fromkeys(reasons))}.", param
 
 

@@ -14,7 +14,8 @@ from opentelemetry.trace import Span, SpanKind
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
-from engines.base import AdapterNotFound, Engine, EngineOverloaded, InvalidRequest, ModelNotFound
+from engines.base import Engine, EngineError, EngineOverloaded, InvalidRequest, ModelNotFound
+from engines.server.errors import CatchAll, error_answer
 from engines.server.metrics import EngineMetrics
 from engines.server.serving import Generation, OpenAIServing
 from protocol import (
@@ -35,10 +36,6 @@ __all__ = ["create_app"]
 M = TypeVar("M", bound=BaseModel)
 
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
-
-
-def _error(status: int, message: str, *, type_: str = "invalid_request_error", **fields: str | None) -> JSONResponse:
-    return JSONResponse(error_payload(message, type_, **fields), status_code=status)
 
 
 tracer = trace.get_tracer("switchyard.engine")
@@ -66,20 +63,14 @@ def create_app(engine: Engine, *, model_root: str | None = None) -> FastAPI:
         await engine.aclose()
 
     app = FastAPI(title="switchyard engine", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.add_middleware(CatchAll)
 
-    @app.exception_handler(InvalidRequest)
-    async def invalid(_: Request, exc: InvalidRequest) -> JSONResponse:
-        status = 404 if isinstance(exc, AdapterNotFound) else 400
-        return _error(status, str(exc), param=exc.param)
-
-    @app.exception_handler(ModelNotFound)
-    async def unknown_model(_: Request, exc: ModelNotFound) -> JSONResponse:
-        return _error(404, str(exc), param="model", code="model_not_found")
-
-    @app.exception_handler(EngineOverloaded)
-    async def overloaded(_: Request, exc: EngineOverloaded) -> JSONResponse:
-        response = _error(503, str(exc), type_="server_error", code="engine_overloaded")
-        response.headers["retry-after"] = str(exc.retry_after_s)
+    @app.exception_handler(EngineError)
+    async def engine_error(_: Request, exc: EngineError) -> JSONResponse:
+        status, payload = error_answer(exc)
+        response = JSONResponse(payload, status_code=status)
+        if isinstance(exc, EngineOverloaded):
+            response.headers["retry-after"] = str(exc.retry_after_s)
         return response
 
     @app.exception_handler(ClientDisconnected)
@@ -88,11 +79,8 @@ def create_app(engine: Engine, *, model_root: str | None = None) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail))
-
-    @app.exception_handler(Exception)
-    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
-        return _error(500, f"internal engine error: {type(exc).__name__}", type_="server_error")
+        type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return JSONResponse(error_payload(str(exc.detail), type_), status_code=exc.status_code)
 
     async def parse(request: Request, model: type[M]) -> M:
         try:

@@ -1,5 +1,6 @@
 """OpenAI chat and text completions over an engine: prompts in, responses and SSE chunks out."""
 
+import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -7,7 +8,8 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
-from engines.base import Engine, GenerationRequest, InvalidRequest, TokenChunk
+from engines.base import Engine, EngineError, GenerationRequest, InvalidRequest, TokenChunk
+from engines.server.errors import error_answer
 from engines.server.textstream import TextStream
 from protocol import (
     DONE_EVENT,
@@ -24,11 +26,12 @@ from protocol import (
     ResponseMessage,
     SamplingParams,
     Usage,
-    error_payload,
     sse_event,
 )
 
 __all__ = ["Generation", "OpenAIServing", "TextPiece"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +61,7 @@ class Generation:
 
 
 # Fields the OpenAI API defines that this server does not implement: refusing beats ignoring.
-_UNSUPPORTED_EXTRAS = ("tools", "functions", "logit_bias", "logprobs", "top_logprobs", "suffix")
+_UNSUPPORTED = ("tools", "functions", "logit_bias", "logprobs", "top_logprobs", "suffix")
 
 
 class OpenAIServing:
@@ -95,6 +98,15 @@ class OpenAIServing:
         adapter: str | None,
     ) -> Generation:
         _refuse_unsupported(params)
+        # Checked before the request joins the batch: an id outside the vocabulary would fail
+        # the model's embedding lookup in the middle of everyone's generation.
+        vocab_size = self._engine.vocab_size
+        outside = next((i for i in prompt_ids if not 0 <= i < vocab_size), None)
+        if outside is not None:
+            raise InvalidRequest(
+                f"Token id {outside} is out of vocabulary: this model's token ids go from 0 to {vocab_size - 1}.",
+                prompt_param,
+            )
         room = self._engine.max_model_len - len(prompt_ids)
         if room <= 0:
             raise InvalidRequest(
@@ -209,19 +221,24 @@ class OpenAIServing:
 
 
 async def _guarded(pieces: AsyncIterator[TextPiece]) -> AsyncIterator[TextPiece | bytes]:
-    """Pieces, or one SSE error event if generation fails once the stream has started."""
+    """Pieces, or one SSE error event (this stream's only) if generation fails once the stream has started."""
     try:
         async for piece in pieces:
             yield piece
     except Exception as exc:
-        yield sse_event(error_payload(f"generation failed: {exc}", "server_error", code="engine_error"))
+        status, payload = error_answer(exc)
+        if status >= 500 and not isinstance(exc, EngineError):
+            log.exception("a stream failed")
+        yield sse_event(payload)
 
 
 def _refuse_unsupported(params: SamplingParams) -> None:
     extras: dict[str, Any] = params.model_extra or {}
-    for name in _UNSUPPORTED_EXTRAS:
-        if extras.get(name) not in (None, False, [], {}):
+    for name in _UNSUPPORTED:
+        if getattr(params, name, None) not in (None, False, [], {}):  # declared fields and extras alike
             raise InvalidRequest(f"'{name}' is not supported by this engine", name)
+    if getattr(params, "best_of", None) not in (None, 1):
+        raise InvalidRequest("only best_of=1 is supported: one candidate per request", "best_of")
     response_format = extras.get("response_format")
     if isinstance(response_format, dict) and response_format.get("type", "text") != "text":
         raise InvalidRequest("only the 'text' response format is supported by this engine", "response_format")

@@ -46,7 +46,7 @@ class BatchCache:
         return int(self.mask.shape[0])
 
     def add(self, prefilled: DynamicCache, prompt_length: int) -> None:
-        """Join a sequence whose prompt was just prefilled on its own."""
+        """Join a sequence whose prompt was just prefilled on its own; all or nothing."""
         if self.cache is None:
             self.cache = prefilled
             self.mask = torch.ones(1, prompt_length, dtype=torch.long)
@@ -60,9 +60,10 @@ class BatchCache:
             values = torch.cat([_left_pad(my_values, length), _left_pad(their_values, length)])
             merged.update(keys, values, index)
         row = functional.pad(torch.ones(1, prompt_length, dtype=torch.long), (length - prompt_length, 0))
-        self.mask = torch.cat([functional.pad(self.mask, (length - self.mask.shape[1], 0)), row])
-        self.positions = torch.cat([self.positions, torch.tensor([prompt_length])])
-        self.cache = merged
+        mask = torch.cat([functional.pad(self.mask, (length - self.mask.shape[1], 0)), row])
+        positions = torch.cat([self.positions, torch.tensor([prompt_length])])
+        # Assigned together once everything is built: a failure above leaves the batch as it was.
+        self.cache, self.mask, self.positions = merged, mask, positions
 
     def step_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Attention mask and position ids for one decode step of every row."""

@@ -38,6 +38,9 @@ class TransformersEngine:
         self._model_name = served_model_name
         limit = getattr(loaded.config, "max_position_embeddings", None) or 2048
         self._max_model_len = min(max_model_len, limit) if max_model_len else int(limit)
+        # Both the embedding (`config.vocab_size` rows) and the tokenizer must know an id: an
+        # embedding is often padded past the tokenizer's last id, and echo decodes the prompt.
+        self._vocab_size = min(int(loaded.config.vocab_size), len(self._tokenizer))
         eos = loaded.generation_config.eos_token_id
         if eos is None:
             eos = self._tokenizer.eos_token_id
@@ -53,6 +56,10 @@ class TransformersEngine:
     @property
     def max_model_len(self) -> int:
         return self._max_model_len
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
 
     @property
     def num_running(self) -> int:

@@ -4,6 +4,10 @@ Between two decode steps, waiting sequences are prefilled and join the batch,
 and finished or cancelled ones leave it, so a long request never holds short
 ones back. The model runs only on this thread: the event loop never blocks,
 and tokens reach it through each sequence's `deliver` callback.
+
+A failure is confined to what caused it: one sequence's prefill or sampling
+failing ends that sequence only (the rest of the batch keeps generating); only a
+decode step, which runs the whole batch at once, fails the batch.
 """
 
 import collections
@@ -16,7 +20,16 @@ from typing import Any, TypeVar
 
 import torch
 
-from engines.base import EngineError, EngineOverloaded, GenerationRequest, ModelNotFound, TokenChunk, TokenFinish
+from engines.base import (
+    EngineError,
+    EngineFault,
+    EngineOverloaded,
+    GenerationRequest,
+    InvalidRequest,
+    ModelNotFound,
+    TokenChunk,
+    TokenFinish,
+)
 from engines.transformers.adapters import BASE, AdapterStore
 from engines.transformers.batch import BatchCache
 
@@ -25,6 +38,9 @@ T = TypeVar("T")
 __all__ = ["Scheduler", "SequenceState"]
 
 log = logging.getLogger(__name__)
+
+# Below this temperature sampling is greedy, as in vLLM: dividing logits by a tinier one overflows.
+_GREEDY_BELOW = 1e-5
 
 
 @dataclass(eq=False)
@@ -38,8 +54,14 @@ class SequenceState:
     finished: bool = False
 
     def __post_init__(self) -> None:
+        """Raises InvalidRequest for a seed torch cannot take, before the sequence is queued."""
         if self.request.seed is not None:
-            self.generator = torch.Generator().manual_seed(self.request.seed)
+            try:
+                self.generator = torch.Generator().manual_seed(self.request.seed)
+            except (RuntimeError, ValueError, OverflowError):
+                raise InvalidRequest(
+                    f"Invalid value for 'seed': {self.request.seed} does not fit in 64 bits.", "seed"
+                ) from None
 
     @property
     def done(self) -> bool:
@@ -137,14 +159,18 @@ class Scheduler:
             try:
                 with torch.inference_mode():
                     for sequence in list(self._joining):
-                        self._prefill(sequence)
+                        try:
+                            self._prefill(sequence)
+                        except Exception as exc:  # this sequence's own failure: it alone ends
+                            self._fail_one(sequence, exc, "prefill")
                     self._retire()
                     if self._running:
                         self._decode()
                         self._retire()
-            except Exception as exc:  # the model failed: fail the batch, keep serving
-                log.exception("generation step failed")
-                self._fail([*self._running, *self._joining], exc)
+            except Exception:  # the batch's forward failed: an engine fault; fail the batch, keep serving
+                failed = [*self._running, *self._joining]
+                log.exception("a decode step failed; failing the %d sequences of the batch", len(failed))
+                self._fail(failed, EngineFault("The engine failed while generating; retry the request."))
                 self._running, self._joining = [], []
                 self._batch.clear()
         self._fail([*self._running, *self._pending], EngineError("the engine is shutting down"))
@@ -174,10 +200,14 @@ class Scheduler:
             attention_mask=torch.ones_like(prompt),
             position_ids=torch.arange(prompt.shape[1])[None, :],
         )
+        # The sequence joins the batch's cache and the running list together (`add` changes
+        # nothing when it raises), so a failure after this point leaves by `_retire`.
         self._batch.add(output.past_key_values, prompt.shape[1])
         self._running.append(sequence)
         self._joining.remove(sequence)
-        self._accept(sequence, self._sample(output.logits[:, -1], [sequence])[0])
+        token = self._sample(output.logits[:, -1], [sequence])[0]
+        if token is not None:
+            self._accept(sequence, token)
 
     def _decode(self) -> None:
         assert self._batch.cache is not None
@@ -192,7 +222,7 @@ class Scheduler:
         )
         self._batch.advance()
         for sequence, token in zip(self._running, self._sample(output.logits[:, -1], self._running), strict=True):
-            if not sequence.done:
+            if token is not None and not sequence.done:
                 self._accept(sequence, token)
 
     def _accept(self, sequence: SequenceState, token: int) -> None:
@@ -214,16 +244,40 @@ class Scheduler:
             self._batch.keep(keep)
             self._running = [self._running[i] for i in keep]
 
-    def _sample(self, logits: torch.Tensor, sequences: Sequence[SequenceState]) -> list[int]:
-        chosen: list[int] = logits.argmax(dim=-1).tolist()
+    def _sample(self, logits: torch.Tensor, sequences: Sequence[SequenceState]) -> list[int | None]:
+        """Each row's next token; None for a row whose sampling failed (that sequence is failed)."""
+        greedy: list[int] = logits.argmax(dim=-1).tolist()
+        chosen: list[int | None] = []
         for row, sequence in enumerate(sequences):
-            request = sequence.request
-            if request.temperature > 0:
-                probs = torch.softmax(logits[row].float() / request.temperature, dim=-1)
-                if request.top_p < 1:
-                    probs = _top_p(probs, request.top_p)
-                chosen[row] = int(torch.multinomial(probs, 1, generator=sequence.generator))
+            try:
+                chosen.append(self._sample_row(logits[row], sequence.request, sequence.generator, greedy[row]))
+            except Exception as exc:
+                self._fail_one(sequence, exc, "sampling")
+                chosen.append(None)
         return chosen
+
+    @staticmethod
+    def _sample_row(
+        logits: torch.Tensor, request: GenerationRequest, generator: torch.Generator | None, greedy: int
+    ) -> int:
+        if request.temperature < _GREEDY_BELOW:
+            return greedy
+        # Shifted so the largest logit is 0: no temperature can overflow the softmax.
+        probs = torch.softmax((logits.float() - logits.max()) / request.temperature, dim=-1)
+        if request.top_p < 1:
+            probs = _top_p(probs, request.top_p)
+        return int(torch.multinomial(probs, 1, generator=generator))
+
+    def _fail_one(self, sequence: SequenceState, exc: Exception, stage: str) -> None:
+        """End one sequence: it leaves the batch at the next `_retire`; the others go on."""
+        if sequence in self._joining:
+            self._joining.remove(sequence)
+        sequence.finished = True
+        error = exc
+        if not isinstance(exc, EngineError):
+            log.error("one sequence's %s failed; the rest of the batch goes on", stage, exc_info=exc)
+            error = EngineFault(f"The engine failed in this request's {stage} ({type(exc).__name__}).")
+        sequence.deliver(error)
 
     @staticmethod
     def _fail(sequences: Sequence[SequenceState], error: Exception) -> None:
@@ -235,5 +289,6 @@ def _top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     """Keep the smallest set of most likely tokens whose mass reaches `top_p` (at least one)."""
     ordered, order = probs.sort(descending=True)
     outside = ordered.cumsum(-1) - ordered >= top_p
+    outside[..., 0] = False  # top_p 0 keeps the most likely token, not none
     ordered[outside] = 0
     return torch.zeros_like(probs).scatter(-1, order, ordered)
