@@ -271,12 +271,12 @@ class IdempotencyUnavailable(GatewayError):
     status = 503
     code = "idempotency_unavailable"
 
-    def __init__(self) -> None:
-        super().__init__(
-            "The idempotency store is unreachable, so a request with an Idempotency-Key cannot be made safe; "
-            "retry shortly.",
-            headers={"retry-after": "1", "x-should-retry": "true"},
-        )
+    def __init__(
+        self,
+        message: str = "The idempotency store is unreachable, so a request with an Idempotency-Key cannot be made "
+        "safe; retry shortly.",
+    ) -> None:
+        super().__init__(message, headers={"retry-after": "1", "x-should-retry": "true"})
 
 
 class EngineUnreachable(NoEngineAvailable):

@@ -6,6 +6,13 @@ with another body gets 422; once the answer is complete it is kept (status, head
 a stream's exact events) for the retention period and replayed with
 `Idempotent-Replayed: true`. A request that fails before its first byte (or whose answer
 is worth retrying: 408, 409, 429, 5xx; or whose stream broke) releases the key.
+
+An answer, once acknowledged, never changes: it is kept before the client gets it (a whole
+answer before it is sent, a stream before its final `[DONE]`), retrying while the store is
+down and keeping the claim alive, up to `settle_timeout_s`; past that the client gets an error
+instead (503 `idempotency_unavailable`, or an error event in place of `[DONE]`), so a later
+retry may run the request again without contradicting anything the client was told. An answer
+too large to keep is remembered as such: its retries get 422 rather than another answer.
 """
 
 import asyncio
@@ -17,8 +24,15 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
-from app.errors import IdempotencyKeyInUse, IdempotencyKeyReused, IdempotencyUnavailable, InvalidRequest
-from app.idempotency_store import IdempotencyStore, StoredAnswer, StoreUnavailable
+from app.errors import (
+    GatewayError,
+    IdempotencyKeyInUse,
+    IdempotencyKeyReused,
+    IdempotencyUnavailable,
+    InvalidRequest,
+)
+from app.idempotency_store import Claim, IdempotencyStore, StoredAnswer, StoreUnavailable
+from protocol import error_payload, sse_event
 
 __all__ = ["KEY_HEADER", "REPLAYED_HEADER", "Idempotency", "fingerprint", "parse_key"]
 
@@ -30,6 +44,19 @@ _MAX_KEY_CHARS = 255
 _KEPT_HEADERS = frozenset({b"content-type", b"x-request-id", b"x-route-region", b"x-route-replica"})
 _RELEASED_STATUSES = frozenset({408, 409, 429})
 _STREAM_DONE = b"data: [DONE]"
+_SETTLE_FIRST_WAIT_S, _SETTLE_MAX_WAIT_S = 0.05, 1.0
+_NOT_KEPT = StoredAnswer(
+    422,
+    {"content-type": "application/json"},
+    json.dumps(
+        error_payload(
+            "The answer to this Idempotency-Key was too large to keep, so it cannot be replayed.",
+            "invalid_request_error",
+            param="Idempotency-Key",
+            code="idempotent_answer_not_kept",
+        )
+    ).encode(),
+)
 
 
 def parse_key(value: str) -> str:
@@ -65,6 +92,7 @@ class Idempotency:
         lease_s: float,
         retention_s: float,
         max_answer_bytes: int,
+        settle_timeout_s: float = 10.0,
         on_replay: Callable[[], None] = lambda: None,
     ) -> None:
         self.on_replay = on_replay
@@ -72,7 +100,8 @@ class Idempotency:
         self._lease_ms = int(lease_s * 1000)
         self._retention_ms = int(retention_s * 1000)
         self._max_answer_bytes = max_answer_bytes
-        self._finishing: set[asyncio.Task[None]] = set()
+        self._settle_timeout_s = settle_timeout_s
+        self._releasing: set[asyncio.Task[None]] = set()
         self._running: dict[str, str] = {}  # key -> owner, for the claims of requests running now
         self._renewer: asyncio.Task[None] | None = None
 
@@ -89,93 +118,179 @@ class Idempotency:
         except StoreUnavailable as exc:
             log.warning("idempotency store unavailable: %s", exc)
             raise IdempotencyUnavailable() from exc
+        if claim.outcome != "claimed":
+            return self._held(claim, request_print)
+        return await self._execute(key, claim.owner, request_print, handler)
+
+    def _held(self, claim: Claim, request_print: str) -> Response:
+        """The answer for a key another request holds: its kept answer, or why there is none yet."""
         if claim.fingerprint != request_print:
             raise IdempotencyKeyReused()
-        if claim.outcome == "running":
+        if claim.answer is None:
             raise IdempotencyKeyInUse()
-        if claim.answer is not None:
-            answer = claim.answer
-            self.on_replay()
-            return Response(answer.body, status_code=answer.status, headers={**answer.headers, REPLAYED_HEADER: "true"})
-        return await self._execute(key, claim.owner, handler)
+        answer = claim.answer
+        self.on_replay()
+        return Response(answer.body, status_code=answer.status, headers={**answer.headers, REPLAYED_HEADER: "true"})
 
-    async def _execute(self, key: str, owner: str, handler: Callable[[], Awaitable[Response]]) -> Response:
+    async def _execute(
+        self, key: str, owner: str, request_print: str, handler: Callable[[], Awaitable[Response]]
+    ) -> Response:
         self._running[key] = owner
         if self._renewer is None:
             self._renewer = asyncio.create_task(self._renew(), name="idempotency-renewer")
         try:
             response = await handler()
         except BaseException:
-            self._finish(key, owner, None)
+            self._release(key, owner)
             raise
         if isinstance(response, StreamingResponse):
-            response.body_iterator = self._record(key, owner, response, response.body_iterator)
+            response.body_iterator = self._record(key, owner, request_print, response, response.body_iterator)
             return response
-        self._finish(key, owner, self._answer(response, bytes(response.body)))
-        return response
+        answer = self._answer(response, bytes(response.body))
+        if answer is None:
+            self._release(key, owner)
+            return response
+        holder = await self._keep(key, owner, request_print, answer)
+        return response if holder is None else self._held(holder, request_print)
 
     async def _record(
         self,
         key: str,
         owner: str,
+        request_print: str,
         response: StreamingResponse,
         source: AsyncIterable[str | bytes | memoryview],
     ) -> AsyncIterator[bytes]:
-        """The stream as it goes to the client, kept whole if it ends with [DONE]."""
+        """The stream as it goes to the client, kept whole before its final `[DONE]` goes out."""
         chunks: list[bytes] = []
-        size, complete = 0, False
+        size, settled = 0, False
         try:
             async for chunk in source:
                 data = chunk.encode() if isinstance(chunk, str) else bytes(chunk)
                 size += len(data)
                 if size <= self._max_answer_bytes:
                     chunks.append(data)
-                yield data
-            complete = b"".join(chunks[-2:]).rstrip().endswith(_STREAM_DONE)
+                done = _done_at(data)
+                if done is None:
+                    yield data
+                    continue
+                if done:
+                    yield data[:done]
+                answer = self._answer(response, b"".join(chunks)) if size <= self._max_answer_bytes else _NOT_KEPT
+                settled = True
+                if answer is None:
+                    self._release(key, owner)
+                else:
+                    try:
+                        holder = await self._keep(key, owner, request_print, answer)
+                    except GatewayError as error:
+                        yield sse_event(error_payload(error.message, error.type, code=error.code))
+                        return
+                    if holder is not None:  # too late: what the key holds is not this stream
+                        yield sse_event(_superseded(holder, request_print))
+                        return
+                yield data[done:]
         finally:
-            body = b"".join(chunks) if complete and size <= self._max_answer_bytes else None
-            self._finish(key, owner, None if body is None else self._answer(response, body))
+            if not settled:  # broke off, or the client left, before [DONE]
+                self._release(key, owner)
 
     def _answer(self, response: Response, body: bytes) -> StoredAnswer | None:
-        """What to keep, or None for an answer worth retrying (or too large to keep)."""
+        """What to keep, or None for an answer worth retrying."""
         status = response.status_code
-        if status >= 500 or status in _RELEASED_STATUSES or len(body) > self._max_answer_bytes:
+        if status >= 500 or status in _RELEASED_STATUSES:
             return None
+        if len(body) > self._max_answer_bytes:
+            return _NOT_KEPT
         headers = {k.decode(): v.decode() for k, v in response.raw_headers if k in _KEPT_HEADERS}
         return StoredAnswer(status, headers, body)
 
-    def _finish(self, key: str, owner: str, answer: StoredAnswer | None) -> None:
-        """Complete or release in the background: the client's answer does not wait on the store."""
-        self._running.pop(key, None)
-        task = asyncio.get_running_loop().create_task(self._settle(key, owner, answer))
-        self._finishing.add(task)
-        task.add_done_callback(self._finishing.discard)
+    async def _keep(self, key: str, owner: str, request_print: str, answer: StoredAnswer) -> Claim | None:
+        """Keep `answer` before the client gets it: None once kept, else the claim holding the key.
 
-    async def _settle(self, key: str, owner: str, answer: StoredAnswer | None) -> None:
+        While the store is down the claim stays in `_running` (renewed as soon as the store is
+        back) and the write is retried; past `settle_timeout_s` the answer is dropped and the
+        client gets IdempotencyUnavailable instead of it.
+        """
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self._settle_timeout_s
+        wait = _SETTLE_FIRST_WAIT_S
+        kept = False
         try:
-            if answer is None:
-                await self.store.release(key, owner)
-            elif not await self.store.complete(key, owner, answer, self._retention_ms):
-                log.warning("idempotency record %s was lost before its answer could be kept", key[:12])
-        except StoreUnavailable as exc:  # the lease runs out and the key frees itself
-            log.warning("idempotency store unavailable when settling %s: %s", key[:12], exc)
+            while True:
+                try:
+                    holder = await self.store.complete(key, owner, request_print, answer, self._retention_ms)
+                except StoreUnavailable as exc:
+                    if loop.time() + wait > give_up:
+                        log.warning("idempotency record %s not kept, the store is unavailable: %s", key[:12], exc)
+                        raise IdempotencyUnavailable(
+                            "The answer could not be recorded for this Idempotency-Key (the idempotency store is "
+                            "unreachable); retry with the same key."
+                        ) from exc
+                    await asyncio.sleep(wait)
+                    wait = min(wait * 2, _SETTLE_MAX_WAIT_S)
+                    continue
+                kept = True
+                # A write that timed out yet landed finds our own answer there: that is ours kept.
+                return None if holder is not None and holder.answer == answer else holder
+        finally:
+            self._running.pop(key, None)
+            if not kept:
+                self._release(key, owner)
+
+    def _release(self, key: str, owner: str) -> None:
+        """Free the key in the background (the client's answer does not wait); if the store is
+        down, the lease lapses by itself within `lease_s`."""
+        self._running.pop(key, None)
+        task = asyncio.get_running_loop().create_task(self._free(key, owner))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+
+    async def _free(self, key: str, owner: str) -> None:
+        try:
+            await self.store.release(key, owner)
+        except StoreUnavailable as exc:
+            log.warning("idempotency store unavailable when releasing %s: %s", key[:12], exc)
 
     async def _renew(self) -> None:
         """Keep the claims of running requests alive, a third of a lease at a time (a crashed
-        gateway lets them lapse). One task for all of them: a task per request cost more
-        than the rest of the key's handling."""
+        gateway lets them lapse). One task and one store call for all of them: a task per
+        request cost more than the rest of the key's handling."""
         while True:
             await asyncio.sleep(self._lease_ms / 3000)
-            for key, owner in list(self._running.items()):
-                try:
-                    await self.store.renew(key, owner, self._lease_ms)
-                except StoreUnavailable as exc:
-                    log.warning("idempotency lease renewal failed: %s", exc)
-                    break
+            if not self._running:
+                continue
+            try:
+                await self.store.renew(dict(self._running), self._lease_ms)
+            except StoreUnavailable as exc:
+                log.warning("idempotency lease renewal failed: %s", exc)
 
     async def aclose(self) -> None:
         if self._renewer is not None:
             self._renewer.cancel()
-        if self._finishing:
-            await asyncio.gather(*self._finishing, return_exceptions=True)
+        if self._releasing:
+            await asyncio.gather(*self._releasing, return_exceptions=True)
         await self.store.aclose()
+
+
+def _done_at(data: bytes) -> int | None:
+    """Where the final `data: [DONE]` event starts in `data`, if `data` ends the stream."""
+    trimmed = data.rstrip()
+    if not trimmed.endswith(_STREAM_DONE):
+        return None
+    return len(trimmed) - len(_STREAM_DONE)
+
+
+def _superseded(holder: Claim, request_print: str) -> dict[str, dict[str, str | None]]:
+    if holder.fingerprint != request_print:
+        return error_payload(
+            "This Idempotency-Key was used with a different request body while this stream ran.",
+            "invalid_request_error",
+            param="Idempotency-Key",
+            code="idempotency_key_reused",
+        )
+    return error_payload(
+        "Another request with this Idempotency-Key answered first; retry to receive its answer.",
+        "invalid_request_error",
+        param="Idempotency-Key",
+        code="idempotency_key_in_use",
+    )

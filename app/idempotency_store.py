@@ -2,7 +2,10 @@
 
 A record is claimed atomically (`SET NX PX` with an owner token), its lease renewed while
 the request runs, and either completed (the answer kept for the retention period) or
-released (the key free again) — both only by its owner (Lua, in Redis).
+released (the key free again), atomically (Lua, in Redis). Only the owner releases or renews;
+completing also succeeds when the record is gone (its lease lapsed while the store was down,
+or a store restarted empty): the answer about to be sent is then the key's first. Whatever
+else holds the key by then is returned instead, so the caller never sends a second answer.
 """
 
 import base64
@@ -10,6 +13,7 @@ import itertools
 import json
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -68,8 +72,17 @@ class Claim:
 
 class IdempotencyStore(Protocol):
     async def claim(self, key: str, fingerprint: str, lease_ms: int) -> Claim: ...
-    async def renew(self, key: str, owner: str, lease_ms: int) -> bool: ...
-    async def complete(self, key: str, owner: str, answer: StoredAnswer, retention_ms: int) -> bool: ...
+
+    async def renew(self, claims: Mapping[str, str], lease_ms: int) -> int:
+        """Extend the leases of these (key: owner) claims; how many were still theirs."""
+        ...
+
+    async def complete(
+        self, key: str, owner: str, fingerprint: str, answer: StoredAnswer, retention_ms: int
+    ) -> Claim | None:
+        """Keep `answer` for the key (None), unless another request holds it (its claim)."""
+        ...
+
     async def release(self, key: str, owner: str) -> bool: ...
     async def aclose(self) -> None: ...
 
@@ -123,20 +136,26 @@ class InProcessStore:
         self._sweep()
         return Claim("claimed", fingerprint, owner)
 
-    async def renew(self, key: str, owner: str, lease_ms: int) -> bool:
-        record = self._owned(key, owner)
-        if record is None:
-            return False
-        record.expires = time.monotonic() + lease_ms / 1000
-        return True
+    async def renew(self, claims: Mapping[str, str], lease_ms: int) -> int:
+        renewed = 0
+        for key, owner in claims.items():
+            record = self._owned(key, owner)
+            if record is not None:
+                record.expires = time.monotonic() + lease_ms / 1000
+                renewed += 1
+        return renewed
 
-    async def complete(self, key: str, owner: str, answer: StoredAnswer, retention_ms: int) -> bool:
-        record = self._owned(key, owner)
-        if record is None:
-            return False
-        self._put(key, _Record(time.monotonic() + retention_ms / 1000, record.fingerprint, "", answer))
+    async def complete(
+        self, key: str, owner: str, fingerprint: str, answer: StoredAnswer, retention_ms: int
+    ) -> Claim | None:
+        record = self._get(key)
+        if record is not None and (record.answer is not None or record.owner != owner):
+            if record.answer is not None:
+                return Claim("completed", record.fingerprint, answer=record.answer)
+            return Claim("running", record.fingerprint)
+        self._put(key, _Record(time.monotonic() + retention_ms / 1000, fingerprint, "", answer))
         self._evict()
-        return True
+        return None
 
     async def release(self, key: str, owner: str) -> bool:
         if self._owned(key, owner) is None:
@@ -207,16 +226,34 @@ if not record then return 0 end
 local data = cjson.decode(record)
 if data['state'] ~= 'running' or data['owner'] ~= ARGV[1] then return 0 end
 """
-_RENEW = _IF_OWNER + "return redis.call('PEXPIRE', KEYS[1], ARGV[2])"
 _RELEASE = _IF_OWNER + "return redis.call('DEL', KEYS[1])"
-_COMPLETE = (
-    _IF_OWNER
-    + """
-local done = cjson.encode({state='completed', fingerprint=data['fingerprint'], answer=cjson.decode(ARGV[2])})
-redis.call('SET', KEYS[1], done, 'PX', ARGV[3])
-return 1
+# Every running claim of this gateway in one round trip: KEYS the keys, ARGV the lease, then the owners.
+_RENEW = """
+local renewed = 0
+for i, key in ipairs(KEYS) do
+  local record = redis.call('GET', key)
+  if record then
+    local data = cjson.decode(record)
+    if data['state'] == 'running' and data['owner'] == ARGV[i + 1] then
+      redis.call('PEXPIRE', key, ARGV[1])
+      renewed = renewed + 1
+    end
+  end
+end
+return renewed
 """
-)
+# ARGV: owner, answer, retention, fingerprint. Answers the record that holds the key instead, if any.
+_COMPLETE = """
+local record = redis.call('GET', KEYS[1])
+if record then
+  local data = cjson.decode(record)
+  if data['state'] ~= 'running' or data['owner'] ~= ARGV[1] then return record end
+end
+local done = cjson.encode({state='completed', fingerprint=ARGV[4], answer=cjson.decode(ARGV[2])})
+redis.call('SET', KEYS[1], done, 'PX', ARGV[3])
+return false
+"""
+_RENEW_BATCH = 512  # keys per script call: one call must not hold Redis long
 
 
 class RedisStore:
@@ -244,11 +281,23 @@ class RedisStore:
             return await self.claim(key, fingerprint, lease_ms)
         return _parse(existing)
 
-    async def renew(self, key: str, owner: str, lease_ms: int) -> bool:
-        return bool(await self._run(self._renew, key, owner, lease_ms))
+    async def renew(self, claims: Mapping[str, str], lease_ms: int) -> int:
+        items = list(claims.items())
+        renewed = 0
+        for start in range(0, len(items), _RENEW_BATCH):
+            batch = items[start : start + _RENEW_BATCH]
+            keys = [self._prefix + key for key, _ in batch]
+            try:
+                renewed += int(await self._renew(keys=keys, args=[lease_ms, *(owner for _, owner in batch)]))
+            except (RedisError, OSError) as exc:
+                raise StoreUnavailable(str(exc)) from exc
+        return renewed
 
-    async def complete(self, key: str, owner: str, answer: StoredAnswer, retention_ms: int) -> bool:
-        return bool(await self._run(self._complete, key, owner, answer.to_json(), retention_ms))
+    async def complete(
+        self, key: str, owner: str, fingerprint: str, answer: StoredAnswer, retention_ms: int
+    ) -> Claim | None:
+        holder = await self._run(self._complete, key, owner, answer.to_json(), retention_ms, fingerprint)
+        return None if holder is None else _parse(holder)
 
     async def release(self, key: str, owner: str) -> bool:
         return bool(await self._run(self._release, key, owner))

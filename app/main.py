@@ -89,6 +89,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                 lease_s=settings.idempotency_lease_s,
                 retention_s=settings.idempotency_retention_s,
                 max_answer_bytes=settings.idempotency_max_answer_bytes,
+                settle_timeout_s=settings.idempotency_settle_timeout_s,
                 on_replay=metrics.replays.inc,
             )
             stack.push_async_callback(idempotency.aclose)

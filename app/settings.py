@@ -107,7 +107,11 @@ class GatewaySettings(BaseSettings):
     # Idempotency keys: records in Redis when a URL is set (shared by every worker and
     # gateway of the region), else in this process (the embedded default).
     redis_url: str | None = None
-    idempotency_lease_s: float = Field(default=30.0, gt=0)
+    # A claim's lease, renewed every third of it while its request runs: a dead gateway's keys
+    # free within this long (docs/benchmarks.md: what renewing costs).
+    idempotency_lease_s: float = Field(default=5.0, gt=0)
+    # How long an answer waits for a store that is down before the client gets 503 instead of it.
+    idempotency_settle_timeout_s: float = Field(default=10.0, ge=0)
     idempotency_retention_s: float = Field(default=86_400.0, gt=0)
     idempotency_max_answer_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     idempotency_memory_bytes: int = Field(default=256 * 1024 * 1024, ge=1)  # in-process store: oldest go first

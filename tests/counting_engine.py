@@ -38,6 +38,7 @@ class CountingEngine:
         self.executed: Counter[str] = Counter()
         self.traceparents: dict[str, str] = {}  # the W3C trace context each request came with
         self.received = 0
+        self._answers = 0
         self._slots = asyncio.Semaphore(slots) if slots else None
         self._log = log
         self._name = name
@@ -78,9 +79,15 @@ class CountingEngine:
                 await asyncio.sleep(delay * chunks)
             finally:
                 self._free()
-            return JSONResponse(_completion(chunks))
+            return JSONResponse(_completion(chunks, self._answer_id()))
         usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return StreamingResponse(_stream(chunks, delay, self._free, usage), media_type="text/event-stream")
+        stream = _stream(chunks, delay, self._free, usage, self._answer_id())
+        return StreamingResponse(stream, media_type="text/event-stream")
+
+    def _answer_id(self) -> str:
+        """Unique per execution, so a test can tell one execution's answer from another's."""
+        self._answers += 1
+        return f"chatcmpl-counting-{self._name}-{self._answers}"
 
     def _free(self) -> None:
         if self._slots is not None:
@@ -114,9 +121,9 @@ class CountingEngine:
         )
 
 
-def _completion(chunks: int) -> dict[str, Any]:
+def _completion(chunks: int, answer_id: str) -> dict[str, Any]:
     return {
-        "id": "chatcmpl-counting",
+        "id": answer_id,
         "object": "chat.completion",
         "created": 1700000000,
         "model": MODEL,
@@ -127,9 +134,9 @@ def _completion(chunks: int) -> dict[str, Any]:
     }
 
 
-async def _stream(chunks: int, delay: float, done: Callable[[], None], usage: bool = False) -> Any:
+async def _stream(chunks: int, delay: float, done: Callable[[], None], usage: bool, answer_id: str) -> Any:
     try:
-        chunk = {"id": "chatcmpl-counting", "object": "chat.completion.chunk", "model": MODEL}
+        chunk = {"id": answer_id, "object": "chat.completion.chunk", "model": MODEL}
         for i in range(chunks):
             if delay:
                 await asyncio.sleep(delay)

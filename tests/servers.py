@@ -92,20 +92,30 @@ class ServerProcess:
 
 
 class Redis:
-    """A redis-server of a test's own, on a free port, so a test may stop it."""
+    """A redis-server of a test's own, on a free port, so a test may stop it.
 
-    def __init__(self) -> None:
+    With `aof_dir`, it keeps an append-only file there (fsync on every write), so `kill` and
+    `start` again is a crash and a restart that keeps what was written.
+    """
+
+    def __init__(self, aof_dir: Path | None = None) -> None:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        self._aof_dir = aof_dir
+        self.start()
+
+    def start(self) -> None:
+        durable = ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(self._aof_dir)]
+        args = ["--port", str(self.port), "--save", "", *(durable if self._aof_dir else ["--appendonly", "no"])]
+        self.process = subprocess.Popen(["redis-server", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True).stdout != b"PONG\n":
             assert time.monotonic() < deadline, "redis-server did not start"
             time.sleep(0.05)
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(10)
 
     def stop(self) -> None:
         self.process.terminate()
