@@ -1,9 +1,10 @@
 """The sidecar's HTTP API: adapters for operators, `/sync/*` and `/blobs/*` for peers.
 
-Errors use the OpenAI envelope like the gateway's: 400 for an adapter the engines must not
-see (with the reason), 403 for publishing at an edge site, 404 for an unknown name, version
-or blob, 409 for a peer whose clock is too far ahead, 413 for a message or upload over the
-limit.
+Writes need an operator's token, peer routes the peer key (sync/auth.py). Errors use the
+OpenAI envelope like the gateway's: 400 for an adapter the engines must not see (with the
+reason), 401/403 for a missing credential or scope, 403 for publishing at an edge site, 404
+for an unknown name, version or blob, 409 for a peer whose clock is too far ahead, 413 for
+a message or upload over the limit.
 """
 
 import asyncio
@@ -16,15 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from protocol import error_payload
 from protocol.background import running
 from sync import crdt
 from sync.adapters import AdapterRefused
+from sync.auth import Refused, SidecarAuth
 from sync.clock import ClockSkew
 from sync.node import EdgeCannotPublish, SyncNode
 from sync.peers import Peers
@@ -93,15 +95,28 @@ class _TooLarge(Exception):
         super().__init__(f"the body is {size} bytes, over the limit of {limit}")
 
 
+def _bearer(secret: SecretStr | None) -> dict[str, str]:
+    return {"authorization": f"Bearer {secret.get_secret_value()}"} if secret else {}
+
+
 def create_app(settings: SyncSettings) -> FastAPI:
     node = SyncNode(settings)
     metrics = SyncMetrics()
+    auth = SidecarAuth(settings)
+    writer = [Depends(auth.writer)]
+    peer = [Depends(auth.peer)]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with httpx.AsyncClient(timeout=settings.peer_timeout_s) as client:
-            peers = Peers(node, client)
-            reconciler = Reconciler(node, peers, client)
+        # One client per plane, each with its own credential: the peer key never reaches an
+        # engine, nor the engines' key a peer.
+        timeout = settings.peer_timeout_s
+        async with (
+            httpx.AsyncClient(timeout=timeout, headers=_bearer(settings.peer_key)) as to_peers,
+            httpx.AsyncClient(timeout=timeout, headers=_bearer(settings.engine_api_key)) as to_engines,
+        ):
+            peers = Peers(node, to_peers)
+            reconciler = Reconciler(node, peers, to_engines)
             metrics.watch(node, peers, reconciler)
             app.state.peers, app.state.reconciler = peers, reconciler
             async with running(peers.run()), running(reconciler.run()):
@@ -109,6 +124,10 @@ def create_app(settings: SyncSettings) -> FastAPI:
 
     app = FastAPI(title="switchyard-sync", lifespan=lifespan)
     app.state.node = node
+
+    @app.exception_handler(Refused)
+    async def refused(_: Request, exc: Refused) -> JSONResponse:
+        return exc.response()
 
     @app.exception_handler(_TooLarge)
     async def too_large(_: Request, exc: _TooLarge) -> JSONResponse:
@@ -132,7 +151,7 @@ def create_app(settings: SyncSettings) -> FastAPI:
         adapters = [adapter | reconciler.describe(adapter["name"]) for adapter in node.describe()]
         return {"region": settings.region, "adapters": adapters}
 
-    @app.post("/adapters", status_code=201)
+    @app.post("/adapters", status_code=201, dependencies=writer)
     async def publish(request: Request) -> JSONResponse:
         """A folder on this host (JSON `{"name", "path", "weight", "base_model"}`), or an
         upload: a tar archive of the adapter's files, with `?name=...&weight=...`."""
@@ -184,7 +203,7 @@ def create_app(settings: SyncSettings) -> FastAPI:
         rows = [{"at": at.encode(), "event": event} for at, event in events]
         return JSONResponse({"name": name, "events": rows})
 
-    @app.delete("/adapters/{name}/versions/{digest}")
+    @app.delete("/adapters/{name}/versions/{digest}", dependencies=writer)
     async def revoke(name: str, digest: str) -> JSONResponse:
         """Never serve this version again, in any region's contribution."""
         try:
@@ -195,7 +214,7 @@ def create_app(settings: SyncSettings) -> FastAPI:
             return _error(404, f"{name!r} has no version {digest[:64]!r}.", "version_not_found", "digest")
         return JSONResponse({"name": name, "version": digest, "status": "revoked"})
 
-    @app.delete("/adapters/{name}")
+    @app.delete("/adapters/{name}", dependencies=writer)
     async def retire(name: str) -> JSONResponse:
         try:
             node.retire(name)
@@ -207,7 +226,7 @@ def create_app(settings: SyncSettings) -> FastAPI:
 
     # --- peers ------------------------------------------------------------------------------------
 
-    @app.post("/sync/delta")
+    @app.post("/sync/delta", dependencies=peer)
     async def receive_delta(request: Request) -> JSONResponse:
         delta = crdt.decode(await _json_body(request, settings.max_message_bytes))
         try:
@@ -216,7 +235,7 @@ def create_app(settings: SyncSettings) -> FastAPI:
             return _error(409, str(exc), "clock_skew")
         return JSONResponse({"status": "ok"})
 
-    @app.post("/sync/summary")
+    @app.post("/sync/summary", dependencies=peer)
     async def exchange(request: Request) -> JSONResponse:
         body = await _json_body(request, settings.max_message_bytes)
         theirs = body.get("summary") if isinstance(body, dict) else None
@@ -225,7 +244,7 @@ def create_app(settings: SyncSettings) -> FastAPI:
         delta = node.differing(theirs)
         return JSONResponse({"delta": crdt.encode(delta), "summary": node.summary()})
 
-    @app.get("/blobs/{digest}")
+    @app.get("/blobs/{digest}", dependencies=peer)
     async def blob(digest: str) -> Response:
         try:
             present = node.blobs.has(digest)

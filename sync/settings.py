@@ -3,10 +3,12 @@
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, HttpUrl
+from pydantic import AliasChoices, Field, HttpUrl, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["SyncSettings"]
+__all__ = ["LOOPBACK_HOSTS", "SyncSettings"]
+
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
 
 class SyncSettings(BaseSettings):
@@ -38,6 +40,36 @@ class SyncSettings(BaseSettings):
     max_upload_bytes: int = Field(default=2 * 1024**3, ge=1024)  # an adapter uploaded as a tar archive
     max_drift_ms: int = Field(default=60_000, ge=0)  # a peer's clock at most this far ahead
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    # Who may change the registry (publish, upload, retire, revoke): a bearer JWT access token
+    # from the gateway's issuer (or the external one the gateway trusts) with scope `adapters`
+    # or `admin`. `disabled` is refused unless the sidecar listens on loopback only.
+    auth_mode: Literal["jwt", "disabled"] = "jwt"
+    auth_issuer: str = Field(default="http://127.0.0.1:8000", min_length=1)  # the exact `iss`: the embedded gateway's
+    auth_jwks: str | None = None  # the issuer's JWKS, a URL or a file; default: <auth_issuer>/.well-known/jwks.json
+    auth_audience: str = Field(default="switchyard", min_length=1)  # must be in every token's `aud`
+    # The other regions' sidecars: every peer request carries it (`Authorization: Bearer`) and
+    # the peer routes (/sync/*, /blobs/*) require it. The same key in every region.
+    peer_key: SecretStr | None = None
+    # The engines' API key (their --api-key), sent on every call to them.
+    engine_api_key: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _is_safe(self) -> "SyncSettings":
+        exposed = self.host not in LOOPBACK_HOSTS
+        if self.auth_mode == "disabled" and exposed:
+            raise ValueError(f"auth_mode disabled is refused unless host is a loopback address, not {self.host!r}")
+        if self.peers and self.peer_key is None and exposed:
+            raise ValueError(
+                f"peers without peer_key are refused unless host is a loopback address, not {self.host!r}: "
+                "set SWITCHYARD_SYNC_PEER_KEY (the same in every region)"
+            )
+        if self.peer_key is not None and len(self.peer_key.get_secret_value()) < 16:
+            raise ValueError("peer_key is shorter than 16 characters: too easy to guess")
+        return self
+
+    @property
+    def jwks(self) -> str:
+        return self.auth_jwks or self.auth_issuer.rstrip("/") + "/.well-known/jwks.json"
 
     @property
     def blobs(self) -> Path:

@@ -17,6 +17,7 @@ import pytest
 
 from tests.adapters import make_lora_adapter
 from tests.conftest import MODEL, start_engine
+from tests.fake_nodes import FakeIssuer
 from tests.servers import ServerProcess, free_port
 
 REGIONS = ("a", "b", "c")
@@ -29,6 +30,11 @@ class Region:
     engine: ServerProcess
     sidecar: ServerProcess
     gateway: ServerProcess
+    operator: dict[str, str]  # headers of an operator's writes: a token with scope `adapters`
+
+    def publish(self, name: str, folder: Path, **fields: object) -> httpx.Response:
+        body = {"name": name, "path": str(folder), **fields}
+        return httpx.post(self.sidecar.url + "/adapters", json=body, headers=self.operator, timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +48,7 @@ def regions(
     builtin_model: Path, log_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Region]]:
     data = tmp_path_factory.mktemp("hotload-data")
+    issuer = FakeIssuer(data)
     sidecar_ports = {name: free_port() for name in REGIONS}
     started: dict[str, Region] = {}
     try:
@@ -58,7 +65,7 @@ def regions(
                 "SWITCHYARD_DATA_DIR": str(data),
                 "SWITCHYARD_SYNC_ANTI_ENTROPY_INTERVAL_S": "0.3",
                 "SWITCHYARD_SYNC_RECONCILE_INTERVAL_S": "0.3",
-            }
+            } | issuer.sidecar_env()
             port = sidecar_ports[name]
             sidecar = ServerProcess("sync", args, port=port, log_dir=log_dir, env=env).wait_ready()
             pools = [{"name": f"pool-{name}", "region": name, "replicas": [engine.url]}]
@@ -66,7 +73,7 @@ def regions(
                            "SWITCHYARD_HEALTH_INTERVAL_S": "0.3", "SWITCHYARD_DATA_DIR": str(data)}  # fmt: skip
             port = free_port()
             gateway = ServerProcess("app", ["--port", str(port)], port=port, log_dir=log_dir, env=gateway_env)
-            started[name] = Region(name, engine, sidecar, gateway.wait_ready())
+            started[name] = Region(name, engine, sidecar, gateway.wait_ready(), issuer.headers("adapters"))
         yield started
     finally:
         for region in started.values():
@@ -115,7 +122,7 @@ def test_an_adapter_published_in_one_region_answers_alike_in_every_region(
 ) -> None:
     # The sidecars keep the default base_models; the adapter names the model's folder (PEFT
     # records where the model was loaded from), which the engines report as their model's root.
-    published = httpx.post(regions["a"].sidecar.url + "/adapters", json={"name": "tuned", "path": str(adapters[0])})
+    published = regions["a"].publish("tuned", adapters[0])
     assert published.status_code == 201, published.text
     _eventually(lambda: _loaded_everywhere(regions, "tuned"), "tuned loaded in every region's engine")
     answers = {name: _answer(region, "tuned") for name, region in regions.items()}
@@ -125,8 +132,7 @@ def test_an_adapter_published_in_one_region_answers_alike_in_every_region(
 
 def test_contributions_from_two_regions_are_stacked_alike(regions: dict[str, Region], adapters: list[Path]) -> None:
     for region, adapter, weight in (("a", adapters[0], 1.0), ("b", adapters[1], 0.5)):
-        response = httpx.post(regions[region].sidecar.url + "/adapters",
-                              json={"name": "blend", "path": str(adapter), "weight": weight})  # fmt: skip
+        response = regions[region].publish("blend", adapter, weight=weight)
         assert response.status_code == 201, response.text
     _eventually(
         lambda: (
@@ -161,15 +167,14 @@ def _engine_models(region: Region) -> dict[str, str | None]:
 def test_a_base_models_name_is_refused_and_never_leaves_a_staging_name(
     regions: dict[str, Region], adapters: list[Path]
 ) -> None:
-    publish = regions["a"].sidecar.url + "/adapters"
     for name, code in ((MODEL, "name_reserved"), ("tuned@0123456789ab", "invalid_request")):
-        refused = httpx.post(publish, json={"name": name, "path": str(adapters[0])}, timeout=30)
+        refused = regions["a"].publish(name, adapters[0])
         assert refused.status_code == 400, refused.text
         assert (refused.json()["error"]["param"], refused.json()["error"]["code"]) == ("name", code)
     # c's sidecar knows its engine's base model names; a cannot know c's: a and b load it, c does not.
-    at_c = httpx.post(regions["c"].sidecar.url + "/adapters", json={"name": SERVED_AS["c"], "path": str(adapters[0])})
+    at_c = regions["c"].publish(SERVED_AS["c"], adapters[0])
     assert (at_c.status_code, at_c.json()["error"]["code"]) == (400, "name_reserved"), at_c.text
-    published = httpx.post(publish, json={"name": SERVED_AS["c"], "path": str(adapters[0])}, timeout=30)
+    published = regions["a"].publish(SERVED_AS["c"], adapters[0])
     assert published.status_code == 201, published.text
     _eventually(
         lambda: (
@@ -181,7 +186,8 @@ def test_a_base_models_name_is_refused_and_never_leaves_a_staging_name(
     for region in regions.values():
         assert not [name for name in _engine_models(region) if "@" in name], region.name
     assert _engine_models(regions["c"])[SERVED_AS["c"]] is None  # still c's base model
-    assert httpx.delete(publish + "/" + SERVED_AS["c"], timeout=10).status_code == 200
+    retired = httpx.delete(f"{regions['a'].sidecar.url}/adapters/{SERVED_AS['c']}", headers=regions["a"].operator)
+    assert retired.status_code == 200, retired.text
     _eventually(lambda: all(SERVED_AS["c"] not in _engine_models(regions[r]) for r in ("a", "b")), "retired")
 
 

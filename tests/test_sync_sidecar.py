@@ -1,6 +1,7 @@
 """Three regions' sidecars on loopback (`python -m sync`), each peer link through its own
 fault proxy so a region can be cut off: publishing, concurrent contributions, a partition
-that heals, a restart, and the API's answers to bad input."""
+that heals, a restart, and the API's answers to bad input. Every write carries an
+operator's token and every peer request the peer key, as in production."""
 
 import io
 import json
@@ -22,6 +23,7 @@ from sync.node import SyncNode
 from sync.peers import Peers
 from sync.settings import SyncSettings
 from tests.adapters import make_lora_adapter
+from tests.fake_nodes import FakeIssuer
 from tests.faultproxy import FaultProxy
 from tests.servers import ServerProcess, free_port
 
@@ -35,6 +37,14 @@ class Mesh:
     links: dict[tuple[str, str], FaultProxy]  # (from, to): the proxy `from` reaches `to` through
     sidecars: dict[str, ServerProcess]
     start: Callable[[str], ServerProcess]
+    issuer: FakeIssuer
+
+    def operator(self) -> dict[str, str]:
+        """Headers of a write: a token with scope `adapters`."""
+        return self.issuer.headers("adapters")
+
+    def peer(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.issuer.peer_key}"}
 
     def url(self, region: str) -> str:
         return f"http://127.0.0.1:{self.ports[region]}"
@@ -54,6 +64,7 @@ def adapters(builtin_model: Path, tmp_path_factory: pytest.TempPathFactory) -> l
 @pytest.fixture(scope="module")
 def mesh(builtin_model: Path, log_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     data = tmp_path_factory.mktemp("sync-data")
+    issuer = FakeIssuer(data)
     ports = {region: free_port() for region in REGIONS}
     links = {(s, t): FaultProxy(ports[t]) for s in REGIONS for t in REGIONS if s != t}
     env = {
@@ -63,7 +74,7 @@ def mesh(builtin_model: Path, log_dir: Path, tmp_path_factory: pytest.TempPathFa
         "SWITCHYARD_SYNC_RETRY_BASE_S": "0.05",
         "SWITCHYARD_SYNC_RETRY_MAX_S": "0.5",
         "SWITCHYARD_SYNC_PEER_TIMEOUT_S": "2",
-    }
+    } | issuer.sidecar_env()
 
     def start(region: str) -> ServerProcess:
         args = ["--region", region, "--port", str(ports[region])]
@@ -73,7 +84,7 @@ def mesh(builtin_model: Path, log_dir: Path, tmp_path_factory: pytest.TempPathFa
         return ServerProcess("sync", args, port=ports[region], log_dir=log_dir, env=env).wait_ready()
 
     sidecars = {region: start(region) for region in REGIONS}
-    yield Mesh(data, ports, links, sidecars, start)
+    yield Mesh(data, ports, links, sidecars, start, issuer)
     for sidecar in sidecars.values():
         sidecar.stop()
     for proxy in links.values():
@@ -97,7 +108,8 @@ def _eventually(check: Callable[[], bool], what: str, timeout: float = 20.0) -> 
 
 
 def _publish(mesh: Mesh, region: str, name: str, folder: Path, **fields: object) -> httpx.Response:
-    return httpx.post(mesh.url(region) + "/adapters", json={"name": name, "path": str(folder), **fields}, timeout=30)
+    body = {"name": name, "path": str(folder), **fields}
+    return httpx.post(mesh.url(region) + "/adapters", json=body, headers=mesh.operator(), timeout=30)
 
 
 def _converged(mesh: Mesh, name: str, regions: tuple[str, ...] = REGIONS) -> bool:
@@ -168,7 +180,7 @@ def test_retiring_removes_the_adapter_everywhere(mesh: Mesh, adapters: list[Path
     digest = _adapters(mesh.url("a"))["short-lived"]["stacked"]
     stacks = [mesh.data / "sync" / region / "state" / "served" / digest for region in REGIONS]
     assert all(stack.is_dir() for stack in stacks)
-    assert httpx.delete(mesh.url("c") + "/adapters/short-lived").status_code == 200
+    assert httpx.delete(mesh.url("c") + "/adapters/short-lived", headers=mesh.operator()).status_code == 200
     _eventually(
         lambda: all(_served(mesh.url(r), "short-lived") is None for r in REGIONS), "short-lived retired everywhere"
     )
@@ -189,13 +201,15 @@ def test_bad_input_gets_a_clear_error(mesh: Mesh, adapters: list[Path], tmp_path
     wrong_base = _publish(mesh, "a", "x", adapters[0], base_model="another-model")
     assert "another-model" in error(wrong_base, 400, "adapter_refused")
     error(_publish(mesh, "a", "bad name!", adapters[0]), 400, "invalid_request")
-    error(httpx.post(url + "/adapters", content=b"{not json", timeout=5), 400, "invalid_request")
-    error(httpx.post(url + "/adapters", json={"name": "x"}, timeout=5), 400, "invalid_request")
-    error(httpx.delete(url + "/adapters/never-published"), 404, "adapter_not_found")
-    error(httpx.post(url + "/sync/delta", json={"entries": 5}), 400, "invalid_request")
-    error(httpx.post(url + "/sync/delta", content=b"x" * (5 * 1024 * 1024)), 413, "request_too_large")
-    error(httpx.get(url + "/blobs/" + "0" * 64), 404, "blob_not_found")
-    error(httpx.get(url + "/blobs/not-a-digest"), 400, "invalid_digest")
+    operator, peer = mesh.operator(), mesh.peer()
+    error(httpx.post(url + "/adapters", content=b"{not json", headers=operator, timeout=5), 400, "invalid_request")
+    error(httpx.post(url + "/adapters", json={"name": "x"}, headers=operator, timeout=5), 400, "invalid_request")
+    error(httpx.delete(url + "/adapters/never-published", headers=operator), 404, "adapter_not_found")
+    error(httpx.post(url + "/sync/delta", json={"entries": 5}, headers=peer), 400, "invalid_request")
+    too_large = httpx.post(url + "/sync/delta", content=b"x" * (5 * 1024 * 1024), headers=peer)
+    error(too_large, 413, "request_too_large")
+    error(httpx.get(url + "/blobs/" + "0" * 64, headers=peer), 404, "blob_not_found")
+    error(httpx.get(url + "/blobs/not-a-digest", headers=peer), 400, "invalid_digest")
 
 
 def test_an_edge_site_pulls_and_serves_but_never_publishes(
@@ -205,13 +219,15 @@ def test_an_edge_site_pulls_and_serves_but_never_publishes(
     port = free_port()
     args = ["--region", "edge1", "--role", "edge", "--port", str(port), "--peer", mesh.url("a")]
     env = {"SWITCHYARD_DATA_DIR": str(tmp_path), "SWITCHYARD_SYNC_ANTI_ENTROPY_INTERVAL_S": "0.3"}
+    env |= mesh.issuer.sidecar_env()
     edge = ServerProcess("sync", args, port=port, log_dir=log_dir, env=env).wait_ready()
     try:
         _eventually(lambda: _served(edge.url, "to-the-edge") == _served(mesh.url("a"), "to-the-edge"), "pulled")
-        refused = httpx.post(edge.url + "/adapters", json={"name": "x", "path": str(adapters[0])}, timeout=10)
+        body = {"name": "x", "path": str(adapters[0])}
+        refused = httpx.post(edge.url + "/adapters", json=body, headers=mesh.operator(), timeout=10)
         assert refused.status_code == 403
         assert refused.json()["error"]["code"] == "edge_cannot_publish"
-        assert httpx.delete(edge.url + "/adapters/to-the-edge").status_code == 403
+        assert httpx.delete(edge.url + "/adapters/to-the-edge", headers=mesh.operator()).status_code == 403
     finally:
         edge.stop()
 
@@ -233,7 +249,7 @@ def test_a_peer_clock_far_in_the_future_is_refused(mesh: Mesh) -> None:
         },
         "dots": {"z": 1},
     }
-    response = httpx.post(mesh.url("a") + "/sync/delta", json=delta, timeout=5)
+    response = httpx.post(mesh.url("a") + "/sync/delta", json=delta, headers=mesh.peer(), timeout=5)
     assert response.status_code == 409
     assert response.json()["error"]["code"] == "clock_skew"
     assert "from-the-future" not in _adapters(mesh.url("a"))
@@ -270,7 +286,7 @@ async def test_a_corrupted_or_truncated_blob_is_refused_and_fetched_again(
     assert _publish(mesh, "a", "blobs", adapters[0]).status_code == 201
     weights = adapters[0] / "adapter_model.safetensors"
     digest, size = file_sha256(weights), weights.stat().st_size
-    async with httpx.AsyncClient(timeout=5) as client:
+    async with httpx.AsyncClient(timeout=5, headers=mesh.peer()) as client:
         resumed = await client.get(f"{mesh.url('a')}/blobs/{digest}", headers={"range": "bytes=100-"})
     assert (resumed.status_code, len(resumed.content)) == (206, size - 100)  # downloads resume
     corrupt, corrupt_url = _serve_bad_peer("corrupt", {digest: weights.read_bytes()})
@@ -278,7 +294,7 @@ async def test_a_corrupted_or_truncated_blob_is_refused_and_fetched_again(
     try:
         settings = SyncSettings(region="x", peers=[corrupt_url, truncated_url, mesh.url("a")], data_dir=tmp_path)
         node = SyncNode(settings)
-        async with httpx.AsyncClient(timeout=5) as client:
+        async with httpx.AsyncClient(timeout=5, headers=mesh.peer()) as client:
             peers = Peers(node, client)
             assert await peers.fetch_blob(digest, size)
         assert node.blobs.verify(digest)
@@ -307,8 +323,8 @@ def test_an_uploaded_archive_is_published_and_a_version_can_be_revoked(
 ) -> None:
     archive = _tar(adapters[2], tmp_path / "adapter.tar.gz")
     url = mesh.url("b") + "/adapters"
-    uploaded = httpx.post(url, params={"name": "uploaded", "weight": "0.5"}, content=archive,
-                          headers={"content-type": "application/gzip"}, timeout=30)  # fmt: skip
+    gzip = {"content-type": "application/gzip"} | mesh.operator()
+    uploaded = httpx.post(url, params={"name": "uploaded", "weight": "0.5"}, content=archive, headers=gzip, timeout=30)
     assert uploaded.status_code == 201, uploaded.text
     digest = uploaded.json()["published"]
     _eventually(lambda: _converged(mesh, "uploaded"), "the upload served everywhere")
@@ -316,22 +332,24 @@ def test_an_uploaded_archive_is_published_and_a_version_can_be_revoked(
     # The same files published from a folder are the same version.
     assert _publish(mesh, "a", "from-folder", adapters[2]).json()["published"] == digest
     escaping = _tar(adapters[2], tmp_path / "escaping.tar.gz", extra=("../../outside", b"x"))
-    refused = httpx.post(url, params={"name": "evil"}, content=escaping, headers={"content-type": "application/gzip"})
+    refused = httpx.post(url, params={"name": "evil"}, content=escaping, headers=gzip)
     assert refused.status_code == 400
     assert "../../outside" in refused.json()["error"]["message"]
-    garbage = httpx.post(url, params={"name": "x"}, content=b"not a tar", headers={"content-type": "application/x-tar"})
+    tar = {"content-type": "application/x-tar"} | mesh.operator()
+    garbage = httpx.post(url, params={"name": "x"}, content=b"not a tar", headers=tar)
     assert garbage.status_code == 400
-    revoked = httpx.delete(f"{mesh.url('c')}/adapters/uploaded/versions/{digest}")
+    revoked = httpx.delete(f"{mesh.url('c')}/adapters/uploaded/versions/{digest}", headers=mesh.operator())
     assert revoked.status_code == 200, revoked.text
     _eventually(lambda: all(_served(mesh.url(r), "uploaded") is None for r in REGIONS), "the revoked version gone")
-    assert httpx.delete(f"{mesh.url('c')}/adapters/uploaded/versions/{'0' * 64}").status_code == 404
+    unknown = httpx.delete(f"{mesh.url('c')}/adapters/uploaded/versions/{'0' * 64}", headers=mesh.operator())
+    assert unknown.status_code == 404
 
 
 def test_the_audit_log_of_an_adapter_is_in_clock_order(mesh: Mesh, adapters: list[Path]) -> None:
     assert _publish(mesh, "a", "audited", adapters[0]).status_code == 201
     assert _publish(mesh, "b", "audited", adapters[1]).status_code == 201
     _eventually(lambda: len(_served(mesh.url("c"), "audited")["parts"]) == 2, "both parts in c")
-    assert httpx.delete(mesh.url("c") + "/adapters/audited").status_code == 200
+    assert httpx.delete(mesh.url("c") + "/adapters/audited", headers=mesh.operator()).status_code == 200
     events = httpx.get(mesh.url("c") + "/adapters/audited/audit").json()["events"]
     assert [e["at"] for e in events] == sorted(e["at"] for e in events)
     assert events[-1]["event"] == "retired by c"

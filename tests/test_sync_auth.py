@@ -1,0 +1,167 @@
+"""Who may call a real sidecar (`python -m sync`): writes need a token from the trusted issuer
+with scope `adapters` or `admin`, peer routes the peer key, reads are open; settings that
+would leave a sidecar open beyond loopback refuse to start. Every refusal is the OpenAI
+envelope with an RFC 6750 challenge, never a 5xx."""
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from sync.settings import SyncSettings
+from tests.adapters import make_lora_adapter
+from tests.conftest import MODEL
+from tests.fake_nodes import FakeIssuer
+from tests.servers import ROOT, ServerProcess, free_port
+
+PEER_ROUTES = (("POST", "/sync/delta"), ("POST", "/sync/summary"), ("GET", "/blobs/" + "0" * 64))
+
+
+@pytest.fixture(scope="module")
+def issuer(tmp_path_factory: pytest.TempPathFactory) -> FakeIssuer:
+    return FakeIssuer(tmp_path_factory.mktemp("issuer"))
+
+
+@pytest.fixture(scope="module")
+def sidecar(issuer: FakeIssuer, log_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    port = free_port()
+    env = {"SWITCHYARD_DATA_DIR": str(tmp_path_factory.mktemp("auth-data"))} | issuer.sidecar_env()
+    server = ServerProcess("sync", ["--region", "a", "--port", str(port)], port=port, log_dir=log_dir, env=env)
+    yield server.wait_ready()
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def adapter(builtin_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_lora_adapter(builtin_model, tmp_path_factory.mktemp("auth-adapter") / "lora", rank=4)
+
+
+def _publish(sidecar: ServerProcess, adapter: Path, name: str, **headers: str) -> httpx.Response:
+    body = {"name": name, "path": str(adapter), "base_model": MODEL}
+    return httpx.post(sidecar.url + "/adapters", json=body, headers=headers, timeout=30)
+
+
+def _refusal(response: httpx.Response, status: int, code: str) -> str:
+    """The challenge of a refusal that must be `status` with `code` in the OpenAI envelope."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code, error
+    assert error["type"] == "invalid_request_error"
+    return response.headers["www-authenticate"]
+
+
+def test_publishing_needs_a_token_with_scope_adapters_or_admin(
+    sidecar: ServerProcess, issuer: FakeIssuer, adapter: Path
+) -> None:
+    assert _refusal(_publish(sidecar, adapter, "a1"), 401, "missing_token") == 'Bearer realm="switchyard-sync"'
+    chat_only = _publish(sidecar, adapter, "a1", authorization=f"Bearer {issuer.token('chat')}")
+    challenge = _refusal(chat_only, 403, "insufficient_scope")
+    assert 'error="insufficient_scope"' in challenge
+    assert 'scope="adapters admin"' in challenge
+    for scopes in (("adapters",), ("chat", "admin")):
+        published = _publish(sidecar, adapter, "a1", authorization=f"Bearer {issuer.token(*scopes)}")
+        assert published.status_code == 201, published.text
+    assert "a1" in {a["name"] for a in httpx.get(sidecar.url + "/adapters").json()["adapters"]}
+
+
+def test_tokens_the_sidecar_must_not_trust_are_refused(
+    sidecar: ServerProcess, issuer: FakeIssuer, adapter: Path, tmp_path: Path
+) -> None:
+    impostor = FakeIssuer(tmp_path, issuer=issuer.issuer)  # the same `iss`, another key
+    hostile = {
+        "another key": impostor.token("adapters"),
+        "another issuer": issuer.token("adapters", iss="https://elsewhere.test"),
+        "another audience": issuer.token("adapters", aud="billing"),
+        "expired": issuer.token("adapters", exp=1_000_000_000),
+        "no subject": issuer.token("adapters", sub=""),
+        "not a JWT": "not-a-token",
+        "the peer key": issuer.peer_key,
+    }
+    for what, token in hostile.items():
+        challenge = _refusal(_publish(sidecar, adapter, "x", authorization=f"Bearer {token}"), 401, "invalid_token")
+        assert 'error="invalid_token"' in challenge, what
+    assert _refusal(_publish(sidecar, adapter, "x", authorization=f"Basic {token}"), 401, "missing_token")
+    good = f"Bearer {issuer.token('adapters')}"
+    twice = httpx.post(sidecar.url + "/adapters", json={"name": "x", "path": str(adapter)},
+                       headers=[("authorization", good), ("authorization", good)])  # fmt: skip
+    assert 'error="invalid_request"' in _refusal(twice, 400, "invalid_request")
+    assert "x" not in {a["name"] for a in httpx.get(sidecar.url + "/adapters").json()["adapters"]}
+
+
+def test_every_write_needs_the_token_and_reads_stay_open(
+    sidecar: ServerProcess, issuer: FakeIssuer, adapter: Path
+) -> None:
+    operator = {"authorization": f"Bearer {issuer.token('adapters')}"}
+    published = _publish(sidecar, adapter, "w1", **operator)
+    assert published.status_code == 201, published.text
+    digest = published.json()["published"]
+    chat = {"authorization": f"Bearer {issuer.token('chat')}"}
+    upload = {"content-type": "application/x-tar"}
+    writes = [
+        ("POST", "/adapters?name=w2", upload),
+        ("DELETE", f"/adapters/w1/versions/{digest}", {}),
+        ("DELETE", "/adapters/w1", {}),
+    ]
+    for method, path, headers in writes:
+        anonymous = httpx.request(method, sidecar.url + path, headers=headers, content=b"x" * 10)
+        _refusal(anonymous, 401, "missing_token")
+        _refusal(httpx.request(method, sidecar.url + path, headers=headers | chat), 403, "insufficient_scope")
+    [w1] = [a for a in httpx.get(sidecar.url + "/adapters").json()["adapters"] if a["name"] == "w1"]
+    assert (w1["live"], w1["versions"][0]["revoked"]) == (True, False)  # what the refused writes asked: not done
+    assert "w2" not in {a["name"] for a in httpx.get(sidecar.url + "/adapters").json()["adapters"]}
+    assert httpx.delete(sidecar.url + "/adapters/w1", headers=operator).status_code == 200
+    for path in ("/health", "/metrics", "/adapters", "/adapters/w1/audit"):
+        assert httpx.get(sidecar.url + path).status_code == 200, path
+
+
+def test_peer_routes_need_the_peer_key(sidecar: ServerProcess, issuer: FakeIssuer) -> None:
+    wrong = {
+        "no key": {},
+        "a wrong key": {"authorization": "Bearer " + "x" * len(issuer.peer_key)},
+        "the key with a prefix": {"authorization": f"Bearer {issuer.peer_key[:-1]}"},
+        "an operator's token": {"authorization": f"Bearer {issuer.token('adapters', 'admin')}"},
+        "another scheme": {"authorization": f"Basic {issuer.peer_key}"},
+    }
+    summary = json.dumps({"region": "z", "summary": {}}).encode()
+    for method, path in PEER_ROUTES:
+        for what, headers in wrong.items():
+            response = httpx.request(method, sidecar.url + path, headers=headers, content=summary)
+            assert 'realm="switchyard-sync-peers"' in _refusal(response, 401, "invalid_peer_key"), (path, what)
+        twice = [("authorization", f"Bearer {issuer.peer_key}")] * 2
+        _refusal(httpx.request(method, sidecar.url + path, headers=twice, content=summary), 401, "invalid_peer_key")
+    peer = {"authorization": f"Bearer {issuer.peer_key}"}
+    answered = httpx.post(sidecar.url + "/sync/summary", content=summary, headers=peer)
+    assert answered.status_code == 200, answered.text
+    assert httpx.get(sidecar.url + PEER_ROUTES[2][1], headers=peer).status_code == 404  # no such blob, but let in
+
+
+def _start(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sync", "--port", str(free_port()), *args], cwd=ROOT,
+                          env={"PATH": "/usr/bin:/bin"} | env, capture_output=True, text=True, timeout=60)  # fmt: skip
+
+
+def test_a_sidecar_open_beyond_loopback_refuses_to_start(tmp_path: Path) -> None:
+    data = {"SWITCHYARD_DATA_DIR": str(tmp_path)}
+    no_auth = _start("--host", "0.0.0.0", env=data | {"SWITCHYARD_SYNC_AUTH_MODE": "disabled"})
+    assert no_auth.returncode == 2, no_auth.stderr
+    assert "auth_mode disabled is refused unless host is a loopback address" in no_auth.stderr
+    no_key = _start("--host", "0.0.0.0", "--peer", "http://10.0.0.2:8300", env=data)
+    assert no_key.returncode == 2, no_key.stderr
+    assert "SWITCHYARD_SYNC_PEER_KEY" in no_key.stderr
+    assert "Traceback" not in no_key.stderr + no_auth.stderr
+
+
+def test_settings_that_would_open_the_sidecar_are_refused() -> None:
+    SyncSettings(auth_mode="disabled")  # loopback: every caller is local
+    SyncSettings(peers=["http://127.0.0.1:9"])  # loopback, no peer key: peer routes open to local callers
+    with pytest.raises(ValidationError, match="shorter than 16"):
+        SyncSettings(peer_key="short")
+    with pytest.raises(ValidationError, match="peer_key"):
+        SyncSettings(host="::", peers=["http://10.0.0.2:8300"])
+    assert SyncSettings().jwks == "http://127.0.0.1:8000/.well-known/jwks.json"  # the embedded gateway's
+    assert SyncSettings(auth_issuer="https://id.example/").jwks == "https://id.example/.well-known/jwks.json"
