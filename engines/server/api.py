@@ -1,6 +1,7 @@
 """The engine's HTTP surface: OpenAI routes, LoRA adapter management, `/health`, `/metrics`, `/v1/models`.
 
-Errors leave as the OpenAI envelope, so the gateway treats every engine alike.
+Errors leave as the OpenAI envelope, so the gateway treats every engine alike. With an
+API key configured, every route but `/health` and `/metrics` needs it (`engines.server.auth`).
 """
 
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
 from engines.base import Engine, EngineError, EngineOverloaded, InvalidRequest, ModelNotFound
+from engines.server.auth import ApiKeyGuard
 from engines.server.errors import CatchAll, error_answer
 from engines.server.metrics import EngineMetrics
 from engines.server.serving import Generation, OpenAIServing
@@ -53,7 +55,7 @@ def _span(name: str, request: Request) -> AbstractContextManager[Span]:
     )
 
 
-def create_app(engine: Engine, *, model_root: str | None = None) -> FastAPI:
+def create_app(engine: Engine, *, model_root: str | None = None, api_key: str | None = None) -> FastAPI:
     serving = OpenAIServing(engine)
     metrics = EngineMetrics(engine)
 
@@ -64,6 +66,8 @@ def create_app(engine: Engine, *, model_root: str | None = None) -> FastAPI:
 
     app = FastAPI(title="switchyard engine", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.add_middleware(CatchAll)
+    if api_key:
+        app.add_middleware(ApiKeyGuard, api_key=api_key)  # added last: it runs first
 
     @app.exception_handler(EngineError)
     async def engine_error(_: Request, exc: EngineError) -> JSONResponse:

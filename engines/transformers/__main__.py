@@ -26,6 +26,11 @@ def parse_args(argv: list[str] | None = None) -> EngineSettings:
     parser.add_argument("--max-lora-rank", type=int, help="highest LoRA rank accepted (default 64)")
     parser.add_argument("--data-dir", help="where the built-in model is cached")
     parser.add_argument("--log-level")
+    parser.add_argument(
+        "--api-key",
+        help="require `Authorization: Bearer <key>` on every route but /health and /metrics "
+        "(prefer SWITCHYARD_ENGINE_API_KEY: a flag is visible in the process list)",
+    )
     given: dict[str, Any] = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
     return EngineSettings(**given)
 
@@ -47,7 +52,8 @@ def main(argv: list[str] | None = None) -> None:
         max_loras=settings.max_loras,
         max_lora_rank=settings.max_lora_rank,
     )
-    app = create_app(engine, model_root=model_path)
+    api_key = settings.api_key.get_secret_value() if settings.api_key else None
+    app = create_app(engine, model_root=model_path, api_key=api_key)
     tracing.configure("switchyard-engine", os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
 

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["EngineSettings"]
@@ -28,3 +28,6 @@ class EngineSettings(BaseSettings):
         validation_alias=AliasChoices("SWITCHYARD_DATA_DIR", "data_dir"),
     )
     log_level: str = "info"
+    # With a key, every route but /health and /metrics needs `Authorization: Bearer <key>`
+    # (as vLLM's --api-key); without one the engine is open, for a trusted network only.
+    api_key: SecretStr | None = None

@@ -28,6 +28,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[VllmSettings, list[str]]:
     parser.add_argument("--cpu-kvcache-gib", type=int)
     parser.add_argument("--python", help="vLLM environment's python (default: .venv-vllm/bin/python)")
     parser.add_argument("--data-dir", help="where the built-in model is cached")
+    parser.add_argument("--api-key", help="vLLM's --api-key (prefer SWITCHYARD_VLLM_API_KEY: a flag is visible in ps)")
     args, extra = parser.parse_known_args(argv)
     given: dict[str, Any] = {k: v for k, v in vars(args).items() if v is not None}
     return VllmSettings(**given), [a for a in extra if a != "--"]
@@ -65,6 +66,9 @@ def vllm_environment(settings: VllmSettings) -> dict[str, str]:
     env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"  # /v1/load_lora_adapter at run time
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kvcache_gib))
     env.setdefault("VLLM_NO_USAGE_STATS", "1")
+    if settings.api_key is not None:
+        # vLLM reads its --api-key from VLLM_API_KEY too: there, the key stays out of the process list.
+        env["VLLM_API_KEY"] = settings.api_key.get_secret_value()
     return env
 
 

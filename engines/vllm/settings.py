@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["VllmSettings", "default_vllm_python"]
@@ -29,6 +29,11 @@ class VllmSettings(BaseSettings):
     # KV cache size in GiB for vLLM's CPU backend (VLLM_CPU_KVCACHE_SPACE).
     cpu_kvcache_gib: int = Field(default=1, ge=1)
     python: Path = Field(default_factory=default_vllm_python)
+    # vLLM's --api-key (every /v1 route needs `Authorization: Bearer <key>`); the Transformers
+    # engine's variable is read too, so one setting serves either kind of engine.
+    api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("SWITCHYARD_VLLM_API_KEY", "SWITCHYARD_ENGINE_API_KEY", "api_key")
+    )
     data_dir: Path = Field(
         default=Path.home() / ".cache" / "switchyard",
         validation_alias=AliasChoices("SWITCHYARD_DATA_DIR", "data_dir"),
