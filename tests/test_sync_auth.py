@@ -4,8 +4,10 @@ would leave a sidecar open beyond loopback refuse to start. Every refusal is the
 envelope with an RFC 6750 challenge, never a 5xx."""
 
 import json
+import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -165,3 +167,68 @@ def test_settings_that_would_open_the_sidecar_are_refused() -> None:
         SyncSettings(host="::", peers=["http://10.0.0.2:8300"])
     assert SyncSettings().jwks == "http://127.0.0.1:8000/.well-known/jwks.json"  # the embedded gateway's
     assert SyncSettings(auth_issuer="https://id.example/").jwks == "https://id.example/.well-known/jwks.json"
+
+
+def test_a_token_the_gateways_own_issuer_minted_publishes(
+    adapter: Path, log_dir: Path, tmp_path: Path, counting_engine: ServerProcess
+) -> None:
+    """The sidecar trusts a real gateway's built-in issuer: its JWKS URL, the exact `iss`."""
+    data = {"SWITCHYARD_DATA_DIR": str(tmp_path)}
+    port = free_port()
+    pools = [{"name": "p", "region": "local", "replicas": [counting_engine.url]}]
+    gateway_env = data | {"SWITCHYARD_AUTH_MODE": "builtin", "SWITCHYARD_POOLS": json.dumps(pools)}
+    gateway = ServerProcess("app", ["--port", str(port)], port=port, log_dir=log_dir, env=gateway_env).wait_ready()
+    sidecar_port = free_port()
+    args = ["--region", "g", "--port", str(sidecar_port), "--auth-issuer", gateway.url]
+    sidecar = ServerProcess("sync", args, port=sidecar_port, log_dir=log_dir, env=data)
+    try:
+        sidecar.wait_ready()
+
+        def mint(scope: str) -> str:
+            command = [sys.executable, "-m", "app.auth", "--port", str(port), "token", "--scope", scope]
+            env = {"PATH": "/usr/bin:/bin"} | data
+            return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout.strip()
+
+        published = _publish(sidecar, adapter, "from-the-gateway", authorization=f"Bearer {mint('admin')}")
+        assert published.status_code == 201, published.text
+        _refusal(_publish(sidecar, adapter, "x", authorization=f"Bearer {mint('chat')}"), 403, "insufficient_scope")
+    finally:
+        sidecar.stop()
+        gateway.stop()
+
+
+def test_the_sidecar_calls_the_engines_with_their_api_key(
+    issuer: FakeIssuer, adapter: Path, builtin_model: Path, log_dir: Path, tmp_path: Path
+) -> None:
+    key = secrets.token_urlsafe(24)
+    port = free_port()
+    engine_args = ["--model", str(builtin_model), "--served-model-name", MODEL, "--port", str(port)]
+    engine = ServerProcess("engines.transformers", engine_args, port=port, log_dir=log_dir,
+                           env={"SWITCHYARD_ENGINE_API_KEY": key})  # fmt: skip
+    sidecars: list[ServerProcess] = []
+    try:
+        engine.wait_ready()
+        for name, extra in (("keyless", {}), ("keyed", {"SWITCHYARD_SYNC_ENGINE_API_KEY": key})):
+            sidecar_port = free_port()
+            env = issuer.sidecar_env() | extra | {"SWITCHYARD_DATA_DIR": str(tmp_path / name),
+                                                  "SWITCHYARD_SYNC_RECONCILE_INTERVAL_S": "0.3"}  # fmt: skip
+            args = ["--region", name, "--port", str(sidecar_port), "--engine", engine.url]
+            sidecars.append(ServerProcess("sync", args, port=sidecar_port, log_dir=log_dir, env=env).wait_ready())
+            published = _publish(sidecars[-1], adapter, f"{name}-adapter", **issuer.headers("adapters"))
+            assert published.status_code == 201, published.text
+        keyless, keyed = sidecars
+
+        def engine_models() -> set[str]:
+            response = httpx.get(engine.url + "/v1/models", headers={"authorization": f"Bearer {key}"})
+            return {card["id"] for card in response.json()["data"]}
+
+        deadline = time.monotonic() + 60
+        while "keyed-adapter" not in engine_models():
+            assert time.monotonic() < deadline, keyed.output()
+            time.sleep(0.2)
+        assert "keyless-adapter" not in engine_models()
+        assert f'sync_engine_up{{engine="{engine.url}"}} 0.0' in httpx.get(keyless.url + "/metrics").text
+        assert httpx.get(engine.url + "/v1/models").status_code == 401  # the engine is locked for everyone else
+    finally:
+        for process in (*sidecars, engine):
+            process.stop()
