@@ -66,9 +66,8 @@ class HealthMonitor:
         try:
             rtt_ms, models = await check_replica(self._client, replica.url, self._timeout)
         except UpstreamError as exc:
-            if replica.healthy:
-                log.warning("replica %s (%s) is down: %s", replica.id, replica.url, exc)
-            replica.mark_down(str(exc))
+            if replica.mark_down(str(exc)):
+                log.warning("replica %s (%s) of pool %s is down: %s", replica.id, replica.url, replica.pool.name, exc)
             self._registry.router.probe(replica.name, False, time.monotonic())
             return
         if not replica.healthy:

@@ -30,7 +30,7 @@ class Replica:
     url: str
     pool: "Pool"
     healthy: bool = False
-    probed: bool = False
+    down_reported: bool = False  # its being down was logged (once per outage, also a first probe's)
     draining: bool = False
     available: bool = False  # healthy and not draining
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -73,13 +73,16 @@ class Replica:
         return Lease(self, tenant)
 
     def mark_up(self, models: dict[str, dict[str, Any]], rtt_ms: float) -> None:
-        self.healthy, self.probed, self.last_error, self.rtt_ms = True, True, None, rtt_ms
+        self.healthy, self.down_reported, self.last_error, self.rtt_ms = True, False, None, rtt_ms
         if not self.pool.static_models:
             self.models = models
         self.available = not self.draining
 
-    def mark_down(self, reason: str) -> None:
-        self.healthy, self.last_error, self.available = False, reason, False
+    def mark_down(self, reason: str) -> bool:
+        """True when this is news: the first word of an outage (or of a replica never up), to log."""
+        news = not self.down_reported
+        self.healthy, self.last_error, self.available, self.down_reported = False, reason, False, True
+        return news
 
     def set_draining(self, draining: bool) -> None:
         self.draining = draining

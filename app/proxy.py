@@ -226,7 +226,8 @@ class Proxy:
                 limit.reschedule(asyncio.get_running_loop().time() + deadline.remaining())
                 data = await upstream.read()
         except UpstreamConnectError as exc:
-            replica.mark_down(str(exc))
+            if replica.mark_down(str(exc)):
+                log.warning("replica %s (%s) is down: the connection failed: %s", replica.id, replica.url, exc)
             attempt.finish(Outcome.FAILURE)
             raise EngineUnreachable(f"The engine {replica.id} is unreachable; retry shortly.") from exc
         except (TimeoutError, UpstreamTimeoutError) as exc:
@@ -237,8 +238,8 @@ class Proxy:
         except UpstreamError as exc:
             attempt.finish(Outcome.FAILURE)
             if answered:
-                raise UpstreamFailed(f"The engine {replica.id} broke off its answer: {exc}") from exc
-            raise UpstreamFailed(f"The engine {replica.id} failed: {exc}") from exc
+                log.warning("answer from %s broke: %s (%s)", replica.id, exc, exc.__cause__)
+            raise UpstreamFailed(f"The engine {replica.id} failed: {exc}.") from exc
         attempt.finish(outcome_of_status(upstream.status))
         return upstream, data
 
@@ -279,12 +280,14 @@ class Proxy:
                 attempt.finish(Outcome.ABANDONED)
                 yield sse_event(_EARLY_END[ended_by])
             else:
-                log.warning("stream from %s broke: %s", attempt.replica.id, exc)
+                log.warning("stream from %s broke: %s (%s)", attempt.replica.id, exc, exc.__cause__)
                 attempt.finish(Outcome.FAILURE)
                 pool = attempt.replica.pool
                 self._metrics.engine_errors(pool.name, pool.region, "stream_broken").inc()
                 yield sse_event(
-                    error_payload(f"The engine broke off the stream: {exc}", "server_error", code="upstream_error")
+                    error_payload(
+                        f"The stream was cut short: {exc}. Retry the request.", "server_error", code="upstream_error"
+                    )
                 )
         else:
             attempt.finish(Outcome.SUCCESS)

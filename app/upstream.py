@@ -46,7 +46,7 @@ class UpstreamResponse:
         except TimeoutError as exc:
             raise UpstreamTimeoutError("the engine stopped answering") from exc
         except aiohttp.ClientError as exc:
-            raise UpstreamError(f"the engine broke off its answer: {exc}") from exc
+            raise UpstreamError("the engine closed the connection before its answer was complete") from exc
         finally:
             self.close()
 
@@ -58,7 +58,8 @@ class UpstreamResponse:
         except TimeoutError as exc:
             raise UpstreamTimeoutError("the engine stopped streaming") from exc
         except aiohttp.ClientError as exc:
-            raise UpstreamError(f"the engine broke off its stream: {exc}") from exc
+            # The client library's words (`TransferEncodingError: 400 ...`) stay in the cause, for the log.
+            raise UpstreamError("the engine closed the connection before the stream was complete") from exc
 
     def close(self) -> None:
         """Return the connection to the pool if the body was read, else drop it so the engine stops."""

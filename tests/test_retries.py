@@ -91,6 +91,9 @@ def test_no_connection_is_served_by_another_replica(
         assert response.headers["x-route-replica"] != "p-0"
     assert [_executions(replicas, i) for i in ids] == [1] * len(ids)
     assert replicas[0].counts()[1] == 0
+    if fault == "down":  # the operator hears of it once, whoever noticed first (a request or a probe)
+        down = [line for line in gateway.output().splitlines() if "replica p-0 (" in line and "is down" in line]
+        assert len(down) == 1, gateway.output()
 
 
 def test_an_engine_503_is_served_by_another_replica_and_its_retry_after_kept(
@@ -128,6 +131,12 @@ def test_a_failure_after_the_first_chunk_is_not_retried(gateway: ServerProcess, 
     assert any('"content":"tok0 "' in e for e in events)
     error = json.loads(events[-1].removeprefix("data: "))["error"]
     assert error["code"] == "upstream_error"
+    # In the operator's words, once; the client library's own words go to the log only.
+    assert error["message"] == (
+        "The stream was cut short: the engine closed the connection before the stream was complete. "
+        "Retry the request."
+    )
+    assert "stream from p-" in gateway.output()
     assert _executions(replicas, request_id) == 1
 
 
