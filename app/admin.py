@@ -46,7 +46,7 @@ class NodeManager:
         if existing is not None:
             raise Conflict(f"{url} is already replica `{existing.id}` of pool `{existing.pool.name}`.", param="url")
         try:
-            rtt_ms, models = await check_replica(self._client, url, self._timeout)
+            rtt_ms, models = await check_replica(self._client, url, self._timeout, pool.auth)
         except UpstreamError as exc:
             raise Unprocessable(f"{url} did not pass the health check: {exc}", code="replica_unreachable") from exc
         missing = sorted(self._required_models(pool) - set(models))

@@ -3,6 +3,8 @@
 import asyncio
 import ctypes
 import logging
+import os
+import secrets
 import signal
 import socket
 import sys
@@ -42,17 +44,22 @@ class EmbeddedEngine:
         self._host = host
         self._process: asyncio.subprocess.Process | None = None
         self.url = ""
+        self.api_key = secrets.token_urlsafe(32)
 
     async def start(self, client: UpstreamClient) -> str:
         """Start the engine and return its URL once it answers `/health`."""
         port = _free_port(self._host)
         args = ["-m", "engines.transformers", "--host", self._host, "--port", str(port)]
+        # Its key, so that nothing else on this host can use the engine behind the gateway's back.
+        env = {**os.environ, "SWITCHYARD_ENGINE_API_KEY": self.api_key}
         args += ["--data-dir", str(self._data_dir), "--log-level", "warning"]
         if self._model:
             args += ["--model", self._model]
         self.url = f"http://{self._host}:{port}"
         log.info("starting the embedded engine on %s", self.url)
-        self._process = await asyncio.create_subprocess_exec(sys.executable, *args, preexec_fn=_die_with_parent)
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable, *args, env=env, preexec_fn=_die_with_parent
+        )
         try:
             await asyncio.wait_for(self._wait_ready(client), self._start_timeout)
         except TimeoutError:

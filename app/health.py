@@ -9,7 +9,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from app.engine_metrics import EngineStats, read_engine_stats
@@ -21,14 +21,20 @@ __all__ = ["HealthMonitor", "check_replica"]
 log = logging.getLogger(__name__)
 
 
-async def check_replica(client: UpstreamClient, url: str, within: float) -> tuple[float, dict[str, dict[str, Any]]]:
-    """`/health` answers 200 and `/v1/models` a readable list: the round trip in ms, and the models."""
+async def check_replica(
+    client: UpstreamClient, url: str, within: float, auth: Mapping[str, str]
+) -> tuple[float, dict[str, dict[str, Any]]]:
+    """`/health` answers 200 and `/v1/models` a readable list: the round trip in ms, and the models.
+
+    `auth`: the pool's API key header (`/health` is open on every engine, `/v1/models` is not)."""
     started = time.perf_counter()
     status, _ = await client.get(f"{url}/health", within=within)
     rtt_ms = (time.perf_counter() - started) * 1000
     if status != 200:
         raise UpstreamError(f"/health answered {status}")
-    status, body = await client.get(f"{url}/v1/models", within=within)
+    status, body = await client.get(f"{url}/v1/models", within=within, headers=auth)
+    if status in (401, 403):
+        raise UpstreamError(f"/v1/models answered {status}: the engine refused the pool's api_key")
     if status != 200:
         raise UpstreamError(f"/v1/models answered {status}")
     try:
@@ -64,7 +70,7 @@ class HealthMonitor:
 
     async def probe(self, replica: Replica) -> None:
         try:
-            rtt_ms, models = await check_replica(self._client, replica.url, self._timeout)
+            rtt_ms, models = await check_replica(self._client, replica.url, self._timeout, replica.pool.auth)
         except UpstreamError as exc:
             if replica.mark_down(str(exc)):
                 log.warning("replica %s (%s) of pool %s is down: %s", replica.id, replica.url, replica.pool.name, exc)
@@ -78,7 +84,9 @@ class HealthMonitor:
     async def scrape(self, replica: Replica) -> None:
         """Load from the engine's /metrics; an engine without them is still healthy."""
         try:
-            status, body = await self._client.get(f"{replica.url}/metrics", within=self._timeout)
+            status, body = await self._client.get(
+                f"{replica.url}/metrics", within=self._timeout, headers=replica.pool.auth
+            )
         except UpstreamError:
             return  # the health probe decides whether it is down
         replica.set_engine_stats(read_engine_stats(body.decode(errors="replace")) if status == 200 else EngineStats())

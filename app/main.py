@@ -53,9 +53,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                 )
                 stack.push_async_callback(engine.stop)
                 url = await engine.start(client)
-                pools = [
-                    PoolSettings.model_validate({"name": "embedded", "region": settings.region, "replicas": [url]})
-                ]
+                embedded = {"name": "embedded", "region": settings.region, "replicas": [url], "api_key": engine.api_key}
+                pools = [PoolSettings.model_validate(embedded)]
             registry = PoolRegistry([worker_share(pool, settings) for pool in pools], build_router(settings))
             await stack.enter_async_context(
                 HealthMonitor(

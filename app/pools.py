@@ -149,6 +149,8 @@ class Pool:
     kind: PoolKind
     static_models: frozenset[str]
     max_load: int | None
+    # Sent with every request to the pool's engines: their API key, when they have one.
+    auth: dict[str, str] = field(default_factory=dict)
     replicas: list[Replica] = field(default_factory=list)
     observer: LeaseObserver | None = None
     _ids: Iterator[int] = field(default_factory=itertools.count)
@@ -168,7 +170,8 @@ class PoolRegistry:
         self._adapters: frozenset[str] = frozenset()
         self.known_models: frozenset[str] = frozenset()  # served by some replica: a bounded metrics label
         for config in pools:
-            pool = Pool(config.name, config.region, config.kind, frozenset(config.models), config.max_load)
+            auth = {"authorization": f"Bearer {config.api_key.get_secret_value()}"} if config.api_key else {}
+            pool = Pool(config.name, config.region, config.kind, frozenset(config.models), config.max_load, auth)
             self.pools[pool.name] = pool
             for url in config.replicas:
                 self.add_replica(pool, str(url))

@@ -55,6 +55,7 @@ Report = Callable[[Replica, Outcome], None]
 
 # An engine's answers that another replica may well not give.
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+_REFUSED_KEY = frozenset({401, 403})
 
 
 class AttemptTimeout(UpstreamTimeout):
@@ -81,10 +82,12 @@ def retry_after_s(headers: Mapping[str, str]) -> float | None:
 
 
 def outcome_of_status(status: int) -> Outcome:
-    """429 and 503 are an engine shedding load (alive, busy); other 5xx are failures."""
+    """429 and 503 are an engine shedding load (alive, busy); other 5xx are failures, and so are
+    401/403 (the engine refuses the gateway's key: it cannot serve anyone). Other 4xx are the
+    request's fault and never count against the replica."""
     if status in (429, 503):
         return Outcome.REJECTED
-    return Outcome.FAILURE if status >= 500 else Outcome.SUCCESS
+    return Outcome.FAILURE if status >= 500 or status in _REFUSED_KEY else Outcome.SUCCESS
 
 
 class _Attempt:
@@ -171,9 +174,9 @@ class Proxy:
         """
         attempt = _Attempt(lease, self._report)
         streaming = False
-        upstream_headers = {**_JSON_HEADERS, "x-request-id": headers["x-request-id"]}
-        inject(upstream_headers)  # the engine's spans join the request's trace
         pool = attempt.replica.pool
+        upstream_headers = {**_JSON_HEADERS, **pool.auth, "x-request-id": headers["x-request-id"]}
+        inject(upstream_headers)  # the engine's spans join the request's trace
         sent = time.perf_counter()
         try:
             async with CancelOnDisconnect(request):
@@ -189,6 +192,10 @@ class Proxy:
         if upstream.status < 400:
             self._metrics.answered(request.scope, pool.name, pool.region, data, time.perf_counter() - sent)
             return Response(data, status_code=upstream.status, media_type=upstream.content_type, headers=dict(headers))
+        if upstream.status in _REFUSED_KEY:  # never the client's token: the gateway sends its own
+            log.error("replica %s refused the gateway's credentials (%d): check pool %s's api_key", attempt.replica.id,
+                      upstream.status, pool.name)  # fmt: skip
+            raise UpstreamFailed(f"The engine {attempt.replica.id} refused the gateway's credentials.")
         retry_after = retry_after_s(upstream.headers)
         relayed = {"retry-after": upstream.headers["retry-after"]} if retry_after is not None else {}
         response = Response(

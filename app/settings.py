@@ -8,7 +8,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, HttpUrl, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -46,6 +55,9 @@ class PoolSettings(BaseModel):
     # Load (requests in flight plus queued in the engine) at which a replica is saturated;
     # when every replica of a region is, requests spill to the next region.
     max_load: int | None = Field(default=64, ge=1)
+    # The engines' API key (vLLM's --api-key, our engine's SWITCHYARD_ENGINE_API_KEY), sent as a
+    # bearer token on every request to them.
+    api_key: SecretStr | None = None
 
 
 class RateLimitSettings(BaseModel):

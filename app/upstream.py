@@ -100,9 +100,9 @@ class UpstreamClient:
         """POST and wait for the response headers; the body is the caller's to read or stream."""
         return await self._request("POST", url, body, headers, None)
 
-    async def get(self, url: str, *, within: float) -> tuple[int, bytes]:
+    async def get(self, url: str, *, within: float, headers: Mapping[str, str] | None = None) -> tuple[int, bytes]:
         """A small GET read whole (health and model probes)."""
-        response = await self._request("GET", url, None, {}, aiohttp.ClientTimeout(total=within))
+        response = await self._request("GET", url, None, headers or {}, aiohttp.ClientTimeout(total=within))
         return response.status, await response.read()
 
     async def _request(

@@ -49,6 +49,8 @@ def test_embedded_default_serves_and_cleans_up(builtin_model: Path, data_dir: Pa
         assert pool["name"] == "embedded"
         engine_url = pool["replicas"][0]["url"]
         assert httpx.get(engine_url + "/health").status_code == 200
+        # The gateway's own key guards it: nothing else on this host can use the engine directly.
+        assert httpx.get(engine_url + "/v1/models").status_code == 401
     finally:
         code = gateway.stop(signal.SIGTERM)
     # uvicorn re-raises the signal it handled once shutdown is complete.
