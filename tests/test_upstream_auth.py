@@ -26,7 +26,9 @@ def locked_engine(builtin_model: Path, log_dir: Path) -> Iterator[ServerProcess]
 
 
 def _gateway(engine: ServerProcess, log_dir: Path, api_key: str | None) -> ServerProcess:
-    pool: dict[str, object] = {"name": "locked", "replicas": [engine.url]} | ({"api_key": api_key} if api_key else {})
+    pool: dict[str, object] = {"name": "locked", "replicas": [engine.url]}
+    if api_key:
+        pool["api_key"] = api_key
     env = {"SWITCHYARD_POOLS": json.dumps([pool]), "SWITCHYARD_HEALTH_INTERVAL_S": "0.5"}
     port = free_port()
     return ServerProcess("app", ["--port", str(port)], port=port, log_dir=log_dir, env=env)
