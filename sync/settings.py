@@ -12,7 +12,8 @@ LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
 
 class SyncSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SWITCHYARD_SYNC_", extra="forbid")
+    # An empty variable is an unset one (compose passes `${SWITCHYARD_SYNC_PEER_KEY:-}` as "").
+    model_config = SettingsConfigDict(env_prefix="SWITCHYARD_SYNC_", extra="forbid", env_ignore_empty=True)
 
     region: str = Field(default="local", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     # `edge`: pulls and serves, never publishes (its API refuses to).
