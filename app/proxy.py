@@ -30,7 +30,7 @@ from app.upstream import (
     UpstreamResponse,
     UpstreamTimeoutError,
 )
-from protocol import error_payload, sse_event
+from protocol import SEQUENCE_FAILED, error_payload, sse_event
 from protocol.asgi import CancelOnDisconnect
 from protocol.tracing import inject
 from router import Outcome
@@ -56,6 +56,7 @@ Report = Callable[[Replica, Outcome], None]
 # An engine's answers that another replica may well not give.
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
 _REFUSED_KEY = frozenset({401, 403})
+_SEQUENCE_FAILED = f'"{SEQUENCE_FAILED}"'.encode()
 
 
 class AttemptTimeout(UpstreamTimeout):
@@ -81,12 +82,15 @@ def retry_after_s(headers: Mapping[str, str]) -> float | None:
     return seconds if seconds is not None and 0 <= seconds <= 3600 else None
 
 
-def outcome_of_status(status: int) -> Outcome:
+def outcome_of_status(status: int, body: bytes = b"") -> Outcome:
     """429 and 503 are an engine shedding load (alive, busy); other 5xx are failures, and so are
     401/403 (the engine refuses the gateway's key: it cannot serve anyone). Other 4xx are the
-    request's fault and never count against the replica."""
+    request's fault and never count against the replica, nor does a 500 the engine marks as one
+    request's failure (`sequence_failed`: its batch went on)."""
     if status in (429, 503):
         return Outcome.REJECTED
+    if status == 500 and _SEQUENCE_FAILED in body:
+        return Outcome.SUCCESS
     return Outcome.FAILURE if status >= 500 or status in _REFUSED_KEY else Outcome.SUCCESS
 
 
@@ -247,7 +251,7 @@ class Proxy:
             if answered:
                 log.warning("answer from %s broke: %s (%s)", replica.id, exc, exc.__cause__)
             raise UpstreamFailed(f"The engine {replica.id} failed: {exc}.") from exc
-        attempt.finish(outcome_of_status(upstream.status))
+        attempt.finish(outcome_of_status(upstream.status, data or b""))
         return upstream, data
 
     async def _relay(

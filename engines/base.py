@@ -12,6 +12,8 @@ Errors (the HTTP status each becomes in `engines.server.api`):
     ├── ModelNotFound (404)
     ├── EngineOverloaded (503 + Retry-After): busy, not broken
     └── EngineFault (500): the engine failed; the gateway may count it against the replica
+        └── SequenceFault (500, code `sequence_failed`): one request failed while the batch went
+            on, so most likely its own input did it: the gateway never counts it against the replica
 """
 
 from collections.abc import AsyncGenerator, Mapping, Sequence
@@ -24,6 +26,7 @@ __all__ = [
     "EngineError",
     "EngineFault",
     "EngineOverloaded",
+    "SequenceFault",
     "GenerationRequest",
     "InvalidRequest",
     "ModelNotFound",
@@ -59,6 +62,11 @@ class EngineOverloaded(EngineError):
 
 class EngineFault(EngineError):
     """The engine failed to generate (a 500): its model, its worker, nothing the request did wrong."""
+
+
+class SequenceFault(EngineFault):
+    """One sequence failed and the rest of its batch did not: a fault of that request's making
+    (an input no check foresaw), not of the replica's."""
 
 
 class ModelNotFound(EngineError):

@@ -24,7 +24,7 @@ from protocol.completions import (
     CompletionChoice,
     CompletionRequest,
 )
-from protocol.errors import ErrorBody, ErrorResponse, describe_validation_error, error_payload
+from protocol.errors import SEQUENCE_FAILED, ErrorBody, ErrorResponse, describe_validation_error, error_payload
 from protocol.models import ModelCard, ModelList
 from protocol.sse import DONE_EVENT, sse_event
 
@@ -54,6 +54,7 @@ __all__ = [
     "Usage",
     "describe_validation_error",
     "error_payload",
+    "SEQUENCE_FAILED",
     "sse_event",
     "usage_count",
 ]

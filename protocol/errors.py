@@ -2,6 +2,10 @@
 
 from pydantic import BaseModel, ValidationError
 
+# An engine's 500 for one request that failed while its batch went on: the request's doing,
+# so the gateway never counts it against the replica.
+SEQUENCE_FAILED = "sequence_failed"
+
 
 class ErrorBody(BaseModel):
     message: str

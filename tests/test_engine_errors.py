@@ -7,7 +7,7 @@ from collections.abc import AsyncGenerator
 import httpx
 import pytest
 
-from engines.base import EngineFault, GenerationRequest, InvalidRequest, TokenChunk
+from engines.base import EngineFault, GenerationRequest, InvalidRequest, SequenceFault, TokenChunk
 from engines.fake import FakeEngine
 from engines.server.api import create_app
 
@@ -44,6 +44,7 @@ def _body(stream: bool, **fields: object) -> dict[str, object]:
     [
         (InvalidRequest("bad mid-way", "prompt"), 400, "invalid_request_error", "prompt", None),
         (EngineFault("the model failed"), 500, "server_error", None, "engine_error"),
+        (SequenceFault("this request's prefill failed"), 500, "server_error", None, "sequence_failed"),
         (RuntimeError("a bug"), 500, "server_error", None, "engine_error"),
     ],
 )

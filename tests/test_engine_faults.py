@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from engines.base import EngineFault, GenerationRequest, InvalidRequest
+from engines.base import EngineFault, GenerationRequest, InvalidRequest, SequenceFault
 from engines.transformers.engine import TransformersEngine
 from engines.transformers.scheduler import Scheduler, SequenceState
 
@@ -78,7 +78,7 @@ async def test_a_failing_prefill_fails_only_its_sequence(
         return_exceptions=True,
     )
     first, second, failed, joined_with_it = await together
-    assert isinstance(failed, EngineFault), failed
+    assert isinstance(failed, SequenceFault), failed  # the gateway never counts it against the replica
     assert "prefill" in str(failed)
     assert [first, second, joined_with_it] == expected
     assert any(r.exc_info and "prefill" in r.getMessage() for r in caplog.records), "logged with its traceback"
@@ -92,7 +92,7 @@ async def test_an_out_of_vocabulary_prompt_that_reaches_the_batch_fails_alone(en
     results = await asyncio.gather(
         *(_collect(engine, r) for r in requests), _collect(engine, bad, delay=0.05), return_exceptions=True
     )
-    assert isinstance(results[-1], EngineFault)
+    assert isinstance(results[-1], SequenceFault)
     assert list(results[:-1]) == expected
 
 

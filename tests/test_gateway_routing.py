@@ -1,5 +1,7 @@
 """The gateway's side of routing: keys from requests, the registry as router nodes, and errors."""
 
+import json
+
 import pytest
 
 from app.engine_metrics import EngineStats
@@ -9,7 +11,7 @@ from app.pools import PoolRegistry
 from app.proxy import outcome_of_status
 from app.routing import chat_key, choose, completion_key
 from app.settings import GatewaySettings, PoolSettings
-from protocol import ChatCompletionRequest, CompletionRequest
+from protocol import SEQUENCE_FAILED, ChatCompletionRequest, CompletionRequest, error_payload
 from router import Outcome, Reason
 
 
@@ -175,6 +177,13 @@ def test_a_replica_belongs_to_one_pool() -> None:
 )
 def test_engine_answers_feed_the_breaker(status: int, outcome: Outcome) -> None:
     assert outcome_of_status(status) is outcome
+
+
+def test_a_500_the_engine_marks_as_one_requests_failure_never_counts() -> None:
+    marked = json.dumps(error_payload("failed in this request's prefill", "server_error", code=SEQUENCE_FAILED))
+    assert outcome_of_status(500, marked.encode()) is Outcome.SUCCESS
+    assert outcome_of_status(500, b'{"error": {"code": "engine_error"}}') is Outcome.FAILURE
+    assert outcome_of_status(401) is Outcome.FAILURE  # the engine refuses the gateway's key: nobody is served
 
 
 def test_replica_keeps_its_load_and_availability_current() -> None:

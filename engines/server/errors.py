@@ -10,8 +10,8 @@ import logging
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from engines.base import AdapterNotFound, EngineFault, EngineOverloaded, InvalidRequest, ModelNotFound
-from protocol import error_payload
+from engines.base import AdapterNotFound, EngineFault, EngineOverloaded, InvalidRequest, ModelNotFound, SequenceFault
+from protocol import SEQUENCE_FAILED, error_payload
 
 __all__ = ["CatchAll", "ErrorPayload", "error_answer"]
 
@@ -29,6 +29,8 @@ def error_answer(exc: Exception) -> tuple[int, ErrorPayload]:
         return 404, error_payload(str(exc), "invalid_request_error", param="model", code="model_not_found")
     if isinstance(exc, EngineOverloaded):
         return 503, error_payload(str(exc), "server_error", code="engine_overloaded")
+    if isinstance(exc, SequenceFault):
+        return 500, error_payload(str(exc), "server_error", code=SEQUENCE_FAILED)
     if isinstance(exc, EngineFault):
         return 500, error_payload(str(exc), "server_error", code="engine_error")
     # Anything else is a bug: the message names its kind, never its details (they are in the log).

@@ -27,6 +27,7 @@ from engines.base import (
     GenerationRequest,
     InvalidRequest,
     ModelNotFound,
+    SequenceFault,
     TokenChunk,
     TokenFinish,
 )
@@ -276,7 +277,7 @@ class Scheduler:
         error = exc
         if not isinstance(exc, EngineError):
             log.error("one sequence's %s failed; the rest of the batch goes on", stage, exc_info=exc)
-            error = EngineFault(f"The engine failed in this request's {stage} ({type(exc).__name__}).")
+            error = SequenceFault(f"The engine failed in this request's {stage} ({type(exc).__name__}).")
         sequence.deliver(error)
 
     @staticmethod
