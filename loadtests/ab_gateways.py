@@ -1,11 +1,12 @@
 """A/B of gateways built from several source trees (git worktrees), alternated round by round.
 
     git worktree add /tmp/before <commit>
-    python -m loadtests.ab_gateways --seconds 6 --rounds 4 [--connections 32] [--keyed] /tmp/before .
+    python -m loadtests.ab_gateways --seconds 6 --rounds 4 [--connections 32] [--keyed] [--redis URL] /tmp/before .
 
 Each round starts each tree's gateway in turn on CPU 0 (authentication off, one pool on
 the instant engine, which shares CPU 1 with wrk), drives it with wrk (non-streaming chat;
-`--keyed`: a new Idempotency-Key on every request) and stops it. Alternating spreads the machine's drift over every
+`--keyed`: a new Idempotency-Key on every request, its records in this process or, with
+`--redis`, in that Redis) and stops it. Alternating spreads the machine's drift over every
 tree, so the means compare; one run's spread is the noise to read them against.
 """
 
@@ -24,7 +25,7 @@ from loadtests.gateway_overhead import BODY, run_wrk
 from tests.servers import ServerProcess, free_port
 
 
-def _serve(tree: Path, engine_url: str) -> tuple[subprocess.Popen[bytes], str]:
+def _serve(tree: Path, engine_url: str, redis_url: str | None) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
     env |= {
@@ -32,6 +33,8 @@ def _serve(tree: Path, engine_url: str) -> tuple[subprocess.Popen[bytes], str]:
         "SWITCHYARD_AUTH_MODE": "disabled",
         "PYTHONPATH": str(tree),
     }
+    if redis_url:
+        env["SWITCHYARD_REDIS_URL"] = redis_url
     command = ["taskset", "-c", "0", sys.executable, "-m", "app", "--port", str(port), "--log-level", "warning"]
     process = subprocess.Popen(command, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -54,6 +57,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--keyed", action="store_true")
+    parser.add_argument("--redis", help="keep idempotency records (and rate limits) in this Redis")
     parser.add_argument("trees", nargs="+", type=Path)
     args = parser.parse_args()
     trees = [tree.resolve() for tree in args.trees]
@@ -69,7 +73,7 @@ def main() -> None:
     try:
         for round_ in range(args.rounds):
             for tree in trees:
-                process, url = _serve(tree, engine.url)
+                process, url = _serve(tree, engine.url, args.redis)
                 try:
                     rate, p50, _, _ = run_wrk(url, BODY, args.connections, args.seconds, keyed=args.keyed)
                     rates[tree].append(rate)
