@@ -139,8 +139,12 @@ class Reconciler:
     async def _converge(self, engine: EngineView, desired: dict[str, Path]) -> None:
         try:
             engine.loaded, engine.bases = await self._models(engine)
+            if engine.error is not None:
+                log.info("engine %s answers again", engine.url)
             engine.up, engine.error = True, None
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            if engine.up or engine.error is None:  # once per outage, not once per pass
+                log.warning("engine %s does not answer: %s", engine.url, exc)
             engine.up, engine.error = False, str(exc)
             return
         engine.refused = {name: why for name, why in engine.refused.items() if name in desired}
@@ -185,6 +189,7 @@ class Reconciler:
             log.warning("loading %s into %s failed: %s", name, engine.url, exc.response.text[:300])
             return
         except httpx.HTTPError as exc:
+            log.warning("loading %s into %s failed: %s", name, engine.url, exc)
             engine.up, engine.error = False, str(exc)
             return
         engine.loaded[name] = str(folder)

@@ -228,6 +228,9 @@ def test_the_sidecar_calls_the_engines_with_their_api_key(
             time.sleep(0.2)
         assert "keyless-adapter" not in engine_models()
         assert f'sync_engine_up{{engine="{engine.url}"}} 0.0' in httpx.get(keyless.url + "/metrics").text
+        assert (
+            keyless.output().count(f"engine {engine.url} does not answer: Client error '401") == 1
+        )  # once, not per pass
         assert httpx.get(engine.url + "/v1/models").status_code == 401  # the engine is locked for everyone else
     finally:
         for process in (*sidecars, engine):
