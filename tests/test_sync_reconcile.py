@@ -107,3 +107,10 @@ async def test_a_name_the_engine_serves_as_a_base_model_is_never_loaded(site: Si
     assert site.engine.loads == []
     assert "serves a base model named" in site.reconciler.describe(MODEL)["problem"]
     assert site.reconciler.base_models() == {MODEL: "/models/tiny"}
+
+
+async def test_a_staging_name_from_a_peer_is_never_loaded(site: Site, adapter: Path) -> None:
+    site.publish("tuned@0123456789ab", adapter)  # the API refuses '@'; a peer's delta is not checked there
+    await site.reconciler.reconcile()
+    assert site.engine.loads == []
+    assert "reserved for staging names" in site.reconciler.describe("tuned@0123456789ab")["problem"]
