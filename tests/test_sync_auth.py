@@ -7,9 +7,12 @@ import json
 import secrets
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import pytest
@@ -235,3 +238,51 @@ def test_the_sidecar_calls_the_engines_with_their_api_key(
     finally:
         for process in (*sidecars, engine):
             process.stop()
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    """Stands in for an engine or a peer: answers anything, keeps each request's Authorization."""
+
+    seen: ClassVar[list[str | None]]
+
+    def _answer(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.seen.append(self.headers.get("authorization"))
+        body = b'{"data": []}'
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_each_plane_gets_its_own_credential_and_no_other(issuer: FakeIssuer, log_dir: Path, tmp_path: Path) -> None:
+    recorders: dict[str, tuple[ThreadingHTTPServer, list[str | None], str]] = {}
+    for plane in ("engine", "peer"):
+        seen: list[str | None] = []
+        server = ThreadingHTTPServer(("127.0.0.1", 0), type(f"{plane.title()}Recorder", (_Recorder,), {"seen": seen}))
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        recorders[plane] = (server, seen, f"http://127.0.0.1:{server.server_address[1]}")
+    engine_key = secrets.token_urlsafe(24)
+    port = free_port()
+    args = ["--port", str(port), "--engine", recorders["engine"][2], "--peer", recorders["peer"][2]]
+    env = issuer.sidecar_env() | {"SWITCHYARD_DATA_DIR": str(tmp_path), "SWITCHYARD_SYNC_ENGINE_API_KEY": engine_key,
+                                  "SWITCHYARD_SYNC_RECONCILE_INTERVAL_S": "0.2",
+                                  "SWITCHYARD_SYNC_ANTI_ENTROPY_INTERVAL_S": "0.2"}  # fmt: skip
+    sidecar = ServerProcess("sync", args, port=port, log_dir=log_dir, env=env).wait_ready()
+    try:
+        deadline = time.monotonic() + 20
+        while not all(len(recorders[plane][1]) >= 2 for plane in recorders):
+            assert time.monotonic() < deadline, sidecar.output()
+            time.sleep(0.1)
+    finally:
+        sidecar.stop()
+        for server, _, _ in recorders.values():
+            server.shutdown()
+            server.server_close()
+    assert set(recorders["engine"][1]) == {f"Bearer {engine_key}"}  # never the peer key
+    assert set(recorders["peer"][1]) == {f"Bearer {issuer.peer_key}"}  # never the engines' key
