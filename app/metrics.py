@@ -11,6 +11,14 @@ worker writes its values to files there and a scrape, answered by any worker, su
 counters and histograms over all workers that ever ran, gauges over the live ones (a
 breaker shows the worst state any worker sees). Each worker then copies its queue depth and
 breaker states into those files every `refreshing` interval as well as at scrape time.
+
+A series that appears at its first increment holds that increment in its first sample, which
+no `rate()` sees, and a ratio over a series that does not exist yet is no data, not 0. So the
+label sets known in advance exist at 0 from the start (every route's status classes for the
+model `other`, every shed reason), and a label set's first use makes its siblings at 0 (every
+status class of a route and model; every engine error kind of a pool and region once it has
+answered, every pool's retries once its replicas are known). Where values are only known at
+first use (a model's histograms in a pool), that first use stays hidden from `rate()`.
 The request middleware that counts and times the API's requests also writes their access
 lines (`app.access`). (FastAPI itself opens each request's server span.)
 """
@@ -27,6 +35,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.errors import Overloaded, RateLimited, TenantOverShare
 from protocol import usage_count
 from protocol.background import running
 
@@ -40,6 +49,9 @@ TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10
 ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5)
 TOKEN_BUCKETS = (1, 4, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
+STATUS_CLASSES = ("2xx", "4xx", "5xx")  # those the SLOs and dashboards read (1xx, 3xx: made at first use)
+ENGINE_ERROR_KINDS = ("connect", "timeout", "overloaded", "server_error", "stream_broken")
+SHED_REASONS = (Overloaded.code, TenantOverShare.code, RateLimited.code)
 _STARTED = "switchyard.started"  # where the middleware leaves a request's start in its scope's state
 _MODEL = "switchyard.model"
 _TENANT = "switchyard.tenant"
@@ -56,15 +68,28 @@ def status_class(status: int) -> str:
 
 class _Family:
     """A labelled metric's children by their label values. prometheus_client's `labels()`
-    checks and locks on every call: a tenth of the gateway's time per request, measured."""
+    checks and locks on every call: a tenth of the gateway's time per request, measured.
 
-    __slots__ = ("_children", "metric")
+    `siblings`: the last label's known values. A child's first use makes the children with
+    the same other labels and each of these (at 0), so a sibling's first increment is a
+    change that `rate()` sees."""
 
-    def __init__(self, metric: Any) -> None:
+    __slots__ = ("_children", "_siblings", "metric")
+
+    def __init__(self, metric: Any, siblings: tuple[str, ...] = ()) -> None:
         self.metric = metric
+        self._siblings = siblings
         self._children: dict[tuple[str, ...], Any] = {}
 
     def __call__(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            for sibling in self._siblings:
+                self._child((*values[:-1], sibling))
+            child = self._child(values)
+        return child
+
+    def _child(self, values: tuple[str, ...]) -> Any:
         child = self._children.get(values)
         if child is None:
             child = self._children[values] = self.metric.labels(*values)
@@ -82,7 +107,7 @@ class GatewayMetrics:
         r = self.registry
         request_labels = ["route", "model", "status_class"]
         self.requests = _Family(Counter("llm_requests", "Requests answered, by route, model and status class.",
-                                request_labels, registry=r))  # fmt: skip
+                                request_labels, registry=r), siblings=STATUS_CLASSES)  # fmt: skip
         self.in_progress = _Family(Gauge("llm_requests_in_progress", "Requests being answered, by route.",
                                          ["route"], registry=r, multiprocess_mode="livesum"))  # fmt: skip
         self.duration = _Family(Histogram(
@@ -112,10 +137,12 @@ class GatewayMetrics:
                 "Engine failures seen by the gateway, by kind.",
                 ["pool", "region", "kind"],
                 registry=r,
-            )
+            ),
+            siblings=ENGINE_ERROR_KINDS,
         )
         self.shed = _Family(
-            Counter("llm_shed", "Requests refused to protect the engines, by reason.", ["reason"], registry=r)
+            Counter("llm_shed", "Requests refused to protect the engines, by reason.", ["reason"], registry=r),
+            siblings=SHED_REASONS,
         )
         self.retries = _Family(
             Counter("llm_retries", "Attempts after a request's first, by pool.", ["pool"], registry=r)
@@ -129,6 +156,11 @@ class GatewayMetrics:
         )  # fmt: skip
         self._queued: Callable[[], int] = lambda: 0
         self._breakers: Callable[[], Iterable[tuple[str, str, str]]] = list
+        self._serving: set[tuple[str, str]] = set()  # (pool, region) pairs that have answered
+        for route in sorted(ROUTES):
+            self.requests(route, "other", STATUS_CLASSES[0])
+            self.in_progress(route)
+        self.shed(SHED_REASONS[0])
 
     def watch(self, queued: Callable[[], int], breakers: Callable[[], Iterable[tuple[str, str, str]]]) -> None:
         """What to read at scrape time: `queued()` -> int, `breakers()` -> (pool, replica, state) rows."""
@@ -142,6 +174,7 @@ class GatewayMetrics:
             self.breaker_state.clear()
         for pool, replica, state in rows:
             self.breaker_state.labels(pool, replica).set(BREAKER_STATES[state])
+            self.retries(pool)
 
     def exposition(self) -> bytes:
         """The Prometheus text of a scrape: this process's metrics, or every worker's."""
@@ -161,13 +194,20 @@ class GatewayMetrics:
         async with running(loop()):
             yield
 
+    def _answering(self, pool: str, region: str) -> None:
+        if (pool, region) not in self._serving:
+            self._serving.add((pool, region))
+            self.engine_errors(pool, region, ENGINE_ERROR_KINDS[0])
+
     def stream(self, scope: Scope, pool: str, region: str) -> "StreamTimer":
+        self._answering(pool, region)
         state = scope.setdefault("state", {})
         labels = (state.get(_MODEL, "other"), pool, region)
         return StreamTimer(self, labels, state.get(_STARTED, time.perf_counter()), state)
 
     def answered(self, scope: Scope, pool: str, region: str, body: bytes, seconds: float) -> None:
         """A whole (non-streamed) answer: its completion tokens and how long the engine took."""
+        self._answering(pool, region)
         labels = ((scope.get("state") or {}).get(_MODEL, "other"), pool, region)
         self.generation_latency(*labels).observe(seconds)
         tokens = usage_count(body, "completion_tokens")
