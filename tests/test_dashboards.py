@@ -1,16 +1,20 @@
-"""The Prometheus rules and Grafana dashboards: promtool checks and unit-tests the rules,
-every metric a rule or a panel queries is one the gateway (or an engine, or a sync sidecar)
-exports or a rule records, and every alert has its section in docs/runbook.md."""
+"""The Prometheus rules and Grafana dashboards: promtool checks and unit-tests the rules (with
+input series labelled as the gateway labels its own), every metric a rule or a panel queries
+is one the gateway (or an engine, or a sync sidecar) exports or a rule records, and every
+alert has its section in docs/runbook.md. tests/test_prometheus_live.py runs them in a real
+Prometheus against a real gateway."""
 
 import json
 import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import httpx
 import yaml
 from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.engine_metrics import RUNNING, WAITING
 from app.metrics import GatewayMetrics
@@ -48,6 +52,54 @@ def test_promtool_unit_tests_pass() -> None:
     run = _promtool("test", "rules", "slo.rules.test.yml")
     assert run.returncode == 0, run.stdout + run.stderr
     assert "SUCCESS" in run.stdout
+
+
+def _gateway_labels() -> dict[str, dict[str, set[str]]]:
+    """Each series name the gateway writes, its label names and the values each takes (every
+    histogram observed once; the label sets it makes at 0 included)."""
+    metrics = GatewayMetrics()
+    metrics.watch(lambda: 0, lambda: [("p", "p-0", "open")])
+    scope: dict[str, Any] = {"state": {}}
+    timer = metrics.stream(scope, "p", "eu")
+    timer.relayed(b"data: {}\n\n")
+    timer.relayed(b"data: {}\n\n")
+    timer.ended()
+    metrics.duration("/v1/chat/completions", "m", "2xx").observe(0.1)
+    labels: dict[str, dict[str, set[str]]] = {}
+    for family in text_string_to_metric_families(metrics.exposition().decode()):
+        for sample in family.samples:
+            names = labels.setdefault(sample.name, {name: set() for name in sample.labels})
+            for name, value in sample.labels.items():
+                names[name].add(value)
+    return labels
+
+
+def _prometheus_3(le: str) -> str:
+    """How Prometheus 3.x stores a bucket's bound: `1.0` becomes `1`."""
+    bound = float(le)
+    return str(int(bound)) if bound.is_integer() else repr(bound)
+
+
+def test_the_promtool_tests_feed_the_series_the_gateway_exposes() -> None:
+    exposed = _gateway_labels()
+    fixed = ("le", "route", "status_class", "reason", "kind")  # the label values the gateway fixes
+    tests = yaml.safe_load((RULES / "slo.rules.test.yml").read_text())["tests"]
+    fed = 0
+    for test in tests:
+        for series in test["input_series"]:
+            name = series["series"].split("{")[0]
+            if not name.startswith("llm_"):
+                continue
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', series["series"]))
+            assert name in exposed, (test["name"], name)
+            assert set(labels) == set(exposed[name]), (test["name"], name)
+            for label in set(fixed) & set(labels):
+                allowed = set(exposed[name][label])
+                if label == "le" and "3.x" in test["name"]:
+                    allowed = {_prometheus_3(le) for le in allowed if le != "+Inf"}
+                assert labels[label] in allowed, (test["name"], name, label, labels[label])
+            fed += 1
+    assert fed >= 20
 
 
 def _sync_families(data_dir: Path) -> list[Metric]:
