@@ -37,12 +37,13 @@ lint: $(BIN)/.installed
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-# promtool checks and unit-tests the alert rules (tests/test_dashboards.py): Debian ships it
-# with Prometheus.
+# promtool checks and unit-tests the alert rules (tests/test_dashboards.py), and the server
+# scrapes a real gateway with them (tests/test_prometheus_live.py): Debian ships both in one package.
 promtool:
-	@command -v promtool >/dev/null 2>&1 || apt-get install -y -qq prometheus >/dev/null 2>&1 \
-		|| (apt-get update -qq && apt-get install -y -qq prometheus >/dev/null) \
-		|| { echo "make test needs promtool: apt-get install prometheus"; exit 1; }
+	@{ command -v promtool && command -v prometheus; } >/dev/null 2>&1 \
+		|| apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 \
+		|| (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null) \
+		|| { echo "make test needs promtool and prometheus: apt-get install prometheus"; exit 1; }
 
 test: lint vllm-env promtool
 	$(BIN)/pytest
