@@ -20,7 +20,7 @@ from starlette.types import Receive, Scope, Send
 from app.deadlines import Deadline
 from app.drain import Drain
 from app.engine_errors import normalize_error
-from app.errors import EngineUnreachable, UpstreamFailed, UpstreamTimeout
+from app.errors import DeadlineExceeded, EngineUnreachable, UpstreamFailed, UpstreamTimeout
 from app.metrics import GatewayMetrics, StreamTimer
 from app.pools import Lease, Replica
 from app.upstream import (
@@ -209,7 +209,9 @@ class Proxy:
             headers={**relayed, **headers},
         )
         if upstream.status in RETRYABLE_STATUSES:
-            raise RetryableAnswer(response, retry_after)
+            raise RetryableAnswer(response, retry_after)  # counted by the gateway, which may retry it
+        if upstream.status >= 500:
+            self._metrics.engine_errors(pool.name, pool.region, "server_error").inc()
         return response
 
     async def _exchange(
@@ -242,6 +244,9 @@ class Proxy:
             attempt.finish(Outcome.FAILURE)
             raise EngineUnreachable(f"The engine {replica.id} is unreachable; retry shortly.") from exc
         except (TimeoutError, UpstreamTimeoutError) as exc:
+            if deadline.expired:  # the request's own deadline (its client may set it): as for a stream, not a fault
+                attempt.finish(Outcome.ABANDONED)
+                raise DeadlineExceeded("The request reached its deadline before the engine answered.") from exc
             attempt.finish(Outcome.FAILURE)
             if answered:
                 raise UpstreamTimeout(f"The engine {replica.id} did not finish in time.") from exc

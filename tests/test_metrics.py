@@ -104,6 +104,22 @@ def test_engine_failures_retries_and_live_gauges(gateway: ServerProcess, engines
     assert states == {"p-0": 0.0, "p-1": 0.0}
 
 
+def test_an_engines_plain_500_is_counted_as_a_server_error(
+    gateway: ServerProcess, engines: list[ServerProcess]
+) -> None:
+    before = scrape(gateway.url)
+    for engine in engines:
+        httpx.post(engine.url + "/control", json={"fail_times": 1, "fail_status": 500}).raise_for_status()
+    try:
+        assert _chat(gateway).status_code == 500  # not retried: a 500 may have done work
+    finally:
+        for engine in engines:
+            httpx.post(engine.url + "/control", json={}).raise_for_status()
+    after = scrape(gateway.url)
+    labels = {"pool": "p", "region": "eu", "kind": "server_error"}
+    assert value(after, "llm_engine_errors_total", **labels) - value(before, "llm_engine_errors_total", **labels) == 1
+
+
 def test_sheds_are_counted_by_reason(gateway: ServerProcess, engines: list[ServerProcess]) -> None:
     before = scrape(gateway.url)
     for engine in engines:
