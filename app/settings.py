@@ -28,7 +28,8 @@ from pydantic_settings import (
 __all__ = ["AuthClientSettings", "GatewaySettings", "PoolSettings", "RateLimitSettings", "load_settings"]
 
 PoolKind = Literal["transformers", "vllm"]
-Scope = Literal["chat", "finetune", "admin"]
+# `adapters`: publishing and retiring adapters at the sync sidecars (which also take `admin`).
+Scope = Literal["chat", "finetune", "adapters", "admin"]
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 AsymmetricAlgorithm = Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
 

@@ -37,6 +37,7 @@ def _start(work: Path, model: Path, one_way_s: float) -> tuple[dict[str, ServerP
         "SWITCHYARD_SYNC_MAX_RANK": "4096",
         "SWITCHYARD_SYNC_RECONCILE_INTERVAL_S": "0.1",
         "SWITCHYARD_SYNC_LOG_LEVEL": "warning",
+        "SWITCHYARD_SYNC_AUTH_MODE": "disabled",  # loopback only: the transfer is measured, not the token check
     }
     sidecars = {}
     for region in REGIONS:

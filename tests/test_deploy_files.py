@@ -1,6 +1,7 @@
 """The shipped configuration files load as the gateway would load them."""
 
 import json
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,15 @@ def test_pyproject_pins_torch() -> None:
 def test_data_paths_are_not_hardcoded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SWITCHYARD_DATA_DIR", str(tmp_path))
     assert load_settings().data_dir == tmp_path
+
+
+def test_the_image_holds_every_package_the_project_installs() -> None:
+    """A package left out of the Dockerfile breaks the image only at run time (an ImportError)."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = {name.rstrip("*") for name in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
+    copied = {
+        line.split()[1]
+        for line in (ROOT / "deploy" / "Dockerfile").read_text().splitlines()
+        if line.startswith("COPY ") and len(line.split()) == 3
+    }
+    assert packages <= copied, sorted(packages - copied)

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int)
     commands = parser.add_subparsers(dest="command", required=True)
     token = commands.add_parser("token", help="print an access token signed by the built-in issuer")
-    token.add_argument("--scope", action="append", choices=["chat", "finetune", "admin"])
+    token.add_argument("--scope", action="append", choices=["chat", "finetune", "adapters", "admin"])
     token.add_argument("--subject", default="dev", help="the token's `sub`: the tenant it speaks for")
     token.add_argument("--ttl", type=int, default=None, help="seconds (default: auth_token_ttl_s)")
     secret = commands.add_parser("hash-secret", help="print a client secret (new unless given) and its hash")

@@ -24,7 +24,7 @@ from app.auth.secrets import hash_secret, new_secret, verify_secret
 
 __all__ = ["SCOPES", "Client", "Issuer"]
 
-SCOPES = ("chat", "finetune", "admin")
+SCOPES = ("chat", "finetune", "adapters", "admin")
 
 
 @dataclass(frozen=True)
