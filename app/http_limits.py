@@ -142,8 +142,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._arm(self.limits.body_timeout_s, self._body_late)
 
     # Parser callbacks: a request's own fields are checked once, when they are complete (the
-    # bytes read bound them while they arrive). Checking each field as it came cost about
-    # three times as much a request (loadtests/header_limits.py measures the parse).
+    # bytes read bound them while they arrive). Checking each field in its own callback cost
+    # several times as much (docs/benchmarks.md, "HTTP limits").
 
     def on_message_begin(self) -> None:
         self._in_request = True
