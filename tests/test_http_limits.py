@@ -1,6 +1,8 @@
 """HTTP limits against a real gateway process, over raw sockets so the test controls every byte:
-a huge header, thousands of fields, headers and bodies sent a byte at a time, a connection
-that never speaks, and the requests just under the limits that must still work.
+a huge header, thousands of fields or trailers, headers and bodies sent a byte at a time, a
+connection that never speaks, a pipelined request over the limit, one and several workers;
+and the requests that must still work: at the limits, kept alive, idle between requests,
+sent in pieces, `Expect: 100-continue`.
 
 The limits come from the settings the gateway is started with (LIMITS)."""
 
@@ -268,6 +270,16 @@ def test_ordinary_requests_keep_working(gateway: ServerProcess) -> None:
     with httpx.Client(base_url=gateway.url) as http:
         for _ in range(3):
             assert http.post(CHAT, content=body, headers={"content-type": "application/json"}).status_code == 200
+
+
+def test_a_client_waiting_for_100_continue_is_not_cut_off(gateway: ServerProcess) -> None:
+    body = CHAT_BODY.encode()
+    fields = [("Content-Type", "application/json"), ("Content-Length", str(len(body))), ("Expect", "100-continue")]
+    with Client(gateway) as client:
+        client.send(_request("POST", CHAT, fields))
+        assert client.answer().status == 100
+        client.send(body)
+        assert client.answer().status == 200
 
 
 def test_several_workers_apply_the_limits(counting_engine: ServerProcess, log_dir: Path) -> None:
