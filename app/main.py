@@ -20,6 +20,7 @@ from app.idempotency import Idempotency
 from app.idempotency_store import InProcessStore, RedisStore
 from app.limits import RedisLimiter, build_limiter
 from app.metrics import GatewayMetrics, RequestMetrics
+from app.openapi import install_openapi
 from app.pools import PoolRegistry, Replica
 from app.proxy import Proxy
 from app.retry_budget import RetryBudget
@@ -120,6 +121,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(ops.router)
     app.include_router(admin.router)
     app.include_router(oauth.router)
+    install_openapi(app)
     return app
 
 

@@ -37,7 +37,7 @@ def _oauth_error(status: int, error: str, description: str, **headers: str) -> J
     return JSONResponse({"error": error, "error_description": description}, status, headers=_NO_STORE | headers)
 
 
-@router.post("/oauth/token", include_in_schema=False)
+@router.post("/oauth/token")
 async def token(request: Request) -> JSONResponse:
     issuer = _issuer(request)
     wait = _throttle.wait_s(request.client.host if request.client else "", time.monotonic())
@@ -66,12 +66,12 @@ async def token(request: Request) -> JSONResponse:
     return JSONResponse(payload, status, headers=dict(headers))
 
 
-@router.get("/.well-known/jwks.json", include_in_schema=False)
+@router.get("/.well-known/jwks.json")
 async def jwks(request: Request) -> JSONResponse:
     return JSONResponse(_issuer(request).signing.public_jwks(), headers={"cache-control": "public, max-age=60"})
 
 
-@router.get("/.well-known/oauth-authorization-server", include_in_schema=False)
+@router.get("/.well-known/oauth-authorization-server")
 async def metadata(request: Request) -> dict[str, Any]:
     issuer = _issuer(request)
     return issuer.metadata(issuer.issuer)

@@ -20,7 +20,7 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/metrics", include_in_schema=False)
+@router.get("/metrics")
 async def metrics(request: Request) -> Response:
     """Prometheus text; open like the probes (scrapers carry no tokens): bounded labels only."""
     return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
