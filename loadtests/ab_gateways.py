@@ -1,10 +1,11 @@
 """A/B of gateways built from several source trees (git worktrees), alternated round by round.
 
     git worktree add /tmp/before <commit>
-    python -m loadtests.ab_gateways --seconds 6 --rounds 4 [--connections 32] [--keyed] [--redis URL] /tmp/before .
+    python -m loadtests.ab_gateways --seconds 6 --rounds 4 [--connections 32] [--stream] \
+        [--keyed] [--redis URL] /tmp/before .
 
 Each round starts each tree's gateway in turn on CPU 0 (authentication off, one pool on
-the instant engine, which shares CPU 1 with wrk), drives it with wrk (non-streaming chat;
+the instant engine, which shares CPU 1 with wrk), drives it with wrk (chat, `--stream`: as SSE;
 `--keyed`: a new Idempotency-Key on every request, its records in this process or, with
 `--redis`, in that Redis) and stops it. Alternating spreads the machine's drift over every
 tree, so the means compare; one run's spread is the noise to read them against.
@@ -56,6 +57,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=6, help="wrk run per tree and round")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--stream", action="store_true")
     parser.add_argument("--keyed", action="store_true")
     parser.add_argument("--redis", help="keep idempotency records (and rate limits) in this Redis")
     parser.add_argument("trees", nargs="+", type=Path)
@@ -75,7 +77,8 @@ def main() -> None:
             for tree in trees:
                 process, url = _serve(tree, engine.url, args.redis)
                 try:
-                    rate, p50, _, _ = run_wrk(url, BODY, args.connections, args.seconds, keyed=args.keyed)
+                    body = BODY | {"stream": args.stream}
+                    rate, p50, _, _ = run_wrk(url, body, args.connections, args.seconds, keyed=args.keyed)
                     rates[tree].append(rate)
                     p50s[tree].append(p50)
                 finally:
