@@ -133,8 +133,7 @@ def test_a_failure_after_the_first_chunk_is_not_retried(gateway: ServerProcess, 
     assert error["code"] == "upstream_error"
     # In the operator's words, once; the client library's own words go to the log only.
     assert error["message"] == (
-        "The stream was cut short: the engine closed the connection before the stream was complete. "
-        "Retry the request."
+        "The stream was cut short: the engine closed the connection before the stream was complete. Retry the request."
     )
     assert "stream from p-" in gateway.output()
     assert _executions(replicas, request_id) == 1
