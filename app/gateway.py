@@ -269,6 +269,6 @@ def _trace_decision(decision: Decision[Replica]) -> None:
 def request_id(request: Request) -> str:
     """The client's `x-request-id` when it sent a sane one, else a new one."""
     given = request.headers.get("x-request-id", "")
-    if 0 < len(given) <= _MAX_REQUEST_ID and given.isprintable():
+    if 0 < len(given) <= _MAX_REQUEST_ID and given.isascii() and given.isprintable():
         return given
     return f"{_ID_PREFIX}{next(_ids):x}"

@@ -31,7 +31,7 @@ from app.errors import (
     IdempotencyUnavailable,
     InvalidRequest,
 )
-from app.idempotency_store import Claim, IdempotencyStore, StoredAnswer, StoreUnavailable
+from app.idempotency_store import Claim, IdempotencyStore, StoredAnswer, StoreFull, StoreUnavailable
 from protocol import error_payload, sse_event
 
 __all__ = ["KEY_HEADER", "REPLAYED_HEADER", "Idempotency", "fingerprint", "parse_key"]
@@ -78,6 +78,12 @@ def _malformed() -> InvalidRequest:
     return error
 
 
+def _ambiguous() -> InvalidRequest:
+    error = InvalidRequest("Send one Idempotency-Key header, not several.", param="Idempotency-Key")
+    error.code = "invalid_idempotency_key"
+    return error
+
+
 def fingerprint(body: bytes) -> str:
     """sha256 of the body as canonical JSON: key order and white space do not count."""
     canonical = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -111,10 +117,15 @@ class Idempotency:
         raw = request.headers.get(KEY_HEADER)
         if raw is None:
             return await handler()
+        if len(request.headers.getlist(KEY_HEADER)) > 1:  # which one the client meant is anyone's guess
+            raise _ambiguous()
         key = hashlib.sha256(f"{tenant}\x1f{route}\x1f{parse_key(raw)}".encode()).hexdigest()
         request_print = fingerprint(body)
         try:
             claim = await self.store.claim(key, request_print, self._lease_ms)
+        except StoreFull as exc:
+            log.warning("%s", exc)
+            raise IdempotencyUnavailable(f"{exc} Retry later, or without an Idempotency-Key.") from exc
         except StoreUnavailable as exc:
             log.warning("idempotency store unavailable: %s", exc)
             raise IdempotencyUnavailable() from exc
@@ -146,11 +157,15 @@ class Idempotency:
         if isinstance(response, StreamingResponse):
             response.body_iterator = self._record(key, owner, request_print, response, response.body_iterator)
             return response
-        answer = self._answer(response, bytes(response.body))
+        try:
+            answer = self._answer(response, bytes(response.body))
+        except BaseException:
+            self._release(key, owner)
+            raise
         if answer is None:
             self._release(key, owner)
             return response
-        holder = await self._keep(key, owner, request_print, answer)
+        holder = await self._keep(key, owner, request_print, answer)  # releases the key itself if not kept
         return response if holder is None else self._held(holder, request_print)
 
     async def _record(
@@ -170,6 +185,8 @@ class Idempotency:
                 size += len(data)
                 if size <= self._max_answer_bytes:
                     chunks.append(data)
+                elif chunks:
+                    chunks.clear()  # too large to keep: hold none of it
                 done = _done_at(data)
                 if done is None:
                     yield data
@@ -201,15 +218,18 @@ class Idempotency:
             return None
         if len(body) > self._max_answer_bytes:
             return _NOT_KEPT
-        headers = {k.decode(): v.decode() for k, v in response.raw_headers if k in _KEPT_HEADERS}
+        # latin-1: what HTTP headers are on the wire; it decodes any byte, so keeping never fails.
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in response.raw_headers if k in _KEPT_HEADERS}
         return StoredAnswer(status, headers, body)
 
     async def _keep(self, key: str, owner: str, request_print: str, answer: StoredAnswer) -> Claim | None:
         """Keep `answer` before the client gets it: None once kept, else the claim holding the key.
 
-        While the store is down the claim stays in `_running` (renewed as soon as the store is
-        back) and the write is retried; past `settle_timeout_s` the answer is dropped and the
-        client gets IdempotencyUnavailable instead of it.
+        While the store is down the write is retried (and the claim's renewal goes on, so it
+        holds again as soon as the store is back); past `settle_timeout_s` the answer is
+        dropped and the client gets IdempotencyUnavailable instead of it. A claim that lapsed
+        meanwhile does not matter: the write keeps the answer unless another request has
+        taken the key, whose claim then comes back instead.
         """
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self._settle_timeout_s
@@ -233,17 +253,22 @@ class Idempotency:
                 # A write that timed out yet landed finds our own answer there: that is ours kept.
                 return None if holder is not None and holder.answer == answer else holder
         finally:
-            self._running.pop(key, None)
+            self._forget(key, owner)
             if not kept:
                 self._release(key, owner)
 
     def _release(self, key: str, owner: str) -> None:
         """Free the key in the background (the client's answer does not wait); if the store is
         down, the lease lapses by itself within `lease_s`."""
-        self._running.pop(key, None)
+        self._forget(key, owner)
         task = asyncio.get_running_loop().create_task(self._free(key, owner))
         self._releasing.add(task)
         task.add_done_callback(self._releasing.discard)
+
+    def _forget(self, key: str, owner: str) -> None:
+        """Stop renewing our claim on `key`; another request of this gateway may hold it by now."""
+        if self._running.get(key) == owner:
+            del self._running[key]
 
     async def _free(self, key: str, owner: str) -> None:
         try:

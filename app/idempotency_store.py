@@ -24,6 +24,7 @@ __all__ = [
     "Claim",
     "InProcessStore",
     "RedisStore",
+    "StoreFull",
     "StoreUnavailable",
     "StoredAnswer",
     "IdempotencyStore",
@@ -42,6 +43,10 @@ def _new_owner() -> str:
 
 class StoreUnavailable(Exception):
     """The store cannot be reached: keyed requests cannot be made safe."""
+
+
+class StoreFull(StoreUnavailable):
+    """The in-process store holds as many kept answers as it may: no new claim until some expire."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +114,9 @@ class _Record:
 
 class InProcessStore:
     """For one gateway process (the embedded default): records as plain objects with expiry
-    times, taking at most `max_bytes`; past that the oldest finished records go first (a
-    running claim is never dropped: that would let a duplicate run)."""
+    times, taking about `max_bytes`. A kept answer is never dropped before its retention ends
+    (its retry would run again and could answer otherwise): when the records fill the budget,
+    new claims are refused (StoreFull) until some expire."""
 
     def __init__(self, max_bytes: int = 256 * 1024 * 1024) -> None:
         self._max_bytes = max_bytes
@@ -131,9 +137,16 @@ class InProcessStore:
             if record.answer is not None:
                 return Claim("completed", record.fingerprint, answer=record.answer)
             return Claim("running", record.fingerprint)
+        self._sweep()
+        if self._bytes >= self._max_bytes:
+            self._drop_expired()
+            if self._bytes >= self._max_bytes:
+                raise StoreFull(
+                    f"The idempotency store is full ({self._max_bytes} bytes of kept answers); keyed requests are "
+                    "refused until some expire."
+                )
         owner = _new_owner()
         self._put(key, _Record(time.monotonic() + lease_ms / 1000, fingerprint, owner))
-        self._sweep()
         return Claim("claimed", fingerprint, owner)
 
     async def renew(self, claims: Mapping[str, str], lease_ms: int) -> int:
@@ -154,7 +167,6 @@ class InProcessStore:
                 return Claim("completed", record.fingerprint, answer=record.answer)
             return Claim("running", record.fingerprint)
         self._put(key, _Record(time.monotonic() + retention_ms / 1000, fingerprint, "", answer))
-        self._evict()
         return None
 
     async def release(self, key: str, owner: str) -> bool:
@@ -208,15 +220,11 @@ class InProcessStore:
         for key in expired:
             self._drop(key)
 
-    def _evict(self) -> None:
-        """Oldest first; a running claim met on the way moves to the back instead."""
-        for _ in range(len(self._records)):
-            if self._bytes <= self._max_bytes:
-                return
-            key = next(iter(self._records))
-            record = self._drop(key)
-            if record is not None and record.answer is None:
-                self._put(key, record)
+    def _drop_expired(self) -> None:
+        """Every expired record: a whole pass, made only when the budget is full."""
+        now = time.monotonic()
+        for key in [key for key, record in self._records.items() if record.expires <= now]:
+            self._drop(key)
 
 
 # Each runs atomically in Redis: act only if the record is still ours and still running.

@@ -321,7 +321,7 @@ class RequestMetrics:
 def _log_access(
     route: str, status: int, seconds: float, state: dict[str, Any], headers: list[tuple[bytes, bytes]]
 ) -> None:
-    request_id = next((value.decode() for name, value in headers if name == b"x-request-id"), None)
+    request_id = next((value.decode("latin-1") for name, value in headers if name == b"x-request-id"), None)
     fields = {"request_id": request_id, "route": route, "status": status, "duration_ms": round(seconds * 1000, 2)}
     fields |= {"model": state.get(_MODEL, "other"), "tenant": state.get(_TENANT)}
     access_log.info("%s %s %d in %.1f ms", request_id, route, status, seconds * 1000, extra=fields)

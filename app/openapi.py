@@ -112,16 +112,22 @@ _ERRORS: dict[int, tuple[str, str, dict[str, Any]]] = {
     409: ("Conflict", "A request with this Idempotency-Key is still running, or the change conflicts.", {}),
     413: ("PayloadTooLarge", "The body is over `max_body_bytes`.", {}),
     415: ("UnsupportedMediaType", "The body is not JSON.", {}),
-    422: ("Unprocessable", "The Idempotency-Key was used with another body, or the replica failed its check.", {}),
+    422: (
+        "Unprocessable",
+        "The Idempotency-Key was used with another body, its answer was too large to keep, the engine failed on this "
+        "request alone (`sequence_failed`), or the replica failed its check.",
+        {},
+    ),
     429: ("RateLimited", "Over the tenant's rate limits or its share of the queue.", _RETRY_HEADERS),
     431: ("HeadersTooLarge", "The headers are over `max_header_bytes` or `max_header_fields`.", {}),
+    500: ("InternalError", "The engine failed (`engine_error`); relayed as it answered.", {}),
     502: ("BadGateway", "The engine answered with something unusable.", {}),
     503: ("Unavailable", "No engine is reachable, all are busy, or the gateway is shutting down.", _RETRY_HEADERS),
     504: ("GatewayTimeout", "The engine did not answer within the request's deadline.", {}),
 }
 _ANY_REQUEST = (408, 431)  # answered before the app sees the request (app/http_limits.py)
 _GUARDED = (400, 401, 403)  # the guard's: ambiguous credentials, no or bad token, missing scope
-_GENERATING = (400, 404, 409, 413, 415, 422, 429, 502, 503, 504)
+_GENERATING = (400, 404, 409, 413, 415, 422, 429, 500, 502, 503, 504)
 
 
 def _scope(path: str) -> str | None:

@@ -231,11 +231,11 @@ class PoolRegistry:
         )
         self.known_models = frozenset(m for r in self.replicas() for m in (*r.models, *r.pool.static_models))
 
-    def model_cards(self) -> list[dict[str, Any]]:
-        """The union of the models that healthy replicas serve, one card per id."""
+    def model_cards(self, *, every_replica: bool = False) -> list[dict[str, Any]]:
+        """The union of the models that healthy replicas (or all: `every_replica`) serve, one card per id."""
         cards: dict[str, dict[str, Any]] = {}
         for replica in self.replicas():
-            if not replica.healthy:
+            if not (replica.healthy or every_replica):
                 continue
             for model in replica.pool.static_models:
                 cards.setdefault(model, {"id": model, "object": "model", "created": 0, "owned_by": "switchyard"})

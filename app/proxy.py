@@ -9,6 +9,8 @@ decides whether another replica gets the request. Everything after the first byt
 """
 
 import asyncio
+import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -56,7 +58,22 @@ Report = Callable[[Replica, Outcome], None]
 # An engine's answers that another replica may well not give.
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
 _REFUSED_KEY = frozenset({401, 403})
-_SEQUENCE_FAILED = f'"{SEQUENCE_FAILED}"'.encode()
+
+
+def sequence_failed(body: bytes) -> bool:
+    """Whether an engine's 500 is its mark of one request's failure (its batch went on)."""
+    try:
+        error = json.loads(body).get("error")
+    except (ValueError, AttributeError, RecursionError):
+        return False
+    return isinstance(error, dict) and error.get("code") == SEQUENCE_FAILED
+
+
+def _typeless(body: bytes) -> bytes:
+    """An engine's error without its `type`, so the gateway's envelope gives the status's own."""
+    payload = json.loads(body)
+    payload["error"].pop("type", None)
+    return json.dumps(payload).encode()
 
 
 class AttemptTimeout(UpstreamTimeout):
@@ -89,7 +106,7 @@ def outcome_of_status(status: int, body: bytes = b"") -> Outcome:
     request's failure (`sequence_failed`: its batch went on)."""
     if status in (429, 503):
         return Outcome.REJECTED
-    if status == 500 and _SEQUENCE_FAILED in body:
+    if status == 500 and sequence_failed(body):
         return Outcome.SUCCESS
     return Outcome.FAILURE if status >= 500 or status in _REFUSED_KEY else Outcome.SUCCESS
 
@@ -136,6 +153,12 @@ class _RelayResponse(StreamingResponse):
             self._upstream.close()
             self._attempt.finish(Outcome.ABANDONED)  # the client left mid-stream: no verdict on the engine
             self._timer.closed()  # also when the client left before the stream began
+            # A client that left mid-stream leaves the body's generators suspended: close them now
+            # (an idempotency claim is released at once), not whenever they are collected.
+            close = getattr(self.body_iterator, "aclose", None)
+            if close is not None:
+                with contextlib.suppress(RuntimeError):  # still running elsewhere: it ends by itself
+                    await close()
 
 
 _EARLY_END = {
@@ -202,15 +225,14 @@ class Proxy:
             raise UpstreamFailed(f"The engine {attempt.replica.id} refused the gateway's credentials.")
         retry_after = retry_after_s(upstream.headers)
         relayed = {"retry-after": upstream.headers["retry-after"]} if retry_after is not None else {}
-        response = Response(
-            normalize_error(upstream.status, data),
-            status_code=upstream.status,
-            media_type="application/json",
-            headers={**relayed, **headers},
-        )
-        if upstream.status in RETRYABLE_STATUSES:
+        status, error = upstream.status, normalize_error(upstream.status, data)
+        if status == 500 and sequence_failed(data):
+            # The request's own failure, as the engine tells it: a 4xx, as every request error is.
+            status, error = 422, normalize_error(422, _typeless(data))
+        response = Response(error, status_code=status, media_type="application/json", headers={**relayed, **headers})
+        if status in RETRYABLE_STATUSES:
             raise RetryableAnswer(response, retry_after)  # counted by the gateway, which may retry it
-        if upstream.status >= 500:
+        if status >= 500:
             self._metrics.engine_errors(pool.name, pool.region, "server_error").inc()
         return response
 

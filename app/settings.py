@@ -127,7 +127,9 @@ class GatewaySettings(BaseSettings):
     idempotency_settle_timeout_s: float = Field(default=10.0, ge=0)
     idempotency_retention_s: float = Field(default=86_400.0, gt=0)
     idempotency_max_answer_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
-    idempotency_memory_bytes: int = Field(default=256 * 1024 * 1024, ge=1)  # in-process store: oldest go first
+    idempotency_memory_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=1
+    )  # in-process store; then keyed requests get 503
     # On SIGTERM: how long requests in flight may run on before open streams are ended.
     drain_timeout_s: float = Field(default=25.0, ge=0)
     connect_timeout_s: float = Field(default=5.0, gt=0)

@@ -3,7 +3,8 @@
 `python -m tests.counting_engine --port N` serves the OpenAI chat route for model
 `counting`: JSON, or an SSE stream of `max_tokens` (else `chunks`) events `chunk_delay_s` apart
 (then a usage chunk when `stream_options.include_usage`). `POST /control`
-sets its behaviour and zeroes the counts (`fail_status` for the next `fail_times` requests, with `retry_after`;
+sets its behaviour and zeroes the counts (`fail_status` for the next `fail_times` requests, with `retry_after`
+and the error's `fail_code`;
 `stall_s` before answering; `chunks`, `chunk_delay_s`); `GET /executions` says how many
 requests it executed, in all and per `x-request-id`.
 
@@ -60,7 +61,8 @@ class CountingEngine:
         if b.get("fail_times", 0) > 0:
             b["fail_times"] -= 1
             headers = {"retry-after": str(b["retry_after"])} if b.get("retry_after") is not None else {}
-            error = {"error": {"message": "told to fail", "type": "server_error", "param": None, "code": None}}
+            code = b.get("fail_code")
+            error = {"error": {"message": "told to fail", "type": "server_error", "param": None, "code": code}}
             return JSONResponse(error, status_code=int(b.get("fail_status", 503)), headers=headers)
         if b.get("stall_s"):
             await asyncio.sleep(float(b["stall_s"]))

@@ -9,7 +9,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from app.errors import IdempotencyKeyInUse, IdempotencyUnavailable, InvalidRequest
 from app.idempotency import Idempotency, fingerprint, parse_key
-from app.idempotency_store import Claim, InProcessStore, StoredAnswer, StoreUnavailable
+from app.idempotency_store import Claim, InProcessStore, StoredAnswer, StoreFull, StoreUnavailable
 
 
 @pytest.mark.parametrize(
@@ -64,20 +64,77 @@ async def test_release_frees_the_key_and_a_lapsed_lease_too() -> None:
     assert (await store.claim("k", "fp", 10_000)).outcome == "claimed"
 
 
-async def test_the_in_process_store_stays_within_its_memory_and_never_drops_a_running_claim() -> None:
+async def test_a_full_in_process_store_refuses_new_claims_and_never_drops_a_kept_answer() -> None:
     probe = InProcessStore()
     claim = await probe.claim("a", "fp", 60_000)
     await probe.complete("a", claim.owner, "fp", ANSWER, 60_000)
     store = InProcessStore(max_bytes=3 * probe.size)  # room for three finished records
-    running = await store.claim("running", "fp", 60_000)
-    for key in ("a", "b", "c", "d"):
+    for key in ("a", "b", "c"):
         claim = await store.claim(key, "fp", 60_000)
         assert await store.complete(key, claim.owner, "fp", ANSWER, 60_000) is None
-        assert store.size <= 3 * probe.size
-    assert len(store) == 3
-    assert (await store.claim("running", "fp", 60_000)).outcome == "running"  # the oldest, but running
-    assert (await store.claim("a", "fp", 60_000)).outcome == "claimed"  # the oldest finished: gone
-    assert await store.complete("running", running.owner, "fp", ANSWER, 60_000) is None
+    with pytest.raises(StoreFull):
+        await store.claim("d", "fp", 60_000)
+    for key in ("a", "b", "c"):  # every kept answer is still what its key replays
+        assert (await store.claim(key, "fp", 60_000)).answer == ANSWER
+    short = InProcessStore(max_bytes=3 * probe.size)
+    for key in ("a", "b", "c"):
+        claim = await short.claim(key, "fp", 60_000)
+        await short.complete(key, claim.owner, "fp", ANSWER, retention_ms=1)
+    await asyncio.sleep(0.01)
+    assert (await short.claim("d", "fp", 60_000)).outcome == "claimed"  # expired records made room
+
+
+async def test_a_full_store_is_a_503_that_says_so() -> None:
+    probe = InProcessStore()
+    claim = await probe.claim("a", "fp", 60_000)
+    await probe.complete("a", claim.owner, "fp", ANSWER, 60_000)
+    idempotency = Idempotency(InProcessStore(max_bytes=probe.size), lease_s=1, retention_s=60, max_answer_bytes=4096)
+
+    async def answer() -> Response:
+        return Response(b'{"ok": true}', media_type="application/json")
+
+    await idempotency.run(_keyed_request("first"), "t", "/r", BODY, answer)
+    with pytest.raises(IdempotencyUnavailable) as refused:
+        await idempotency.run(_keyed_request("second"), "t", "/r", BODY, answer)
+    assert "full" in refused.value.message
+    assert (await idempotency.run(_keyed_request("first"), "t", "/r", BODY, answer)).headers["idempotent-replayed"]
+    await idempotency.aclose()
+
+
+async def test_two_idempotency_key_headers_are_refused() -> None:
+    idempotency = Idempotency(InProcessStore(), lease_s=1, retention_s=60, max_answer_bytes=4096)
+    request = Request(
+        {
+            "type": "http",
+            "method": "POST",
+            "path": "/",
+            "headers": [(b"idempotency-key", b"a"), (b"idempotency-key", b"b")],
+        }
+    )
+
+    async def answer() -> Response:
+        raise AssertionError("an ambiguous request must not run")
+
+    with pytest.raises(InvalidRequest) as refused:
+        await idempotency.run(request, "t", "/r", BODY, answer)
+    assert refused.value.param == "Idempotency-Key"
+    await idempotency.aclose()
+
+
+async def test_a_header_the_client_made_up_never_sticks_the_key() -> None:
+    """A response header that is not UTF-8 (an x-request-id echoed as the client sent it) is kept
+    as latin-1, as HTTP has it: keeping never fails halfway and leaves the key claimed."""
+    idempotency = Idempotency(InProcessStore(), lease_s=1, retention_s=60, max_answer_bytes=4096)
+
+    async def answer() -> Response:
+        response = Response(b'{"ok": true}', media_type="application/json")
+        response.raw_headers.append((b"x-request-id", "caf\u00e9".encode("latin-1")))
+        return response
+
+    await idempotency.run(_keyed_request("k"), "t", "/r", BODY, answer)
+    replay = await idempotency.run(_keyed_request("k"), "t", "/r", BODY, answer)
+    assert replay.headers["x-request-id"] == "caf\u00e9"
+    await idempotency.aclose()
 
 
 async def test_expired_records_go_as_new_claims_come_a_few_at_a_time() -> None:

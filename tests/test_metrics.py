@@ -120,6 +120,29 @@ def test_an_engines_plain_500_is_counted_as_a_server_error(
     assert value(after, "llm_engine_errors_total", **labels) - value(before, "llm_engine_errors_total", **labels) == 1
 
 
+def test_a_500_the_engine_marks_as_one_requests_failure_is_a_4xx_and_no_engine_error(
+    gateway: ServerProcess, engines: list[ServerProcess]
+) -> None:
+    before = scrape(gateway.url)
+    for engine in engines:
+        control = {"fail_times": 1, "fail_status": 500, "fail_code": "sequence_failed"}
+        httpx.post(engine.url + "/control", json=control).raise_for_status()
+    try:
+        answer = _chat(gateway)
+    finally:
+        for engine in engines:
+            httpx.post(engine.url + "/control", json={}).raise_for_status()
+    assert answer.status_code == 422, answer.text
+    error = answer.json()["error"]
+    assert (error["type"], error["code"]) == ("invalid_request_error", "sequence_failed")
+    after = scrape(gateway.url)
+    for kind in ("server_error", "overloaded", "connect"):
+        labels = {"pool": "p", "region": "eu", "kind": kind}
+        assert value(after, "llm_engine_errors_total", **labels) == value(before, "llm_engine_errors_total", **labels)
+    states = {dict(labels)["replica"]: v for (name, labels), v in after.items() if name == "llm_breaker_state"}
+    assert set(states.values()) == {0.0}
+
+
 def test_sheds_are_counted_by_reason(gateway: ServerProcess, engines: list[ServerProcess]) -> None:
     before = scrape(gateway.url)
     for engine in engines:

@@ -1,11 +1,13 @@
-"""Small parts of the retry path: deadlines, the retry budget, Retry-After, SSE event boundaries."""
+"""Small parts of the retry path: deadlines, the retry budget, Retry-After, SSE event boundaries, request ids."""
 
 import time
 
 import pytest
+from fastapi import Request
 
 from app.deadlines import Deadline
 from app.errors import InvalidRequest
+from app.gateway import request_id
 from app.proxy import _events_end, retry_after_s
 from app.retry_budget import RetryBudget
 
@@ -64,3 +66,16 @@ def test_retry_after_seconds(value: str | None, seconds: float | None) -> None:
 )
 def test_sse_event_boundaries(data: bytes, end: int) -> None:
     assert _events_end(data) == end
+
+
+@pytest.mark.parametrize("given", ["caf\u00e9", "", "x" * 129, "tab\there"])
+def test_a_request_id_the_gateway_cannot_pass_on_as_it_is_gets_replaced(given: str) -> None:
+    """Only visible ASCII goes back out and on to the engine: anything else is replaced."""
+    request = Request({"type": "http", "headers": [(b"x-request-id", given.encode("latin-1"))]})
+    assert request_id(request) != given
+    assert request_id(request).isascii()
+
+
+def test_a_sane_request_id_is_kept() -> None:
+    request = Request({"type": "http", "headers": [(b"x-request-id", b"req-42.a_b")]})
+    assert request_id(request) == "req-42.a_b"

@@ -25,7 +25,7 @@ __all__ = ["PredictRequest", "default_model", "predict"]
 
 _ROUTE = "/predict"
 _UPSTREAM = "/v1/chat/completions"
-# The headers of the engine's answer that stay on the translated one.
+# The headers of the engine's answer that the translated one does not keep (it has its own).
 _DROPPED = frozenset({"content-length", "content-type"})
 
 
@@ -45,7 +45,9 @@ async def predict(request: Request) -> Response:
     gateway = gateway_of(request)
     body = await read_json_body(request, gateway.settings.max_body_bytes)
     ask = parse_body(body, PredictRequest)
-    model = ask.model or default_model(gateway.settings.default_model, gateway.registry.model_cards())
+    # Every replica's models, healthy or not: a default that changed while a pool is down would
+    # silently send these clients to another model.
+    model = ask.model or default_model(gateway.settings.default_model, gateway.registry.model_cards(every_replica=True))
     fields: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": ask.text}]}
     fields |= {k: v for k, v in (("max_tokens", ask.max_tokens), ("temperature", ask.temperature)) if v is not None}
     chat_body = json.dumps(fields).encode()
