@@ -5,12 +5,13 @@ onto the last), any number of header fields is accepted, and a client that sends
 or its body a byte at a time keeps the connection and the request open for as long as it
 likes. `limited_protocol(limits)` is that protocol with the limits added:
 
-- the header bytes of a request (its target, fields, and the trailers of a chunked body,
-  each field counting its name, value and 4 bytes) are capped: the bytes read while a
-  request's headers are incomplete are counted as they arrive, so a header is never held
-  more than one read (at most 256 KiB) past the limit however it is split, and headers
-  completed in a read that held more are counted exactly (a trailer is counted when it is
-  complete: a long one is held until then, within the body's time);
+- the header bytes of a request (its target and fields, each field counting its name, value
+  and 4 bytes) are capped, and so are those of a chunked body's trailer: the bytes read
+  while a request's headers, or the trailer after its last chunk, are incomplete are counted
+  as they arrive (from the read they begin, or the next one when they begin after other
+  bytes), so neither is ever held more than two reads (at most 256 KiB each) past the limit
+  however it is split, and those completed in a read that held more (a body, another
+  request) are counted exactly;
 - so is the number of header fields;
 - a request's headers must arrive within `header_timeout_s` of its first byte (or of the
   connection's opening), and its body within `body_timeout_s` of its headers; while the
@@ -18,7 +19,8 @@ likes. `limited_protocol(limits)` is that protocol with the limits added:
   `100 Continue`, the client's time starts again.
 
 A request over a limit is answered 431 or 408 in the OpenAI error envelope with
-`connection: close`, when the server has not begun an answer on that connection yet; then
+`connection: close`, and one the parser cannot read 400 `malformed_http` (uvicorn's own is
+plain text), when the server has not begun an answer on that connection yet; then
 the server stops reading requests but drains what the client still sends for a moment
 (a lingering close: closing with unread bytes would reset the connection and lose the
 answer), and closes. The app never sees a request over a header limit.
@@ -94,6 +96,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._in_request = False  # a byte of the current request has been parsed
         self._wire_header_bytes = 0  # bytes read while the request's headers were incomplete
         self._wire_counts_all = True  # ... and they include the request's first byte
+        self._after_chunk_size = False  # a chunk's size line was parsed and none of its data yet
+        self._wire_trailer_bytes = 0  # bytes read since, while that held (the last chunk's trailer)
         self._trailer_bytes = 0
         self._over_limit = False  # set by a parser callback just before it aborts the parse
         self._refused = False  # answered (or given up on): what still arrives is dropped
@@ -117,14 +121,16 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             if not self._in_request:  # a request begins with this read: every byte is its own
                 self._wire_header_bytes, self._wire_counts_all = 0, True
             self._wire_header_bytes += len(data)
+        elif self._after_chunk_size:  # this read is that chunk's data, or the last chunk's trailer
+            self._wire_trailer_bytes += len(data)
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError:
+        except httptools.HttpParserError as exc:
             if self._over_limit:  # raised by a check below, through the parser
                 self._refuse_headers()
                 return
-            self.logger.warning("Invalid HTTP request received.")
-            self.send_400_response("Invalid HTTP request received.")
+            log.info("malformed request from %s: %s", self.client, exc)
+            self._give_up(400, "The request is not valid HTTP/1.1.", "malformed_http")
             return
         except httptools.HttpParserUpgrade:
             self._disarm()
@@ -138,6 +144,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 self._refuse_headers()
             elif self._in_request and self._timer is None:
                 self._arm(self.limits.header_timeout_s, self._headers_late)
+        elif self._after_chunk_size and self._wire_trailer_bytes > self.limits.max_header_bytes:
+            self._refuse_headers()  # no data followed the size line: it was the last, and this its trailer
         elif self._awaiting_body and self._timer is None:
             self._arm(self.limits.body_timeout_s, self._body_late)
 
@@ -160,19 +168,32 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self.expect_100_continue = True
         self.headers.append((name, value))
 
+    def on_chunk_header(self) -> None:
+        # httptools does not tell the chunk's size: if data follows, this was not the last
+        # chunk (on_body); if not, the next reads are the trailer, which httptools holds whole
+        # until each field is complete, each piece copied onto the last.
+        self._after_chunk_size, self._wire_trailer_bytes = True, 0
+
+    def on_body(self, body: bytes) -> None:
+        self._after_chunk_size = False
+        super().on_body(body)
+
     def on_headers_complete(self) -> None:
         if self._wire_header_bytes > self.limits.max_header_bytes or not self._wire_counts_all:
             # The read that completed them held more (a body, another request) or missed
             # their beginning: count them exactly.
             self._check(len(self.url) + sum(len(n) + len(v) + _FIELD_OVERHEAD for n, v in self.headers), 0)
         self._check(0, len(self.headers))
+        super().on_headers_complete()  # may refuse the target: still this request's headers then
         self._awaiting_headers, self._awaiting_body = False, True
         self._disarm()
-        super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         self._awaiting_headers, self._awaiting_body, self._in_request = True, False, False
-        self._wire_counts_all = False  # a request beginning in the rest of this read is not counted whole
+        self._after_chunk_size = False
+        # The next request counts its own bytes; one beginning in the rest of this read is
+        # counted exactly when its headers are complete.
+        self._wire_header_bytes, self._wire_counts_all = 0, False
         self._disarm()
         super().on_message_complete()
 

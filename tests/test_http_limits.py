@@ -1,8 +1,9 @@
 """HTTP limits against a real gateway process, over raw sockets so the test controls every byte:
-a huge header, thousands of fields or trailers, headers and bodies sent a byte at a time, a
-connection that never speaks, a pipelined request over the limit, one and several workers;
-and the requests that must still work: at the limits, kept alive, idle between requests,
-sent in pieces, `Expect: 100-continue`.
+a huge header or trailer, thousands of fields or trailers, headers and bodies sent a byte at a
+time, a connection that never speaks, a pipelined request over the limit, requests that are not
+HTTP, one and several workers; and the requests that must still work: at the limits, kept
+alive, idle between requests, sent in pieces (chunks and trailers too), pipelined behind a
+large body, `Expect: 100-continue`.
 
 The limits come from the settings the gateway is started with (LIMITS)."""
 
@@ -296,3 +297,95 @@ def test_several_workers_apply_the_limits(counting_engine: ServerProcess, log_di
     finally:
         server.stop()
         redis.stop()
+
+
+def _huge_trailer(gateway: ServerProcess) -> float:
+    """Sends a chunked body whose trailer holds one 16 MB field, never ended; checks the 431
+    (before the body's time is out: a 408 would mean the trailer was held until then) and the
+    close; the seconds until the answer."""
+    body = CHAT_BODY.encode()
+    fields = [("Content-Type", "application/json"), ("Transfer-Encoding", "chunked")]
+    start = _request("POST", CHAT, fields) + b"%x\r\n%s\r\n0\r\nX-T: " % (len(body), body)
+    with Client(gateway) as client:
+        started = time.monotonic()
+        sender = client.send_in_background(start + b"a" * (16 << 20))
+        answer = client.answer()
+        elapsed = time.monotonic() - started
+        assert answer.status == 431, answer
+        assert answer.error_code() == "request_header_fields_too_large"
+        assert client.closed()
+        sender.join(10)
+    return elapsed
+
+
+def test_a_16_mb_trailer_is_refused_at_once_and_never_held(gateway: ServerProcess) -> None:
+    _huge_trailer(gateway)
+    before = _rss_kib(gateway.process.pid)
+    times = [_huge_trailer(gateway) for _ in range(4)]
+    growth_kib = _rss_kib(gateway.process.pid) - before
+    assert max(times) < BODY_TIMEOUT_S, times
+    assert growth_kib < 4 * 1024, f"the gateway's RSS grew by {growth_kib} KiB over 4 huge trailers"
+
+
+def test_chunks_and_trailers_in_pieces_pass(gateway: ServerProcess) -> None:
+    """A chunk's size line in one read and its data (over the header limit) in the next, and a
+    small trailer split across reads: neither is a header over the limit."""
+    content = "x" * (2 * MAX_BYTES)
+    body = json.dumps({"model": "counting", "messages": [{"role": "user", "content": content}], "max_tokens": 2})
+    fields = [("Content-Type", "application/json"), ("Transfer-Encoding", "chunked")]
+    with Client(gateway) as client:
+        client.send(_request("POST", CHAT, fields) + b"%x\r\n" % len(body))
+        time.sleep(0.2)
+        client.send(body.encode() + b"\r\n0\r\nX-T: v")
+        time.sleep(0.2)
+        client.send(b"v" * 100)
+        time.sleep(0.2)
+        client.send(b"\r\n\r\n")
+        answer = client.answer()
+        assert answer.status == 200, answer
+
+
+def test_a_request_pipelined_behind_a_large_body_is_answered(gateway: ServerProcess) -> None:
+    """The first request's body (over the header limit, well under the body limit) and the
+    start of the second's headers arrive in one read, the rest of them in the next: the second
+    request's headers are counted on their own."""
+    content = "x" * (100 * 1024)
+    body = json.dumps({"model": "counting", "messages": [{"role": "user", "content": content}], "max_tokens": 2})
+    fields = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+    second = _request()
+    with Client(gateway) as client:
+        client.send(_request("POST", CHAT, fields) + body.encode() + second[:20])
+        time.sleep(0.3)
+        client.send(second[20:])
+        first = client.answer()
+        assert first.status == 200, first
+        assert json.loads(first.body)["object"] == "chat.completion"
+        assert client.answer().status == 200
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",  # a TLS hello to the plain port
+        b"GET /health HTTP/1.1\r\nHost: gateway\r\nX-Bad Name: v\r\n\r\n",
+        b"GET http://[::1/health HTTP/1.1\r\nHost: gateway\r\n\r\n",  # refused by uvicorn, not the parser
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ],
+    ids=["garbage-request-line", "bad-field-name", "bad-url", "bad-chunk-size"],
+)
+def test_malformed_http_is_a_400_in_the_envelope(gateway: ServerProcess, request_bytes: bytes) -> None:
+    """Alone, and after a request answered on the same connection."""
+    for before in (b"", _request()):
+        with Client(gateway) as client:
+            if before:
+                client.send(before)
+                assert client.answer().status == 200
+            client.send(request_bytes)
+            answer = client.answer()
+            assert answer.status == 400, answer
+            assert answer.headers["content-type"] == "application/json"
+            assert answer.headers["connection"] == "close"
+            assert answer.error_code() == "malformed_http"
+            assert json.loads(answer.body)["error"]["type"] == "invalid_request_error"
+            assert client.closed()
+    assert httpx.get(gateway.url + "/health").status_code == 200
