@@ -257,7 +257,8 @@ if record then
   local data = cjson.decode(record)
   if data['state'] ~= 'running' or data['owner'] ~= ARGV[1] then return record end
 end
-local done = cjson.encode({state='completed', fingerprint=ARGV[4], answer=cjson.decode(ARGV[2])})
+-- The answer (up to megabytes of JSON) goes in as it came, never decoded and encoded again in Redis.
+local done = '{"state":"completed","fingerprint":' .. cjson.encode(ARGV[4]) .. ',"answer":' .. ARGV[2] .. '}'
 redis.call('SET', KEYS[1], done, 'PX', ARGV[3])
 return false
 """
