@@ -25,13 +25,6 @@ class Timestamp:
     def encode(self) -> list[int | str]:
         return [self.wall_ms, self.logical, self.region]
 
-    @classmethod
-    def decode(cls, value: list[int | str]) -> "Timestamp":
-        wall_ms, logical, region = value
-        if not (isinstance(wall_ms, int) and isinstance(logical, int) and isinstance(region, str)):
-            raise ValueError(f"not a timestamp: {value!r}")
-        return cls(wall_ms, logical, region)
-
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000

@@ -24,6 +24,7 @@ region order, stacked (sync/merge.py), so every region computes the same weights
 import hashlib
 import json
 import re
+import reprlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -31,6 +32,8 @@ from typing import Any
 from sync.clock import Timestamp
 
 __all__ = [
+    "MAX_WEIGHT",
+    "NAME",
     "Contribution",
     "Entry",
     "FileRef",
@@ -371,49 +374,115 @@ def encode(state: State) -> dict[str, Any]:
     return {"entries": {name: _entry(e) for name, e in state.entries.items()}, "dots": dict(state.dots)}
 
 
+# Decoding takes nothing on trust (peers send it): exact JSON types, never a conversion; names,
+# regions and digests as this code makes them; integers that fit JSON's int64 and finite weights
+# in the API's bounds. A value that passed here can always be encoded, summarized, saved and read
+# back: one that could not would stop anti-entropy, the API's listings or the next start.
+_INT_MAX = 2**63 - 1
+MAX_WEIGHT = 100.0
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,140}")  # the API's names, and `@` (refused by the reconciler)
+_REGION = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_TEXT = re.compile(r"[^\x00-\x1f\x7f\ud800-\udfff]{1,1024}")  # printable, and encodable as UTF-8
+
+
+def _show(value: Any) -> str:
+    return reprlib.repr(value)  # bounded in length and depth, whatever a peer nests
+
+
+def _int(value: Any, what: str, low: int = 0) -> int:
+    if type(value) is not int or not low <= value <= _INT_MAX:
+        raise ValueError(f"{what}: not an integer from {low} to 2^63-1: {_show(value)}")
+    return value
+
+
+def _str(value: Any, what: str, pattern: re.Pattern[str]) -> str:
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise ValueError(f"{what}: not a valid {what}: {_show(value)}")
+    return value
+
+
+def _map(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{what}: not an object: {_show(value)}")
+    return value
+
+
+def _list(value: Any, what: str, length: int | None = None) -> list[Any]:
+    if not isinstance(value, list) or (length is not None and len(value) != length):
+        raise ValueError(f"{what}: not a list{f' of {length}' if length else ''}: {_show(value)}")
+    return value
+
+
+def _timestamp(value: Any) -> Timestamp:
+    wall_ms, logical, region = _list(value, "timestamp", 3)
+    return Timestamp(_int(wall_ms, "timestamp"), _int(logical, "timestamp"), _str(region, "region", _REGION))
+
+
 def _dot(value: Any) -> Dot:
-    region, counter = value
-    if not isinstance(region, str) or not isinstance(counter, int) or isinstance(counter, bool) or counter < 1:
-        raise ValueError(f"not a dot: {value!r}")
-    return region, counter
+    region, counter = _list(value, "dot", 2)
+    return _str(region, "region", _REGION), _int(counter, "dot", low=1)
 
 
-def _decode_version(value: Mapping[str, Any]) -> Version:
-    files = tuple(FileRef(str(path), int(size), str(sha)) for path, size, sha in value["files"])
+def _digest(value: Any) -> str:
+    return _str(value, "digest", _SHA256)
+
+
+def _decode_version(key: str, value: Any) -> Version:
+    value = _map(value, "version")
+    files = tuple(FileRef(*_list(row, "file", 3)) for row in _list(value["files"], "files"))
     for ref in files:  # names inside one folder: never a path out of it
-        if not _FILE_NAME.fullmatch(ref.path) or not _SHA256.fullmatch(ref.sha256) or ref.size < 0:
-            raise ValueError(f"not a file of an adapter: {ref!r}")
-    version = Version(str(value["digest"]), str(value["base_model"]), int(value["rank"]), files,
-                      Timestamp.decode(value["at"]))  # fmt: skip
-    if version.digest != manifest_digest(files):
+        if not (isinstance(ref.path, str) and _FILE_NAME.fullmatch(ref.path) and isinstance(ref.sha256, str)
+                and _SHA256.fullmatch(ref.sha256)):  # fmt: skip
+            raise ValueError(f"not a file of an adapter: {_show(ref)}")
+        _int(ref.size, "file size")
+    if not files or len({ref.path for ref in files}) != len(files):
+        raise ValueError(f"version {_show(key)}: not one file per name")
+    version = Version(_digest(value["digest"]), _str(value["base_model"], "base model", _TEXT),
+                      _int(value["rank"], "rank", low=1), files, _timestamp(value["at"]))  # fmt: skip
+    if version.digest != manifest_digest(files) or key != version.digest:
         raise ValueError(f"version {version.digest[:12]}: the digest is not its manifest's")
     return version
 
 
-def _decode_contribution(value: Mapping[str, Any]) -> Contribution:
-    version = value["version"]
-    weight = value["weight"]
-    if (version is not None and not isinstance(version, str)) or not isinstance(weight, int | float):
-        raise ValueError(f"not a contribution: {value!r}")
-    return Contribution(int(value["seq"]), version, float(weight), _dot(value["dot"]), Timestamp.decode(value["at"]))
+def _decode_contribution(region: str, value: Any) -> Contribution:
+    value = _map(value, "contribution")
+    version, weight = value["version"], value["weight"]
+    if type(weight) not in (int, float) or not 0 <= weight <= MAX_WEIGHT:  # NaN fails the comparison too
+        raise ValueError(f"weight: not a number from 0 to {MAX_WEIGHT:g}: {_show(weight)}")
+    dot = _dot(value["dot"])
+    if dot[0] != region:  # a region writes only its own slot
+        raise ValueError(f"a contribution of {region} with a dot of {_show(dot[0])}")
+    return Contribution(_int(value["seq"], "seq", low=1), None if version is None else _digest(version),
+                        float(weight), dot, _timestamp(value["at"]))  # fmt: skip
 
 
-def _decode_entry(value: Mapping[str, Any]) -> Entry:
+def _decode_entry(value: Any) -> Entry:
+    value = _map(value, "entry")
     return Entry(
-        adds=frozenset(_dot(d) for d in value["adds"]),
-        removes=frozenset(_dot(d) for d in value["removes"]),
-        versions={str(k): _decode_version(v) for k, v in value["versions"].items()},
-        revoked={str(k): Timestamp.decode(v) for k, v in value["revoked"].items()},
-        contributions={str(k): _decode_contribution(v) for k, v in value["contributions"].items()},
-        retired={_dot(dot): Timestamp.decode(at) for dot, at in value["retired"]},
+        adds=frozenset(_dot(d) for d in _list(value["adds"], "adds")),
+        removes=frozenset(_dot(d) for d in _list(value["removes"], "removes")),
+        versions={_digest(k): _decode_version(k, v) for k, v in _map(value["versions"], "versions").items()},
+        revoked={_digest(k): _timestamp(v) for k, v in _map(value["revoked"], "revoked").items()},
+        contributions={
+            _str(k, "region", _REGION): _decode_contribution(k, v)
+            for k, v in _map(value["contributions"], "contributions").items()
+        },
+        retired={
+            _dot(dot): _timestamp(at) for dot, at in (_list(r, "retire", 2) for r in _list(value["retired"], "retired"))
+        },
     )
 
 
 def decode(value: Any) -> State:
     """A state from its encoding; ValueError for anything malformed (peers are not trusted)."""
     try:
-        entries = {str(name): _decode_entry(e) for name, e in value["entries"].items()}
-        dots = {str(region): int(counter) for region, counter in value["dots"].items()}
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise ValueError(f"malformed registry state: {exc!r}") from exc
+        value = _map(value, "registry state")
+        entries = {_str(name, "name", NAME): _decode_entry(e) for name, e in _map(value["entries"], "entries").items()}
+        dots = {
+            _str(region, "region", _REGION): _int(n, "dot", low=1) for region, n in _map(value["dots"], "dots").items()
+        }
+    except KeyError as exc:
+        raise ValueError(f"malformed registry state: no {exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"malformed registry state: {exc}") from None
     return State(entries, dots)

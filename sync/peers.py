@@ -157,8 +157,10 @@ class Peers:
             for peer in self.peers:
                 try:
                     await self.anti_entropy_round(peer)
-                except (httpx.HTTPError, ValueError, KeyError, TypeError, ClockSkew) as exc:
-                    self._down(peer, exc)  # a peer's bad answer must not end the rounds with the others
+                except (httpx.HTTPError, ValueError, KeyError, TypeError, RecursionError, ClockSkew) as exc:
+                    # A peer's bad answer (JSON nested past Python's recursion limit included)
+                    # must not end the rounds with the others.
+                    self._down(peer, exc)
             self.rounds += 1
             await asyncio.sleep(self.settings.anti_entropy_interval_s)
 
