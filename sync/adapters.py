@@ -40,9 +40,10 @@ def read_version(
     `base_model`: the base it was trained on, when its config names it otherwise. It must be
     one of `base_models`, or an absolute path to the same folder as one of them (a model
     folder reached through a link); the version records the first of them."""
-    if not folder.is_dir():
-        raise AdapterRefused(f"no adapter folder at {folder}")
-    names = sorted(p.name for p in folder.iterdir() if p.is_file())
+    try:  # a caller's path: too long, unreadable, or with a NUL byte in it
+        names = sorted(p.name for p in folder.iterdir() if p.is_file())
+    except (OSError, ValueError) as exc:
+        raise AdapterRefused(f"no adapter folder at {folder}: {getattr(exc, 'strerror', None) or exc}") from None
     pickled = [n for n in names if n.endswith(PICKLED)]
     if pickled:
         raise AdapterRefused(f"pickled weights are refused, only safetensors: {', '.join(pickled)}")
@@ -73,7 +74,10 @@ def _same_model(claimed: str, base_models: Sequence[str]) -> bool:
         return True
     if not os.path.isabs(claimed):  # a hub id or a relative path: only the exact spelling
         return False
-    folder = os.path.realpath(claimed)
+    try:
+        folder = os.path.realpath(claimed)
+    except (OSError, ValueError):  # a NUL byte, or a path too long: no model's folder
+        return False
     return any(os.path.isabs(known) and os.path.realpath(known) == folder for known in base_models)
 
 

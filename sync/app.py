@@ -1,14 +1,16 @@
 """The sidecar's HTTP API: adapters for operators, `/sync/*` and `/blobs/*` for peers.
 
 Writes need an operator's token, peer routes the peer key (sync/auth.py). Errors use the
-OpenAI envelope like the gateway's: 400 for an adapter the engines must not see (with the
-reason), 401/403 for a missing credential or scope, 403 for publishing at an edge site, 404
-for an unknown name, version or blob, 409 for a peer whose clock is too far ahead, 413 for
-a message or upload over the limit.
+OpenAI envelope like the gateway's (sync/errors.py): 400 for a malformed body or an adapter
+the engines must not see (with the reason), 401/403 for a missing credential or scope, 403
+for publishing at an edge site, 404 for an unknown name, version, blob or path, 405 for a
+method a route does not take, 409 for a peer whose clock is too far ahead, 413 for a message
+or upload over the limit, 416 for a range past a blob's end, and 500, logged, for a bug.
 """
 
 import asyncio
 import json
+import re
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,13 +23,16 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from starlette.types import Receive, Scope, Send
 
-from protocol import error_payload
+from protocol import describe_validation_error
 from protocol.background import running
 from sync import crdt
 from sync.adapters import AdapterRefused
-from sync.auth import Refused, SidecarAuth
+from sync.auth import SidecarAuth
 from sync.clock import ClockSkew
+from sync.errors import BadRequest, TooLarge, install_error_handlers
+from sync.errors import error_response as _error
 from sync.node import EdgeCannotPublish, SyncNode
 from sync.peers import Peers
 from sync.reconcile import STAGING_SEPARATOR, Reconciler
@@ -49,7 +54,7 @@ class PublishRequest(BaseModel):
 
     name: str = Field(pattern=ADAPTER_NAME)
     path: str = Field(min_length=1)
-    weight: float = Field(default=1.0, gt=0, le=100)
+    weight: float = Field(default=1.0, gt=0, le=crdt.MAX_WEIGHT)
     base_model: str | None = None
 
     @field_validator("name", mode="before")
@@ -63,19 +68,32 @@ class PublishRequest(BaseModel):
         return name
 
 
-def _error(status: int, message: str, code: str, param: str | None = None) -> JSONResponse:
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    return JSONResponse(error_payload(message, kind, param=param, code=code), status_code=status)
+def _no_constant(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON number")
+
+
+def _bounded_int(text: str) -> int:
+    # Every integer here fits int64; longer ones would only be refused later, after Python had
+    # converted all their digits.
+    if len(text.lstrip("-")) > 19:
+        raise ValueError(f"an integer of {len(text.lstrip('-'))} digits")
+    return int(text)
 
 
 async def _json_body(request: Request, limit: int) -> Any:
     body = await request.body()
     if len(body) > limit:
-        raise _TooLarge(len(body), limit)
+        raise TooLarge(len(body), limit)
     try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"the body is not JSON: {exc}") from exc
+        return json.loads(body, parse_constant=_no_constant, parse_int=_bounded_int)
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"the body is not JSON: {exc}") from None
+    except UnicodeDecodeError:
+        raise BadRequest("the body is not JSON: not UTF-8") from None
+    except RecursionError:
+        raise BadRequest("the body is not JSON this sidecar reads: nested too deeply") from None
+    except ValueError as exc:
+        raise BadRequest(f"the body is not JSON this sidecar reads: {exc}") from None
 
 
 async def _receive_file(request: Request, path: Path, limit: int) -> Path:
@@ -85,14 +103,46 @@ async def _receive_file(request: Request, path: Path, limit: int) -> Path:
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise _TooLarge(size, limit)
+                raise TooLarge(size, limit)
             file.write(chunk)
     return path
 
 
-class _TooLarge(Exception):
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"the body is {size} bytes, over the limit of {limit}")
+def _number(text: str, param: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise BadRequest(f"Invalid value for '{param}': {text[:64]!r} is not a number.", param=param) from None
+
+
+# One range of bytes, as peers ask to resume a download (`bytes=N-`), is served; any other
+# `Range` is ignored and the whole blob sent, as RFC 9110 §14.2 allows (Starlette would answer
+# a malformed one in plain text).
+_RANGE = re.compile(r"bytes=(\d{1,19})-(\d{0,19})")
+
+
+class _Blob(FileResponse):
+    def __init__(self, path: Path, *, whole: bool) -> None:
+        super().__init__(path, media_type="application/octet-stream")
+        self.whole = whole
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.whole:
+            scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k != b"range"]}
+        await super().__call__(scope, receive, send)
+
+
+def _blob_response(path: Path, wanted: str | None) -> Response:
+    """The blob at `path`, or the part of it `wanted` names; 416 for a range past its end."""
+    match = _RANGE.fullmatch(wanted.strip()) if wanted is not None else None
+    end = int(match[2]) if match and match[2] else None
+    if match is None or (end is not None and end < int(match[1])):
+        return _Blob(path, whole=True)
+    size = path.stat().st_size
+    if int(match[1]) >= size:
+        message = f"Range: byte {match[1]} is past the blob's {size} bytes."
+        return _error(416, message, "range_not_satisfiable", "Range", headers={"content-range": f"bytes */{size}"})
+    return _Blob(path, whole=False)
 
 
 def _bearer(secret: SecretStr | None) -> dict[str, str]:
@@ -124,18 +174,7 @@ def create_app(settings: SyncSettings) -> FastAPI:
 
     app = FastAPI(title="switchyard-sync", lifespan=lifespan)
     app.state.node = node
-
-    @app.exception_handler(Refused)
-    async def refused(_: Request, exc: Refused) -> JSONResponse:
-        return exc.response()
-
-    @app.exception_handler(_TooLarge)
-    async def too_large(_: Request, exc: _TooLarge) -> JSONResponse:
-        return _error(413, str(exc), "request_too_large")
-
-    @app.exception_handler(ValueError)
-    async def malformed(_: Request, exc: ValueError) -> JSONResponse:
-        return _error(400, str(exc), "invalid_request")
+    install_error_handlers(app)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -160,14 +199,13 @@ def create_app(settings: SyncSettings) -> FastAPI:
             if uploaded:
                 fields: Any = dict(request.query_params) | {"path": "(upload)"}
                 if "weight" in fields:
-                    fields["weight"] = float(fields["weight"])
+                    fields["weight"] = _number(fields["weight"], "weight")
             else:
                 fields = await _json_body(request, 64 * 1024)
             body = PublishRequest.model_validate(fields)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            param = ".".join(str(p) for p in first["loc"]) or None
-            return _error(400, f"{param}: {first['msg']}", "invalid_request", param)
+            message, param = describe_validation_error(exc)
+            return _error(400, message, "invalid_request", param)
         reconciler: Reconciler = app.state.reconciler
         engine_bases = reconciler.base_models()
         if body.name in settings.base_models or body.name in engine_bases:
@@ -228,7 +266,10 @@ def create_app(settings: SyncSettings) -> FastAPI:
 
     @app.post("/sync/delta", dependencies=peer)
     async def receive_delta(request: Request) -> JSONResponse:
-        delta = crdt.decode(await _json_body(request, settings.max_message_bytes))
+        try:
+            delta = crdt.decode(await _json_body(request, settings.max_message_bytes))
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
         try:
             node.receive(delta)
         except ClockSkew as exc:
@@ -239,19 +280,19 @@ def create_app(settings: SyncSettings) -> FastAPI:
     async def exchange(request: Request) -> JSONResponse:
         body = await _json_body(request, settings.max_message_bytes)
         theirs = body.get("summary") if isinstance(body, dict) else None
-        if not isinstance(theirs, dict):
-            raise ValueError("expected {'region': ..., 'summary': {name: digest}}")
+        if not isinstance(theirs, dict) or not all(isinstance(digest, str) for digest in theirs.values()):
+            raise BadRequest("expected {'region': ..., 'summary': {bucket: digest}}", param="summary")
         delta = node.differing(theirs)
         return JSONResponse({"delta": crdt.encode(delta), "summary": node.summary()})
 
     @app.get("/blobs/{digest}", dependencies=peer)
-    async def blob(digest: str) -> Response:
+    async def blob(digest: str, request: Request) -> Response:
         try:
             present = node.blobs.has(digest)
         except ValueError as exc:
             return _error(400, str(exc), "invalid_digest", "digest")
         if not present:
             return _error(404, f"No blob {digest[:12]} here.", "blob_not_found", "digest")
-        return FileResponse(node.blobs.path(digest), media_type="application/octet-stream")
+        return _blob_response(node.blobs.path(digest), request.headers.get("range"))
 
     return app

@@ -1,0 +1,129 @@
+"""The sidecar's refusals and their one mapping to the OpenAI error envelope.
+
+SidecarError
+├── BadRequest      400 invalid_request_error (the code names the check, `param` the field)
+└── TooLarge        413 request_too_large
+
+`install_error_handlers` also maps what the framework raises: an unknown path (404), a
+method a route does not take (405), a request that fails a route's declared parameters
+(400, naming the parameter), a client that went away (499, nobody reads it), and anything
+else, a bug: logged once with its traceback and answered 500 with only its type's name.
+"""
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from protocol import error_payload
+from sync.auth import Refused
+
+__all__ = ["BadRequest", "SidecarError", "TooLarge", "error_response", "install_error_handlers"]
+
+log = logging.getLogger(__name__)
+
+_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+def error_response(
+    status: int, message: str, code: str | None, param: str | None = None, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return JSONResponse(error_payload(message, kind, param=param, code=code), status_code=status, headers=headers)
+
+
+class SidecarError(Exception):
+    status = 500
+    code: str | None = None
+
+    def __init__(self, message: str, *, code: str | None = None, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message, self.param = message, param
+        self.code = code or self.code
+
+    def response(self) -> JSONResponse:
+        return error_response(self.status, self.message, self.code, self.param)
+
+
+class BadRequest(SidecarError):
+    status = 400
+    code = "invalid_request"
+
+
+class TooLarge(SidecarError):
+    status = 413
+    code = "request_too_large"
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"the body is {size} bytes, over the limit of {limit}")
+
+
+def _param(loc: tuple[Any, ...]) -> str | None:
+    """`("body", "a", 0)` -> `a[0]`: where in the request, without the part it came in."""
+    name = ""
+    for part in loc[1:]:
+        name += f"[{part}]" if isinstance(part, int) else f".{part}" if name else str(part)
+    return name or None
+
+
+class _CatchAll:
+    """Answers 500 in the envelope for an exception no handler took, after logging it once.
+
+    A middleware rather than `exception_handler(Exception)`: Starlette raises the exception
+    again after such a handler answers, and the server then logs the same traceback twice."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except ClientDisconnect:  # the caller left mid-body: no answer reaches anyone, no fault here
+            log.info("client went away during %s %s", scope["method"], scope["path"])
+            if not started:
+                await Response(status_code=499)(scope, receive, send)
+        except Exception as exc:
+            if started:  # too late for an answer: the server logs it and drops the connection
+                raise
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            message = f"The sync sidecar had an internal error ({type(exc).__name__})."
+            await error_response(500, message, "internal_error")(scope, receive, send)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(SidecarError)
+    async def sidecar_error(_: Request, exc: SidecarError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(Refused)
+    async def refused(_: Request, exc: Refused) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), _CODES.get(exc.status_code), headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        param = _param(tuple(first.get("loc", ())))
+        message = f"Invalid value for '{param}': {first.get('msg')}." if param else f"{first.get('msg')}."
+        return error_response(400, message, "invalid_request", param)
+
+    app.add_middleware(_CatchAll)
