@@ -2,6 +2,8 @@
 behind the gateway (which holds the key)."""
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -11,6 +13,8 @@ import httpx
 import openai
 import pytest
 
+from engines.vllm.__main__ import parse_args, vllm_environment
+from engines.vllm.settings import default_vllm_python
 from tests.adapters import make_lora_adapter
 from tests.conftest import MODEL
 from tests.servers import ServerProcess, free_port
@@ -84,6 +88,66 @@ def test_vllm_refuses_anyone_without_its_key(vllm: ServerProcess) -> None:
     wrong = {"authorization": "Bearer not-the-key"}
     assert httpx.post(vllm.url + "/v1/chat/completions", json=body, headers=wrong, timeout=60).status_code == 401
     assert httpx.get(vllm.url + "/health").status_code == 200  # probes stay open
+
+
+# Routes outside /v1 that vLLM's own --api-key leaves open; with runtime LoRA updating (which the
+# launcher enables) the SageMaker ones load and unload adapters from any local folder.
+OUTSIDE_V1: list[tuple[str, str, dict[str, object] | None]] = [
+    ("POST", "/adapters", {"name": "planted", "src": "/tmp"}),
+    ("DELETE", "/adapters/planted", None),
+    ("POST", "/invocations", {"model": MODEL, "prompt": "Hello", "max_tokens": 2}),
+    ("POST", "/tokenize", {"model": MODEL, "prompt": "Hello"}),
+    ("POST", "/detokenize", {"model": MODEL, "tokens": [1, 2]}),
+    ("GET", "/ping", None),
+    ("GET", "/version", None),
+    ("GET", "/load", None),
+    ("GET", "/tokenizer_info", None),
+    ("GET", "/no-such-route", None),
+]
+
+
+def test_vllm_guards_every_route_but_the_probes(vllm: ServerProcess) -> None:
+    with httpx.Client(base_url=vllm.url, timeout=60) as http:
+        for method, path, body in OUTSIDE_V1:
+            for headers in ({}, {"authorization": "Bearer not-the-key"}, {"authorization": KEY}):
+                refused = http.request(method, path, json=body, headers=headers)
+                assert refused.status_code == 401, (method, path, refused.text)
+                assert refused.json()["error"]["code"] == "invalid_api_key"  # ours: the OpenAI envelope
+        assert http.get("/health").status_code == 200
+        assert "vllm:num_requests_running" in http.get("/metrics").text
+        tokens = http.post("/tokenize", json={"model": MODEL, "prompt": "Hello"}, headers=AUTH)
+        assert tokens.status_code == 200, tokens.text
+        assert tokens.json()["tokens"]
+        generated = http.post("/invocations", json={"model": MODEL, "prompt": "Hello", "max_tokens": 2}, headers=AUTH)
+        assert generated.status_code == 200, generated.text
+        assert generated.json()["choices"]
+        for method, path, body in OUTSIDE_V1:
+            answer = http.request(method, path, json=body, headers=AUTH)
+            assert answer.status_code != 401, (method, path, answer.text)
+            assert answer.status_code < 500, (method, path, answer.text)
+        assert "planted" not in {m["id"] for m in http.get("/v1/models", headers=AUTH).json()["data"]}
+
+
+def test_the_guard_loads_in_vllms_environment_from_any_directory(tmp_path: Path) -> None:
+    """vLLM's environment lacks this project's packages: the guard needs the standard library and starlette only."""
+    settings, _ = parse_args(["--api-key", KEY])
+    script = (
+        "import sys\n"
+        "from engines.vllm.guard import VllmApiKeyGuard\n"
+        "VllmApiKeyGuard(app=None)\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} - set(sys.stdlib_module_names)))\n"
+    )
+    python = str(default_vllm_python())
+    loaded = subprocess.run(
+        [python, "-c", script], env=vllm_environment(settings), cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    outside = set(json.loads(loaded.stdout.replace("'", '"'))) - {"__main__", "_distutils_hack"}
+    assert outside <= {"engines", "starlette", "anyio", "sniffio", "typing_extensions", "python_multipart"}, outside
+    unset = {name: value for name, value in vllm_environment(settings).items() if name != "VLLM_API_KEY"}
+    refused = subprocess.run([python, "-c", script], env=unset, cwd=tmp_path, capture_output=True, text=True)
+    assert refused.returncode != 0
+    assert "VLLM_API_KEY is unset" in refused.stderr
+    assert sys.executable != python  # the check ran in vLLM's environment, not ours
 
 
 def test_a_hostile_tenants_requests_to_vllm_are_its_own_400s(

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
 from engines.base import Engine, EngineError, EngineOverloaded, InvalidRequest, ModelNotFound
-from engines.server.auth import ApiKeyGuard
+from engines.server.auth import ApiKeyGuard, check_api_key
 from engines.server.errors import CatchAll, error_answer
 from engines.server.metrics import EngineMetrics
 from engines.server.serving import Generation, OpenAIServing
@@ -66,7 +66,8 @@ def create_app(engine: Engine, *, model_root: str | None = None, api_key: str | 
 
     app = FastAPI(title="switchyard engine", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.add_middleware(CatchAll)
-    if api_key:
+    if api_key is not None:  # an empty key is refused here, never taken for "no key"
+        check_api_key(api_key)  # now: starlette builds the guard only when the first request comes
         app.add_middleware(ApiKeyGuard, api_key=api_key)  # added last: it runs first
 
     @app.exception_handler(EngineError)

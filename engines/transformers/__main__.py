@@ -5,6 +5,7 @@ import os
 from typing import Any
 
 import uvicorn
+from pydantic import ValidationError
 
 from engines.builtin_model import BUILTIN_MODEL_NAME, ensure_builtin_model
 from engines.server.api import create_app
@@ -32,7 +33,10 @@ def parse_args(argv: list[str] | None = None) -> EngineSettings:
         "(prefer SWITCHYARD_ENGINE_API_KEY: a flag is visible in the process list)",
     )
     given: dict[str, Any] = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
-    return EngineSettings(**given)
+    try:
+        return EngineSettings(**given)
+    except ValidationError as exc:  # exit 2 with what to fix, as for a bad flag; never start half-configured
+        parser.error("; ".join(f"{e['loc'][0]}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -52,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         max_loras=settings.max_loras,
         max_lora_rank=settings.max_lora_rank,
     )
-    api_key = settings.api_key.get_secret_value() if settings.api_key else None
+    api_key = settings.api_key.get_secret_value() if settings.api_key is not None else None
     app = create_app(engine, model_root=model_path, api_key=api_key)
     tracing.configure("switchyard-engine", os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)

@@ -2,8 +2,10 @@
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from engines.server.auth import check_api_key
 
 __all__ = ["EngineSettings"]
 
@@ -30,4 +32,15 @@ class EngineSettings(BaseSettings):
     log_level: str = "info"
     # With a key, every route but /health and /metrics needs `Authorization: Bearer <key>`
     # (as vLLM's --api-key); without one the engine is open, for a trusted network only.
+    # At least 16 characters: an empty or short one is refused at start.
     api_key: SecretStr | None = None
+
+    @field_validator("api_key")
+    @classmethod
+    def _long_enough(cls, key: SecretStr | None) -> SecretStr | None:
+        if key is not None:  # an empty key is a mistake, never "no key"
+            try:
+                check_api_key(key.get_secret_value())
+            except ValueError as exc:
+                raise ValueError(f"{exc} (read from --api-key or SWITCHYARD_ENGINE_API_KEY)") from None
+        return key

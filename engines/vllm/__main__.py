@@ -9,10 +9,18 @@ go to vLLM unchanged.
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from engines.builtin_model import BUILTIN_MODEL_NAME, ensure_builtin_model
+from engines.vllm.guard import KEY_VARIABLE, VllmApiKeyGuard
 from engines.vllm.settings import VllmSettings
+
+# Our API-key guard, loaded by vLLM with `--middleware` from this repository's root.
+GUARD = f"{VllmApiKeyGuard.__module__}.{VllmApiKeyGuard.__qualname__}"
+_REPO = Path(__file__).resolve().parents[2]
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[VllmSettings, list[str]]:
@@ -28,10 +36,18 @@ def parse_args(argv: list[str] | None = None) -> tuple[VllmSettings, list[str]]:
     parser.add_argument("--cpu-kvcache-gib", type=int)
     parser.add_argument("--python", help="vLLM environment's python (default: .venv-vllm/bin/python)")
     parser.add_argument("--data-dir", help="where the built-in model is cached")
-    parser.add_argument("--api-key", help="vLLM's --api-key (prefer SWITCHYARD_VLLM_API_KEY: a flag is visible in ps)")
+    parser.add_argument(
+        "--api-key",
+        help="require `Authorization: Bearer <key>` on every route but /health and /metrics "
+        "(prefer SWITCHYARD_VLLM_API_KEY: a flag is visible in the process list)",
+    )
     args, extra = parser.parse_known_args(argv)
     given: dict[str, Any] = {k: v for k, v in vars(args).items() if v is not None}
-    return VllmSettings(**given), [a for a in extra if a != "--"]
+    try:
+        settings = VllmSettings(**given)
+    except ValidationError as exc:  # exit 2 with what to fix, as for a bad flag; never start half-configured
+        parser.error("; ".join(f"{e['loc'][0]}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()))
+    return settings, [a for a in extra if a != "--"]
 
 
 def vllm_command(settings: VllmSettings, model_path: str, served: str, extra: list[str]) -> list[str]:
@@ -57,6 +73,8 @@ def vllm_command(settings: VllmSettings, model_path: str, served: str, extra: li
         "--max-loras",
         str(settings.max_loras),
         "--disable-uvicorn-access-log",
+        # vLLM's --api-key guards /v1 and a few prefixes only; ours guards every path but the probes.
+        *(["--middleware", GUARD] if settings.api_key is not None else []),
         *extra,
     ]
 
@@ -67,8 +85,11 @@ def vllm_environment(settings: VllmSettings) -> dict[str, str]:
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kvcache_gib))
     env.setdefault("VLLM_NO_USAGE_STATS", "1")
     if settings.api_key is not None:
-        # vLLM reads its --api-key from VLLM_API_KEY too: there, the key stays out of the process list.
-        env["VLLM_API_KEY"] = settings.api_key.get_secret_value()
+        # vLLM reads its --api-key from VLLM_API_KEY too, and so does our guard: there, the key
+        # stays out of the process list.
+        env[KEY_VARIABLE] = settings.api_key.get_secret_value()
+        # The guard is imported from this repository inside vLLM's environment, from any directory.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO), env.get("PYTHONPATH")) if p)
     return env
 
 

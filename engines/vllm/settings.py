@@ -2,8 +2,10 @@
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from engines.server.auth import check_api_key
 
 __all__ = ["VllmSettings", "default_vllm_python"]
 
@@ -16,7 +18,8 @@ def default_vllm_python() -> Path:
 
 
 class VllmSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SWITCHYARD_VLLM_", extra="ignore")
+    # Errors name the setting, not the first of its aliases (which may not be the one set).
+    model_config = SettingsConfigDict(env_prefix="SWITCHYARD_VLLM_", extra="ignore", loc_by_alias=False)
 
     model: str | None = Field(default=None, description="Hub id or local path; the built-in model when unset.")
     served_model_name: str | None = None
@@ -29,12 +32,28 @@ class VllmSettings(BaseSettings):
     # KV cache size in GiB for vLLM's CPU backend (VLLM_CPU_KVCACHE_SPACE).
     cpu_kvcache_gib: int = Field(default=1, ge=1)
     python: Path = Field(default_factory=default_vllm_python)
-    # vLLM's --api-key (every /v1 route needs `Authorization: Bearer <key>`); the Transformers
-    # engine's variable is read too, so one setting serves either kind of engine.
+    # With a key, every route but /health and /metrics needs `Authorization: Bearer <key>`
+    # (vLLM's --api-key, and our guard on the paths it leaves open: `engines.vllm.guard`). The
+    # Transformers engine's variable is read too, so one setting serves either kind of engine,
+    # and so is vLLM's own, so a key meant for vLLM never leaves its other routes open.
     api_key: SecretStr | None = Field(
-        default=None, validation_alias=AliasChoices("SWITCHYARD_VLLM_API_KEY", "SWITCHYARD_ENGINE_API_KEY", "api_key")
+        default=None,
+        validation_alias=AliasChoices(
+            "SWITCHYARD_VLLM_API_KEY", "SWITCHYARD_ENGINE_API_KEY", "VLLM_API_KEY", "api_key"
+        ),
     )
     data_dir: Path = Field(
         default=Path.home() / ".cache" / "switchyard",
         validation_alias=AliasChoices("SWITCHYARD_DATA_DIR", "data_dir"),
     )
+
+    @field_validator("api_key")
+    @classmethod
+    def _long_enough(cls, key: SecretStr | None) -> SecretStr | None:
+        if key is not None:  # an empty key is a mistake, never "no key"
+            try:
+                check_api_key(key.get_secret_value())
+            except ValueError as exc:
+                sources = "--api-key, SWITCHYARD_VLLM_API_KEY, SWITCHYARD_ENGINE_API_KEY or VLLM_API_KEY"
+                raise ValueError(f"{exc} (read from {sources})") from None
+        return key
