@@ -28,6 +28,7 @@ GatewayError
 """
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -35,7 +36,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from protocol import error_payload
-from protocol.asgi import ClientDisconnected
+from protocol.asgi import CatchAll, ClientDisconnected
 
 __all__ = [
     "AmbiguousCredentials",
@@ -308,9 +309,15 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(error_payload(str(exc), "invalid_request_error"), status_code=400)
+        first: dict[str, Any] = next(iter(exc.errors()), {})
+        param = ".".join(str(part) for part in first.get("loc", ())[1:]) or None  # past `body`, `path`, ...
+        message = f"Invalid value for '{param}': {first.get('msg')}." if param else "The request is invalid."
+        return JSONResponse(error_payload(message, "invalid_request_error", param=param), status_code=400)
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(error_payload("The gateway had an internal error.", "server_error"), status_code=500)
+    # Innermost of the app's middleware: its 500 is counted and drained like any answer.
+    app.add_middleware(CatchAll, answer=_internal_error, log=log)
+
+
+def _internal_error(_: Exception) -> tuple[int, dict[str, Any]]:
+    """What a bug looks like from outside: never its message (that is in the log)."""
+    return 500, error_payload("The gateway had an internal error.", "server_error")

@@ -112,9 +112,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.state.drain = drain
     app.state.metrics = metrics
     app.state.guard, app.state.issuer = build_auth(settings)
+    install_error_handlers(app)  # first: its catch-all is the innermost middleware
     app.add_middleware(DrainMiddleware, drain=drain)
     app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: shutdown answers count too
-    install_error_handlers(app)
     app.router.routes.extend(openai.completion_routes)
     app.router.routes.append(Route("/predict", predict.predict, methods=["POST"]))
     app.include_router(openai.router)

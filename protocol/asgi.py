@@ -1,10 +1,51 @@
 """Helpers for the HTTP servers that speak the protocol (the gateway and the engines)."""
 
 import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
 
 from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["CancelOnDisconnect", "ClientDisconnected"]
+__all__ = ["CancelOnDisconnect", "CatchAll", "ClientDisconnected"]
+
+
+class CatchAll:
+    """ASGI middleware: an exception nothing else handled is logged once, with its traceback
+    and route, and answered in the envelope `answer(exc)` gives (or, once the answer has
+    started, ends it).
+
+    Starlette's own catch-all (an `Exception` handler) re-raises after answering, so the
+    server logs the same traceback a second time; this one does not.
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, answer: Callable[[Exception], tuple[int, dict[str, Any]]], log: logging.Logger
+    ) -> None:
+        self.app = app
+        self._answer = answer
+        self._log = log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:
+            self._log.exception("unhandled error serving %s %s", scope.get("method"), scope.get("path"))
+            if not started:
+                status, payload = self._answer(exc)
+                await JSONResponse(payload, status_code=status)(scope, receive, send)
 
 
 class ClientDisconnected(Exception):
