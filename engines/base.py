@@ -18,7 +18,7 @@ Errors (the HTTP status each becomes in `engines.server.api`):
 
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 __all__ = [
     "AdapterNotFound",
@@ -30,6 +30,7 @@ __all__ = [
     "GenerationRequest",
     "InvalidRequest",
     "ModelNotFound",
+    "SelfChecking",
     "TokenChunk",
 ]
 
@@ -151,3 +152,12 @@ class Engine(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class SelfChecking(Protocol):
+    """An engine that can tell it is broken; `/health` asks it (an engine without it is healthy while it answers)."""
+
+    async def check_health(self) -> None:
+        """Raise EngineFault if the engine cannot generate. Cheap unless something made it suspect."""
+        ...

@@ -2,20 +2,25 @@
 
 In-process on the built-in model: the scheduler's forward pass and sampling are wrapped
 so that one chosen sequence fails, and every other sequence of the same batch must
-generate exactly what it generates alone.
+generate exactly what it generates alone. And a broken engine is still found: when
+every forward fails, each sequence fails alone, and `/health` answers 503.
 """
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import torch
 
 from engines.base import EngineFault, GenerationRequest, InvalidRequest, SequenceFault
+from engines.server.api import create_app
 from engines.transformers.engine import TransformersEngine
-from engines.transformers.scheduler import Scheduler, SequenceState
+from engines.transformers.scheduler import FAILURES_BEFORE_ALARM, Scheduler, SequenceState
 
 POISON = [7, 7, 7, 7, 7, 7, 7]  # the prompt the injected faults pick out
 FAULT_SEED = 666  # the sampling fault picks out this seed
@@ -149,3 +154,124 @@ async def test_a_seed_torch_cannot_take_is_refused_before_queueing(engine: Trans
         engine.generate(GenerationRequest(engine.encode("x"), max_new_tokens=2, temperature=1.0, seed=seed))
     assert refused.value.param == "seed"
     assert (engine.num_running, engine.num_waiting) == (0, 0)
+
+
+# --- a broken engine is found: a sequence failing alone makes the engine suspect, and while it is
+# --- suspect /health runs a canary (a tiny prompt's prefill) and answers 503 if it fails
+
+
+@pytest.fixture
+async def health(engine: TransformersEngine) -> AsyncIterator[Callable[[], Awaitable[httpx.Response]]]:
+    app = create_app(engine)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://engine") as http:
+
+        async def probe() -> httpx.Response:
+            return await http.get("/health")
+
+        yield probe
+
+
+async def test_a_poisoned_sequence_leaves_the_engine_healthy(
+    engine: TransformersEngine, monkeypatch: pytest.MonkeyPatch, health: Callable[[], Awaitable[httpx.Response]]
+) -> None:
+    forwards = 0
+
+    def poisoned(seqs: list[SequenceState], prefill: bool) -> bool:
+        nonlocal forwards
+        forwards += 1
+        return prefill and list(seqs[0].request.prompt_ids) == POISON
+
+    _inject_forward(engine, monkeypatch, poisoned)
+    with pytest.raises(SequenceFault):
+        await _collect(engine, GenerationRequest(POISON, max_new_tokens=4, temperature=0))
+    assert _scheduler(engine).suspect, "a sequence failing alone leaves the engine suspect"
+    before = forwards
+    assert (await health()).status_code == 200  # the canary passes: the input was to blame
+    assert forwards == before + 1, "the canary ran one forward pass"
+    assert not _scheduler(engine).suspect
+    assert (await health()).status_code == 200
+    assert forwards == before + 1, "no canary while nothing is suspect"
+
+
+async def test_a_successful_forward_clears_the_suspicion(
+    engine: TransformersEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _inject_forward(engine, monkeypatch, lambda seqs, prefill: prefill and list(seqs[0].request.prompt_ids) == POISON)
+    with pytest.raises(SequenceFault):
+        await _collect(engine, GenerationRequest(POISON, max_new_tokens=4, temperature=0))
+    assert _scheduler(engine).suspect
+    await _collect(engine, _requests(engine)[0])
+    assert not _scheduler(engine).suspect
+
+
+async def test_an_engine_whose_every_forward_fails_answers_503_on_health(
+    engine: TransformersEngine,
+    monkeypatch: pytest.MonkeyPatch,
+    health: Callable[[], Awaitable[httpx.Response]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    requests = _requests(engine)
+    expected = await _alone(engine, requests[:1])
+    broken = True
+    _inject_forward(engine, monkeypatch, lambda seqs, prefill: broken)
+    for _ in range(FAILURES_BEFORE_ALARM):
+        with pytest.raises(SequenceFault):  # each alone looks like its request's fault ...
+            await _collect(engine, requests[0])
+    # ... but so many in a row, with nothing succeeding, are said to be the engine's.
+    assert sum("the engine itself may be broken" in r.getMessage() for r in caplog.records) == 1
+    for _ in range(3):
+        answer = await health()
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"]["code"] == "engine_unhealthy"
+        assert answer.json()["error"]["type"] == "server_error"
+        assert "injected fault" in answer.json()["error"]["message"]
+    canary_logs = [r for r in caplog.records if "failed its canary" in r.getMessage()]
+    assert len(canary_logs) == 1, "logged once per outage, not per probe"
+    broken = False  # repaired: the gateway's next probe brings the replica back
+    assert (await health()).status_code == 200
+    assert await _alone(engine, requests[:1]) == expected
+
+
+async def test_a_hung_forward_fails_the_canary_within_its_timeout(
+    builtin_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = TransformersEngine(str(builtin_model), served_model_name="m", canary_timeout_s=0.3)
+    release = threading.Event()
+    hang = False
+    scheduler = _scheduler(engine)
+    forward = scheduler._forward
+
+    def faulty(sequences: list[SequenceState], **inputs: Any) -> Any:
+        if list(sequences[0].request.prompt_ids) == POISON:
+            raise RuntimeError("injected fault")
+        if hang:
+            release.wait(30)
+        return forward(sequences, **inputs)
+
+    monkeypatch.setattr(scheduler, "_forward", faulty)
+    app = create_app(engine)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://engine") as http:
+            with pytest.raises(SequenceFault):
+                await _collect(engine, GenerationRequest(POISON, max_new_tokens=4, temperature=0))
+            hang = True
+            started = time.monotonic()
+            answer = await http.get("/health")
+            assert answer.status_code == 503
+            assert "no answer in 0.3 s" in answer.json()["error"]["message"]
+            assert time.monotonic() - started < 5
+            hang = False
+            release.set()  # the canary in flight finishes, and the next probe shares its result
+            assert (await http.get("/health")).status_code == 200
+    finally:
+        release.set()
+        await engine.aclose()
+
+
+async def test_a_call_whose_caller_gave_up_is_skipped_and_the_scheduler_lives_on(engine: TransformersEngine) -> None:
+    scheduler = _scheduler(engine)
+    with scheduler._wake:  # the worker cannot take the call before it is cancelled
+        abandoned = scheduler.call(lambda: 1)
+        assert abandoned.cancel()
+    assert await asyncio.wait_for(asyncio.wrap_future(scheduler.call(lambda: 42)), 10) == 42
+    assert await _collect(engine, _requests(engine)[0])

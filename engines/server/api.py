@@ -2,6 +2,8 @@
 
 Errors leave as the OpenAI envelope, so the gateway treats every engine alike. With an
 API key configured, every route but `/health` and `/metrics` needs it (`engines.server.auth`).
+`/health` answers 503 when the engine finds itself broken (`SelfChecking`), so the
+gateway's probe takes the replica out of rotation.
 """
 
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,7 +17,7 @@ from opentelemetry.trace import Span, SpanKind
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
-from engines.base import Engine, EngineError, EngineOverloaded, InvalidRequest, ModelNotFound
+from engines.base import Engine, EngineError, EngineFault, EngineOverloaded, InvalidRequest, ModelNotFound, SelfChecking
 from engines.server.auth import ApiKeyGuard, check_api_key
 from engines.server.errors import CatchAll, error_answer
 from engines.server.metrics import EngineMetrics
@@ -165,6 +167,12 @@ def create_app(engine: Engine, *, model_root: str | None = None, api_key: str | 
 
     @app.get("/health")
     async def health() -> Response:
+        if isinstance(engine, SelfChecking):
+            try:
+                await engine.check_health()
+            except EngineFault as exc:
+                payload = error_payload(str(exc), "server_error", code="engine_unhealthy")
+                return JSONResponse(payload, status_code=503)
         return Response(status_code=200)
 
     @app.get("/metrics")

@@ -7,17 +7,24 @@ leaves the batch before the next decode step.
 """
 
 import asyncio
+import logging
 import weakref
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from engines.base import GenerationRequest, InvalidRequest, TokenChunk
+from engines.base import EngineFault, GenerationRequest, InvalidRequest, TokenChunk
 from engines.transformers.adapters import AdapterStore
 from engines.transformers.scheduler import Scheduler, SequenceState
 
 __all__ = ["TransformersEngine", "resolve_model"]
+
+log = logging.getLogger(__name__)
+
+# The canary waits for the decode step under way, then runs a few tokens' prefill: far below
+# this on any device that works. The gateway's probe (2 s by default) may give up sooner.
+CANARY_TIMEOUT_S = 5.0
 
 
 class TransformersEngine:
@@ -31,6 +38,7 @@ class TransformersEngine:
         max_waiting: int = 128,
         max_loras: int = 8,
         max_lora_rank: int = 64,
+        canary_timeout_s: float = CANARY_TIMEOUT_S,
     ) -> None:
         self._tokenizer = AutoTokenizer.from_pretrained(model)
         loaded: PreTrainedModel = AutoModelForCausalLM.from_pretrained(model, dtype="auto")
@@ -47,6 +55,10 @@ class TransformersEngine:
         eos_ids = frozenset([eos] if isinstance(eos, int) else (eos or []))
         adapters = AdapterStore(loaded, max_loras=max_loras, max_lora_rank=max_lora_rank)
         self._scheduler = Scheduler(adapters, eos_ids=eos_ids, max_batch_size=max_batch_size, max_waiting=max_waiting)
+        self._canary_ids = self.encode("Hello") or [0]
+        self._canary_timeout_s = canary_timeout_s
+        self._canary: asyncio.Future[None] | None = None  # the one in flight: probes arriving meanwhile share it
+        self._canary_failed = False
         self._scheduler.start()
 
     @property
@@ -140,6 +152,27 @@ class TransformersEngine:
         finally:
             sequence.cancel.set()
             self._scheduler.wake()
+
+    async def check_health(self) -> None:
+        """Raise EngineFault when the engine, made suspect by a sequence failing alone, fails its canary."""
+        if not self._scheduler.suspect:
+            return
+        if self._canary is None or self._canary.done():
+            self._canary = asyncio.wrap_future(self._scheduler.call(lambda: self._scheduler.canary(self._canary_ids)))
+            # Read here too: a canary that fails after its probe gave up is not an unretrieved exception.
+            self._canary.add_done_callback(lambda done: done.cancelled() or done.exception())
+        try:
+            # Shielded: a probe that times out leaves the canary to finish for the next one.
+            await asyncio.wait_for(asyncio.shield(self._canary), self._canary_timeout_s)
+        except Exception as exc:
+            reason = f"no answer in {self._canary_timeout_s} s" if isinstance(exc, TimeoutError) else repr(exc)
+            if not self._canary_failed:  # once per outage: the gateway probes every few seconds
+                log.error("the engine failed its canary (%s): /health answers 503 until it passes", reason)
+            self._canary_failed = True
+            raise EngineFault(f"The engine failed its health check: {reason}.") from exc
+        if self._canary_failed:
+            log.info("the engine passed its canary again")
+        self._canary_failed = False
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self._scheduler.stop)

@@ -8,6 +8,13 @@ and tokens reach it through each sequence's `deliver` callback.
 A failure is confined to what caused it: one sequence's prefill or sampling
 failing ends that sequence only (the rest of the batch keeps generating); only a
 decode step, which runs the whole batch at once, fails the batch.
+
+A sequence failing alone is most likely its own input's doing, but a broken model
+or device fails every prefill alone too, and then no batch ever fails. So such a
+failure leaves the engine *suspect* until a forward pass succeeds again (anyone's
+prefill, a decode step, or the canary that `/health` runs while suspect: a tiny
+fixed prompt's prefill, `canary`). A poisoned input passes the canary and changes
+nothing; a broken engine fails it, and the gateway's probe takes it out of rotation.
 """
 
 import collections
@@ -42,6 +49,10 @@ log = logging.getLogger(__name__)
 
 # Below this temperature sampling is greedy, as in vLLM: dividing logits by a tinier one overflows.
 _GREEDY_BELOW = 1e-5
+
+# Sequences failing alone in a row, with no forward pass succeeding between them, before the
+# log says the engine itself may be broken (each failure is logged on its own as well).
+FAILURES_BEFORE_ALARM = 5
 
 
 @dataclass(eq=False)
@@ -84,6 +95,7 @@ class Scheduler:
         self._batch = BatchCache()
         self._wake = threading.Condition()
         self._stopping = False
+        self._failures_in_a_row = 0  # sequences failed alone since the last forward that succeeded
         self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
 
     @property
@@ -93,6 +105,11 @@ class Scheduler:
     @property
     def num_waiting(self) -> int:
         return len(self._pending)
+
+    @property
+    def suspect(self) -> bool:
+        """A sequence failed alone and no forward pass has succeeded since."""
+        return self._failures_in_a_row > 0
 
     def start(self) -> None:
         self._thread.start()
@@ -153,6 +170,8 @@ class Scheduler:
                 room = self._max_batch_size - len(self._running)
                 self._joining = [self._pending.popleft() for _ in range(min(room, len(self._pending)))]
             for work, future in tasks:
+                if not future.set_running_or_notify_cancel():  # its caller gave up waiting
+                    continue
                 try:
                     future.set_result(work())
                 except Exception as exc:
@@ -176,12 +195,35 @@ class Scheduler:
                 self._batch.clear()
         self._fail([*self._running, *self._pending], EngineError("the engine is shutting down"))
         for _, future in self._tasks:
-            future.set_exception(EngineError("the engine is shutting down"))
+            if future.set_running_or_notify_cancel():
+                future.set_exception(EngineError("the engine is shutting down"))
 
     def _forward(self, sequences: Sequence[SequenceState], **inputs: Any) -> Any:
         if self.adapters.mixed:  # PEFT routes each row through its own adapter, or none
             inputs["adapter_names"] = [s.request.adapter or BASE for s in sequences]
-        return self.adapters.model(**inputs, use_cache=True)
+        output = self.adapters.model(**inputs, use_cache=True)
+        self._failures_in_a_row = 0  # the model works: whatever failed before was its request's doing
+        return output
+
+    def _prefill_forward(self, sequence: SequenceState) -> tuple[Any, int]:
+        """The prompt's forward pass alone: its output and the prompt's length."""
+        prompt = torch.tensor([list(sequence.request.prompt_ids)], dtype=torch.long)
+        output = self._forward(
+            [sequence],
+            input_ids=prompt,
+            attention_mask=torch.ones_like(prompt),
+            position_ids=torch.arange(prompt.shape[1])[None, :],
+        )
+        return output, prompt.shape[1]
+
+    def canary(self, prompt_ids: Sequence[int]) -> None:
+        """A fixed prompt's prefill, outside the batch; raises what the forward pass raises.
+
+        Call it on the worker thread (`call`): it succeeds, and clears `suspect`, only when
+        the model can still run a forward pass."""
+        probe = SequenceState(GenerationRequest(prompt_ids, max_new_tokens=1, temperature=0), lambda _: None)
+        with torch.inference_mode():
+            self._prefill_forward(probe)
 
     def _prefill(self, sequence: SequenceState) -> None:
         if sequence.cancel.is_set():
@@ -194,16 +236,10 @@ class Scheduler:
                 sequence.deliver(ModelNotFound(adapter))
                 return
             self.adapters.touch(adapter)
-        prompt = torch.tensor([list(sequence.request.prompt_ids)], dtype=torch.long)
-        output = self._forward(
-            [sequence],
-            input_ids=prompt,
-            attention_mask=torch.ones_like(prompt),
-            position_ids=torch.arange(prompt.shape[1])[None, :],
-        )
+        output, length = self._prefill_forward(sequence)
         # The sequence joins the batch's cache and the running list together (`add` changes
         # nothing when it raises), so a failure after this point leaves by `_retire`.
-        self._batch.add(output.past_key_values, prompt.shape[1])
+        self._batch.add(output.past_key_values, length)
         self._running.append(sequence)
         self._joining.remove(sequence)
         token = self._sample(output.logits[:, -1], [sequence])[0]
@@ -278,6 +314,13 @@ class Scheduler:
         if not isinstance(exc, EngineError):
             log.error("one sequence's %s failed; the rest of the batch goes on", stage, exc_info=exc)
             error = SequenceFault(f"The engine failed in this request's {stage} ({type(exc).__name__}).")
+            self._failures_in_a_row += 1  # suspect until a forward pass succeeds
+            if self._failures_in_a_row % FAILURES_BEFORE_ALARM == 0:
+                log.error(
+                    "%d sequences in a row failed with no forward pass succeeding in between: the engine "
+                    "itself may be broken (/health runs a canary and answers 503 if it fails)",
+                    self._failures_in_a_row,
+                )
         sequence.deliver(error)
 
     @staticmethod
