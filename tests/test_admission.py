@@ -122,7 +122,8 @@ def test_a_request_whose_deadline_passes_in_the_queue_never_reaches_an_engine(
     gateway: ServerProcess, engines: list[ServerProcess]
 ) -> None:
     for engine in engines:
-        httpx.post(engine.url + "/control", json={"chunks": 4, "chunk_delay_s": 0.75}).raise_for_status()
+        # 6 s each: far longer than the two waits below, however slowly a busy machine runs them.
+        httpx.post(engine.url + "/control", json={"chunks": 4, "chunk_delay_s": 1.5}).raise_for_status()
     threads = [threading.Thread(target=_chat, args=(gateway, f"long-{i}")) for i in range(4)]
     for thread in threads:
         thread.start()

@@ -18,12 +18,17 @@ DRAIN_S = 2.0
 CHUNK_DELAY_S = 0.1
 
 
-def _read_stream(url: str, tokens: int, into: list[list[str]]) -> None:
+def _read_stream(url: str, tokens: int, into: list[list[str]], opened: threading.Semaphore | None = None) -> None:
+    """Read one stream's events into `into`; `opened` is released at its first event."""
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": tokens}
     events: list[str] = []
     try:
         with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=30) as stream:
-            events.extend(line for line in stream.iter_lines() if line.startswith("data: "))
+            for line in stream.iter_lines():
+                if line.startswith("data: "):
+                    events.append(line)
+                    if opened is not None and len(events) == 1:
+                        opened.release()
     except httpx.HTTPError as exc:  # a cut connection is what this test must never see
         events.append(f"transport error: {exc!r}")
     into.append(events)
@@ -56,11 +61,13 @@ def test_sigterm_drains_streams_then_exits_cleanly(log_dir: Path) -> None:
     short: list[list[str]] = []  # streams that finish within the drain budget
     long: list[list[str]] = []  # streams that outlive it
     with _draining_gateway(log_dir, {"chunk_delay_s": CHUNK_DELAY_S}, {}, DRAIN_S) as gateway:
-        threads = [threading.Thread(target=_read_stream, args=(gateway.url, 8, short)) for _ in range(10)]
-        threads += [threading.Thread(target=_read_stream, args=(gateway.url, 200, long)) for _ in range(10)]
+        opened = threading.Semaphore(0)
+        threads = [threading.Thread(target=_read_stream, args=(gateway.url, 8, short, opened)) for _ in range(10)]
+        threads += [threading.Thread(target=_read_stream, args=(gateway.url, 200, long, opened)) for _ in range(10)]
         for thread in threads:
             thread.start()
-        time.sleep(0.5)  # every stream open and under way
+        for _ in threads:  # every stream open and under way, however busy the machine
+            assert opened.acquire(timeout=20), "a stream never started"
         gateway.process.send_signal(signal.SIGTERM)
         time.sleep(0.2)
 
