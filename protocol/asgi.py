@@ -5,8 +5,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["CancelOnDisconnect", "CatchAll", "ClientDisconnected"]
@@ -41,6 +41,10 @@ class CatchAll:
 
         try:
             await self.app(scope, receive, watch)
+        except ClientDisconnect:  # the caller left mid-body: nobody is there to answer, no fault here
+            self._log.info("client went away during %s %s", scope.get("method"), scope.get("path"))
+            if not started:
+                await Response(status_code=499)(scope, receive, send)
         except Exception as exc:
             self._log.exception("unhandled error serving %s %s", scope.get("method"), scope.get("path"))
             if not started:

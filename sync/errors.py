@@ -16,12 +16,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from protocol import error_payload
+from protocol.asgi import CatchAll
 from sync.auth import Refused
 
 __all__ = ["BadRequest", "SidecarError", "TooLarge", "error_response", "install_error_handlers"]
@@ -72,38 +71,10 @@ def _param(loc: tuple[Any, ...]) -> str | None:
     return name or None
 
 
-class _CatchAll:
-    """Answers 500 in the envelope for an exception no handler took, after logging it once.
-
-    A middleware rather than `exception_handler(Exception)`: Starlette raises the exception
-    again after such a handler answers, and the server then logs the same traceback twice."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def sending(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, sending)
-        except ClientDisconnect:  # the caller left mid-body: no answer reaches anyone, no fault here
-            log.info("client went away during %s %s", scope["method"], scope["path"])
-            if not started:
-                await Response(status_code=499)(scope, receive, send)
-        except Exception as exc:
-            if started:  # too late for an answer: the server logs it and drops the connection
-                raise
-            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
-            message = f"The sync sidecar had an internal error ({type(exc).__name__})."
-            await error_response(500, message, "internal_error")(scope, receive, send)
+def _internal_error(exc: Exception) -> tuple[int, dict[str, Any]]:
+    """A bug, as a client sees it: its kind, never its details (they are in the log)."""
+    message = f"The sync sidecar had an internal error ({type(exc).__name__})."
+    return 500, error_payload(message, "server_error", code="internal_error")
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -126,4 +97,6 @@ def install_error_handlers(app: FastAPI) -> None:
         message = f"Invalid value for '{param}': {first.get('msg')}." if param else f"{first.get('msg')}."
         return error_response(400, message, "invalid_request", param)
 
-    app.add_middleware(_CatchAll)
+    # A middleware, not `exception_handler(Exception)`: Starlette raises again after such a
+    # handler answers, and the server logs the same traceback twice.
+    app.add_middleware(CatchAll, answer=_internal_error, log=log)

@@ -19,7 +19,8 @@ from starlette.exceptions import HTTPException
 
 from engines.base import Engine, EngineError, EngineFault, EngineOverloaded, InvalidRequest, ModelNotFound, SelfChecking
 from engines.server.auth import ApiKeyGuard, check_api_key
-from engines.server.errors import CatchAll, error_answer
+from engines.server.errors import error_answer
+from engines.server.errors import log as errors_log
 from engines.server.metrics import EngineMetrics
 from engines.server.serving import Generation, OpenAIServing
 from protocol import (
@@ -33,7 +34,7 @@ from protocol import (
     error_payload,
     tracing,
 )
-from protocol.asgi import CancelOnDisconnect, ClientDisconnected
+from protocol.asgi import CancelOnDisconnect, CatchAll, ClientDisconnected
 
 __all__ = ["create_app"]
 
@@ -67,7 +68,7 @@ def create_app(engine: Engine, *, model_root: str | None = None, api_key: str | 
         await engine.aclose()
 
     app = FastAPI(title="switchyard engine", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.add_middleware(CatchAll)
+    app.add_middleware(CatchAll, answer=error_answer, log=errors_log)
     if api_key is not None:  # an empty key is refused here, never taken for "no key"
         check_api_key(api_key)  # now: starlette builds the guard only when the first request comes
         app.add_middleware(ApiKeyGuard, api_key=api_key)  # added last: it runs first
