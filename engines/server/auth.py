@@ -12,12 +12,13 @@ project's dependencies, so this module imports the standard library and starlett
 """
 
 import hmac
+from typing import Protocol, TypeVar
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocketClose
 
-__all__ = ["MIN_API_KEY_LENGTH", "OPEN_PATHS", "ApiKeyGuard", "check_api_key"]
+__all__ = ["MIN_API_KEY_LENGTH", "OPEN_PATHS", "ApiKeyGuard", "check_api_key", "checked_setting"]
 
 OPEN_PATHS = frozenset({"/health", "/metrics"})
 
@@ -45,6 +46,23 @@ def check_api_key(api_key: str) -> None:
             f"an engine API key needs at least {MIN_API_KEY_LENGTH} characters (this one has {len(api_key)}; "
             "an empty one would leave the engine open): make one with `openssl rand -base64 32`, or unset it"
         )
+
+
+class _Secret(Protocol):
+    def get_secret_value(self) -> str: ...
+
+
+S = TypeVar("S", bound=_Secret)
+
+
+def checked_setting(key: S | None, sources: str) -> S | None:
+    """A settings validator's check of an API key: None is no key, an empty one a mistake."""
+    if key is not None:
+        try:
+            check_api_key(key.get_secret_value())
+        except ValueError as exc:
+            raise ValueError(f"{exc} (read from {sources})") from None
+    return key
 
 
 class ApiKeyGuard:

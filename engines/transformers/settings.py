@@ -5,7 +5,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from engines.server.auth import check_api_key
+from engines.server.auth import checked_setting
 
 __all__ = ["EngineSettings"]
 
@@ -38,9 +38,4 @@ class EngineSettings(BaseSettings):
     @field_validator("api_key")
     @classmethod
     def _long_enough(cls, key: SecretStr | None) -> SecretStr | None:
-        if key is not None:  # an empty key is a mistake, never "no key"
-            try:
-                check_api_key(key.get_secret_value())
-            except ValueError as exc:
-                raise ValueError(f"{exc} (read from --api-key or SWITCHYARD_ENGINE_API_KEY)") from None
-        return key
+        return checked_setting(key, "--api-key or SWITCHYARD_ENGINE_API_KEY")

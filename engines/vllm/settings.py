@@ -5,7 +5,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from engines.server.auth import check_api_key
+from engines.server.auth import checked_setting
 
 __all__ = ["VllmSettings", "default_vllm_python"]
 
@@ -50,10 +50,4 @@ class VllmSettings(BaseSettings):
     @field_validator("api_key")
     @classmethod
     def _long_enough(cls, key: SecretStr | None) -> SecretStr | None:
-        if key is not None:  # an empty key is a mistake, never "no key"
-            try:
-                check_api_key(key.get_secret_value())
-            except ValueError as exc:
-                sources = "--api-key, SWITCHYARD_VLLM_API_KEY, SWITCHYARD_ENGINE_API_KEY or VLLM_API_KEY"
-                raise ValueError(f"{exc} (read from {sources})") from None
-        return key
+        return checked_setting(key, "--api-key, SWITCHYARD_VLLM_API_KEY, SWITCHYARD_ENGINE_API_KEY or VLLM_API_KEY")
