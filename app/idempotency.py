@@ -122,7 +122,7 @@ class Idempotency:
         key = hashlib.sha256(f"{tenant}\x1f{route}\x1f{parse_key(raw)}".encode()).hexdigest()
         request_print = fingerprint(body)
         try:
-            claim = await self.store.claim(key, request_print, self._lease_ms)
+            claim = await self.store.claim(key, request_print, self._lease_ms, tenant=tenant)
         except StoreFull as exc:
             log.warning("%s", exc)
             raise IdempotencyUnavailable(f"{exc} Retry later, or without an Idempotency-Key.") from exc
@@ -131,7 +131,7 @@ class Idempotency:
             raise IdempotencyUnavailable() from exc
         if claim.outcome != "claimed":
             return self._held(claim, request_print)
-        return await self._execute(key, claim.owner, request_print, handler)
+        return await self._execute(key, claim.owner, request_print, tenant, handler)
 
     def _held(self, claim: Claim, request_print: str) -> Response:
         """The answer for a key another request holds: its kept answer, or why there is none yet."""
@@ -144,7 +144,7 @@ class Idempotency:
         return Response(answer.body, status_code=answer.status, headers={**answer.headers, REPLAYED_HEADER: "true"})
 
     async def _execute(
-        self, key: str, owner: str, request_print: str, handler: Callable[[], Awaitable[Response]]
+        self, key: str, owner: str, request_print: str, tenant: str, handler: Callable[[], Awaitable[Response]]
     ) -> Response:
         self._running[key] = owner
         if self._renewer is None:
@@ -155,7 +155,7 @@ class Idempotency:
             self._release(key, owner)
             raise
         if isinstance(response, StreamingResponse):
-            response.body_iterator = self._record(key, owner, request_print, response, response.body_iterator)
+            response.body_iterator = self._record(key, owner, request_print, tenant, response, response.body_iterator)
             return response
         try:
             answer = self._answer(response, bytes(response.body))
@@ -165,7 +165,7 @@ class Idempotency:
         if answer is None:
             self._release(key, owner)
             return response
-        holder = await self._keep(key, owner, request_print, answer)  # releases the key itself if not kept
+        holder = await self._keep(key, owner, request_print, tenant, answer)  # releases the key itself if not kept
         return response if holder is None else self._held(holder, request_print)
 
     async def _record(
@@ -173,6 +173,7 @@ class Idempotency:
         key: str,
         owner: str,
         request_print: str,
+        tenant: str,
         response: StreamingResponse,
         source: AsyncIterable[str | bytes | memoryview],
     ) -> AsyncIterator[bytes]:
@@ -199,7 +200,7 @@ class Idempotency:
                     self._release(key, owner)
                 else:
                     try:
-                        holder = await self._keep(key, owner, request_print, answer)
+                        holder = await self._keep(key, owner, request_print, tenant, answer)
                     except GatewayError as error:
                         yield sse_event(error_payload(error.message, error.type, code=error.code))
                         return
@@ -222,7 +223,7 @@ class Idempotency:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in response.raw_headers if k in _KEPT_HEADERS}
         return StoredAnswer(status, headers, body)
 
-    async def _keep(self, key: str, owner: str, request_print: str, answer: StoredAnswer) -> Claim | None:
+    async def _keep(self, key: str, owner: str, request_print: str, tenant: str, answer: StoredAnswer) -> Claim | None:
         """Keep `answer` before the client gets it: None once kept, else the claim holding the key.
 
         While the store is down the write is retried (and the claim's renewal goes on, so it
@@ -238,7 +239,9 @@ class Idempotency:
         try:
             while True:
                 try:
-                    holder = await self.store.complete(key, owner, request_print, answer, self._retention_ms)
+                    holder = await self.store.complete(
+                        key, owner, request_print, answer, self._retention_ms, tenant=tenant
+                    )
                 except StoreUnavailable as exc:
                     if loop.time() + wait > give_up:
                         log.warning("idempotency record %s not kept, the store is unavailable: %s", key[:12], exc)

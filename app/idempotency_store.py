@@ -13,6 +13,7 @@ import itertools
 import json
 import secrets
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -76,14 +77,16 @@ class Claim:
 
 
 class IdempotencyStore(Protocol):
-    async def claim(self, key: str, fingerprint: str, lease_ms: int) -> Claim: ...
+    async def claim(self, key: str, fingerprint: str, lease_ms: int, *, tenant: str = "") -> Claim:
+        """Claim `key` for a request of `tenant` (whose share of the store it counts against)."""
+        ...
 
     async def renew(self, claims: Mapping[str, str], lease_ms: int) -> int:
         """Extend the leases of these (key: owner) claims; how many were still theirs."""
         ...
 
     async def complete(
-        self, key: str, owner: str, fingerprint: str, answer: StoredAnswer, retention_ms: int
+        self, key: str, owner: str, fingerprint: str, answer: StoredAnswer, retention_ms: int, *, tenant: str = ""
     ) -> Claim | None:
         """Keep `answer` for the key (None), unless another request holds it (its claim)."""
         ...
@@ -109,6 +112,7 @@ class _Record:
     fingerprint: str
     owner: str  # while running
     answer: StoredAnswer | None = None  # once completed
+    tenant: str = ""
     size: int = 0
 
 
@@ -116,11 +120,14 @@ class InProcessStore:
     """For one gateway process (the embedded default): records as plain objects with expiry
     times, taking about `max_bytes`. A kept answer is never dropped before its retention ends
     (its retry would run again and could answer otherwise): when the records fill the budget,
-    new claims are refused (StoreFull) until some expire."""
+    new claims are refused (StoreFull) until some expire. One tenant's records take at most
+    `tenant_share` of it, so no tenant can fill it for the others."""
 
-    def __init__(self, max_bytes: int = 256 * 1024 * 1024) -> None:
+    def __init__(self, max_bytes: int = 256 * 1024 * 1024, *, tenant_share: float = 0.25) -> None:
         self._max_bytes = max_bytes
+        self._tenant_max_bytes = int(max_bytes * tenant_share)
         self._bytes = 0
+        self._tenant_bytes: Counter[str] = Counter()
         self._records: dict[str, _Record] = {}  # oldest first
 
     def __len__(self) -> int:
@@ -131,7 +138,7 @@ class InProcessStore:
         """What the records take, roughly: keys, answers and a per-record overhead."""
         return self._bytes
 
-    async def claim(self, key: str, fingerprint: str, lease_ms: int) -> Claim:
+    async def claim(self, key: str, fingerprint: str, lease_ms: int, *, tenant: str = "") -> Claim:
         record = self._get(key)
         if record is not None:
             if record.answer is not None:
@@ -145,8 +152,13 @@ class InProcessStore:
                     f"The idempotency store is full ({self._max_bytes} bytes of kept answers); keyed requests are "
                     "refused until some expire."
                 )
+        if self._tenant_bytes[tenant] >= self._tenant_max_bytes:
+            raise StoreFull(
+                f"Your kept answers fill your share of the idempotency store ({self._tenant_max_bytes} bytes); "
+                "your keyed requests are refused until some expire."
+            )
         owner = _new_owner()
-        self._put(key, _Record(time.monotonic() + lease_ms / 1000, fingerprint, owner))
+        self._put(key, _Record(time.monotonic() + lease_ms / 1000, fingerprint, owner, tenant=tenant))
         return Claim("claimed", fingerprint, owner)
 
     async def renew(self, claims: Mapping[str, str], lease_ms: int) -> int:
@@ -159,14 +171,14 @@ class InProcessStore:
         return renewed
 
     async def complete(
-        self, key: str, owner: str, fingerprint: str, answer: StoredAnswer, retention_ms: int
+        self, key: str, owner: str, fingerprint: str, answer: StoredAnswer, retention_ms: int, *, tenant: str = ""
     ) -> Claim | None:
         record = self._get(key)
         if record is not None and (record.answer is not None or record.owner != owner):
             if record.answer is not None:
                 return Claim("completed", record.fingerprint, answer=record.answer)
             return Claim("running", record.fingerprint)
-        self._put(key, _Record(time.monotonic() + retention_ms / 1000, fingerprint, "", answer))
+        self._put(key, _Record(time.monotonic() + retention_ms / 1000, fingerprint, "", answer, tenant))
         return None
 
     async def release(self, key: str, owner: str) -> bool:
@@ -197,11 +209,15 @@ class InProcessStore:
             record.size += len(record.answer.body) + sum(len(k) + len(v) for k, v in record.answer.headers.items())
         self._records[key] = record
         self._bytes += record.size
+        self._tenant_bytes[record.tenant] += record.size
 
     def _drop(self, key: str) -> _Record | None:
         record = self._records.pop(key, None)
         if record is not None:
             self._bytes -= record.size
+            self._tenant_bytes[record.tenant] -= record.size
+            if not self._tenant_bytes[record.tenant]:
+                del self._tenant_bytes[record.tenant]
         return record
 
     def _sweep(self) -> None:
@@ -277,8 +293,8 @@ class RedisStore:
         self._release = self._redis.register_script(_RELEASE)
         self._complete = self._redis.register_script(_COMPLETE)
 
-    async def claim(self, key: str, fingerprint: str, lease_ms: int) -> Claim:
-        owner = _new_owner()
+    async def claim(self, key: str, fingerprint: str, lease_ms: int, *, tenant: str = "") -> Claim:
+        owner = _new_owner()  # Redis's memory is the operator's to size (noeviction): no share per tenant
         name = self._prefix + key
         try:
             if await self._redis.set(name, _running(fingerprint, owner), nx=True, px=lease_ms):
@@ -303,7 +319,7 @@ class RedisStore:
         return renewed
 
     async def complete(
-        self, key: str, owner: str, fingerprint: str, answer: StoredAnswer, retention_ms: int
+        self, key: str, owner: str, fingerprint: str, answer: StoredAnswer, retention_ms: int, *, tenant: str = ""
     ) -> Claim | None:
         holder = await self._run(self._complete, key, owner, answer.to_json(), retention_ms, fingerprint)
         return None if holder is None else _parse(holder)

@@ -68,7 +68,7 @@ async def test_a_full_in_process_store_refuses_new_claims_and_never_drops_a_kept
     probe = InProcessStore()
     claim = await probe.claim("a", "fp", 60_000)
     await probe.complete("a", claim.owner, "fp", ANSWER, 60_000)
-    store = InProcessStore(max_bytes=3 * probe.size)  # room for three finished records
+    store = InProcessStore(max_bytes=3 * probe.size, tenant_share=1.0)  # room for three finished records
     for key in ("a", "b", "c"):
         claim = await store.claim(key, "fp", 60_000)
         assert await store.complete(key, claim.owner, "fp", ANSWER, 60_000) is None
@@ -76,7 +76,7 @@ async def test_a_full_in_process_store_refuses_new_claims_and_never_drops_a_kept
         await store.claim("d", "fp", 60_000)
     for key in ("a", "b", "c"):  # every kept answer is still what its key replays
         assert (await store.claim(key, "fp", 60_000)).answer == ANSWER
-    short = InProcessStore(max_bytes=3 * probe.size)
+    short = InProcessStore(max_bytes=3 * probe.size, tenant_share=1.0)
     for key in ("a", "b", "c"):
         claim = await short.claim(key, "fp", 60_000)
         await short.complete(key, claim.owner, "fp", ANSWER, retention_ms=1)
@@ -84,11 +84,29 @@ async def test_a_full_in_process_store_refuses_new_claims_and_never_drops_a_kept
     assert (await short.claim("d", "fp", 60_000)).outcome == "claimed"  # expired records made room
 
 
+async def test_one_tenant_cannot_fill_the_in_process_store_for_the_others() -> None:
+    probe = InProcessStore()
+    claim = await probe.claim("a", "fp", 60_000)
+    await probe.complete("a", claim.owner, "fp", ANSWER, 60_000)
+    store = InProcessStore(max_bytes=8 * probe.size, tenant_share=0.25)  # two records a tenant
+    for key in ("m1", "m2"):
+        claim = await store.claim(key, "fp", 60_000, tenant="mallory")
+        await store.complete(key, claim.owner, "fp", ANSWER, 60_000, tenant="mallory")
+    with pytest.raises(StoreFull) as refused:
+        await store.claim("m3", "fp", 60_000, tenant="mallory")
+    assert "your share" in str(refused.value)
+    for key in ("a1", "a2"):  # everyone else still has theirs
+        claim = await store.claim(key, "fp", 60_000, tenant="alice")
+        assert await store.complete(key, claim.owner, "fp", ANSWER, 60_000, tenant="alice") is None
+    assert (await store.claim("m1", "fp", 60_000, tenant="mallory")).answer == ANSWER  # replays still work
+
+
 async def test_a_full_store_is_a_503_that_says_so() -> None:
     probe = InProcessStore()
     claim = await probe.claim("a", "fp", 60_000)
     await probe.complete("a", claim.owner, "fp", ANSWER, 60_000)
-    idempotency = Idempotency(InProcessStore(max_bytes=probe.size), lease_s=1, retention_s=60, max_answer_bytes=4096)
+    store = InProcessStore(max_bytes=probe.size, tenant_share=1.0)
+    idempotency = Idempotency(store, lease_s=1, retention_s=60, max_answer_bytes=4096)
 
     async def answer() -> Response:
         return Response(b'{"ok": true}', media_type="application/json")
@@ -197,19 +215,19 @@ class FlakyStore(InProcessStore):
         if self.down:
             raise StoreUnavailable("connection refused")
 
-    async def claim(self, key: str, fingerprint: str, lease_ms: int) -> Claim:
+    async def claim(self, key: str, fingerprint: str, lease_ms: int, *, tenant: str = "") -> Claim:
         self._check()
-        return await super().claim(key, fingerprint, lease_ms)
+        return await super().claim(key, fingerprint, lease_ms, tenant=tenant)
 
     async def renew(self, claims: Mapping[str, str], lease_ms: int) -> int:
         self._check()
         return await super().renew(claims, lease_ms)
 
     async def complete(
-        self, key: str, owner: str, fingerprint: str, answer: StoredAnswer, retention_ms: int
+        self, key: str, owner: str, fingerprint: str, answer: StoredAnswer, retention_ms: int, *, tenant: str = ""
     ) -> Claim | None:
         self._check()
-        return await super().complete(key, owner, fingerprint, answer, retention_ms)
+        return await super().complete(key, owner, fingerprint, answer, retention_ms, tenant=tenant)
 
     async def release(self, key: str, owner: str) -> bool:
         self._check()
