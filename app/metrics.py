@@ -1,4 +1,4 @@
-"""The gateway's Prometheus metrics (DESIGN.md §7), served on `/metrics`.
+"""The gateway's Prometheus metrics (the names the README lists), served on `/metrics`.
 
 The names are the ones users of LLM serving stacks expect (`llm_requests_total`,
 `llm_request_duration_seconds`, ...), plus time to first token and inter-token latency with

@@ -1,4 +1,4 @@
-"""The adapter registry as a state-based CRDT shipped in deltas (DESIGN.md §8). Pure: no I/O.
+"""The adapter registry as a state-based CRDT shipped in deltas (README: the sync sidecar). Pure: no I/O.
 
 Per adapter name, an `Entry`:
 - `adds` / `removes`: an observed-remove set of dots (region, counter). The adapter exists
