@@ -194,12 +194,16 @@ def test_headers_at_the_limits_pass_and_one_more_byte_or_field_does_not(gateway:
 def test_a_pipelined_request_over_the_limit_ends_the_connection_after_the_answer_before_it(
     gateway: ServerProcess,
 ) -> None:
-    """Both in one read: the second request's headers are complete, so only an exact count of
-    them can refuse it; there is no room for its 431 until the first is answered."""
+    """Sent at once: the first is answered, and the second is never served. Read together, its
+    headers are complete, so only an exact count of them can refuse it and there is no room for
+    its 431 before the first answer: the connection just ends. Read apart (a busy machine may
+    hand the server the bytes in two reads), it gets its 431, then the connection ends."""
     with Client(gateway) as client:
         client.send(_request() + _request(fields=_fields_of_total(MAX_BYTES + 1, 10)))
         assert client.answer().status == 200
-        assert client.closed()
+        if not client.closed():
+            assert client.answer().status == 431
+            assert client.closed()
 
 
 def test_trailers_count_against_the_limits(gateway: ServerProcess) -> None:
