@@ -6,7 +6,7 @@ from collections.abc import Callable
 from starlette.types import ASGIApp
 
 from app.auth.keys import SigningKeys
-from app.logs import configure_logging
+from app.observability.logs import configure_logging
 from app.server import parse_args, serve, serve_worker
 from app.workers import Supervisor, worker_exit
 

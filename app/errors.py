@@ -221,7 +221,7 @@ def shed_headers(retry_after_ms: int) -> dict[str, str]:
 
 
 class RateLimited(GatewayError):
-    """Over the tenant's requests or tokens per minute (app/limits.py)."""
+    """Over the tenant's requests or tokens per minute (app/reliability/limits.py)."""
 
     status = 429
     code = "rate_limit_exceeded"

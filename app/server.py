@@ -16,10 +16,10 @@ import uvicorn
 from pydantic import ValidationError
 from starlette.types import ASGIApp
 
-from app.drain import Drain
-from app.http_limits import HttpLimits, limited_protocol
-from app.logs import configure_logging
-from app.main import create_app
+from app.api.http_limits import HttpLimits, limited_protocol
+from app.factory import create_app
+from app.observability.logs import configure_logging
+from app.reliability.drain import Drain
 from app.settings import GatewaySettings, load_settings
 from app.workers import worker_exit
 from protocol import tracing
@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> GatewaySettings:
 
 
 class _DrainingServer(uvicorn.Server):
-    """The first SIGTERM or SIGINT drains (app/drain.py) and exits when done, with status 0;
+    """The first SIGTERM or SIGINT drains (app/reliability/drain.py) and exits when done, with status 0;
     a second one is uvicorn's own: exit now."""
 
     def __init__(self, config: uvicorn.Config, drain: Drain) -> None:
@@ -90,7 +90,7 @@ def serve(
     http: dict[str, Any] | None = None,
 ) -> bool:
     """Run one server until drained; whether it started. `http`: uvicorn's HTTP options in
-    place of httptools with the limits of app/http_limits.py (benchmarks compare parsers)."""
+    place of httptools with the limits of app/api/http_limits.py (benchmarks compare parsers)."""
     tracing.configure("switchyard-gateway", settings.otlp_endpoint, settings.otlp_sample_ratio)
     app = create_app(settings)
     config = uvicorn.Config(

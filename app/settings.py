@@ -80,7 +80,7 @@ class GatewaySettings(BaseSettings):
     workers: int = Field(default=1, ge=1, le=64)
     pools: list[PoolSettings] = []
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
-    # HTTP limits, enforced before the app sees a request (app/http_limits.py): 431 over the
+    # HTTP limits, enforced before the app sees a request (app/api/http_limits.py): 431 over the
     # header bytes (request line, fields, trailers) or fields, 408 when a request's headers
     # do not arrive within header_timeout_s of its first byte, or its body within
     # body_timeout_s of its headers.

@@ -1,7 +1,7 @@
 """Several worker processes on one port (`workers` > 1).
 
 The parent binds the socket, starts the workers (spawned, so each builds its own app), and
-passes them SIGTERM and SIGINT: each worker drains as a lone gateway would (app/drain.py),
+passes them SIGTERM and SIGINT: each worker drains as a lone gateway would (app/reliability/drain.py),
 and the parent exits 0 once all have. A worker that dies while serving is replaced. uvicorn's
 own supervisor runs plain servers, which would not drain, hence this one.
 

@@ -3,7 +3,7 @@
     python -m loadtests.header_limits [--seconds 8] [--rounds 3]
 
 Three gateways on CPU 0 (loadtests/parser_gateway.py): `httptools` (uvicorn's protocol as it
-comes, no limits), `limited` (what `python -m app` runs: httptools with app/http_limits.py)
+comes, no limits), `limited` (what `python -m app` runs: httptools with app/api/http_limits.py)
 and `h11` (uvicorn's h11 protocol with its buffer capped at max_header_bytes). wrk on CPU 1
 beside the instant engine drives one at a time (c=32, non-streaming chat), with wrk's own
 four headers and with 16 more such as the OpenAI SDKs send; rounds alternate the gateways,
@@ -35,7 +35,7 @@ import uvloop
 from starlette.types import Receive, Scope, Send
 from uvicorn.server import ServerState
 
-from app.http_limits import HttpLimits, limited_protocol
+from app.api.http_limits import HttpLimits, limited_protocol
 from app.settings import GatewaySettings
 from loadtests.gateway_overhead import BODY, run_wrk
 from tests.servers import ServerProcess, free_port

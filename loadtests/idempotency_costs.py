@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-from app.idempotency_store import RedisStore, StoredAnswer
+from app.reliability.idempotency_store import RedisStore, StoredAnswer
 
 ANSWER = StoredAnswer(200, {"content-type": "application/json", "x-request-id": "r" * 32}, b"x" * 2048)
 

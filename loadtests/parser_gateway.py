@@ -1,7 +1,7 @@
 """`python -m loadtests.parser_gateway PARSER [gateway options]`: one gateway worker on another
 HTTP parser than its own, for benchmarks and for showing what the limits prevent.
 
-PARSER is `limited` (what `python -m app` runs: httptools with app/http_limits.py),
+PARSER is `limited` (what `python -m app` runs: httptools with app/api/http_limits.py),
 `httptools` (uvicorn's httptools protocol as it comes: no header limits, no timeouts) or
 `h11` (uvicorn's h11 protocol, its buffer capped at the gateway's max_header_bytes: h11's
 own limit; no field count, no timeouts).
@@ -10,7 +10,7 @@ own limit; no field count, no timeouts).
 import sys
 from typing import Any
 
-from app.logs import configure_logging
+from app.observability.logs import configure_logging
 from app.server import parse_args, serve
 from app.settings import GatewaySettings
 from app.workers import worker_exit

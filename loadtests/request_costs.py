@@ -17,7 +17,7 @@ from collections.abc import Callable
 from opentelemetry import propagate, trace
 from starlette.types import Message, Receive, Scope, Send
 
-from app.metrics import GatewayMetrics, RequestMetrics, label_model
+from app.observability.metrics import GatewayMetrics, RequestMetrics, label_model
 from protocol import tracing
 
 ROUTE = "/v1/chat/completions"

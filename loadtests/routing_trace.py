@@ -21,8 +21,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from app.main import build_router
-from app.pools import PoolRegistry
+from app.factory import build_router
+from app.pools.registry import PoolRegistry
 from app.settings import GatewaySettings
 from router import DEFAULT_VNODES, HashRing, Router, routing_key, stable_hash
 from tests.fake_nodes import FakeNode

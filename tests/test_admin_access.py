@@ -5,7 +5,7 @@ clients on this host. With authentication on, it takes tokens with scope `admin`
 import httpx
 import pytest
 
-from app.main import create_app
+from app.factory import create_app
 from app.settings import GatewaySettings
 
 

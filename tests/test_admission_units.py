@@ -6,12 +6,12 @@ import time
 
 import pytest
 
-from app.admission import Admission
-from app.deadlines import Deadline
 from app.errors import DeadlineExceeded, Overloaded, TenantOverShare
-from app.main import build_router
-from app.pools import Lease, PoolRegistry
-from app.routing import choose
+from app.factory import build_router
+from app.pools.choice import choose
+from app.pools.registry import Lease, PoolRegistry
+from app.reliability.admission import Admission
+from app.reliability.deadlines import Deadline
 from app.settings import GatewaySettings, PoolSettings
 
 MODEL = "m"

@@ -32,7 +32,7 @@ import oauth
 from app.auth import Guard
 from app.auth.secrets import hash_secret
 from app.errors import GatewayError
-from app.main import create_app
+from app.factory import create_app
 from app.settings import GatewaySettings
 
 ISSUER = "https://issuer.test"

@@ -16,8 +16,8 @@ import yaml
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.engine_metrics import RUNNING, WAITING
-from app.metrics import GatewayMetrics
+from app.observability.metrics import GatewayMetrics
+from app.pools.engine_stats import RUNNING, WAITING
 from sync.node import SyncNode
 from sync.peers import Peers
 from sync.reconcile import Reconciler

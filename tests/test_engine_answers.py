@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from app.engine_errors import normalize_error
-from app.engine_metrics import EngineStats, read_engine_stats
+from app.pools.engine_stats import EngineStats, read_engine_stats
+from app.upstream.engine_errors import normalize_error
 
 
 @pytest.mark.parametrize(

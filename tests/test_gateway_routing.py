@@ -4,12 +4,12 @@ import json
 
 import pytest
 
-from app.engine_metrics import EngineStats
 from app.errors import ModelNotFound, NoEngineAvailable
-from app.main import build_router
-from app.pools import PoolRegistry
-from app.proxy import outcome_of_status
-from app.routing import chat_key, choose, completion_key
+from app.factory import build_router
+from app.pipeline.proxy import outcome_of_status
+from app.pools.choice import chat_key, choose, completion_key
+from app.pools.engine_stats import EngineStats
+from app.pools.registry import PoolRegistry
 from app.settings import GatewaySettings, PoolSettings
 from protocol import SEQUENCE_FAILED, ChatCompletionRequest, CompletionRequest, error_payload
 from router import Outcome, Reason

@@ -8,8 +8,8 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
 from app.errors import IdempotencyKeyInUse, IdempotencyUnavailable, InvalidRequest
-from app.idempotency import Idempotency, fingerprint, parse_key
-from app.idempotency_store import Claim, InProcessStore, StoredAnswer, StoreFull, StoreUnavailable
+from app.reliability.idempotency import Idempotency, fingerprint, parse_key
+from app.reliability.idempotency_store import Claim, InProcessStore, StoredAnswer, StoreFull, StoreUnavailable
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from app.errors import RateLimited
-from app.limits import (
+from app.reliability.limits import (
     InProcessLimiter,
     Limits,
     Policy,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from app.logs import JsonFormatter
+from app.observability.logs import JsonFormatter
 from tests.servers import ServerProcess, free_port
 
 

@@ -1,6 +1,6 @@
 """The OpenAPI schema describes the whole gateway, and the gateway keeps to it under fuzzing.
 
-The schema (app/openapi.py) is checked in process: every route the app serves is in it with
+The schema (app/api/openapi.py) is checked in process: every route the app serves is in it with
 its methods, it is a valid OpenAPI 3.1 document, and every error it documents is the OpenAI
 envelope. Then schemathesis fuzzes real gateway processes in front of the real engine on the
 built-in model, from that schema (which both serve at /openapi.json):
@@ -31,10 +31,10 @@ from openapi_spec_validator import validate
 from schemathesis.specs.openapi import checks as openapi_checks
 from starlette.routing import Route
 
+from app.api import openai, predict
+from app.api.openapi import DOCUMENTED_ROUTES
 from app.auth.secrets import hash_secret
-from app.main import create_app
-from app.openapi import DOCUMENTED_ROUTES
-from app.routes import openai, predict
+from app.factory import create_app
 from app.settings import GatewaySettings
 from tests.conftest import MODEL
 from tests.servers import ServerProcess, free_port

@@ -4,8 +4,8 @@ from typing import Any
 
 import pytest
 
+from app.api.predict import default_model
 from app.errors import InvalidRequest, NoEngineAvailable
-from app.routes.predict import default_model
 
 
 def _card(model: str, parent: str | None = None) -> dict[str, Any]:

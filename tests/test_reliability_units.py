@@ -5,11 +5,11 @@ import time
 import pytest
 from fastapi import Request
 
-from app.deadlines import Deadline
 from app.errors import InvalidRequest
-from app.gateway import request_id
-from app.proxy import _events_end, retry_after_s
-from app.retry_budget import RetryBudget
+from app.pipeline.gateway import request_id
+from app.pipeline.proxy import _events_end, retry_after_s
+from app.reliability.deadlines import Deadline
+from app.reliability.retry_budget import RetryBudget
 
 
 def test_deadline_from_our_header_then_the_sdk_header_then_the_default() -> None:

@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from app.auth.__main__ import mint
-from app.main import create_app
+from app.factory import create_app
 from app.settings import GatewaySettings
 from engines.fake import FakeEngine
 from engines.server.api import create_app as create_engine_app

@@ -3,7 +3,7 @@
 from collections.abc import Collection, Mapping
 
 from app.errors import ModelNotFound, NoEngineAvailable
-from app.pools import PoolRegistry, Replica
+from app.pools.registry import PoolRegistry, Replica
 from protocol import ChatCompletionRequest, CompletionRequest
 from router import PROMPT_HEAD_CHARS, Decision, routing_key
 

@@ -8,25 +8,25 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import FastAPI
 from starlette.routing import Route
 
-from app.admin import NodeManager
-from app.admission import Admission
+from app.api import admin, oauth, openai, ops, predict
+from app.api.openapi import install_openapi
 from app.auth import build_auth
-from app.drain import Drain, DrainMiddleware
-from app.embedded import EmbeddedEngine
 from app.errors import ShuttingDown, install_error_handlers
-from app.gateway import Gateway
-from app.health import HealthMonitor
-from app.idempotency import Idempotency
-from app.idempotency_store import InProcessStore, RedisStore
-from app.limits import RedisLimiter, build_limiter
-from app.metrics import GatewayMetrics, RequestMetrics
-from app.openapi import install_openapi
-from app.pools import PoolRegistry, Replica
-from app.proxy import Proxy
-from app.retry_budget import RetryBudget
-from app.routes import admin, oauth, openai, ops, predict
+from app.observability.metrics import GatewayMetrics, RequestMetrics
+from app.pipeline.gateway import Gateway
+from app.pipeline.proxy import Proxy
+from app.pools.embedded import EmbeddedEngine
+from app.pools.health import HealthMonitor
+from app.pools.membership import NodeManager
+from app.pools.registry import PoolRegistry, Replica
+from app.reliability.admission import Admission
+from app.reliability.drain import Drain, DrainMiddleware
+from app.reliability.idempotency import Idempotency
+from app.reliability.idempotency_store import InProcessStore, RedisStore
+from app.reliability.limits import RedisLimiter, build_limiter
+from app.reliability.retry_budget import RetryBudget
 from app.settings import GatewaySettings, PoolSettings
-from app.upstream import UpstreamClient
+from app.upstream.client import UpstreamClient
 from router import OutlierPolicy, Router
 
 __all__ = ["create_app"]

@@ -11,13 +11,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.routing import Route
 
+from app.api.body import parse_body, read_json_body
+from app.api.deps import GatewayDep, gateway_of, guard_of, scoped
 from app.auth import Principal
-from app.deps import GatewayDep, gateway_of, guard_of, scoped
 from app.errors import ModelNotFound
-from app.inputs import parse_body, read_json_body
-from app.limits import estimate_tokens
-from app.metrics import label_model
-from app.routing import chat_key, completion_key
+from app.observability.metrics import label_model
+from app.pools.choice import chat_key, completion_key
+from app.reliability.limits import estimate_tokens
 from protocol import ChatCompletionRequest, CompletionRequest
 
 __all__ = ["completion_routes", "router"]

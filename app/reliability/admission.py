@@ -23,9 +23,9 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from app.deadlines import Deadline
 from app.errors import DeadlineExceeded, GatewayError, Overloaded, TenantOverShare
-from app.pools import Lease, PoolRegistry, Replica
+from app.pools.registry import Lease, PoolRegistry, Replica
+from app.reliability.deadlines import Deadline
 from router import Decision, Reason
 
 __all__ = ["Admission"]

@@ -12,13 +12,13 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.deps import gateway_of, guard_of
+from app.api.body import parse_body, read_json_body
+from app.api.deps import gateway_of, guard_of
+from app.api.openai import tenant_of
 from app.errors import InvalidRequest, NoEngineAvailable, UpstreamFailed
-from app.inputs import parse_body, read_json_body
-from app.limits import estimate_tokens
-from app.metrics import label_model
-from app.routes.openai import tenant_of
-from app.routing import chat_key
+from app.observability.metrics import label_model
+from app.pools.choice import chat_key
+from app.reliability.limits import estimate_tokens
 from protocol import ChatCompletion, ChatCompletionRequest
 
 __all__ = ["PredictRequest", "default_model", "predict"]

@@ -10,9 +10,9 @@ import time
 from typing import Any
 
 from app.errors import Conflict, NotFound, Unprocessable
-from app.health import check_replica
-from app.pools import Pool, PoolRegistry, Replica
-from app.upstream import UpstreamClient, UpstreamError
+from app.pools.health import check_replica
+from app.pools.registry import Pool, PoolRegistry, Replica
+from app.upstream.client import UpstreamClient, UpstreamError
 
 __all__ = ["NodeManager"]
 

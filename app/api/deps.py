@@ -4,15 +4,15 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from app.admin import NodeManager
 from app.auth import Guard, Principal
-from app.gateway import Gateway
+from app.pipeline.gateway import Gateway
+from app.pools.membership import NodeManager
 
 __all__ = ["GatewayDep", "NodesDep", "gateway_of", "guard_of", "scoped"]
 
 
 def gateway_of(request: Request) -> Gateway:
-    """For the completion routes, which are plain Starlette routes (app/routes/openai.py)."""
+    """For the completion routes, which are plain Starlette routes (app/api/openai.py)."""
     gateway: Gateway = request.app.state.gateway
     return gateway
 

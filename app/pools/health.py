@@ -12,9 +12,9 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from app.engine_metrics import EngineStats, read_engine_stats
-from app.pools import PoolRegistry, Replica
-from app.upstream import UpstreamClient, UpstreamError
+from app.pools.engine_stats import EngineStats, read_engine_stats
+from app.pools.registry import PoolRegistry, Replica
+from app.upstream.client import UpstreamClient, UpstreamError
 
 __all__ = ["HealthMonitor", "check_replica"]
 

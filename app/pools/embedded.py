@@ -10,7 +10,7 @@ import socket
 import sys
 from pathlib import Path
 
-from app.upstream import UpstreamClient, UpstreamError
+from app.upstream.client import UpstreamClient, UpstreamError
 
 __all__ = ["EmbeddedEngine", "EmbeddedEngineFailed"]
 

@@ -19,19 +19,19 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from app.deadlines import Deadline
-from app.drain import Drain
-from app.engine_errors import normalize_error
 from app.errors import DeadlineExceeded, EngineUnreachable, UpstreamFailed, UpstreamTimeout
-from app.metrics import GatewayMetrics, StreamTimer
-from app.pools import Lease, Replica
-from app.upstream import (
+from app.observability.metrics import GatewayMetrics, StreamTimer
+from app.pools.registry import Lease, Replica
+from app.reliability.deadlines import Deadline
+from app.reliability.drain import Drain
+from app.upstream.client import (
     UpstreamClient,
     UpstreamConnectError,
     UpstreamError,
     UpstreamResponse,
     UpstreamTimeoutError,
 )
+from app.upstream.engine_errors import normalize_error
 from protocol import SEQUENCE_FAILED, error_payload, sse_event
 from protocol.asgi import CancelOnDisconnect
 from protocol.tracing import inject

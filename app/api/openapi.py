@@ -1,12 +1,12 @@
 """The gateway's OpenAPI 3.1 schema: every route it serves, with its security and its errors.
 
 FastAPI describes its own routes, but not the completion routes and `/predict`: those are plain
-Starlette routes (app/routes/openai.py says why) that parse their bodies with the wire models,
+Starlette routes (app/api/openai.py says why) that parse their bodies with the wire models,
 so their operations are written here from those models' JSON schemas. Every operation is then
 given what FastAPI cannot see: the scope its bearer token needs (app/auth), the errors it can
 answer, all in the OpenAI error envelope (the token endpoint's in OAuth2's, RFC 6749 §5.2),
-and the errors any request can meet (slow or oversized headers, app/http_limits.py; a draining
-gateway, app/drain.py). FastAPI's 422 `HTTPValidationError` goes: this gateway answers a
+and the errors any request can meet (slow or oversized headers, app/api/http_limits.py; a draining
+gateway, app/reliability/drain.py). FastAPI's 422 `HTTPValidationError` goes: this gateway answers a
 malformed request 400 in the envelope (app/errors.py).
 
 `install_openapi(app)` makes `app.openapi` build the schema on first use and keep it: nothing
@@ -24,8 +24,8 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from starlette.routing import Route
 
-from app.routes.admin import AddReplica
-from app.routes.predict import PredictRequest
+from app.api.admin import AddReplica
+from app.api.predict import PredictRequest
 from protocol import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -125,7 +125,7 @@ _ERRORS: dict[int, tuple[str, str, dict[str, Any]]] = {
     503: ("Unavailable", "No engine is reachable, all are busy, or the gateway is shutting down.", _RETRY_HEADERS),
     504: ("GatewayTimeout", "The engine did not answer within the request's deadline.", {}),
 }
-_ANY_REQUEST = (408, 431)  # answered before the app sees the request (app/http_limits.py)
+_ANY_REQUEST = (408, 431)  # answered before the app sees the request (app/api/http_limits.py)
 _GUARDED = (400, 401, 403)  # the guard's: ambiguous credentials, no or bad token, missing scope
 _GENERATING = (400, 404, 409, 413, 415, 422, 429, 500, 502, 503, 504)
 

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from app.deps import GatewayDep, scoped
+from app.api.deps import GatewayDep, scoped
 from app.errors import NoEngineAvailable
 
 __all__ = ["router"]

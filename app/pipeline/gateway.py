@@ -22,8 +22,6 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
-from app.admission import Admission
-from app.deadlines import Deadline
 from app.errors import (
     DeadlineExceeded,
     EngineUnreachable,
@@ -33,13 +31,15 @@ from app.errors import (
     RateLimited,
     TenantOverShare,
 )
-from app.idempotency import Idempotency
-from app.limits import RateLimiter, estimate_prompt_tokens, tokens_used
-from app.metrics import GatewayMetrics, on_stream_end
-from app.pools import Lease, PoolRegistry, Replica
-from app.proxy import AttemptTimeout, Proxy, RetryableAnswer
-from app.retry_budget import RetryBudget
-from app.routing import choose
+from app.observability.metrics import GatewayMetrics, on_stream_end
+from app.pipeline.proxy import AttemptTimeout, Proxy, RetryableAnswer
+from app.pools.choice import choose
+from app.pools.registry import Lease, PoolRegistry, Replica
+from app.reliability.admission import Admission
+from app.reliability.deadlines import Deadline
+from app.reliability.idempotency import Idempotency
+from app.reliability.limits import RateLimiter, estimate_prompt_tokens, tokens_used
+from app.reliability.retry_budget import RetryBudget
 from app.settings import GatewaySettings
 from protocol import tracing
 from router import Decision

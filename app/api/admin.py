@@ -9,9 +9,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, HttpUrl
 
-from app.deps import GatewayDep, NodesDep, guard_of
+from app.api.body import parse_body, read_json_body
+from app.api.deps import GatewayDep, NodesDep, guard_of
 from app.errors import Conflict, PermissionDenied
-from app.inputs import parse_body, read_json_body
 
 __all__ = ["router"]
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from app.engine_metrics import EngineStats
+from app.pools.engine_stats import EngineStats
 from app.settings import PoolKind, PoolSettings
 from router import Outcome, Router
 

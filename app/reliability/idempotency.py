@@ -31,7 +31,7 @@ from app.errors import (
     IdempotencyUnavailable,
     InvalidRequest,
 )
-from app.idempotency_store import Claim, IdempotencyStore, StoredAnswer, StoreFull, StoreUnavailable
+from app.reliability.idempotency_store import Claim, IdempotencyStore, StoredAnswer, StoreFull, StoreUnavailable
 from protocol import error_payload, sse_event
 
 __all__ = ["KEY_HEADER", "REPLAYED_HEADER", "Idempotency", "fingerprint", "parse_key"]

@@ -1,0 +1,1 @@
+"""The gateway's HTTP client to engines, and how engines' errors are mapped."""
