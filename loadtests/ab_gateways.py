@@ -22,8 +22,8 @@ from pathlib import Path
 
 import httpx
 
+from harness.servers import ServerProcess, free_port
 from loadtests.gateway_overhead import BODY, run_wrk
-from tests.servers import ServerProcess, free_port
 
 
 def _serve(tree: Path, engine_url: str, redis_url: str | None) -> tuple[subprocess.Popen[bytes], str]:

@@ -19,8 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from harness.servers import ROOT, ServerProcess, free_port
 from loadtests.gateway_overhead import BODY, run_wrk
-from tests.servers import ROOT, ServerProcess, free_port
 
 VARIANTS = ("off", "auth", "auth+traces", "auth+traces/10", "auth+traces/0")
 SAMPLE_RATIOS = {"auth+traces": "1.0", "auth+traces/10": "0.1", "auth+traces/0": "0.0"}

@@ -16,9 +16,9 @@ import aiohttp
 import httpx
 
 from engines.builtin_model import BUILTIN_MODEL_NAME, ensure_builtin_model
+from harness.adapters import make_lora_adapter
+from harness.servers import ServerProcess, free_port
 from loadtests.cli import bench_parser
-from tests.adapters import make_lora_adapter
-from tests.servers import ServerProcess, free_port
 
 
 def rss_mib(pid: int) -> float:

@@ -24,7 +24,7 @@ from pathlib import Path
 import aiohttp
 
 from engines.builtin_model import RECIPES, ensure_builtin_model
-from tests.servers import ServerProcess, free_port
+from harness.servers import ServerProcess, free_port
 
 
 @dataclass(frozen=True)

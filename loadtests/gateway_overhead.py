@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.servers import ServerProcess, free_port
+from harness.servers import ServerProcess, free_port
 
 # "+key": every request sends a new Idempotency-Key (the gateway claims, runs and keeps it).
 MODES = ("json", "sse", "json+key", "sse+key")

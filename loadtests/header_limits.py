@@ -37,8 +37,8 @@ from uvicorn.server import ServerState
 
 from app.api.http_limits import HttpLimits, limited_protocol
 from app.settings import GatewaySettings
+from harness.servers import ServerProcess, free_port
 from loadtests.gateway_overhead import BODY, run_wrk
-from tests.servers import ServerProcess, free_port
 
 PARSERS = ("httptools", "limited", "h11")
 SDK_HEADERS = {

@@ -16,8 +16,8 @@ from pathlib import Path
 from engines.base import GenerationRequest
 from engines.builtin_model import RECIPES, ensure_builtin_model
 from engines.transformers.engine import TransformersEngine
+from harness.adapters import make_lora_adapter
 from loadtests.cli import bench_parser
-from tests.adapters import make_lora_adapter
 
 MIXES: dict[str, list[str | None]] = {
     "no adapter loaded": [None],

@@ -3,7 +3,7 @@
     python -m loadtests.reliability overload [--seconds 60]
     python -m loadtests.reliability kill [--seconds 40]
 
-Three counting engines (tests/counting_engine.py: `--slots` requests at once, a fixed pace
+Three counting engines (harness/counting_engine.py: `--slots` requests at once, a fixed pace
 per token, an execution log that outlives them) behind one gateway whose pools saturate at
 the engines' slots, so capacity is known. Locust drives it through the OpenAI SDK
 (loadtests/locustfile.py), half the requests streamed.
@@ -34,8 +34,8 @@ from typing import Any
 
 import httpx
 
+from harness.servers import ROOT, ServerProcess, free_port
 from loadtests.slo import SHED, TTFT, WARM_UP
-from tests.servers import ROOT, ServerProcess, free_port
 
 SLOTS = 4
 CHUNK_DELAY_S = 0.025
@@ -51,7 +51,7 @@ class Rig:
         self.executions = work / "executions.log"
         self.engines = [
             ServerProcess(
-                "tests.counting_engine",
+                "harness.counting_engine",
                 ["--port", str(port), "--slots", str(SLOTS), "--chunk-delay-s", str(CHUNK_DELAY_S),
                  "--log", str(self.executions)],
                 port=port,

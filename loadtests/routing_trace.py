@@ -24,8 +24,8 @@ from typing import Any
 from app.factory import build_router
 from app.pools.registry import PoolRegistry
 from app.settings import GatewaySettings
+from harness.fake_nodes import FakeNode
 from router import DEFAULT_VNODES, HashRing, Router, routing_key, stable_hash
-from tests.fake_nodes import FakeNode
 
 Policy = Callable[[str, Sequence[FakeNode]], FakeNode]
 

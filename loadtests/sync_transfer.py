@@ -3,7 +3,7 @@
     python -m loadtests.sync_transfer [--rank 1400] [--runs 3]
 
 Three real sidecars (`python -m sync`) on loopback, each peer link through its own proxy
-that delays every chunk both ways (tests/faultproxy.py `one_way_s`), run once with 25 ms
+that delays every chunk both ways (harness/faultproxy.py `one_way_s`), run once with 25 ms
 one way (50 ms RTT) and once with none, alternately. Timed from the publish request: when
 the other two regions list the adapter (the delta arrived) and when both have its blobs
 fetched, verified and stacked into the folder an engine would load (reconcile every 0.1 s).
@@ -19,9 +19,9 @@ from pathlib import Path
 import httpx
 
 from engines.builtin_model import ensure_builtin_model
-from tests.adapters import make_lora_adapter
-from tests.faultproxy import FaultProxy
-from tests.servers import ServerProcess, free_port
+from harness.adapters import make_lora_adapter
+from harness.faultproxy import FaultProxy
+from harness.servers import ServerProcess, free_port
 
 REGIONS = ("a", "b", "c")
 

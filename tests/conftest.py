@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from engines.builtin_model import BUILTIN_MODEL_NAME, ensure_builtin_model
-from tests.servers import Redis, ServerProcess, free_port
+from harness.servers import Redis, ServerProcess, free_port
 
 MODEL = BUILTIN_MODEL_NAME
 
@@ -52,9 +52,9 @@ def engine(builtin_model: Path, log_dir: Path) -> Iterator[ServerProcess]:
 
 @pytest.fixture(scope="module")
 def counting_engine(log_dir: Path) -> Iterator[ServerProcess]:
-    """A counting engine (tests/counting_engine.py) for one test module: it records executions."""
+    """A counting engine (harness/counting_engine.py) for one test module: it records executions."""
     port = free_port()
-    server = ServerProcess("tests.counting_engine", ["--port", str(port)], port=port, log_dir=log_dir).wait_ready()
+    server = ServerProcess("harness.counting_engine", ["--port", str(port)], port=port, log_dir=log_dir).wait_ready()
     yield server
     server.stop()
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import ServerProcess, free_port
+from harness.servers import ServerProcess, free_port
 
 MODEL = "counting"
 SERVICE_S = 0.5  # each answer: 5 chunks 0.1 s apart
@@ -24,7 +24,7 @@ def engines(log_dir: Path) -> Iterator[list[ServerProcess]]:
     for _ in range(2):
         port = free_port()
         started.append(
-            ServerProcess("tests.counting_engine", ["--port", str(port)], port=port, log_dir=log_dir).wait_ready()
+            ServerProcess("harness.counting_engine", ["--port", str(port)], port=port, log_dir=log_dir).wait_ready()
         )
     yield started
     for engine in started:

@@ -24,7 +24,7 @@ from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
 
 from app.auth.secrets import hash_secret
-from tests.servers import ROOT, ServerProcess, free_port
+from harness.servers import ROOT, ServerProcess, free_port
 
 MODEL = "counting"
 AUDIENCE = "switchyard"

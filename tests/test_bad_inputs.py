@@ -7,8 +7,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from harness.servers import ServerProcess, free_port
 from tests.conftest import MODEL
-from tests.servers import ServerProcess, free_port
 
 GOOD = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 JSON = {"content-type": "application/json"}

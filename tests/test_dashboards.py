@@ -18,12 +18,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.observability.metrics import GatewayMetrics
 from app.pools.engine_stats import RUNNING, WAITING
+from harness.servers import ROOT
 from sync.node import SyncNode
 from sync.peers import Peers
 from sync.reconcile import Reconciler
 from sync.settings import SyncSettings
 from sync.telemetry import SyncMetrics
-from tests.servers import ROOT
 
 RULES = ROOT / "dashboards" / "rules"
 DASHBOARDS = ROOT / "dashboards" / "grafana"

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from app.settings import load_settings
-from tests.servers import ROOT
+from harness.servers import ROOT
 
 
 def test_example_settings_file_loads() -> None:

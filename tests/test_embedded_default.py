@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from harness.servers import ROOT, ServerProcess, free_port
 from tests.conftest import MODEL
-from tests.servers import ROOT, ServerProcess, free_port
 
 
 def test_embedded_default_serves_and_cleans_up(builtin_model: Path, data_dir: Path, log_dir: Path) -> None:

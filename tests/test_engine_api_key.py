@@ -25,8 +25,8 @@ from engines.server.auth import ApiKeyGuard
 from engines.transformers.__main__ import parse_args
 from engines.vllm.__main__ import GUARD, vllm_command, vllm_environment
 from engines.vllm.__main__ import parse_args as parse_vllm_args
+from harness.servers import ServerProcess, free_port
 from tests.conftest import MODEL
-from tests.servers import ServerProcess, free_port
 
 KEY = "engine-key-3f9a1c"
 RIGHT = {"authorization": f"Bearer {KEY}"}

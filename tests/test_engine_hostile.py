@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
+from harness.servers import ServerProcess
 from tests.conftest import MODEL
-from tests.servers import ServerProcess
 
 OUT_OF_VOCABULARY = [1, 2, 99999999]
 

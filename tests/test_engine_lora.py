@@ -12,9 +12,9 @@ import torch
 from peft import PeftModel
 from transformers import AutoTokenizer, LlamaForCausalLM
 
-from tests.adapters import make_foreign_adapter, make_lora_adapter, quiet_peft
+from harness.adapters import make_foreign_adapter, make_lora_adapter, quiet_peft
+from harness.servers import ServerProcess, free_port
 from tests.conftest import MODEL
-from tests.servers import ServerProcess, free_port
 
 MESSAGES = [{"role": "user", "content": "Hello there"}]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.servers import ServerProcess, free_port
+from harness.servers import ServerProcess, free_port
 
 MODEL = "counting"
 DRAIN_S = 2.0
@@ -40,7 +40,7 @@ def _draining_gateway(
 ) -> Iterator[ServerProcess]:
     """A counting engine told `behaviour`, behind a gateway that drains for `drain_s`."""
     engine_port, port = free_port(), free_port()
-    engine = ServerProcess("tests.counting_engine", ["--port", str(engine_port)], port=engine_port, log_dir=log_dir)
+    engine = ServerProcess("harness.counting_engine", ["--port", str(engine_port)], port=engine_port, log_dir=log_dir)
     engine.wait_ready()
     gateway = None
     try:

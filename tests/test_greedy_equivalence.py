@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM, PreTrainedTokenizerBase
 
+from harness.servers import ServerProcess
 from tests.conftest import MODEL
-from tests.servers import ServerProcess
 
 PROMPTS = [
     [{"role": "user", "content": "Hello there"}],

@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 
+from harness.servers import ServerProcess
 from tests.conftest import MODEL
-from tests.servers import ServerProcess
 
 # What a tenant may send that is well-formed JSON but wrong: refused at the edge (bounds the
 # gateway knows) or by the engine (its vocabulary and context, which only it knows).

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import Redis, ServerProcess, free_port
+from harness.servers import Redis, ServerProcess, free_port
 
 LIMITS = {"max_header_bytes": 64 * 1024, "max_header_fields": 50, "header_timeout_s": 1.0, "body_timeout_s": 1.0}
 MAX_BYTES = int(LIMITS["max_header_bytes"])

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import Redis, ServerProcess, free_port
+from harness.servers import Redis, ServerProcess, free_port
 
 MODEL = "counting"
 CHAT: dict[str, object] = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
@@ -19,7 +19,7 @@ CHAT: dict[str, object] = {"model": MODEL, "messages": [{"role": "user", "conten
 @pytest.fixture(scope="module")
 def engine(log_dir: Path) -> Iterator[ServerProcess]:
     port = free_port()
-    server = ServerProcess("tests.counting_engine", ["--port", str(port)], port=port, log_dir=log_dir)
+    server = ServerProcess("harness.counting_engine", ["--port", str(port)], port=port, log_dir=log_dir)
     yield server.wait_ready()
     server.stop()
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import Redis, ServerProcess, free_port
+from harness.servers import Redis, ServerProcess, free_port
 
 CHAT: dict[str, object] = {"model": "counting", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 LEASE_S = 5.0  # the default
@@ -34,7 +34,7 @@ def durable_redis(tmp_path: Path) -> Iterator[Redis]:
 @pytest.fixture
 def engine(log_dir: Path) -> Iterator[ServerProcess]:
     port = free_port()
-    server = ServerProcess("tests.counting_engine", ["--port", str(port)], port=port, log_dir=log_dir)
+    server = ServerProcess("harness.counting_engine", ["--port", str(port)], port=port, log_dir=log_dir)
     yield server.wait_ready()
     server.stop()
 

@@ -20,7 +20,7 @@ from app.reliability.limits import (
     estimate_prompt_tokens,
     estimate_tokens,
 )
-from tests.servers import Redis, ServerProcess, free_port
+from harness.servers import Redis, ServerProcess, free_port
 
 
 class Clock:

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from harness.servers import ROOT, ServerProcess
 from loadtests.slo import Slo, evaluate
 from tests.conftest import MODEL
-from tests.servers import ROOT, ServerProcess
 
 pytestmark = pytest.mark.slow
 

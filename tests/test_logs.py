@@ -9,12 +9,12 @@ from pathlib import Path
 import httpx
 
 from app.observability.logs import JsonFormatter
-from tests.servers import ServerProcess, free_port
+from harness.servers import ServerProcess, free_port
 
 
 def test_routing_and_access_lines_carry_the_request(log_dir: Path) -> None:
     engine_port, port = free_port(), free_port()
-    engine = ServerProcess("tests.counting_engine", ["--port", str(engine_port)], port=engine_port, log_dir=log_dir)
+    engine = ServerProcess("harness.counting_engine", ["--port", str(engine_port)], port=engine_port, log_dir=log_dir)
     env = {
         "SWITCHYARD_POOLS": json.dumps([{"name": "p", "region": "eu", "replicas": [engine.url]}]),
         "SWITCHYARD_REGION": "eu",

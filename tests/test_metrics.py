@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.scrape import scrape, value
-from tests.servers import ServerProcess, free_port
+from harness.scrape import scrape, value
+from harness.servers import ServerProcess, free_port
 
 MODEL = "counting"
 CHAT = "/v1/chat/completions"
@@ -21,7 +21,7 @@ def engines(log_dir: Path) -> Iterator[list[ServerProcess]]:
     for _ in range(2):
         port = free_port()
         args = ["--port", str(port)]
-        started.append(ServerProcess("tests.counting_engine", args, port=port, log_dir=log_dir).wait_ready())
+        started.append(ServerProcess("harness.counting_engine", args, port=port, log_dir=log_dir).wait_ready())
     yield started
     for engine in started:
         engine.stop()

@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from harness.servers import ServerProcess, free_port
 from router import HashRing, routing_key, stable_hash
 from tests.conftest import MODEL, start_engine
-from tests.servers import ServerProcess, free_port
 
 EJECTION_S = 1.0
 

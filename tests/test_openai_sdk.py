@@ -5,8 +5,8 @@ from collections.abc import AsyncIterator, Iterator
 import openai
 import pytest
 
+from harness.servers import ServerProcess
 from tests.conftest import MODEL
-from tests.servers import ServerProcess
 
 MESSAGES: list[openai.types.chat.ChatCompletionMessageParam] = [
     {"role": "system", "content": "You are terse."},

@@ -36,8 +36,8 @@ from app.api.openapi import DOCUMENTED_ROUTES
 from app.auth.secrets import hash_secret
 from app.factory import create_app
 from app.settings import GatewaySettings
+from harness.servers import ServerProcess, free_port
 from tests.conftest import MODEL
-from tests.servers import ServerProcess, free_port
 
 # The routes left out of the schema, and why: the schema itself and its viewers are not the API.
 NOT_THE_API = {
@@ -323,7 +323,7 @@ def two_replicas(log_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     engines = []
     for _ in range(2):
         port = free_port()
-        engines.append(ServerProcess("tests.counting_engine", ["--port", str(port)], port=port, log_dir=log_dir))
+        engines.append(ServerProcess("harness.counting_engine", ["--port", str(port)], port=port, log_dir=log_dir))
     for engine in engines:
         engine.wait_ready()
     port = free_port()

@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from harness.servers import ServerProcess, free_port
 from tests.conftest import MODEL
-from tests.servers import ServerProcess, free_port
 
 
 @pytest.fixture(scope="module")

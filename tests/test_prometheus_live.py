@@ -23,9 +23,9 @@ import httpx
 import pytest
 import yaml
 
+from harness.scrape import scrape
+from harness.servers import ROOT, ServerProcess, free_port
 from tests.conftest import MODEL as ENGINE_MODEL
-from tests.scrape import scrape
-from tests.servers import ROOT, ServerProcess, free_port
 
 PROMETHEUS = shutil.which("prometheus") or "prometheus"  # `make test` installs it (Debian: prometheus)
 RULES = ROOT / "dashboards" / "rules" / "slo.rules.yml"

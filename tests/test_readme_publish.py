@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.servers import ROOT, ServerProcess, free_port
+from harness.servers import ROOT, ServerProcess, free_port
 
 SECTION = "## Adapters across regions (sync sidecar)"
 README_PORTS = {"engine": 8100, "gateway": 8000, "sidecar": 8300}

@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.faultproxy import FaultProxy
-from tests.servers import ServerProcess, free_port
+from harness.faultproxy import FaultProxy
+from harness.servers import ServerProcess, free_port
 
 MODEL = "counting"
 
@@ -20,7 +20,7 @@ MODEL = "counting"
 class Replica:
     def __init__(self, log_dir: Path) -> None:
         port = free_port()
-        self.engine = ServerProcess("tests.counting_engine", ["--port", str(port)], port=port, log_dir=log_dir)
+        self.engine = ServerProcess("harness.counting_engine", ["--port", str(port)], port=port, log_dir=log_dir)
         self.engine.wait_ready()
         self.proxy = FaultProxy(port)
 

@@ -6,8 +6,8 @@ from fractions import Fraction
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from harness.fake_nodes import FakeNode, decide, fake_nodes
 from router import HashRing, LoadBound, Router, stable_hash
-from tests.fake_nodes import FakeNode, decide, fake_nodes
 
 FACTORS = st.sampled_from([1.0, 1.1, 1.25, 1.5, 2.0, 3.0])
 

@@ -8,9 +8,9 @@ import sys
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from harness.fake_nodes import FakeNode, fake_nodes
+from harness.servers import ROOT
 from router import HashRing, Router, routing_key, stable_hash
-from tests.fake_nodes import FakeNode, fake_nodes
-from tests.servers import ROOT
 
 KEYS = [routing_key(model="m", session_id=f"session-{i}", user=None, prompt_head="") for i in range(20_000)]
 
@@ -64,7 +64,7 @@ def test_insertion_order_does_not_matter() -> None:
 _DECISIONS_SCRIPT = """
 import json, sys
 from router import Router, routing_key
-from tests.fake_nodes import fake_nodes
+from harness.fake_nodes import fake_nodes
 router = Router("eu")
 for node in [*fake_nodes(5, "eu"), *fake_nodes(3, "us")]:
     router.add(node)

@@ -1,7 +1,7 @@
 """Routing decisions across regions, and the reasons they give."""
 
+from harness.fake_nodes import FakeNode, decide, fake_nodes
 from router import Outcome, Reason, Router, routing_key
-from tests.fake_nodes import FakeNode, decide, fake_nodes
 
 KEY = routing_key(model="m", session_id="s-1", user=None, prompt_head="")
 

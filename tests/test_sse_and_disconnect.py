@@ -6,8 +6,8 @@ import time
 import httpx
 import pytest
 
+from harness.servers import ServerProcess
 from tests.conftest import MODEL
-from tests.servers import ServerProcess
 
 
 def _chat(max_tokens: int, stream: bool) -> dict[str, object]:

@@ -18,11 +18,11 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
+from harness.adapters import make_lora_adapter
+from harness.fake_nodes import FakeIssuer
+from harness.servers import ROOT, ServerProcess, free_port
 from sync.settings import SyncSettings
-from tests.adapters import make_lora_adapter
 from tests.conftest import MODEL
-from tests.fake_nodes import FakeIssuer
-from tests.servers import ROOT, ServerProcess, free_port
 
 PEER_ROUTES = (("POST", "/sync/delta"), ("POST", "/sync/summary"), ("GET", "/blobs/" + "0" * 64))
 

@@ -11,9 +11,9 @@ from fastapi.testclient import TestClient
 from hypothesis import given
 from hypothesis import strategies as st
 
+from harness.fake_nodes import FakeIssuer
 from sync.app import create_app
 from sync.settings import SyncSettings
-from tests.fake_nodes import FakeIssuer
 
 ROUTES = (("POST", "/adapters"), ("DELETE", "/adapters/x"), ("POST", "/sync/delta"), ("GET", "/blobs/" + "0" * 64))
 

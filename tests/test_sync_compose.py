@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from app.settings import load_settings
+from harness.servers import ROOT
 from sync.settings import SyncSettings
-from tests.servers import ROOT
 
 VARIABLE = re.compile(r"\$\{(?P<name>[A-Z0-9_]+)(?::(?P<kind>[?-])(?P<text>[^}]*))?\}")
 

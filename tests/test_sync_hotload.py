@@ -15,10 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.adapters import make_lora_adapter
+from harness.adapters import make_lora_adapter
+from harness.fake_nodes import FakeIssuer
+from harness.servers import ServerProcess, free_port
 from tests.conftest import MODEL, start_engine
-from tests.fake_nodes import FakeIssuer
-from tests.servers import ServerProcess, free_port
 
 REGIONS = ("a", "b", "c")
 SERVED_AS = {"a": MODEL, "b": MODEL, "c": "tiny-c"}  # the name each region's engine serves the model under

@@ -25,6 +25,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from starlette.requests import ClientDisconnect
 
+from harness.fake_nodes import FakeIssuer
+from harness.servers import ServerProcess, free_port
 from sync import crdt
 from sync.app import create_app
 from sync.clock import Timestamp
@@ -33,8 +35,6 @@ from sync.node import SyncNode
 from sync.peers import Peers
 from sync.persist import load_state
 from sync.settings import SyncSettings
-from tests.fake_nodes import FakeIssuer
-from tests.servers import ServerProcess, free_port
 
 ENVELOPE = {"message", "type", "param", "code"}
 

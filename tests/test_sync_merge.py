@@ -14,8 +14,8 @@ from transformers import LlamaForCausalLM
 
 from engines.base import InvalidRequest
 from engines.transformers.adapters import AdapterStore
+from harness.adapters import make_lora_adapter, quiet_peft
 from sync.merge import CONFIG, WEIGHTS, AdapterPart, merge_adapters
-from tests.adapters import make_lora_adapter, quiet_peft
 
 
 @pytest.fixture(scope="module")

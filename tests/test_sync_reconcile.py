@@ -11,14 +11,14 @@ import httpx
 import pytest
 
 from engines.server.api import create_app as create_engine_app
+from harness.adapters import make_lora_adapter
+from harness.fake_nodes import RefusingEngine
 from sync import crdt
 from sync.node import SyncNode
 from sync.peers import Peers
 from sync.reconcile import Reconciler
 from sync.settings import SyncSettings
-from tests.adapters import make_lora_adapter
 from tests.conftest import MODEL
-from tests.fake_nodes import RefusingEngine
 
 ENGINE_URL = "http://engine.fake:8100"
 

@@ -17,15 +17,15 @@ from typing import Any, ClassVar
 import httpx
 import pytest
 
+from harness.adapters import make_lora_adapter
+from harness.fake_nodes import FakeIssuer
+from harness.faultproxy import FaultProxy
+from harness.servers import ServerProcess, free_port
 from sync.blobs import file_sha256
 from sync.crdt import FileRef, manifest_digest
 from sync.node import SyncNode
 from sync.peers import Peers
 from sync.settings import SyncSettings
-from tests.adapters import make_lora_adapter
-from tests.fake_nodes import FakeIssuer
-from tests.faultproxy import FaultProxy
-from tests.servers import ServerProcess, free_port
 
 REGIONS = ("a", "b", "c")
 

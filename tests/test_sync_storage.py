@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
+from harness.adapters import make_lora_adapter
 from sync import crdt
 from sync.adapters import AdapterRefused, materialize, read_version
 from sync.blobs import BlobMismatch, BlobStore, file_sha256
 from sync.clock import Timestamp
 from sync.merge import CONFIG, WEIGHTS
 from sync.persist import load_state, save_state
-from tests.adapters import make_lora_adapter
 
 BASE = "switchyard-tiny-v1"
 AT = Timestamp(1, 0, "a")

@@ -23,8 +23,8 @@ from app.factory import create_app
 from app.settings import GatewaySettings
 from engines.fake import FakeEngine
 from engines.server.api import create_app as create_engine_app
+from harness.servers import ROOT, ServerProcess
 from protocol import tracing
-from tests.servers import ROOT, ServerProcess
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"

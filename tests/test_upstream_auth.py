@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from harness.servers import ServerProcess, free_port
 from tests.conftest import MODEL
-from tests.servers import ServerProcess, free_port
 
 KEY = "engine-key-for-tests"
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}

@@ -15,9 +15,9 @@ import pytest
 
 from engines.vllm.__main__ import parse_args, vllm_environment
 from engines.vllm.settings import default_vllm_python
-from tests.adapters import make_lora_adapter
+from harness.adapters import make_lora_adapter
+from harness.servers import ServerProcess, free_port
 from tests.conftest import MODEL
-from tests.servers import ServerProcess, free_port
 
 ADAPTER = "tiny-lora"
 KEY = "vllm-key-for-tests"

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from app.settings import load_settings
-from tests.scrape import scrape, value
-from tests.servers import Redis, ServerProcess, free_port
+from harness.scrape import scrape, value
+from harness.servers import Redis, ServerProcess, free_port
 
 MODEL = "counting"
 CHAT = "/v1/chat/completions"

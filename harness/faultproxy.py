@@ -1,4 +1,4 @@
-"""A TCP fault proxy for tests, between the gateway and one engine.
+"""A TCP fault proxy for tests and benchmarks, between the gateway and one engine.
 
 Runs its own event loop on a thread. Faults, set at any time with `set(...)`:
 `pass` (relay), `down` (refuse connections), `reset` (accept, then reset the connection),
@@ -14,7 +14,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, Literal
 
-from tests.servers import free_port
+from harness.servers import free_port
 
 __all__ = ["FaultProxy"]
 

@@ -1,6 +1,6 @@
 """A fake engine for reliability tests: it counts every execution and fails on command.
 
-`python -m tests.counting_engine --port N` serves the OpenAI chat route for model
+`python -m harness.counting_engine --port N` serves the OpenAI chat route for model
 `counting`: JSON, or an SSE stream of `max_tokens` (else `chunks`) events `chunk_delay_s` apart
 (then a usage chunk when `stream_options.include_usage`). `POST /control`
 sets its behaviour and zeroes the counts (`fail_status` for the next `fail_times` requests, with `retry_after`

@@ -1,4 +1,4 @@
-"""Real server processes for tests: start on a free port, wait until they answer, stop."""
+"""Real server processes for tests and benchmarks: start on a free port, wait until they answer, stop."""
 
 import os
 import signal

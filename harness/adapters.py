@@ -1,4 +1,4 @@
-"""PEFT LoRA adapters for the built-in model, made on the spot for tests."""
+"""PEFT LoRA adapters for the built-in model, made on the spot for tests and benchmarks."""
 
 import shutil
 import warnings
@@ -11,6 +11,8 @@ from peft import LoraConfig, get_peft_model
 from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
+
+__all__ = ["make_foreign_adapter", "make_lora_adapter", "quiet_peft"]
 
 
 @contextmanager
