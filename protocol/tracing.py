@@ -13,7 +13,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import INVALID_SPAN, Span, Tracer, TracerProvider
 
-__all__ = ["configure", "enabled", "extract", "inject", "install", "span"]
+__all__ = ["configure", "enabled", "extract", "inject", "install", "sampled_out", "span"]
 
 _NO_SPAN: AbstractContextManager[Span] = nullcontext(INVALID_SPAN)  # reusable: it holds no state
 _installed = False
@@ -37,12 +37,17 @@ def span(tracer: Tracer, name: str, **options: Any) -> AbstractContextManager[Sp
     the parent's trace is not sampled: the SDK would begin a non-recording span for nothing
     (a sampled-out request then costs what an untraced one does; `inject` still sends the
     parent's context, with its not-sampled flag, downstream)."""
-    if not enabled():
-        return _NO_SPAN
-    parent = trace.get_current_span(options.get("context")).get_span_context()
-    if parent.is_valid and not parent.trace_flags.sampled:
+    if not enabled() or sampled_out(options.get("context")):
         return _NO_SPAN
     return tracer.start_as_current_span(name, **options)
+
+
+def sampled_out(context: Context | None = None) -> bool:
+    """Whether the span current in `context` (default: the current context) is in a trace
+    whose sampling decision was "not recorded": a caller's `traceparent` flag, or a root this
+    process sampled out. Nothing below such a span is recorded (its flag is followed)."""
+    parent = trace.get_current_span(context).get_span_context()
+    return parent.is_valid and not parent.trace_flags.sampled
 
 
 def configure(service: str, endpoint: str | None, sample_ratio: float | None = None) -> None:

@@ -14,8 +14,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from app.auth.__main__ import mint
@@ -25,6 +24,7 @@ from engines.fake import FakeEngine
 from engines.server.api import create_app as create_engine_app
 from harness.servers import ROOT, ServerProcess
 from protocol import tracing
+from tests.test_tracing_units import recorder
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
@@ -33,12 +33,9 @@ TRACEPARENT = f"00-{TRACE_ID}-{CLIENT_SPAN}-01"
 
 @pytest.fixture(scope="module")
 def exporter() -> InMemorySpanExporter:
-    """A provider for this process (OpenTelemetry takes one per process: this module's)."""
-    memory = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(memory))
-    tracing.install(provider)
-    return memory
+    """The provider of this process, shared with tests/test_tracing_units.py (OpenTelemetry
+    takes one per process)."""
+    return recorder()
 
 
 @contextmanager

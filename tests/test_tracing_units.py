@@ -1,0 +1,252 @@
+"""The gateway's server span (app/observability/tracing.py) around a small app: opened only on
+the generating routes of a sampled trace, parent of the spans below, open to a stream's last
+byte; a caller's unsampled trace and a sampled-out root are passed on with no span.
+
+OpenTelemetry takes one tracer provider per process: `recorder()` installs the one these tests
+and tests/test_tracing.py share, with a sampler a test may swap (`sampling`)."""
+
+import asyncio
+import functools
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_ON,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import Link, SpanKind, StatusCode, TraceState
+from opentelemetry.util.types import Attributes
+
+from app.observability.tracing import TraceRequests
+from protocol import tracing
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+CLIENT_SPAN = "00f067aa0ba902b7"
+SAMPLED = f"00-{TRACE_ID}-{CLIENT_SPAN}-01"
+UNSAMPLED = f"00-{TRACE_ID}-{CLIENT_SPAN}-00"
+CHAT = "/v1/chat/completions"
+tracer = trace.get_tracer("test")
+
+
+class _Swappable(Sampler):
+    """The provider's sampler, replaceable while the provider lives (its tracers keep this one)."""
+
+    def __init__(self) -> None:
+        self.inner: Sampler = ParentBased(ALWAYS_ON)
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        return self.inner.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+    def get_description(self) -> str:
+        return self.inner.get_description()
+
+
+_SAMPLER = _Swappable()
+
+
+@functools.cache
+def recorder() -> InMemorySpanExporter:
+    """This process's provider (installed at the first call), recording every span in memory."""
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(sampler=_SAMPLER)
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracing.install(provider)
+    return memory
+
+
+@contextmanager
+def sampling(sampler: Sampler) -> Iterator[None]:
+    """Roots are sampled by `sampler` for the duration (then every one again)."""
+    _SAMPLER.inner = sampler
+    try:
+        yield
+    finally:
+        _SAMPLER.inner = ParentBased(ALWAYS_ON)
+
+
+@pytest.fixture
+def exporter() -> InMemorySpanExporter:
+    memory = recorder()
+    memory.clear()
+    return memory
+
+
+class _Seen:
+    """What the app's handlers saw of the trace: `traceparent` sent on, the span current."""
+
+    def __init__(self) -> None:
+        self.sent: dict[str, str] = {}
+        self.current: trace.Span = trace.INVALID_SPAN
+        self.last_event_ns = 0
+
+
+def _app(seen: _Seen) -> FastAPI:
+    """Routes that open a span below the server's and pass the trace on, as the gateway does."""
+    app = FastAPI(telemetry={"tracing": False, "metrics": False, "logs": False})
+    app.add_middleware(TraceRequests)
+
+    async def answer(request: Request) -> JSONResponse:
+        seen.current = trace.get_current_span()
+        with tracing.span(tracer, "admission"):
+            tracing.inject(seen.sent)
+        status = int(request.query_params.get("status", "200"))
+        if status == 0:
+            raise RuntimeError("a bug")
+        return JSONResponse({"ok": True}, status_code=status)
+
+    async def stream(request: Request) -> StreamingResponse:
+        async def events() -> AsyncIterator[bytes]:
+            for n in range(3):
+                await asyncio.sleep(0.1)
+                with tracing.span(tracer, f"event {n}"):
+                    seen.last_event_ns = time.time_ns()
+                yield b"data: x\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def ops() -> JSONResponse:
+        seen.current = trace.get_current_span()
+        tracing.inject(seen.sent)
+        return JSONResponse({"ok": True})
+
+    app.add_api_route(CHAT, answer, methods=["POST"])
+    app.add_api_route("/v1/completions", stream, methods=["POST"])
+    app.add_api_route("/predict", answer, methods=["POST"])
+    for path in ("/health", "/metrics", "/v1/models"):
+        app.add_api_route(path, ops, methods=["GET"])
+    return app
+
+
+async def _call(seen: _Seen, method: str, path: str, traceparent: str | None = None) -> httpx.Response:
+    headers = {"traceparent": traceparent} if traceparent else {}
+    transport = httpx.ASGITransport(app=_app(seen), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+        return await client.request(method, path, headers=headers)
+
+
+def _only(spans: tuple[ReadableSpan, ...], kind: SpanKind) -> ReadableSpan:
+    [span] = [span for span in spans if span.kind == kind]
+    return span
+
+
+async def test_a_sampled_caller_gets_one_server_span_with_ours_below(exporter: InMemorySpanExporter) -> None:
+    seen = _Seen()
+    assert (await _call(seen, "POST", CHAT, SAMPLED)).status_code == 200
+    spans = exporter.get_finished_spans()
+    server = _only(spans, SpanKind.SERVER)
+    assert server.name == f"POST {CHAT}"
+    assert f"{server.context.trace_id:032x}" == TRACE_ID
+    assert server.parent is not None
+    assert f"{server.parent.span_id:016x}" == CLIENT_SPAN
+    assert server.attributes is not None
+    assert {key: server.attributes.get(key) for key in ("http.request.method", "url.path", "http.route")} == {
+        "http.request.method": "POST",
+        "url.path": CHAT,
+        "http.route": CHAT,
+    }
+    assert server.attributes["http.response.status_code"] == 200
+    assert server.status.status_code is StatusCode.UNSET
+    [admission] = [span for span in spans if span.name == "admission"]
+    assert admission.parent is not None
+    assert admission.parent.span_id == server.context.span_id
+    assert seen.current.get_span_context() == server.context  # current while the handler ran
+    assert seen.sent["traceparent"] == f"00-{TRACE_ID}-{admission.context.span_id:016x}-01"
+
+
+async def test_a_streams_server_span_lasts_until_its_last_byte(exporter: InMemorySpanExporter) -> None:
+    seen = _Seen()
+    response = await _call(seen, "POST", "/v1/completions", SAMPLED)
+    assert response.status_code == 200
+    assert response.content == b"data: x\n\n" * 3
+    spans = exporter.get_finished_spans()
+    server = _only(spans, SpanKind.SERVER)
+    assert server.name == "POST /v1/completions"
+    events = [span for span in spans if span.name.startswith("event ")]
+    assert len(events) == 3
+    assert all(event.parent is not None and event.parent.span_id == server.context.span_id for event in events)
+    assert server.start_time is not None
+    assert server.end_time is not None
+    assert server.end_time >= seen.last_event_ns
+    assert (server.end_time - server.start_time) / 1e9 >= 0.25  # three events 0.1 s apart
+
+
+async def test_a_caller_that_did_not_sample_costs_no_span_and_is_passed_on(exporter: InMemorySpanExporter) -> None:
+    seen = _Seen()
+    assert (await _call(seen, "POST", CHAT, UNSAMPLED)).status_code == 200
+    assert exporter.get_finished_spans() == ()
+    assert seen.current.get_span_context().span_id == int(CLIENT_SPAN, 16)  # the caller's, as it came
+    assert seen.sent["traceparent"] == UNSAMPLED
+
+
+async def test_a_root_sampled_out_costs_no_span_and_tells_the_engine(exporter: InMemorySpanExporter) -> None:
+    seen = _Seen()
+    with sampling(ParentBased(TraceIdRatioBased(0))):
+        assert (await _call(seen, "POST", "/predict")).status_code == 200
+    assert exporter.get_finished_spans() == ()
+    # Our spans below did not start traces of their own, and the engine is told not to record.
+    current = seen.current.get_span_context()
+    assert current.is_valid
+    assert not current.trace_flags.sampled
+    assert seen.sent["traceparent"] == f"00-{current.trace_id:032x}-{current.span_id:016x}-{current.trace_flags:02x}"
+
+
+async def test_a_root_the_sampler_keeps_is_a_trace_of_its_own(exporter: InMemorySpanExporter) -> None:
+    seen = _Seen()
+    assert (await _call(seen, "POST", "/predict")).status_code == 200
+    server = _only(exporter.get_finished_spans(), SpanKind.SERVER)
+    assert server.name == "POST /predict"
+    assert server.parent is None
+    assert f"{server.context.trace_id:032x}" != TRACE_ID
+
+
+@pytest.mark.parametrize("path", ["/health", "/metrics", "/v1/models"])
+async def test_other_routes_are_never_traced(exporter: InMemorySpanExporter, path: str) -> None:
+    seen = _Seen()
+    assert (await _call(seen, "GET", path, SAMPLED)).status_code == 200
+    assert seen.current is trace.INVALID_SPAN  # the caller's context is not even made current
+    assert seen.sent == {}
+    assert exporter.get_finished_spans() == ()
+
+
+async def test_without_a_provider_nothing_is_traced(
+    exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tracing, "enabled", lambda: False)
+    seen = _Seen()
+    assert (await _call(seen, "POST", CHAT, SAMPLED)).status_code == 200
+    assert seen.current is trace.INVALID_SPAN
+    assert exporter.get_finished_spans() == ()
+
+
+@pytest.mark.parametrize(("status", "error"), [(503, "503"), (0, "RuntimeError"), (429, None)])
+async def test_a_server_error_marks_the_span(exporter: InMemorySpanExporter, status: int, error: str | None) -> None:
+    response = await _call(_Seen(), "POST", f"{CHAT}?status={status}", SAMPLED)
+    assert response.status_code == (status or 500)
+    server = _only(exporter.get_finished_spans(), SpanKind.SERVER)
+    assert server.attributes is not None
+    assert server.attributes.get("error.type") == error
+    assert server.status.status_code is (StatusCode.UNSET if error is None else StatusCode.ERROR)
+    if status:
+        assert server.attributes["http.response.status_code"] == status
