@@ -15,7 +15,7 @@ from pathlib import Path
 from sync.blobs import BlobStore
 from sync.clock import Timestamp
 from sync.crdt import FileRef, Version, manifest_digest
-from sync.merge import CONFIG, read_adapter
+from sync.merge import CONFIG, NotAnAdapter, read_adapter
 
 __all__ = ["AdapterRefused", "materialize", "read_version"]
 
@@ -49,7 +49,7 @@ def read_version(
         raise AdapterRefused(f"pickled weights are refused, only safetensors: {', '.join(pickled)}")
     try:
         config, tensors = read_adapter(folder)
-    except ValueError as exc:
+    except NotAnAdapter as exc:
         raise AdapterRefused(str(exc)) from exc
     claimed = base_model or str(config.get("base_model_name_or_path") or "")
     if not _same_model(claimed, base_models):

@@ -11,13 +11,17 @@ import os
 import shutil
 from pathlib import Path
 
-__all__ = ["BlobMismatch", "BlobStore", "file_sha256"]
+__all__ = ["BlobMismatch", "BlobStore", "InvalidDigest", "file_sha256"]
 
 _CHUNK = 1 << 20
 
 
 class BlobMismatch(ValueError):
     """Bytes that do not hash to the digest they were sent as (corrupted or truncated)."""
+
+
+class InvalidDigest(ValueError):
+    """A blob named by something that is not a sha256 digest (a peer's or a client's)."""
 
 
 def file_sha256(path: Path) -> str:
@@ -30,7 +34,7 @@ def file_sha256(path: Path) -> str:
 
 def _check_digest(digest: str) -> None:
     if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-        raise ValueError(f"not a sha256 digest: {digest[:80]!r}")
+        raise InvalidDigest(f"not a sha256 digest: {digest[:80]!r}")
 
 
 class BlobStore:

@@ -37,9 +37,11 @@ __all__ = [
     "Contribution",
     "Entry",
     "FileRef",
+    "Malformed",
     "Part",
     "Recipe",
     "State",
+    "Unknown",
     "Version",
     "audit",
     "Digests",
@@ -61,6 +63,14 @@ __all__ = [
 Dot = tuple[str, int]  # (region, counter): one event of one region
 _FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class Malformed(ValueError):
+    """An encoded state that is not one (`decode`): a peer's or a client's, never trusted."""
+
+
+class Unknown(KeyError):
+    """No live adapter, contribution or version by that name to retire, withdraw or revoke."""
 
 
 def _canonical(value: Any) -> bytes:
@@ -188,7 +198,7 @@ def withdraw(state: State, name: str, region: str, at: Timestamp) -> State:
     """`region` stops contributing to `name` (the others' contributions stay served)."""
     previous = _contribution_of(state, name, region)
     if previous is None:
-        raise KeyError(name)
+        raise Unknown(name)
     dot = _next_dot(state, region)
     contribution = Contribution(previous.seq + 1, None, 0.0, dot, at)
     return _delta(name, Entry(contributions={region: contribution}), dot)
@@ -198,7 +208,7 @@ def retire(state: State, name: str, region: str, at: Timestamp) -> State:
     """Remove `name` as this region sees it: its adds and contributions, not ones it has not seen."""
     entry = state.entries.get(name)
     if entry is None or not entry.live:
-        raise KeyError(name)
+        raise Unknown(name)
     dot = _next_dot(state, region)
     seen = entry.adds | {c.dot for c in entry.contributions.values()}
     return _delta(name, Entry(removes=frozenset(seen), retired={dot: at}), dot)
@@ -208,7 +218,7 @@ def revoke(state: State, name: str, digest: str, region: str, at: Timestamp) -> 
     """Never serve version `digest` of `name` again, in any region's contribution."""
     entry = state.entries.get(name)
     if entry is None or digest not in entry.versions:
-        raise KeyError(f"{name}@{digest}")
+        raise Unknown(f"{name}@{digest}")
     dot = _next_dot(state, region)
     return _delta(name, Entry(revoked={digest: at}), dot)
 
@@ -391,26 +401,32 @@ def _show(value: Any) -> str:
 
 def _int(value: Any, what: str, low: int = 0) -> int:
     if type(value) is not int or not low <= value <= _INT_MAX:
-        raise ValueError(f"{what}: not an integer from {low} to 2^63-1: {_show(value)}")
+        raise Malformed(f"{what}: not an integer from {low} to 2^63-1: {_show(value)}")
     return value
 
 
 def _str(value: Any, what: str, pattern: re.Pattern[str]) -> str:
     if not isinstance(value, str) or not pattern.fullmatch(value):
-        raise ValueError(f"{what}: not a valid {what}: {_show(value)}")
+        raise Malformed(f"{what}: not a valid {what}: {_show(value)}")
     return value
 
 
 def _map(value: Any, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise ValueError(f"{what}: not an object: {_show(value)}")
+        raise Malformed(f"{what}: not an object: {_show(value)}")
     return value
 
 
 def _list(value: Any, what: str, length: int | None = None) -> list[Any]:
     if not isinstance(value, list) or (length is not None and len(value) != length):
-        raise ValueError(f"{what}: not a list{f' of {length}' if length else ''}: {_show(value)}")
+        raise Malformed(f"{what}: not a list{f' of {length}' if length else ''}: {_show(value)}")
     return value
+
+
+def _field(value: dict[str, Any], key: str) -> Any:
+    if key not in value:
+        raise Malformed(f"no {key!r}")
+    return value[key]
 
 
 def _timestamp(value: Any) -> Timestamp:
@@ -429,60 +445,62 @@ def _digest(value: Any) -> str:
 
 def _decode_version(key: str, value: Any) -> Version:
     value = _map(value, "version")
-    files = tuple(FileRef(*_list(row, "file", 3)) for row in _list(value["files"], "files"))
+    files = tuple(FileRef(*_list(row, "file", 3)) for row in _list(_field(value, "files"), "files"))
     for ref in files:  # names inside one folder: never a path out of it
         if not (isinstance(ref.path, str) and _FILE_NAME.fullmatch(ref.path) and isinstance(ref.sha256, str)
                 and _SHA256.fullmatch(ref.sha256)):  # fmt: skip
-            raise ValueError(f"not a file of an adapter: {_show(ref)}")
+            raise Malformed(f"not a file of an adapter: {_show(ref)}")
         _int(ref.size, "file size")
     if not files or len({ref.path for ref in files}) != len(files):
-        raise ValueError(f"version {_show(key)}: not one file per name")
-    version = Version(_digest(value["digest"]), _str(value["base_model"], "base model", _TEXT),
-                      _int(value["rank"], "rank", low=1), files, _timestamp(value["at"]))  # fmt: skip
+        raise Malformed(f"version {_show(key)}: not one file per name")
+    version = Version(_digest(_field(value, "digest")), _str(_field(value, "base_model"), "base model", _TEXT),
+                      _int(_field(value, "rank"), "rank", low=1), files, _timestamp(_field(value, "at")))  # fmt: skip
     if version.digest != manifest_digest(files) or key != version.digest:
-        raise ValueError(f"version {version.digest[:12]}: the digest is not its manifest's")
+        raise Malformed(f"version {version.digest[:12]}: the digest is not its manifest's")
     return version
 
 
 def _decode_contribution(region: str, value: Any) -> Contribution:
     value = _map(value, "contribution")
-    version, weight = value["version"], value["weight"]
+    version, weight = _field(value, "version"), _field(value, "weight")
     if type(weight) not in (int, float) or not 0 <= weight <= MAX_WEIGHT:  # NaN fails the comparison too
-        raise ValueError(f"weight: not a number from 0 to {MAX_WEIGHT:g}: {_show(weight)}")
-    dot = _dot(value["dot"])
+        raise Malformed(f"weight: not a number from 0 to {MAX_WEIGHT:g}: {_show(weight)}")
+    dot = _dot(_field(value, "dot"))
     if dot[0] != region:  # a region writes only its own slot
-        raise ValueError(f"a contribution of {region} with a dot of {_show(dot[0])}")
-    return Contribution(_int(value["seq"], "seq", low=1), None if version is None else _digest(version),
-                        float(weight), dot, _timestamp(value["at"]))  # fmt: skip
+        raise Malformed(f"a contribution of {region} with a dot of {_show(dot[0])}")
+    return Contribution(_int(_field(value, "seq"), "seq", low=1), None if version is None else _digest(version),
+                        float(weight), dot, _timestamp(_field(value, "at")))  # fmt: skip
 
 
 def _decode_entry(value: Any) -> Entry:
     value = _map(value, "entry")
     return Entry(
-        adds=frozenset(_dot(d) for d in _list(value["adds"], "adds")),
-        removes=frozenset(_dot(d) for d in _list(value["removes"], "removes")),
-        versions={_digest(k): _decode_version(k, v) for k, v in _map(value["versions"], "versions").items()},
-        revoked={_digest(k): _timestamp(v) for k, v in _map(value["revoked"], "revoked").items()},
+        adds=frozenset(_dot(d) for d in _list(_field(value, "adds"), "adds")),
+        removes=frozenset(_dot(d) for d in _list(_field(value, "removes"), "removes")),
+        versions={_digest(k): _decode_version(k, v) for k, v in _map(_field(value, "versions"), "versions").items()},
+        revoked={_digest(k): _timestamp(v) for k, v in _map(_field(value, "revoked"), "revoked").items()},
         contributions={
             _str(k, "region", _REGION): _decode_contribution(k, v)
-            for k, v in _map(value["contributions"], "contributions").items()
+            for k, v in _map(_field(value, "contributions"), "contributions").items()
         },
         retired={
-            _dot(dot): _timestamp(at) for dot, at in (_list(r, "retire", 2) for r in _list(value["retired"], "retired"))
+            _dot(dot): _timestamp(at)
+            for dot, at in (_list(r, "retire", 2) for r in _list(_field(value, "retired"), "retired"))
         },
     )
 
 
 def decode(value: Any) -> State:
-    """A state from its encoding; ValueError for anything malformed (peers are not trusted)."""
+    """A state from its encoding; Malformed for anything malformed (peers are not trusted)."""
     try:
         value = _map(value, "registry state")
-        entries = {_str(name, "name", NAME): _decode_entry(e) for name, e in _map(value["entries"], "entries").items()}
-        dots = {
-            _str(region, "region", _REGION): _int(n, "dot", low=1) for region, n in _map(value["dots"], "dots").items()
+        entries = {
+            _str(name, "name", NAME): _decode_entry(e) for name, e in _map(_field(value, "entries"), "entries").items()
         }
-    except KeyError as exc:
-        raise ValueError(f"malformed registry state: no {exc}") from None
-    except ValueError as exc:
-        raise ValueError(f"malformed registry state: {exc}") from None
+        dots = {
+            _str(region, "region", _REGION): _int(n, "dot", low=1)
+            for region, n in _map(_field(value, "dots"), "dots").items()
+        }
+    except Malformed as exc:
+        raise Malformed(f"malformed registry state: {exc}") from None
     return State(entries, dots)

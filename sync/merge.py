@@ -22,11 +22,19 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-__all__ = ["CONFIG", "WEIGHTS", "AdapterPart", "merge_adapters", "read_adapter"]
+__all__ = ["CONFIG", "WEIGHTS", "AdapterPart", "NotAnAdapter", "Unmergeable", "merge_adapters", "read_adapter"]
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
 _A, _B = ".lora_A.weight", ".lora_B.weight"
+
+
+class Unmergeable(ValueError):
+    """Parts that do not stack into one adapter; the message says why."""
+
+
+class NotAnAdapter(Unmergeable):
+    """A folder that is not a LoRA adapter in safetensors."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,42 +53,44 @@ class _Adapter:
 
 
 def read_adapter(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The adapter's config and tensors; ValueError when it is not a LoRA adapter in safetensors."""
+    """The adapter's config and tensors; NotAnAdapter when it is not a LoRA adapter in safetensors."""
     try:
         config = json.loads((folder / CONFIG).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"no readable {CONFIG}: {exc}") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise NotAnAdapter(f"no readable {CONFIG}: {exc}") from exc
     if not isinstance(config, dict) or config.get("peft_type") != "LORA":
-        raise ValueError(
+        raise NotAnAdapter(
             f"not a LoRA adapter (peft_type {config.get('peft_type') if isinstance(config, dict) else None!r})"
         )
     try:
         tensors = load_file(str(folder / WEIGHTS))
     except Exception as exc:  # safetensors raises its own error types for bad headers
-        raise ValueError(f"no readable {WEIGHTS}: {exc}") from exc
+        raise NotAnAdapter(f"no readable {WEIGHTS}: {exc}") from exc
     return config, tensors
 
 
 def _load(folder: Path) -> _Adapter:
     config, tensors = read_adapter(folder)
-    rank, alpha = int(config["r"]), float(config.get("lora_alpha", config["r"]))
+    rank, alpha = config.get("r"), config.get("lora_alpha", config.get("r"))
+    if not isinstance(rank, int) or rank < 1 or not isinstance(alpha, int | float):
+        raise Unmergeable(f"rank {rank!r} and lora_alpha {alpha!r} are not a positive integer and a number")
     if config.get("rank_pattern") or config.get("alpha_pattern"):
-        raise ValueError("adapters with per-module ranks or alphas are not merged")
+        raise Unmergeable("adapters with per-module ranks or alphas are not merged")
     scaling = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
     a = {key.removesuffix(_A): t for key, t in tensors.items() if key.endswith(_A)}
     b = {key.removesuffix(_B): t for key, t in tensors.items() if key.endswith(_B)}
     if set(a) != set(b) or len(a) + len(b) != len(tensors):
-        raise ValueError("the adapter's tensors are not lora_A/lora_B pairs")
+        raise Unmergeable("the adapter's tensors are not lora_A/lora_B pairs")
     for module in a:
         if a[module].shape[0] != rank or b[module].shape[1] != rank:
-            raise ValueError(f"{module}: shapes {tuple(a[module].shape)}, {tuple(b[module].shape)} for rank {rank}")
+            raise Unmergeable(f"{module}: shapes {tuple(a[module].shape)}, {tuple(b[module].shape)} for rank {rank}")
     return _Adapter(str(config.get("base_model_name_or_path") or ""), rank, scaling, a, b)
 
 
 def merge_adapters(parts: Sequence[AdapterPart], out: Path, *, base_model: str) -> int:
     """Write the stack of `parts` (in this order) to `out`; its rank."""
     if not parts:
-        raise ValueError("nothing to merge")
+        raise Unmergeable("nothing to merge")
     adapters = [_load(part.folder) for part in parts]
     modules = sorted(set().union(*(adapter.a for adapter in adapters)))
     shapes: dict[str, tuple[int, int]] = {}
@@ -88,7 +98,7 @@ def merge_adapters(parts: Sequence[AdapterPart], out: Path, *, base_model: str) 
         for module in adapter.a:
             shape = (adapter.a[module].shape[1], adapter.b[module].shape[0])  # (in, out)
             if shapes.setdefault(module, shape) != shape:
-                raise ValueError(f"{module}: the adapters disagree on its shape")
+                raise Unmergeable(f"{module}: the adapters disagree on its shape")
     tensors: dict[str, torch.Tensor] = {}
     for module in modules:
         fan_in, fan_out = shapes[module]

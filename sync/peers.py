@@ -58,6 +58,18 @@ def encode_messages(state: State, limit: int) -> Iterator[bytes]:
         yield _dumps(crdt.encode(State(batch, state.dots)))
 
 
+def _summary_answer(content: bytes) -> tuple[State, dict[str, str]]:
+    """A peer's answer to `/sync/summary`: its delta and its digests; Malformed for anything else."""
+    try:
+        answer = json.loads(content)
+    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, or nested past Python's recursion limit
+        raise crdt.Malformed(f"a peer's answer is not JSON: {exc}") from None
+    theirs = answer.get("summary") if isinstance(answer, dict) else None
+    if not isinstance(theirs, dict) or not all(isinstance(digest, str) for digest in theirs.values()):
+        raise crdt.Malformed("a peer's answer is not {'delta': ..., 'summary': {bucket: digest}}")
+    return crdt.decode(answer.get("delta")), theirs
+
+
 @dataclass
 class Peer:
     url: str
@@ -140,12 +152,8 @@ class Peers:
         response.raise_for_status()
         self.bytes_sent += len(request)
         self.bytes_received += len(response.content)
-        answer = response.json()
-        received = crdt.decode(answer["delta"])
+        received, theirs = _summary_answer(response.content)
         self.node.receive(received)
-        theirs = answer["summary"]
-        if not isinstance(theirs, dict):
-            raise ValueError("a peer's summary is not an object")
         missing = self.node.differing(theirs)
         if missing.entries:
             await self._send_state(peer, missing)
@@ -157,10 +165,11 @@ class Peers:
             for peer in self.peers:
                 try:
                     await self.anti_entropy_round(peer)
-                except (httpx.HTTPError, ValueError, KeyError, TypeError, RecursionError, ClockSkew) as exc:
-                    # A peer's bad answer (JSON nested past Python's recursion limit included)
-                    # must not end the rounds with the others.
+                except (httpx.HTTPError, crdt.Malformed, ClockSkew) as exc:  # a peer down, or its bad answer
                     self._down(peer, exc)
+                except Exception:  # a bug: logged with its traceback; it must not end the rounds with the others
+                    log.exception("anti-entropy round with %s failed", peer.url)
+                    peer.up = False
             self.rounds += 1
             await asyncio.sleep(self.settings.anti_entropy_interval_s)
 

@@ -13,6 +13,7 @@ removed from disk.
 """
 
 import asyncio
+import json
 import logging
 import shutil
 import tempfile
@@ -25,7 +26,7 @@ import httpx
 from sync import crdt
 from sync.adapters import materialize
 from sync.crdt import Recipe
-from sync.merge import AdapterPart, merge_adapters
+from sync.merge import AdapterPart, Unmergeable, merge_adapters
 from sync.node import SyncNode
 from sync.peers import Peers
 
@@ -46,6 +47,19 @@ class EngineView:
     refused: dict[str, str] = field(default_factory=dict)  # adapter name -> why this engine does not serve it
     up: bool = False
     error: str | None = None
+
+
+class UnreadableModels(ValueError):
+    """An engine's `/v1/models` answer that is not a model list."""
+
+
+def _cards(content: bytes) -> list[tuple[str, str, bool]]:
+    """(name, root, whether it is an adapter) of each card in a `/v1/models` answer."""
+    try:
+        cards = json.loads(content)["data"]
+        return [(str(card["id"]), str(card.get("root") or card["id"]), bool(card.get("parent"))) for card in cards]
+    except (ValueError, RecursionError, LookupError, TypeError, AttributeError) as exc:  # its JSON or its shape
+        raise UnreadableModels(f"not a model list: {exc}") from None
 
 
 class Reconciler:
@@ -108,7 +122,7 @@ class Reconciler:
             staging = Path(work) / "stack"
             try:
                 rank = await asyncio.to_thread(merge_adapters, parts, staging, base_model=recipe.base_model)
-            except ValueError as exc:
+            except Unmergeable as exc:
                 self.problems[recipe.name] = f"the stack does not merge: {exc}"
                 return None
             if rank > self.node.settings.max_rank:
@@ -142,7 +156,7 @@ class Reconciler:
             if engine.error is not None:
                 log.info("engine %s answers again", engine.url)
             engine.up, engine.error = True, None
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+        except (httpx.HTTPError, UnreadableModels) as exc:
             if engine.up or engine.error is None:  # once per outage, not once per pass
                 log.warning("engine %s does not answer: %s", engine.url, exc)
             engine.up, engine.error = False, str(exc)
@@ -168,9 +182,8 @@ class Reconciler:
         response.raise_for_status()
         loaded: dict[str, str] = {}
         bases: dict[str, str] = {}
-        for card in response.json()["data"]:
-            name, root = str(card["id"]), str(card.get("root") or card["id"])
-            (loaded if card.get("parent") else bases)[name] = root
+        for name, root, adapter in _cards(response.content):
+            (loaded if adapter else bases)[name] = root
         return loaded, bases
 
     async def _move(self, engine: EngineView, name: str, folder: Path) -> None:
