@@ -16,10 +16,9 @@
 import hmac
 
 from fastapi import Request
-from fastapi.responses import JSONResponse
 
 import oauth
-from protocol import error_payload
+from sync.errors import SidecarError
 from sync.settings import LOOPBACK_HOSTS, SyncSettings
 
 __all__ = ["REALM", "WRITE_SCOPES", "Refused", "SidecarAuth"]
@@ -28,17 +27,13 @@ REALM = "switchyard-sync"
 WRITE_SCOPES = ("adapters", "admin")
 
 
-class Refused(Exception):
-    """A request without the credential its route needs; `response()` is the answer."""
+class Refused(SidecarError):
+    """A request without the credential its route needs, with the challenge to answer it."""
 
     def __init__(self, status: int, message: str, code: str, challenge: str) -> None:
-        super().__init__(message)
-        self.status, self.message, self.code, self.challenge = status, message, code, challenge
-
-    def response(self) -> JSONResponse:
-        param = "Authorization" if self.status == 400 else None
-        payload = error_payload(self.message, "invalid_request_error", param=param, code=self.code)
-        return JSONResponse(payload, status_code=self.status, headers={"www-authenticate": self.challenge})
+        param = "Authorization" if status == 400 else None
+        super().__init__(message, code=code, param=param, headers={"www-authenticate": challenge})
+        self.status = status
 
 
 class SidecarAuth:

@@ -1,13 +1,19 @@
 """The sidecar's refusals and their one mapping to the OpenAI error envelope.
 
-SidecarError
-├── BadRequest      400 invalid_request_error (the code names the check, `param` the field)
-└── TooLarge        413 request_too_large
+SidecarError                    the status, `code` and `param` a route refuses with
+├── BadRequest          400     invalid_request (the code names the check, `param` the field)
+├── Refused             400/401/403, with an RFC 6750 challenge (sync/auth.py)
+├── Forbidden           403     edge_cannot_publish
+├── NotFound            404     adapter_not_found, version_not_found, blob_not_found
+├── Conflict            409     clock_skew
+├── TooLarge            413     request_too_large
+└── RangeNotSatisfiable 416     range_not_satisfiable
 
 `install_error_handlers` also maps what the framework raises: an unknown path (404), a
 method a route does not take (405), a request that fails a route's declared parameters
 (400, naming the parameter), a client that went away (499, nobody reads it), and anything
 else, a bug: logged once with its traceback and answered 500 with only its type's name.
+No answer is ever FastAPI's own `{"detail": ...}`.
 """
 
 import logging
@@ -21,9 +27,18 @@ from starlette.exceptions import HTTPException
 
 from protocol import error_payload
 from protocol.asgi import CatchAll
-from sync.auth import Refused
 
-__all__ = ["BadRequest", "SidecarError", "TooLarge", "error_response", "install_error_handlers"]
+__all__ = [
+    "BadRequest",
+    "Conflict",
+    "Forbidden",
+    "NotFound",
+    "RangeNotSatisfiable",
+    "SidecarError",
+    "TooLarge",
+    "error_response",
+    "install_error_handlers",
+]
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +56,37 @@ class SidecarError(Exception):
     status = 500
     code: str | None = None
 
-    def __init__(self, message: str, *, code: str | None = None, param: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
-        self.message, self.param = message, param
+        self.message, self.param, self.headers = message, param, headers
         self.code = code or self.code
 
     def response(self) -> JSONResponse:
-        return error_response(self.status, self.message, self.code, self.param)
+        return error_response(self.status, self.message, self.code, self.param, self.headers)
 
 
 class BadRequest(SidecarError):
     status = 400
     code = "invalid_request"
+
+
+class Forbidden(SidecarError):
+    status = 403
+
+
+class NotFound(SidecarError):
+    status = 404
+
+
+class Conflict(SidecarError):
+    status = 409
 
 
 class TooLarge(SidecarError):
@@ -61,6 +95,11 @@ class TooLarge(SidecarError):
 
     def __init__(self, size: int, limit: int) -> None:
         super().__init__(f"the body is {size} bytes, over the limit of {limit}")
+
+
+class RangeNotSatisfiable(SidecarError):
+    status = 416
+    code = "range_not_satisfiable"
 
 
 def _param(loc: tuple[Any, ...]) -> str | None:
@@ -80,10 +119,6 @@ def _internal_error(exc: Exception) -> tuple[int, dict[str, Any]]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(SidecarError)
     async def sidecar_error(_: Request, exc: SidecarError) -> JSONResponse:
-        return exc.response()
-
-    @app.exception_handler(Refused)
-    async def refused(_: Request, exc: Refused) -> JSONResponse:
         return exc.response()
 
     @app.exception_handler(HTTPException)
