@@ -26,7 +26,7 @@ from protocol.completions import (
 )
 from protocol.errors import SEQUENCE_FAILED, ErrorBody, ErrorResponse, describe_validation_error, error_payload
 from protocol.models import ModelCard, ModelList
-from protocol.sse import DONE_EVENT, sse_event
+from protocol.sse import DONE_EVENT, SSE_HEADERS, sse_event
 
 __all__ = [
     "DONE_EVENT",
@@ -55,6 +55,7 @@ __all__ = [
     "describe_validation_error",
     "error_payload",
     "SEQUENCE_FAILED",
+    "SSE_HEADERS",
     "sse_event",
     "usage_count",
 ]
