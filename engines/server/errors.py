@@ -1,16 +1,33 @@
-"""The engine's exceptions as HTTP answers, mapped in one place (the server's catch-all answers with it).
+"""The engine's exceptions as HTTP answers, mapped in one place (`error_answer`), and the
+handlers and catch-all that answer with it (`install_error_handlers`).
 
 A request error (the request's fault: 4xx, `invalid_request_error`) is told from an
 engine fault (5xx, `server_error`), because the gateway ejects replicas on faults
-only: a tenant's bad request must never look like a broken engine.
+only: a tenant's bad request must never look like a broken engine. What the framework
+raises (an unknown path, a method a route does not take, a parameter a route declares) is
+in the same envelope: never FastAPI's `{"detail": ...}`.
 """
 
 import logging
 
-from engines.base import AdapterNotFound, EngineFault, EngineOverloaded, InvalidRequest, ModelNotFound, SequenceFault
-from protocol import SEQUENCE_FAILED, error_payload
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
 
-__all__ = ["ErrorPayload", "error_answer"]
+from engines.base import (
+    AdapterNotFound,
+    EngineError,
+    EngineFault,
+    EngineOverloaded,
+    InvalidRequest,
+    ModelNotFound,
+    SequenceFault,
+)
+from protocol import SEQUENCE_FAILED, error_payload
+from protocol.asgi import CatchAll, ClientDisconnected
+
+__all__ = ["ErrorPayload", "error_answer", "install_error_handlers"]
 
 log = logging.getLogger(__name__)
 
@@ -32,3 +49,33 @@ def error_answer(exc: Exception) -> tuple[int, ErrorPayload]:
         return 500, error_payload(str(exc), "server_error", code="engine_error")
     # Anything else is a bug: the message names its kind, never its details (they are in the log).
     return 500, error_payload(f"internal engine error: {type(exc).__name__}", "server_error", code="engine_error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Engine errors, the framework's refusals and a client gone away as answers; the
+    catch-all (added first, so it is the innermost middleware) answers a bug."""
+    app.add_middleware(CatchAll, answer=error_answer, log=log)
+
+    @app.exception_handler(EngineError)
+    async def engine_error(_: Request, exc: EngineError) -> JSONResponse:
+        status, payload = error_answer(exc)
+        response = JSONResponse(payload, status_code=status)
+        if isinstance(exc, EngineOverloaded):
+            response.headers["retry-after"] = str(exc.retry_after_s)
+        return response
+
+    @app.exception_handler(ClientDisconnected)
+    async def gone(_: Request, __: ClientDisconnected) -> Response:
+        return Response(status_code=499)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return JSONResponse(error_payload(str(exc.detail), type_), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_parameter(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        param = ".".join(str(part) for part in first.get("loc", ())[1:]) or None
+        message = f"Invalid value for '{param}': {first.get('msg')}." if param else f"{first.get('msg')}."
+        return JSONResponse(error_payload(message, "invalid_request_error", param=param), status_code=400)
