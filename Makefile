@@ -49,7 +49,7 @@ test: lint vllm-env promtool
 	$(BIN)/pytest
 
 bench: $(BIN)/.installed
-	$(BIN)/python -m loadtests.gateway_overhead
+	$(BIN)/python -m benchmarks.gateway_overhead
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .mypy_cache .ruff_cache .pytest_cache

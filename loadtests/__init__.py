@@ -1,1 +1,1 @@
-"""Load tests and benchmarks."""
+"""Load tests: locust users, their service-level objectives and the reliability drills."""

@@ -1,6 +1,6 @@
 """Benchmark: what the gateway adds on top of an instant engine, beside the thinnest pass-through.
 
-    python -m loadtests.gateway_overhead [--duration 10] [--connections 1 32]
+    python -m benchmarks.gateway_overhead [--duration 10] [--connections 1 32]
 
 Starts the fake instant engine, the thinnest FastAPI + aiohttp pass-through and
 the gateway, and drives each with wrk: non-streaming and streaming chat, one
@@ -102,18 +102,18 @@ def main() -> None:
 
     engine_port = free_port()
     engine = ServerProcess(
-        "loadtests.pinned", ["1", "engines.instant", "--port", str(engine_port)], port=engine_port, log_dir=log_dir
+        "benchmarks.pinned", ["1", "engines.instant", "--port", str(engine_port)], port=engine_port, log_dir=log_dir
     )
     pass_port, gw_port = free_port(), free_port()
     passthrough = ServerProcess(
-        "loadtests.pinned",
-        ["0", "loadtests.passthrough", "--upstream", engine.url, "--port", str(pass_port)],
+        "benchmarks.pinned",
+        ["0", "benchmarks.passthrough", "--upstream", engine.url, "--port", str(pass_port)],
         port=pass_port,
         log_dir=log_dir,
         ready_path="/docs",
     )
     gateway = ServerProcess(
-        "loadtests.pinned",
+        "benchmarks.pinned",
         ["0", "app", "--port", str(gw_port), "--log-level", "warning"],
         port=gw_port,
         log_dir=log_dir,

@@ -1,6 +1,6 @@
 """The naive engine the benchmark compares against: Transformers' `generate()`, one request at a time.
 
-`python -m loadtests.naive_engine --model PATH --port P` serves it with the same
+`python -m benchmarks.naive_engine --model PATH --port P` serves it with the same
 OpenAI server as the real engine, so only the generation strategy differs.
 """
 
@@ -133,7 +133,7 @@ class NaiveEngine:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.naive_engine", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.naive_engine", description=__doc__)
     parser.add_argument("--model", required=True)
     parser.add_argument("--served-model-name", required=True)
     parser.add_argument("--port", type=int, required=True)

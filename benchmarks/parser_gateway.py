@@ -1,4 +1,4 @@
-"""`python -m loadtests.parser_gateway PARSER [gateway options]`: one gateway worker on another
+"""`python -m benchmarks.parser_gateway PARSER [gateway options]`: one gateway worker on another
 HTTP parser than its own, for benchmarks and for showing what the limits prevent.
 
 PARSER is `limited` (what `python -m app` runs: httptools with app/api/http_limits.py),
@@ -28,7 +28,7 @@ def http_options(parser: str, settings: GatewaySettings) -> dict[str, Any] | Non
 
 def main(argv: list[str]) -> None:
     if not argv or argv[0] not in PARSERS:
-        sys.exit(f"usage: python -m loadtests.parser_gateway {{{','.join(PARSERS)}}} [gateway options]")
+        sys.exit(f"usage: python -m benchmarks.parser_gateway {{{','.join(PARSERS)}}} [gateway options]")
     settings = parse_args(argv[1:])
     if settings.workers != 1:
         sys.exit("one worker only")

@@ -1,6 +1,6 @@
 """Benchmark: what authentication and tracing cost the gateway, in one run.
 
-    python -m loadtests.auth_overhead [--seconds 10] [--rounds 2]
+    python -m benchmarks.auth_overhead [--seconds 10] [--rounds 2]
 
 Five gateways on CPU 0, driven one at a time by wrk (c=32, non-streaming chat) on CPU 1
 beside the instant engine: `off` (authentication disabled, no tracer), `auth` (the built-in
@@ -19,8 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks.gateway_overhead import BODY, run_wrk
 from harness.servers import ROOT, ServerProcess, free_port
-from loadtests.gateway_overhead import BODY, run_wrk
 
 VARIANTS = ("off", "auth", "auth+traces", "auth+traces/10", "auth+traces/0")
 SAMPLE_RATIOS = {"auth+traces": "1.0", "auth+traces/10": "0.1", "auth+traces/0": "0.0"}
@@ -37,7 +37,7 @@ def _gateway(variant: str, engine_url: str, data_dir: Path, log_dir: Path) -> tu
         env["SWITCHYARD_OTLP_ENDPOINT"] = engine_url
         env["SWITCHYARD_OTLP_SAMPLE_RATIO"] = SAMPLE_RATIOS[variant]
     gateway = ServerProcess(
-        "loadtests.pinned",
+        "benchmarks.pinned",
         ["0", "app", "--port", str(port), "--log-level", "warning"],
         port=port,
         log_dir=log_dir,
@@ -59,7 +59,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="auth-bench-"))
     engine_port = free_port()
     engine = ServerProcess(
-        "loadtests.pinned", ["1", "engines.instant", "--port", str(engine_port)], port=engine_port, log_dir=work
+        "benchmarks.pinned", ["1", "engines.instant", "--port", str(engine_port)], port=engine_port, log_dir=work
     ).wait_ready()
     gateways = {v: _gateway(v, engine.url, work / v.replace("+", "-"), work) for v in VARIANTS}
     rates: dict[str, list[float]] = {v: [] for v in VARIANTS}

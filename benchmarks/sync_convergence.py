@@ -1,6 +1,6 @@
 """Benchmark: how the registry CRDT converges over a simulated network (in process).
 
-    python -m loadtests.sync_convergence [--seed 1]
+    python -m benchmarks.sync_convergence [--seed 1]
 
 Regions run the sidecar's protocol on `sync/crdt.py` itself: deltas pushed to every peer on
 a local change, and every `interval` an anti-entropy round with each peer (bucket digests

@@ -1,7 +1,7 @@
 """What durable idempotency costs in Redis: keeping an answer before it is sent, and renewing
 every running claim in one call.
 
-    python -m loadtests.idempotency_costs [--redis redis://127.0.0.1:6379/5] [--repeats 200]
+    python -m benchmarks.idempotency_costs [--redis redis://127.0.0.1:6379/5] [--repeats 200]
 
 Prints the median time of a claim (which every keyed request always paid), of keeping a 2 KB
 answer (now paid before the answer is sent, where it used to run after), and of one renewal

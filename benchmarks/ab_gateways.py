@@ -1,7 +1,7 @@
 """A/B of gateways built from several source trees (git worktrees), alternated round by round.
 
     git worktree add /tmp/before <commit>
-    python -m loadtests.ab_gateways --seconds 6 --rounds 4 [--connections 32] [--stream] \
+    python -m benchmarks.ab_gateways --seconds 6 --rounds 4 [--connections 32] [--stream] \
         [--keyed] [--redis URL] /tmp/before .
 
 Each round starts each tree's gateway in turn on CPU 0 (authentication off, one pool on
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.gateway_overhead import BODY, run_wrk
 from harness.servers import ServerProcess, free_port
-from loadtests.gateway_overhead import BODY, run_wrk
 
 
 def _serve(tree: Path, engine_url: str, redis_url: str | None) -> tuple[subprocess.Popen[bytes], str]:
@@ -65,7 +65,7 @@ def main() -> None:
     trees = [tree.resolve() for tree in args.trees]
     port = free_port()
     engine = ServerProcess(
-        "loadtests.pinned",
+        "benchmarks.pinned",
         ["1", "engines.instant", "--port", str(port)],
         port=port,
         log_dir=Path(tempfile.mkdtemp(prefix="ab-")),

@@ -1,6 +1,6 @@
 """The measurement behind the engine's batching: Transformers' continuous-batching manager vs ours.
 
-    python -m loadtests.batching_choice [--requests 32] [--max-tokens 64]
+    python -m benchmarks.batching_choice [--requests 32] [--max-tokens 64]
 
 In-process, no HTTP: the same prompts, greedy, all submitted at once, on each
 built-in model. Each side runs one warm-up round first (the manager allocates
@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, GenerationConfig
 
+from benchmarks.cli import bench_parser
 from engines.base import GenerationRequest
 from engines.builtin_model import RECIPES, ensure_builtin_model
 from engines.transformers.engine import TransformersEngine
-from loadtests.cli import bench_parser
 
 
 def prompts(engine: TransformersEngine, count: int) -> list[list[int]]:

@@ -1,6 +1,6 @@
 """The cost of serving several LoRA adapters in one batch (PEFT mixed-adapter forward).
 
-    python -m loadtests.lora_mix [--requests 32] [--max-tokens 64]
+    python -m benchmarks.lora_mix [--requests 32] [--max-tokens 64]
 
 In-process on each built-in model, 32 greedy requests submitted at once, second
 of two rounds: (1) no adapter loaded, (2) two adapters loaded but every request
@@ -13,11 +13,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.cli import bench_parser
 from engines.base import GenerationRequest
 from engines.builtin_model import RECIPES, ensure_builtin_model
 from engines.transformers.engine import TransformersEngine
 from harness.adapters import make_lora_adapter
-from loadtests.cli import bench_parser
 
 MIXES: dict[str, list[str | None]] = {
     "no adapter loaded": [None],

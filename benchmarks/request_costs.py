@@ -1,6 +1,6 @@
 """Micro-benchmark: what the gateway's observability costs a request, part by part, in µs.
 
-    python -m loadtests.request_costs [--number 100000]
+    python -m benchmarks.request_costs [--number 100000]
 
 In one process with no tracer provider installed (as the gateway runs without a
 collector): the request-metrics middleware around a bare ASGI app against the bare app;

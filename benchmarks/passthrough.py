@@ -46,7 +46,7 @@ def create_app(upstream: str) -> FastAPI:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.passthrough", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.passthrough", description=__doc__)
     parser.add_argument("--upstream", required=True)
     parser.add_argument("--port", type=int, default=8300)
     args = parser.parse_args()

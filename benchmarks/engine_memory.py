@@ -1,6 +1,6 @@
 """Benchmark: the Transformers engine's resident memory across many requests.
 
-    python -m loadtests.engine_memory [--requests 10000] [--concurrency 16]
+    python -m benchmarks.engine_memory [--requests 10000] [--concurrency 16]
 
 Starts the engine on the built-in model and sends short chat requests (streamed
 and not, some with a LoRA adapter once one is loaded, some cancelled half-way),
@@ -15,10 +15,10 @@ from pathlib import Path
 import aiohttp
 import httpx
 
+from benchmarks.cli import bench_parser
 from engines.builtin_model import BUILTIN_MODEL_NAME, ensure_builtin_model
 from harness.adapters import make_lora_adapter
 from harness.servers import ServerProcess, free_port
-from loadtests.cli import bench_parser
 
 
 def rss_mib(pid: int) -> float:
