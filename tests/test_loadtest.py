@@ -18,10 +18,12 @@ pytestmark = pytest.mark.slow
 
 def _locust(gateway: ServerProcess, tmp_path: Path, slo: Path) -> tuple[subprocess.CompletedProcess[str], Any]:
     report = tmp_path / "report.json"
+    # --stop-timeout: at the time limit users finish the request in hand, so a stream whose
+    # first token was counted (TTFT) is counted too, instead of being killed before its end.
     command = [
         sys.executable, "-m", "locust", "-f", "loadtests/locustfile.py", "--headless", "--only-summary",
-        "-u", "4", "-r", "4", "-t", "6s", "--host", gateway.url, "--model", MODEL, "--max-tokens", "8",
-        "--slo", str(slo), "--report-json", str(report),
+        "-u", "4", "-r", "4", "-t", "6s", "--stop-timeout", "10", "--host", gateway.url, "--model", MODEL,
+        "--max-tokens", "8", "--slo", str(slo), "--report-json", str(report),
     ]  # fmt: skip
     run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     return run, json.loads(report.read_text())
