@@ -5,18 +5,21 @@ one that exports over OTLP/HTTP when an endpoint is given (OTEL_EXPORTER_OTLP_EN
 the gateway's `otlp_endpoint`); tests install their own. Without one, no span is begun.
 """
 
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
+from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace import INVALID_SPAN, Span, Tracer, TracerProvider
 
-__all__ = ["configure", "enabled", "extract", "inject", "install", "sampled_out", "span"]
+__all__ = ["configure", "enabled", "extract", "extract_asgi", "inject", "install", "sampled_out", "span"]
 
 _NO_SPAN: AbstractContextManager[Span] = nullcontext(INVALID_SPAN)  # reusable: it holds no state
 _installed = False
+_EMPTY = Context()
+_propagated: tuple[TextMapPropagator, frozenset[bytes]] | None = None  # the propagator, its header names
 
 
 def install(provider: TracerProvider) -> None:
@@ -72,6 +75,27 @@ def configure(service: str, endpoint: str | None, sample_ratio: float | None = N
 def extract(headers: Mapping[str, str]) -> Context:
     """The caller's trace context from its `traceparent` (an empty context when none)."""
     return propagate.extract(headers)
+
+
+def extract_asgi(headers: Iterable[tuple[bytes, bytes]]) -> Context:
+    """`extract` from an ASGI request's raw headers: an empty context, nothing parsed, when
+    none of the propagators' headers is there (a caller that does not trace). Of a header
+    sent twice, the first counts."""
+    names = _header_names()
+    carrier: dict[str, str] = {}
+    for name, value in headers:
+        if name in names:
+            carrier.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+    return propagate.extract(carrier) if carrier else _EMPTY
+
+
+def _header_names() -> frozenset[bytes]:
+    """The headers the global propagator reads, as ASGI spells them (found again if it changes)."""
+    global _propagated
+    propagator = propagate.get_global_textmap()
+    if _propagated is None or _propagated[0] is not propagator:
+        _propagated = (propagator, frozenset(field.lower().encode("latin-1") for field in propagator.fields))
+    return _propagated[1]
 
 
 def inject(headers: MutableMapping[str, str]) -> None:

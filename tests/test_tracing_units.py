@@ -15,7 +15,7 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from opentelemetry import trace
+from opentelemetry import baggage, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -250,3 +250,16 @@ async def test_a_server_error_marks_the_span(exporter: InMemorySpanExporter, sta
     assert server.status.status_code is (StatusCode.UNSET if error is None else StatusCode.ERROR)
     if status:
         assert server.attributes["http.response.status_code"] == status
+
+
+def test_the_callers_context_is_read_from_the_raw_headers() -> None:
+    headers = [(b"host", b"gateway"), (b"traceparent", SAMPLED.encode()), (b"traceparent", UNSAMPLED.encode())]
+    context = tracing.extract_asgi([*headers, (b"baggage", b"tenant=t1")])
+    parent = trace.get_current_span(context).get_span_context()
+    assert (f"{parent.trace_id:032x}", f"{parent.span_id:016x}", parent.trace_flags.sampled) == (
+        TRACE_ID,
+        CLIENT_SPAN,
+        True,  # of a header sent twice, the first
+    )
+    assert baggage.get_baggage("tenant", context) == "t1"
+    assert tracing.extract_asgi([(b"host", b"gateway"), (b"x-traceparent", SAMPLED.encode())]) == Context()

@@ -19,7 +19,6 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, StatusCode
-from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.observability.metrics import ROUTES
@@ -45,7 +44,7 @@ class TraceRequests:
         if scope["type"] != "http" or scope["path"] not in self.routes or not tracing.enabled():
             await self.app(scope, receive, send)
             return
-        parent = tracing.extract(Headers(scope=scope))
+        parent = tracing.extract_asgi(scope["headers"])
         if tracing.sampled_out(parent):
             await _within(parent, self.app, scope, receive, send)
             return
