@@ -26,11 +26,11 @@ from sync.routes import adapters, ops, peers
 from sync.settings import SyncSettings
 from sync.telemetry import SyncMetrics
 
-__all__ = ["NO_FRAMEWORK_TELEMETRY", "create_app"]
+__all__ = ["create_app"]
 
 # FastAPI's own OpenTelemetry would record a span and metrics for every request, probes,
 # scrapes and peers' rounds included: the sidecar records none.
-NO_FRAMEWORK_TELEMETRY: TelemetryConfig = {
+_NO_FRAMEWORK_TELEMETRY: TelemetryConfig = {
     "tracing": False,
     "metrics": False,
     "logs": False,
@@ -40,7 +40,7 @@ NO_FRAMEWORK_TELEMETRY: TelemetryConfig = {
 
 
 def create_app(settings: SyncSettings) -> FastAPI:
-    app = FastAPI(title="switchyard-sync", lifespan=_lifespan, telemetry=NO_FRAMEWORK_TELEMETRY)
+    app = FastAPI(title="switchyard-sync", lifespan=_lifespan, telemetry=_NO_FRAMEWORK_TELEMETRY)
     app.state.settings = settings
     app.state.node = SyncNode(settings)
     app.state.metrics = SyncMetrics()

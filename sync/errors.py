@@ -36,7 +36,6 @@ __all__ = [
     "RangeNotSatisfiable",
     "SidecarError",
     "TooLarge",
-    "error_response",
     "install_error_handlers",
 ]
 
@@ -45,7 +44,7 @@ log = logging.getLogger(__name__)
 _CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
-def error_response(
+def _error_response(
     status: int, message: str, code: str | None, param: str | None = None, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
     kind = "invalid_request_error" if status < 500 else "server_error"
@@ -69,7 +68,7 @@ class SidecarError(Exception):
         self.code = code or self.code
 
     def response(self) -> JSONResponse:
-        return error_response(self.status, self.message, self.code, self.param, self.headers)
+        return _error_response(self.status, self.message, self.code, self.param, self.headers)
 
 
 class BadRequest(SidecarError):
@@ -123,14 +122,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail), _CODES.get(exc.status_code), headers=exc.headers)
+        return _error_response(exc.status_code, str(exc.detail), _CODES.get(exc.status_code), headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0]
         param = _param(tuple(first.get("loc", ())))
         message = f"Invalid value for '{param}': {first.get('msg')}." if param else f"{first.get('msg')}."
-        return error_response(400, message, "invalid_request", param)
+        return _error_response(400, message, "invalid_request", param)
 
     # A middleware, not `exception_handler(Exception)`: Starlette raises again after such a
     # handler answers, and the server logs the same traceback twice.

@@ -19,11 +19,11 @@ from engines.server.metrics import EngineMetrics
 from engines.server.routes import adapters, generate, ops
 from engines.server.serving import OpenAIServing
 
-__all__ = ["NO_FRAMEWORK_TELEMETRY", "create_app"]
+__all__ = ["create_app"]
 
 # FastAPI's own OpenTelemetry would open a span and record metrics for every request, the
 # gateway's health probes and Prometheus' scrapes included: the engine traces generation only.
-NO_FRAMEWORK_TELEMETRY: TelemetryConfig = {
+_NO_FRAMEWORK_TELEMETRY: TelemetryConfig = {
     "tracing": False,
     "metrics": False,
     "logs": False,
@@ -34,7 +34,7 @@ NO_FRAMEWORK_TELEMETRY: TelemetryConfig = {
 
 def create_app(engine: Engine, *, model_root: str | None = None, api_key: str | None = None) -> FastAPI:
     app = FastAPI(
-        title="switchyard engine", lifespan=_lifespan, docs_url=None, redoc_url=None, telemetry=NO_FRAMEWORK_TELEMETRY
+        title="switchyard engine", lifespan=_lifespan, docs_url=None, redoc_url=None, telemetry=_NO_FRAMEWORK_TELEMETRY
     )
     app.state.engine = engine
     app.state.serving = OpenAIServing(engine)
