@@ -1,4 +1,6 @@
-"""The app factory: `create_app(settings)` wires the gateway's parts in its lifespan."""
+"""The app factory: `create_app(settings)` builds the gateway's parts, complete, and strings the
+request pipeline; its lifespan only starts and stops what runs (the engine client, the embedded
+engine, health probes, background renewals)."""
 
 import logging
 import time
@@ -8,13 +10,17 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import FastAPI
 from starlette.routing import Route
 
-from app.api import admin, oauth, openai, ops, predict
+from app.api import admin, models, oauth, ops, predict
+from app.api.completions import completion_routes
+from app.api.deps import EdgeSettings, Gateway
 from app.api.openapi import install_openapi
 from app.auth import build_auth
-from app.errors import ShuttingDown, install_error_handlers
+from app.errors import install_error_handlers
 from app.observability.metrics import GatewayMetrics, RequestMetrics
-from app.pipeline.gateway import Gateway
+from app.pipeline.attempt import Attempt
+from app.pipeline.layers import Admitted, Idempotent, Limited
 from app.pipeline.proxy import Proxy
+from app.pipeline.retries import Retrying, RetryPolicy
 from app.pools.embedded import EmbeddedEngine
 from app.pools.health import HealthMonitor
 from app.pools.membership import NodeManager
@@ -26,113 +32,117 @@ from app.reliability.idempotency_store import InProcessStore, RedisStore
 from app.reliability.limits import RedisLimiter, build_limiter
 from app.reliability.retry_budget import RetryBudget
 from app.settings import GatewaySettings, PoolSettings
-from app.upstream.client import UpstreamClient
+from app.upstream.client import Upstream
+from app.upstream.http import HttpUpstream
+from protocol.asgi import NO_FRAMEWORK_TELEMETRY
 from router import OutlierPolicy, Router
 
-__all__ = ["create_app"]
+__all__ = ["build_router", "create_app"]
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: GatewaySettings) -> FastAPI:
+def create_app(settings: GatewaySettings, upstream: Upstream | None = None) -> FastAPI:
+    """The gateway. `upstream`: how it reaches engines (HTTP unless given; tests pass an
+    `AsgiUpstream` over in-process engines)."""
+    upstream = upstream or HttpUpstream(
+        connect_timeout=settings.connect_timeout_s,
+        read_timeout=settings.read_timeout_s,
+        max_connections=settings.max_upstream_connections,
+    )
+    embedded = _embedded_engine(settings)
+    pools = [_worker_share(pool, settings) for pool in settings.pools]
+    if embedded is not None:
+        pools = [_embedded_pool(embedded, settings)]
+    registry = PoolRegistry(pools, build_router(settings))
+    admission = Admission(
+        registry, max_queue=settings.worker_share(settings.max_queue), queue_timeout_s=settings.queue_timeout_s
+    )
+    drain = Drain(settings.drain_timeout_s, admission)
+    metrics = GatewayMetrics(queued=lambda: admission.queued, breakers=lambda: _breakers(registry))
+    store = RedisStore(settings.redis_url) if settings.redis_url else InProcessStore(settings.idempotency_memory_bytes)
+    idempotency = Idempotency(
+        store,
+        lease_s=settings.idempotency_lease_s,
+        retention_s=settings.idempotency_retention_s,
+        max_answer_bytes=settings.idempotency_max_answer_bytes,
+        settle_timeout_s=settings.idempotency_settle_timeout_s,
+        on_replay=metrics.replays.inc,
+    )
+    limiter = build_limiter(settings)
+    health = HealthMonitor(
+        registry,
+        upstream,
+        interval=settings.health_interval_s,
+        stats_interval=settings.stats_interval_s,
+        timeout=settings.health_timeout_s,
+    )
+    nodes = NodeManager(registry, upstream, timeout=settings.health_timeout_s)
+
+    # The request pipeline, outermost first: idempotency → limits → admission → retries → attempt → proxy.
+    proxy = Proxy(upstream, registry.report, drain, metrics, attempt_timeout_s=settings.attempt_timeout_s)
+    retry = RetryPolicy(settings.max_attempts, settings.retry_backoff_s, settings.retry_backoff_max_s)
+    budget = RetryBudget(settings.retry_budget_ratio, minimum=settings.retry_budget_min)
+    forward = Retrying(retry, budget, admission, registry, metrics, Attempt(registry, metrics, proxy))
+    admitted = Admitted(admission, registry, metrics, forward)
+    limited = admitted if limiter is None else Limited(limiter, metrics, admitted)
+    completions, predicted = Idempotent(idempotency, limited), Idempotent(idempotency, predict.PredictAnswer(limited))
+
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            client = await stack.enter_async_context(
-                UpstreamClient(
-                    connect_timeout=settings.connect_timeout_s,
-                    read_timeout=settings.read_timeout_s,
-                    max_connections=settings.max_upstream_connections,
-                )
-            )
-            pools = settings.pools
-            if settings.embedded:
-                engine = EmbeddedEngine(
-                    model=settings.embedded_model,
-                    data_dir=settings.data_dir,
-                    start_timeout=settings.embedded_start_timeout_s,
-                )
-                stack.push_async_callback(engine.stop)
-                url = await engine.start(client)
-                embedded = {"name": "embedded", "region": settings.region, "replicas": [url], "api_key": engine.api_key}
-                pools = [PoolSettings.model_validate(embedded)]
-            registry = PoolRegistry([worker_share(pool, settings) for pool in pools], build_router(settings))
-            await stack.enter_async_context(
-                HealthMonitor(
-                    registry,
-                    client,
-                    interval=settings.health_interval_s,
-                    stats_interval=settings.stats_interval_s,
-                    timeout=settings.health_timeout_s,
-                )
-            )
-            budget = RetryBudget(settings.retry_budget_ratio, minimum=settings.retry_budget_min)
-            admission = Admission(
-                registry, max_queue=settings.worker_share(settings.max_queue), queue_timeout_s=settings.queue_timeout_s
-            )
-
-            async def wait_idle() -> None:
-                while admission.queued or any(r.in_flight for r in registry.replicas()):
-                    await admission.wait_empty()
-                    await registry.wait_idle()
-
-            drain.in_flight = lambda: admission.queued + sum(r.in_flight for r in registry.replicas())
-            drain.wait_idle = wait_idle
-            drain.on_budget_spent = lambda: admission.shed_all(ShuttingDown)
-            store = (
-                RedisStore(settings.redis_url)
-                if settings.redis_url
-                else InProcessStore(settings.idempotency_memory_bytes)
-            )
-            idempotency = Idempotency(
-                store,
-                lease_s=settings.idempotency_lease_s,
-                retention_s=settings.idempotency_retention_s,
-                max_answer_bytes=settings.idempotency_max_answer_bytes,
-                settle_timeout_s=settings.idempotency_settle_timeout_s,
-                on_replay=metrics.replays.inc,
-            )
+            await stack.enter_async_context(upstream)
+            if embedded is not None:
+                stack.push_async_callback(embedded.stop)
+                await embedded.start(upstream)
+            await stack.enter_async_context(health)
             stack.push_async_callback(idempotency.aclose)
-            proxy = Proxy(client, registry.report, drain, metrics)
-            limiter = build_limiter(settings)
             if isinstance(limiter, RedisLimiter):
                 stack.push_async_callback(limiter.aclose)
-            app.state.gateway = Gateway(settings, registry, proxy, budget, idempotency, admission, metrics, limiter)
-            metrics.watch(lambda: admission.queued, lambda: breakers(registry))
             if metrics.multiprocess:
                 await stack.enter_async_context(metrics.refreshing(interval=settings.stats_interval_s))
-            app.state.nodes = NodeManager(registry, client, timeout=settings.health_timeout_s)
-            stack.push_async_callback(app.state.nodes.aclose)
+            stack.push_async_callback(nodes.aclose)
             log.info("gateway ready: %d pool(s) in region %s", len(registry.pools), settings.region)
             yield
 
-    drain = Drain(settings.drain_timeout_s)
-    metrics = GatewayMetrics()
-    app = FastAPI(title="switchyard", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="switchyard", version="0.1.0", lifespan=lifespan, telemetry=NO_FRAMEWORK_TELEMETRY)
+    guard, issuer = build_auth(settings)
+    app.state.gateway = Gateway(
+        EdgeSettings.of(settings), completions, predicted, registry, nodes, metrics, guard, issuer
+    )
     app.state.drain = drain
-    app.state.metrics = metrics
-    app.state.guard, app.state.issuer = build_auth(settings)
     install_error_handlers(app)  # first: its catch-all is the innermost middleware
     app.add_middleware(DrainMiddleware, drain=drain)
     app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: shutdown answers count too
-    app.router.routes.extend(openai.completion_routes)
-    app.router.routes.append(Route("/predict", predict.predict, methods=["POST"]))
-    app.include_router(openai.router)
-    app.include_router(ops.router)
-    app.include_router(admin.router)
-    app.include_router(oauth.router)
+    app.router.routes.extend([*completion_routes, Route("/predict", predict.predict, methods=["POST"])])
+    for router in (models.router, ops.router, admin.router, oauth.router):
+        app.include_router(router)
     install_openapi(app)
     return app
 
 
-def worker_share(pool: PoolSettings, settings: GatewaySettings) -> PoolSettings:
+def _embedded_engine(settings: GatewaySettings) -> EmbeddedEngine | None:
+    """The local engine of the embedded default: when no pool is configured."""
+    if not settings.embedded:
+        return None
+    return EmbeddedEngine(
+        model=settings.embedded_model, data_dir=settings.data_dir, start_timeout=settings.embedded_start_timeout_s
+    )
+
+
+def _embedded_pool(engine: EmbeddedEngine, settings: GatewaySettings) -> PoolSettings:
+    pool = {"name": "embedded", "region": settings.region, "replicas": [engine.url], "api_key": engine.api_key}
+    return PoolSettings.model_validate(pool)
+
+
+def _worker_share(pool: PoolSettings, settings: GatewaySettings) -> PoolSettings:
     """The pool as one worker admits to it: its part of each replica's max_load."""
     if pool.max_load is None or settings.workers == 1:
         return pool
     return pool.model_copy(update={"max_load": settings.worker_share(pool.max_load)})
 
 
-def breakers(registry: PoolRegistry) -> list[tuple[str, str, str]]:
+def _breakers(registry: PoolRegistry) -> list[tuple[str, str, str]]:
     """(pool, replica id, breaker state) of every replica, for the metrics."""
     now = time.monotonic()
     return [(pool["name"], r["id"], r["breaker"]) for pool in registry.describe(now) for r in pool["replicas"]]

@@ -50,7 +50,6 @@ class _DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, drain: Drain) -> None:
         super().__init__(config)
         self._drain = drain
-        drain.on_drained = self._drained
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._drain.draining or not self.started:
@@ -58,8 +57,8 @@ class _DrainingServer(uvicorn.Server):
             return
         asyncio.get_running_loop().call_soon_threadsafe(self._drain.begin)
 
-    def _drained(self) -> None:
-        self.should_exit = True
+    async def on_tick(self, counter: int) -> bool:
+        return self._drain.drained or await super().on_tick(counter)
 
 
 def settle_heap() -> None:

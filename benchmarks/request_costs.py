@@ -17,7 +17,8 @@ from collections.abc import Callable
 from opentelemetry import propagate, trace
 from starlette.types import Message, Receive, Scope, Send
 
-from app.observability.metrics import GatewayMetrics, RequestMetrics, label_model
+from app.context import RequestContext, context_of
+from app.observability.metrics import GatewayMetrics, RequestMetrics
 from protocol import tracing
 
 ROUTE = "/v1/chat/completions"
@@ -25,7 +26,7 @@ BODY = b'{"id":"x","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":1
 
 
 async def _bare(scope: Scope, receive: Receive, send: Send) -> None:
-    label_model(scope, "m", frozenset({"m"}))
+    context_of(scope).label("m", frozenset({"m"}), "t")
     await send({"type": "http.response.start", "status": 200, "headers": [(b"x-request-id", b"abc")]})
     await send({"type": "http.response.body", "body": BODY})
 
@@ -41,7 +42,7 @@ async def _receive() -> Message:
 async def _per_call_us(app: Callable[[Scope, Receive, Send], object], number: int) -> float:
     started = time.perf_counter()
     for _ in range(number):
-        await app({"type": "http", "path": ROUTE}, _receive, _send)  # type: ignore[misc]
+        await app({"type": "http", "path": ROUTE, "headers": []}, _receive, _send)  # type: ignore[misc]
     return (time.perf_counter() - started) / number * 1e6
 
 
@@ -59,15 +60,15 @@ def main() -> None:
     metrics = GatewayMetrics()
     bare = asyncio.run(_per_call_us(_bare, args.number))
     wrapped = asyncio.run(_per_call_us(RequestMetrics(_bare, metrics), args.number))
-    scope: Scope = {"type": "http", "path": ROUTE, "state": {}}
-    label_model(scope, "m", frozenset({"m"}))
+    context = RequestContext("r", time.perf_counter())
+    context.label("m", frozenset({"m"}), "t")
 
     def updates() -> None:
         metrics.in_progress(ROUTE).inc()
         metrics.in_progress(ROUTE).dec()
         metrics.requests(ROUTE, "m", "2xx").inc()
         metrics.duration(ROUTE, "m", "2xx").observe(0.012)
-        metrics.answered(scope, "pool", "region", BODY, 0.01)
+        metrics.answered(context, "pool", "region", BODY, 0.01)
 
     tracer = trace.get_tracer("bench")
 

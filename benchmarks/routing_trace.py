@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.factory import build_router
-from app.pools.registry import PoolRegistry
+from app.pools.registry import Lease, PoolRegistry
 from app.settings import GatewaySettings
 from harness.fake_nodes import FakeNode
 from router import DEFAULT_VNODES, HashRing, Router, routing_key, stable_hash
@@ -160,7 +160,7 @@ def decision_cost_us(replicas: int, samples: int) -> tuple[float, float]:
     for replica in registry.replicas():
         replica.mark_up({"m": {"id": "m"}}, rtt_ms=1.0)
         for _ in range(rng.randrange(0, 32)):
-            replica.acquire()
+            Lease(replica)
     return _timed_routes(plain, keys), _timed_routes(registry.router, keys)
 
 

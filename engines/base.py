@@ -4,7 +4,7 @@ An engine turns prompt token ids into a stream of generated token ids. Text,
 stop strings and the OpenAI wire format are the server's business
 (`engines.server`), so an engine stays small and a fake one is easy to write.
 
-Errors (the HTTP status each becomes in `engines.server.api`):
+Errors (the HTTP status each becomes in `engines.server.errors`):
 
     EngineError
     ├── InvalidRequest (400): caused by the request; the engine is fine

@@ -5,11 +5,23 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from fastapi.telemetry import TelemetryConfig
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["CancelOnDisconnect", "CatchAll", "ClientDisconnected"]
+__all__ = ["NO_FRAMEWORK_TELEMETRY", "CancelOnDisconnect", "CatchAll", "ClientDisconnected"]
+
+# FastAPI's own OpenTelemetry opens a span and records metrics for every request, probes and
+# scrapes included, sampled or not (a fifth of the gateway's throughput at 10 % sampling,
+# docs/benchmarks.md): our servers trace what they choose to, and turn it off.
+NO_FRAMEWORK_TELEMETRY: TelemetryConfig = {
+    "tracing": False,
+    "metrics": False,
+    "logs": False,
+    "operation_spans": False,
+    "auto_configure": False,
+}
 
 
 class CatchAll:

@@ -54,6 +54,10 @@ class SamplingParams(BaseModel):
     stream_options: StreamOptions | None = None
     user: str | None = None
 
+    def token_limit(self) -> int | None:
+        """The most completion tokens the request may produce, when it says."""
+        return self.max_tokens
+
     @field_validator("n")
     @classmethod
     def _one_choice(cls, n: int | None) -> int | None:

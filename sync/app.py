@@ -13,9 +13,9 @@ from contextlib import asynccontextmanager
 
 import httpx
 from fastapi import FastAPI
-from fastapi.telemetry import TelemetryConfig
 from pydantic import SecretStr
 
+from protocol.asgi import NO_FRAMEWORK_TELEMETRY
 from protocol.background import running
 from sync.auth import SidecarAuth
 from sync.errors import install_error_handlers
@@ -28,19 +28,9 @@ from sync.telemetry import SyncMetrics
 
 __all__ = ["create_app"]
 
-# FastAPI's own OpenTelemetry would record a span and metrics for every request, probes,
-# scrapes and peers' rounds included: the sidecar records none.
-_NO_FRAMEWORK_TELEMETRY: TelemetryConfig = {
-    "tracing": False,
-    "metrics": False,
-    "logs": False,
-    "operation_spans": False,
-    "auto_configure": False,
-}
-
 
 def create_app(settings: SyncSettings) -> FastAPI:
-    app = FastAPI(title="switchyard-sync", lifespan=_lifespan, telemetry=_NO_FRAMEWORK_TELEMETRY)
+    app = FastAPI(title="switchyard-sync", lifespan=_lifespan, telemetry=NO_FRAMEWORK_TELEMETRY)
     app.state.settings = settings
     app.state.node = SyncNode(settings)
     app.state.metrics = SyncMetrics()

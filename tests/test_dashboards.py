@@ -8,14 +8,15 @@ import json
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import yaml
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.context import RequestContext
 from app.observability.metrics import GatewayMetrics
 from app.pools.engine_stats import RUNNING, WAITING
 from harness.servers import ROOT
@@ -57,10 +58,8 @@ def test_promtool_unit_tests_pass() -> None:
 def _gateway_labels() -> dict[str, dict[str, set[str]]]:
     """Each series name the gateway writes, its label names and the values each takes (every
     histogram observed once; the label sets it makes at 0 included)."""
-    metrics = GatewayMetrics()
-    metrics.watch(lambda: 0, lambda: [("p", "p-0", "open")])
-    scope: dict[str, Any] = {"state": {}}
-    timer = metrics.stream(scope, "p", "eu")
+    metrics = GatewayMetrics(queued=lambda: 0, breakers=lambda: [("p", "p-0", "open")])
+    timer = metrics.stream(RequestContext("r", time.perf_counter()), "p", "eu")
     timer.relayed(b"data: {}\n\n")
     timer.relayed(b"data: {}\n\n")
     timer.ended()

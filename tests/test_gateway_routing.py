@@ -4,12 +4,13 @@ import json
 
 import pytest
 
+from app.api.keys import routing_key_of
 from app.errors import ModelNotFound, NoEngineAvailable
 from app.factory import build_router
 from app.pipeline.proxy import outcome_of_status
-from app.pools.choice import chat_key, choose, completion_key
+from app.pools.choice import choose
 from app.pools.engine_stats import EngineStats
-from app.pools.registry import PoolRegistry
+from app.pools.registry import Lease, PoolRegistry
 from app.settings import GatewaySettings, PoolSettings
 from protocol import SEQUENCE_FAILED, ChatCompletionRequest, CompletionRequest, error_payload
 from router import Outcome, Reason
@@ -37,7 +38,7 @@ def _chat(**fields: object) -> ChatCompletionRequest:
 def test_own_region_with_affinity() -> None:
     registry = _registry()
     _all_up(registry)
-    decisions = {choose(registry, "m", chat_key({}, _chat()), 0.0).node.id for _ in range(5)}
+    decisions = {choose(registry, "m", routing_key_of({}, _chat()), 0.0).node.id for _ in range(5)}
     assert len(decisions) == 1
     assert decisions <= {"eu-0", "eu-1"}
 
@@ -66,7 +67,7 @@ def test_saturated_region_spills() -> None:
     _all_up(registry)
     registry.pools["eu"].max_load = 1
     for replica in registry.pools["eu"].replicas:
-        replica.acquire()
+        Lease(replica)
     decision = choose(registry, "m", "k", 0.0)
     assert (decision.region, decision.reason) == ("us", Reason.SATURATED)
 
@@ -121,7 +122,7 @@ def test_adapters_go_where_they_are_loaded() -> None:
     registry.refresh_models()
     assert registry.is_adapter("sql")
     assert not registry.is_adapter("m")
-    key = chat_key({}, _chat(model="sql"))
+    key = routing_key_of({}, _chat(model="sql"))
     home = choose(registry, "sql", key, 0.0).node
     other = next(r for r in registry.pools["eu"].replicas if r is not home)
     other.set_engine_stats(EngineStats(active_adapters=frozenset({"sql"})))
@@ -130,29 +131,29 @@ def test_adapters_go_where_they_are_loaded() -> None:
 
 
 def test_session_header_then_user_then_prompt() -> None:
-    by_session = chat_key({"x-session-id": "s1"}, _chat(user="alice"))
+    by_session = routing_key_of({"x-session-id": "s1"}, _chat(user="alice"))
     assert by_session.startswith("session:")
-    assert by_session == chat_key({"x-session-id": "s1"}, _chat(user="bob"))
-    assert chat_key({}, _chat(user="alice")).startswith("user:")
-    assert chat_key({}, _chat()).startswith("prompt:")
+    assert by_session == routing_key_of({"x-session-id": "s1"}, _chat(user="bob"))
+    assert routing_key_of({}, _chat(user="alice")).startswith("user:")
+    assert routing_key_of({}, _chat()).startswith("prompt:")
 
 
 def test_prompt_key_is_the_system_prompt_and_first_user_turn() -> None:
     first = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]
     later = [*first, {"role": "assistant", "content": "hi"}, {"role": "user", "content": "more"}]
-    assert chat_key({}, _chat(messages=first)) == chat_key({}, _chat(messages=later))
+    assert routing_key_of({}, _chat(messages=first)) == routing_key_of({}, _chat(messages=later))
     other_system = [{"role": "system", "content": "be verbose"}, {"role": "user", "content": "hello"}]
-    assert chat_key({}, _chat(messages=other_system)) != chat_key({}, _chat(messages=first))
-    assert chat_key({}, _chat(model="adapter", messages=first)) != chat_key({}, _chat(messages=first))
+    assert routing_key_of({}, _chat(messages=other_system)) != routing_key_of({}, _chat(messages=first))
+    assert routing_key_of({}, _chat(model="adapter", messages=first)) != routing_key_of({}, _chat(messages=first))
 
 
 def test_completion_keys() -> None:
     text = CompletionRequest.model_validate({"model": "m", "prompt": "x" * 2000})
     same_head = CompletionRequest.model_validate({"model": "m", "prompt": "x" * 1500})
     tokens = CompletionRequest.model_validate({"model": "m", "prompt": [1, 2, 3]})
-    assert completion_key({}, text) == completion_key({}, same_head)
-    assert completion_key({}, tokens) != completion_key({}, text)
-    assert completion_key({"x-session-id": "s"}, text).startswith("session:")
+    assert routing_key_of({}, text) == routing_key_of({}, same_head)
+    assert routing_key_of({}, tokens) != routing_key_of({}, text)
+    assert routing_key_of({"x-session-id": "s"}, text).startswith("session:")
 
 
 def test_a_replica_belongs_to_one_pool() -> None:
@@ -201,7 +202,7 @@ def test_replica_keeps_its_load_and_availability_current() -> None:
     seen.append(replica.available)
     assert seen == [False, True, False, False, True]
 
-    first, second = replica.acquire(), replica.acquire()
+    first, second = Lease(replica), Lease(replica)
     replica.set_engine_stats(EngineStats(running=3, waiting=5))
     assert (replica.in_flight, replica.load) == (2, 7)
     first.release()

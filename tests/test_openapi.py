@@ -31,7 +31,8 @@ from openapi_spec_validator import validate
 from schemathesis.specs.openapi import checks as openapi_checks
 from starlette.routing import Route
 
-from app.api import openai, predict
+from app.api import predict
+from app.api.completions import completion_routes
 from app.api.openapi import DOCUMENTED_ROUTES
 from app.auth.secrets import hash_secret
 from app.factory import create_app
@@ -97,7 +98,7 @@ def test_the_completion_routes_stay_plain_starlette_routes_described_here() -> N
     app = create_app(GatewaySettings(auth_mode="disabled"))
     plain = {r.path: r for r in app.router.routes if type(r) is Route and r.include_in_schema}
     assert set(plain) == DOCUMENTED_ROUTES
-    assert plain["/v1/chat/completions"].endpoint is openai.chat_completions
+    assert plain["/v1/chat/completions"].endpoint is completion_routes[0].endpoint
     assert plain["/predict"].endpoint is predict.predict
     assert app.openapi() is app.openapi()  # built once, then kept
 
@@ -319,7 +320,7 @@ def test_a_chat_token_opens_chat_operations_only(case: Case, guarded_gateway: tu
 
 @pytest.fixture(scope="module")
 def two_replicas(log_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A gateway over a pool of two counting engines (tests/counting_engine.py)."""
+    """A gateway over a pool of two counting engines (harness/counting_engine.py)."""
     engines = []
     for _ in range(2):
         port = free_port()

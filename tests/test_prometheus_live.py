@@ -30,7 +30,7 @@ from tests.conftest import MODEL as ENGINE_MODEL
 PROMETHEUS = shutil.which("prometheus") or "prometheus"  # `make test` installs it (Debian: prometheus)
 RULES = ROOT / "dashboards" / "rules" / "slo.rules.yml"
 DASHBOARDS = ROOT / "dashboards" / "grafana"
-COUNTING = "counting"  # tests/counting_engine.py's model
+COUNTING = "counting"  # harness/counting_engine.py's model
 CHAT = "/v1/chat/completions"
 MAX_LOAD = 8  # the counting pool's: the healthy load stays under it, so nothing is shed
 # Alerts whose condition this test cannot bring about in seconds: the promtool unit tests

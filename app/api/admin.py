@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, HttpUrl
 
 from app.api.body import parse_body, read_json_body
-from app.api.deps import GatewayDep, NodesDep, guard_of
+from app.api.deps import GatewayDep, guard_of
 from app.errors import Conflict, PermissionDenied
 
 __all__ = ["router"]
@@ -52,19 +52,21 @@ async def list_pools(gateway: GatewayDep) -> dict[str, Any]:
 
 
 @router.get("/pools/{pool}")
-async def get_pool(pool: str, gateway: GatewayDep, nodes: NodesDep) -> dict[str, Any]:
-    return gateway.registry.describe_pool(nodes.pool(pool), time.monotonic())
+async def get_pool(pool: str, gateway: GatewayDep) -> dict[str, Any]:
+    return gateway.registry.describe_pool(gateway.nodes.pool(pool), time.monotonic())
 
 
 @router.post("/pools/{pool}/replicas", status_code=201, dependencies=changes)
-async def add_replica(pool: str, request: Request, gateway: GatewayDep, nodes: NodesDep) -> dict[str, Any]:
+async def add_replica(pool: str, request: Request, gateway: GatewayDep) -> dict[str, Any]:
+    nodes = gateway.nodes
     body = parse_body(await read_json_body(request, gateway.settings.max_body_bytes), AddReplica)
     return nodes.describe(await nodes.add(pool, str(body.url)))
 
 
 @router.delete("/pools/{pool}/replicas/{replica_id}", dependencies=changes)
-async def remove_replica(pool: str, replica_id: str, nodes: NodesDep) -> JSONResponse:
+async def remove_replica(pool: str, replica_id: str, gateway: GatewayDep) -> JSONResponse:
     """200 when removed at once; 202 while its requests finish (it is removed after them)."""
+    nodes = gateway.nodes
     replica = nodes.replica(pool, replica_id)
     if nodes.remove(replica):
         return JSONResponse({"id": replica.id, "status": "removed"})
@@ -72,14 +74,16 @@ async def remove_replica(pool: str, replica_id: str, nodes: NodesDep) -> JSONRes
 
 
 @router.post("/pools/{pool}/replicas/{replica_id}/drain", dependencies=changes)
-async def drain_replica(pool: str, replica_id: str, nodes: NodesDep) -> dict[str, Any]:
+async def drain_replica(pool: str, replica_id: str, gateway: GatewayDep) -> dict[str, Any]:
+    nodes = gateway.nodes
     replica = nodes.replica(pool, replica_id)
     nodes.drain(replica)
     return nodes.describe(replica)
 
 
 @router.post("/pools/{pool}/replicas/{replica_id}/undrain", dependencies=changes)
-async def undrain_replica(pool: str, replica_id: str, nodes: NodesDep) -> dict[str, Any]:
+async def undrain_replica(pool: str, replica_id: str, gateway: GatewayDep) -> dict[str, Any]:
+    nodes = gateway.nodes
     replica = nodes.replica(pool, replica_id)
     nodes.undrain(replica)
     return nodes.describe(replica)

@@ -1,18 +1,96 @@
-"""Typed dependencies for the routes."""
+"""What the routes reach: the gateway's parts, as one typed object, and the dependencies on it."""
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from starlette.datastructures import Headers
 
 from app.auth import Guard, Principal
-from app.pipeline.gateway import Gateway
+from app.auth.issuer import Issuer
+from app.context import context_of
+from app.observability.metrics import GatewayMetrics
+from app.pipeline.call import Call, Handler
 from app.pools.membership import NodeManager
+from app.pools.registry import PoolRegistry
+from app.reliability.deadlines import Deadline
+from app.settings import GatewaySettings
+from protocol import ChatCompletionRequest, CompletionRequest
 
-__all__ = ["GatewayDep", "NodesDep", "gateway_of", "guard_of", "scoped"]
+__all__ = ["EdgeSettings", "Gateway", "GatewayDep", "gateway_of", "guard_of", "scoped"]
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeSettings:
+    """The settings the routes read."""
+
+    region: str
+    workers: int
+    max_body_bytes: int
+    request_timeout_s: float  # a request's deadline when its client sends none
+    max_request_timeout_s: float
+    default_model: str | None
+
+    @classmethod
+    def of(cls, settings: GatewaySettings) -> "EdgeSettings":
+        return cls(
+            settings.region,
+            settings.workers,
+            settings.max_body_bytes,
+            settings.request_timeout_s,
+            settings.max_request_timeout_s,
+            settings.default_model,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Gateway:
+    """The gateway's parts the routes use; built once by the app factory."""
+
+    settings: EdgeSettings
+    completions: Handler  # the pipeline of the completion routes
+    predict: Handler  # the same, with `/predict`'s answer
+    registry: PoolRegistry
+    nodes: NodeManager
+    metrics: GatewayMetrics
+    guard: Guard
+    issuer: Issuer | None
+
+    def call(
+        self,
+        request: Request,
+        principal: Principal | None,
+        route: str,
+        raw: bytes,
+        wire: ChatCompletionRequest | CompletionRequest,
+        *,
+        path: str,
+        body: bytes,
+        routing_key: str,
+        tokens: int,
+    ) -> Call:
+        """A validated request as the pipeline takes it (its deadline starts now)."""
+        tenant = tenant_of(principal, wire.user)
+        context = context_of(request.scope)
+        context.label(wire.model, self.registry.known_models, tenant)
+        deadline = self.deadline(request.headers)
+        return Call(request, context, route, raw, path, body, wire.model, routing_key, tenant, tokens, deadline)
+
+    def deadline(self, headers: Headers) -> Deadline:
+        return Deadline.from_headers(
+            headers, default_s=self.settings.request_timeout_s, max_s=self.settings.max_request_timeout_s
+        )
+
+
+def tenant_of(principal: Principal | None, user: str | None) -> str:
+    """The token's subject; with authentication disabled, the `user` field, else `anonymous`."""
+    if principal is not None:
+        return principal.subject
+    return user or "anonymous"
 
 
 def gateway_of(request: Request) -> Gateway:
-    """For the completion routes, which are plain Starlette routes (app/api/openai.py)."""
+    """For the plain Starlette routes (app/api/completions.py says why they are plain)."""
     gateway: Gateway = request.app.state.gateway
     return gateway
 
@@ -24,17 +102,8 @@ async def _gateway(request: Request) -> Gateway:  # async: FastAPI runs sync dep
 GatewayDep = Annotated[Gateway, Depends(_gateway)]
 
 
-async def _nodes(request: Request) -> NodeManager:
-    nodes: NodeManager = request.app.state.nodes
-    return nodes
-
-
-NodesDep = Annotated[NodeManager, Depends(_nodes)]
-
-
 def guard_of(request: Request) -> Guard:
-    guard: Guard = request.app.state.guard
-    return guard
+    return gateway_of(request).guard
 
 
 def scoped(scope: str) -> Any:

@@ -12,6 +12,7 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from app.api.deps import gateway_of
 from app.auth.issuer import Issuer
 from app.auth.throttle import Throttle
 from app.errors import NotFound
@@ -26,7 +27,7 @@ _throttle = Throttle(rate_per_s=5.0, burst=20)  # per client address: secrets ar
 
 
 def _issuer(request: Request) -> Issuer:
-    issuer: Issuer | None = request.app.state.issuer
+    issuer = gateway_of(request).issuer
     if issuer is None:
         raise NotFound("This gateway does not issue tokens (auth_mode is not builtin).")
     return issuer

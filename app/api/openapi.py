@@ -1,7 +1,7 @@
 """The gateway's OpenAPI 3.1 schema: every route it serves, with its security and its errors.
 
 FastAPI describes its own routes, but not the completion routes and `/predict`: those are plain
-Starlette routes (app/api/openai.py says why) that parse their bodies with the wire models,
+Starlette routes (app/api/completions.py says why) that parse their bodies with the wire models,
 so their operations are written here from those models' JSON schemas. Every operation is then
 given what FastAPI cannot see: the scope its bearer token needs (app/auth), the errors it can
 answer, all in the OpenAI error envelope (the token endpoint's in OAuth2's, RFC 6749 §5.2),

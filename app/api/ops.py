@@ -3,7 +3,7 @@
 import time
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -21,9 +21,9 @@ async def health() -> dict[str, str]:
 
 
 @router.get("/metrics")
-async def metrics(request: Request) -> Response:
+async def metrics(gateway: GatewayDep) -> Response:
     """Prometheus text; open like the probes (scrapers carry no tokens): bounded labels only."""
-    return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+    return Response(gateway.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/ready")

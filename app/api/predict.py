@@ -13,15 +13,14 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.body import parse_body, read_json_body
-from app.api.deps import gateway_of, guard_of
-from app.api.openai import tenant_of
+from app.api.deps import gateway_of
+from app.api.keys import routing_key_of
 from app.errors import InvalidRequest, NoEngineAvailable, UpstreamFailed
-from app.observability.metrics import label_model
-from app.pools.choice import chat_key
+from app.pipeline.call import Call, Handler
 from app.reliability.limits import estimate_tokens
 from protocol import ChatCompletion, ChatCompletionRequest
 
-__all__ = ["PredictRequest", "default_model", "predict"]
+__all__ = ["PredictAnswer", "PredictRequest", "default_model", "predict"]
 
 _ROUTE = "/predict"
 _UPSTREAM = "/v1/chat/completions"
@@ -41,8 +40,8 @@ class PredictRequest(BaseModel):
 
 
 async def predict(request: Request) -> Response:
-    principal = await guard_of(request).check(request.headers, "chat")
     gateway = gateway_of(request)
+    principal = await gateway.guard.check(request.headers, "chat")
     body = await read_json_body(request, gateway.settings.max_body_bytes)
     ask = parse_body(body, PredictRequest)
     # Every replica's models, healthy or not: a default that changed while a pool is down would
@@ -52,17 +51,24 @@ async def predict(request: Request) -> Response:
     fields |= {k: v for k, v in (("max_tokens", ask.max_tokens), ("temperature", ask.temperature)) if v is not None}
     chat_body = json.dumps(fields).encode()
     chat = parse_body(chat_body, ChatCompletionRequest)
-    key = chat_key(request.headers, chat)
-    tenant = tenant_of(principal, None)
-    label_model(request.scope, model, gateway.registry.known_models, tenant)
+    key = routing_key_of(request.headers, chat)
     tokens = estimate_tokens(chat_body, chat.token_limit())
-
-    async def answer() -> Response:
-        response = await gateway.dispatch(request, _UPSTREAM, model, key, chat_body, tenant, tokens)
-        return _translated(response)
-
     # Keyed by `/predict` and its own body: a retry of the same prediction replays its answer.
-    return await gateway.idempotency.run(request, tenant, _ROUTE, body, answer)
+    call = gateway.call(
+        request, principal, _ROUTE, body, chat, path=_UPSTREAM, body=chat_body, routing_key=key, tokens=tokens
+    )
+    return await gateway.predict(call)
+
+
+class PredictAnswer:
+    """The layer that gives `/predict` its answer's shape: between idempotency (which keeps the
+    translated answer) and the rest of the pipeline (which answers a chat completion)."""
+
+    def __init__(self, next: Handler) -> None:
+        self._next = next
+
+    async def __call__(self, call: Call) -> Response:
+        return _translated(await self._next(call))
 
 
 def default_model(configured: str | None, cards: list[dict[str, Any]]) -> str:

@@ -19,8 +19,8 @@ model `other`, every shed reason), and a label set's first use makes its sibling
 status class of a route and model; every engine error kind of a pool and region once it has
 answered, every pool's retries once its replicas are known). Where values are only known at
 first use (a model's histograms in a pool), that first use stays hidden from `rate()`.
-The request middleware that counts and times the API's requests also writes their access
-lines (`app.access`). (FastAPI itself opens each request's server span.)
+The request middleware that counts and times the API's requests also makes each one's
+context (app/context.py) and writes its access line (`app.access`).
 """
 
 import asyncio
@@ -35,11 +35,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.context import RequestContext, begin
 from app.errors import Overloaded, RateLimited, TenantOverShare
 from protocol import usage_count
 from protocol.background import running
 
-__all__ = ["GatewayMetrics", "RequestMetrics", "StreamEnd", "StreamTimer", "label_model", "on_stream_end"]
+__all__ = ["GatewayMetrics", "RequestMetrics", "StreamTimer"]
 
 access_log = logging.getLogger("app.access")
 
@@ -52,14 +53,6 @@ BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
 STATUS_CLASSES = ("2xx", "4xx", "5xx")  # those the SLOs and dashboards read (1xx, 3xx: made at first use)
 ENGINE_ERROR_KINDS = ("connect", "timeout", "overloaded", "server_error", "stream_broken")
 SHED_REASONS = (Overloaded.code, TenantOverShare.code, RateLimited.code)
-_STARTED = "switchyard.started"  # where the middleware leaves a request's start in its scope's state
-_MODEL = "switchyard.model"
-_TENANT = "switchyard.tenant"
-_STREAM_END = "switchyard.stream_end"
-
-# Told when a request's stream is over, however it ended: the events it relayed, and the
-# `usage.total_tokens` the engine reported in it (when the client asked for usage), else None.
-StreamEnd = Callable[[int, int | None], None]
 
 
 def status_class(status: int) -> str:
@@ -97,7 +90,14 @@ class _Family:
 
 
 class GatewayMetrics:
-    def __init__(self) -> None:
+    """`queued()`: requests waiting for capacity; `breakers()`: (pool, replica, state) rows. Both
+    are read at scrape time."""
+
+    def __init__(
+        self,
+        queued: Callable[[], int] = lambda: 0,
+        breakers: Callable[[], Iterable[tuple[str, str, str]]] = list,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self._scraped = self.registry
@@ -154,17 +154,13 @@ class GatewayMetrics:
             "llm_breaker_state", "Each replica's circuit breaker: 0 closed, 1 half-open, 2 open.",
             ["pool", "replica"], registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
-        self._queued: Callable[[], int] = lambda: 0
-        self._breakers: Callable[[], Iterable[tuple[str, str, str]]] = list
+        self._queued = queued
+        self._breakers = breakers
         self._serving: set[tuple[str, str]] = set()  # (pool, region) pairs that have answered
         for route in sorted(ROUTES):
             self.requests(route, "other", STATUS_CLASSES[0])
             self.in_progress(route)
         self.shed(SHED_REASONS[0])
-
-    def watch(self, queued: Callable[[], int], breakers: Callable[[], Iterable[tuple[str, str, str]]]) -> None:
-        """What to read at scrape time: `queued()` -> int, `breakers()` -> (pool, replica, state) rows."""
-        self._queued, self._breakers = queued, breakers
 
     def refresh(self) -> None:
         """Copy the live objects' state into the gauges."""
@@ -199,33 +195,18 @@ class GatewayMetrics:
             self._serving.add((pool, region))
             self.engine_errors(pool, region, ENGINE_ERROR_KINDS[0])
 
-    def stream(self, scope: Scope, pool: str, region: str) -> "StreamTimer":
+    def stream(self, context: RequestContext, pool: str, region: str) -> "StreamTimer":
         self._answering(pool, region)
-        state = scope.setdefault("state", {})
-        labels = (state.get(_MODEL, "other"), pool, region)
-        return StreamTimer(self, labels, state.get(_STARTED, time.perf_counter()), state)
+        return StreamTimer(self, (context.model, pool, region), context)
 
-    def answered(self, scope: Scope, pool: str, region: str, body: bytes, seconds: float) -> None:
+    def answered(self, context: RequestContext, pool: str, region: str, body: bytes, seconds: float) -> None:
         """A whole (non-streamed) answer: its completion tokens and how long the engine took."""
         self._answering(pool, region)
-        labels = ((scope.get("state") or {}).get(_MODEL, "other"), pool, region)
+        labels = (context.model, pool, region)
         self.generation_latency(*labels).observe(seconds)
         tokens = usage_count(body, "completion_tokens")
         if tokens is not None:
             self.generation_tokens(*labels).observe(tokens)
-
-
-def label_model(scope: Scope, model: str, known: frozenset[str], tenant: str | None = None) -> None:
-    """The request's model as a label (one some replica serves, else `other`), and its tenant for the access log."""
-    state = scope.setdefault("state", {})
-    state[_MODEL] = model if model in known else "other"
-    if tenant is not None:
-        state[_TENANT] = tenant
-
-
-def on_stream_end(scope: Scope, callback: StreamEnd) -> None:
-    """Have `callback` told what the request's stream relayed, once it is over."""
-    scope.setdefault("state", {}).setdefault(_STREAM_END, []).append(callback)
 
 
 class StreamTimer:
@@ -235,15 +216,12 @@ class StreamTimer:
     first event, and none for the others that arrived with it (an engine may send several at
     once), so its mean is the stream's mean gap between tokens."""
 
-    __slots__ = ("_first", "_labels", "_last", "_metrics", "_started", "_state", "_tokens", "_usage")
+    __slots__ = ("_context", "_first", "_labels", "_last", "_metrics", "_tokens", "_usage")
 
-    def __init__(
-        self, metrics: GatewayMetrics, labels: tuple[str, str, str], started: float, state: dict[str, Any]
-    ) -> None:
+    def __init__(self, metrics: GatewayMetrics, labels: tuple[str, str, str], context: RequestContext) -> None:
         self._metrics = metrics
         self._labels = labels
-        self._started = started
-        self._state = state  # the request's: where `on_stream_end` leaves its callbacks
+        self._context = context
         self._first: float | None = None
         self._last = 0.0
         self._tokens = 0
@@ -256,7 +234,7 @@ class StreamTimer:
         now = time.perf_counter()
         if self._first is None:
             self._first = now
-            self._metrics.ttft(*self._labels).observe(now - self._started)
+            self._metrics.ttft(*self._labels).observe(now - self._context.started)
         else:
             self._metrics.itl(*self._labels).observe(now - self._last)
         for _ in range(events - 1):  # those that came with the chunk's first
@@ -273,12 +251,9 @@ class StreamTimer:
             self._metrics.generation_tokens(*self._labels).observe(self._tokens)
 
     def closed(self) -> None:
-        """The stream is over, however it ended (at most once)."""
-        ends: list[StreamEnd] = self._state.pop(_STREAM_END, [])
-        if ends:
-            total = usage_count(self._usage, "total_tokens") if self._usage else None
-            for end in ends:
-                end(self._tokens, total)
+        """The stream is over, however it ended (the context tells its callbacks once)."""
+        total = usage_count(self._usage, "total_tokens") if self._usage else None
+        self._context.stream_over(self._tokens, total)
 
 
 class RequestMetrics:
@@ -293,8 +268,8 @@ class RequestMetrics:
         if route not in ROUTES:
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
-        scope.setdefault("state", {})[_STARTED] = started
+        context = begin(scope)
+        started = context.started
         metrics, status = self.metrics, 500
         metrics.in_progress(route).inc()
 
@@ -310,18 +285,19 @@ class RequestMetrics:
             await self.app(scope, receive, timed_send)
         finally:
             metrics.in_progress(route).dec()
-            state, seconds = scope["state"], time.perf_counter() - started
-            labels = (route, state.get(_MODEL, "other"), status_class(status))
+            seconds = time.perf_counter() - started
+            labels = (route, context.model, status_class(status))
             metrics.requests(*labels).inc()
             metrics.duration(*labels).observe(seconds)
             if access_log.isEnabledFor(logging.INFO):
-                _log_access(route, status, seconds, state, headers)
+                _log_access(route, status, seconds, context, headers)
 
 
 def _log_access(
-    route: str, status: int, seconds: float, state: dict[str, Any], headers: list[tuple[bytes, bytes]]
+    route: str, status: int, seconds: float, context: RequestContext, headers: list[tuple[bytes, bytes]]
 ) -> None:
-    request_id = next((value.decode("latin-1") for name, value in headers if name == b"x-request-id"), None)
-    fields = {"request_id": request_id, "route": route, "status": status, "duration_ms": round(seconds * 1000, 2)}
-    fields |= {"model": state.get(_MODEL, "other"), "tenant": state.get(_TENANT)}
-    access_log.info("%s %s %d in %.1f ms", request_id, route, status, seconds * 1000, extra=fields)
+    # The answer's own id: a replayed answer names the request that made it.
+    rid = next((value.decode("latin-1") for name, value in headers if name == b"x-request-id"), context.request_id)
+    fields = {"request_id": rid, "route": route, "status": status, "duration_ms": round(seconds * 1000, 2)}
+    fields |= {"model": context.model, "tenant": context.tenant}
+    access_log.info("%s %s %d in %.1f ms", rid, route, status, seconds * 1000, extra=fields)

@@ -15,31 +15,30 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 
-from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from app.errors import DeadlineExceeded, EngineUnreachable, UpstreamFailed, UpstreamTimeout
 from app.observability.metrics import GatewayMetrics, StreamTimer
+from app.pipeline.call import Call
 from app.pools.registry import Lease, Replica
 from app.reliability.deadlines import Deadline
 from app.reliability.drain import Drain
 from app.upstream.client import (
-    UpstreamClient,
+    Upstream,
     UpstreamConnectError,
     UpstreamError,
     UpstreamResponse,
     UpstreamTimeoutError,
 )
 from app.upstream.engine_errors import normalize_error
-from protocol import SEQUENCE_FAILED, error_payload, sse_event
+from protocol import SEQUENCE_FAILED, SSE_HEADERS, error_payload, sse_event
 from protocol.asgi import CancelOnDisconnect
 from protocol.tracing import inject
 from router import Outcome
 
 __all__ = [
     "RETRYABLE_STATUSES",
-    "SSE_HEADERS",
     "AttemptTimeout",
     "Proxy",
     "Report",
@@ -50,7 +49,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 _JSON_HEADERS = {"content-type": "application/json"}
 
 Report = Callable[[Replica, Outcome], None]
@@ -111,8 +109,8 @@ def outcome_of_status(status: int, body: bytes = b"") -> Outcome:
     return Outcome.FAILURE if status >= 500 or status in _REFUSED_KEY else Outcome.SUCCESS
 
 
-class _Attempt:
-    """One request to one replica: its load share and its one report."""
+class _Verdict:
+    """One request to one replica: its load share, released once with its one report."""
 
     __slots__ = ("_lease", "_report", "replica")
 
@@ -136,7 +134,7 @@ class _RelayResponse(StreamingResponse):
     def __init__(
         self,
         upstream: UpstreamResponse,
-        attempt: _Attempt,
+        attempt: _Verdict,
         timer: StreamTimer,
         body: AsyncIterator[bytes],
         headers: Mapping[str, str],
@@ -176,48 +174,50 @@ def _events_end(data: bytes) -> int:
 
 
 class Proxy:
-    def __init__(self, client: UpstreamClient, report: Report, drain: Drain, metrics: GatewayMetrics) -> None:
-        self._client = client
+    """`attempt_timeout_s`: how long an attempt may wait for an engine's response headers
+    (None: the request's deadline alone)."""
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        report: Report,
+        drain: Drain,
+        metrics: GatewayMetrics,
+        attempt_timeout_s: float | None = None,
+    ) -> None:
+        self._upstream = upstream
         self._report = report
         self._drain = drain
         self._metrics = metrics
+        self._attempt_timeout_s = attempt_timeout_s
 
-    async def forward(
-        self,
-        request: Request,
-        lease: Lease,
-        path: str,
-        body: bytes,
-        headers: Mapping[str, str],
-        *,
-        deadline: Deadline,
-        attempt_timeout: float | None = None,
-    ) -> Response:
-        """Send `body` to the leased replica and answer the client with what it says; the
-        lease is released when the answer ends.
+    async def forward(self, call: Call, lease: Lease, headers: Mapping[str, str]) -> Response:
+        """Send the call's body to the leased replica and answer the client with what it says;
+        the lease is released when the answer ends.
 
         `headers` go back to the client; its `x-request-id` also goes to the engine (vLLM
         takes it as its own request id), so logs on both sides name the same request.
         """
-        attempt = _Attempt(lease, self._report)
+        attempt = _Verdict(lease, self._report)
+        deadline, context = call.deadline, call.context
         streaming = False
         pool = attempt.replica.pool
         upstream_headers = {**_JSON_HEADERS, **pool.auth, "x-request-id": headers["x-request-id"]}
         inject(upstream_headers)  # the engine's spans join the request's trace
         sent = time.perf_counter()
         try:
-            async with CancelOnDisconnect(request):
-                upstream, data = await self._exchange(attempt, path, body, upstream_headers, deadline, attempt_timeout)
+            async with CancelOnDisconnect(call.request):
+                upstream, data = await self._exchange(attempt, call.path, call.body, upstream_headers, deadline)
                 if data is None:
                     streaming = True
-                    timer = self._metrics.stream(request.scope, pool.name, pool.region)
+                    timer = self._metrics.stream(context, pool.name, pool.region)
                     relay = self._relay(upstream, attempt, deadline, timer)
                     return _RelayResponse(upstream, attempt, timer, relay, {**SSE_HEADERS, **headers})
         finally:
             if not streaming:
                 attempt.finish(Outcome.ABANDONED)  # still open only when the client left first
         if upstream.status < 400:
-            self._metrics.answered(request.scope, pool.name, pool.region, data, time.perf_counter() - sent)
+            self._metrics.answered(context, pool.name, pool.region, data, time.perf_counter() - sent)
             return Response(data, status_code=upstream.status, media_type=upstream.content_type, headers=dict(headers))
         if upstream.status in _REFUSED_KEY:  # never the client's token: the gateway sends its own
             log.error("replica %s refused the gateway's credentials (%d): check pool %s's api_key", attempt.replica.id,
@@ -237,24 +237,19 @@ class Proxy:
         return response
 
     async def _exchange(
-        self,
-        attempt: _Attempt,
-        path: str,
-        body: bytes,
-        headers: Mapping[str, str],
-        deadline: Deadline,
-        attempt_timeout: float | None,
+        self, attempt: _Verdict, path: str, body: bytes, headers: Mapping[str, str], deadline: Deadline
     ) -> tuple[UpstreamResponse, bytes | None]:
         """Send `body` and read the answer whole, or for a stream only its headers (data None).
 
         One timer for both: the attempt's time until the headers, then the request's deadline.
         """
         replica = attempt.replica
-        within = deadline.remaining() if attempt_timeout is None else min(attempt_timeout, deadline.remaining())
+        most = self._attempt_timeout_s
+        within = deadline.remaining() if most is None else min(most, deadline.remaining())
         answered = False
         try:
             async with asyncio.timeout(within) as limit:
-                upstream = await self._client.post(replica.url + path, body, headers)
+                upstream = await self._upstream.post(replica.url + path, body, headers)
                 answered = True
                 if upstream.status == 200 and upstream.content_type == "text/event-stream":
                     return upstream, None
@@ -282,7 +277,7 @@ class Proxy:
         return upstream, data
 
     async def _relay(
-        self, upstream: UpstreamResponse, attempt: _Attempt, deadline: Deadline, timer: StreamTimer
+        self, upstream: UpstreamResponse, attempt: _Verdict, deadline: Deadline, timer: StreamTimer
     ) -> AsyncIterator[bytes]:
         """Each chunk goes out as it arrives; a stream that breaks, reaches its deadline or outlives
         the shutdown drain ends with an error event, never silently.

@@ -1,37 +1,17 @@
-"""From a request to a routing decision: its key, its adapter, and the errors when nothing can serve it."""
+"""The choice of a replica for a routing key: the router's decision, or the error a client should see."""
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
+
+from opentelemetry import trace
 
 from app.errors import ModelNotFound, NoEngineAvailable
 from app.pools.registry import PoolRegistry, Replica
-from protocol import ChatCompletionRequest, CompletionRequest
-from router import PROMPT_HEAD_CHARS, Decision, routing_key
+from protocol import tracing
+from router import Decision
 
-__all__ = ["SESSION_HEADER", "chat_key", "choose", "completion_key"]
+__all__ = ["choose", "trace_decision"]
 
-SESSION_HEADER = "x-session-id"
-
-
-def chat_key(headers: Mapping[str, str], chat: ChatCompletionRequest) -> str:
-    """Session header, else `user`, else the system prompt and first user turn."""
-    head = ""
-    for message in chat.messages:
-        if message.role in ("system", "developer"):
-            head += message.text() + "\x1e"
-        elif message.role == "user":
-            head += message.text()
-            break
-        if len(head) >= PROMPT_HEAD_CHARS:
-            break
-    return routing_key(model=chat.model, session_id=headers.get(SESSION_HEADER), user=chat.user, prompt_head=head)
-
-
-def completion_key(headers: Mapping[str, str], completion: CompletionRequest) -> str:
-    prompt = completion.prompt
-    head = prompt[:PROMPT_HEAD_CHARS] if isinstance(prompt, str) else repr(prompt)[:PROMPT_HEAD_CHARS]
-    return routing_key(
-        model=completion.model, session_id=headers.get(SESSION_HEADER), user=completion.user, prompt_head=head
-    )
+tracer = trace.get_tracer("switchyard.gateway")
 
 
 def choose(
@@ -49,3 +29,17 @@ def choose(
     if exclude or any(r.serves(model) for r in registry.replicas()) or not registry.any_healthy():
         raise NoEngineAvailable(f"No engine that serves `{model}` is reachable right now; retry shortly.")
     raise ModelNotFound(model)
+
+
+def trace_decision(decision: Decision[Replica]) -> None:
+    """The routing decision as a span of its own, with its reasons."""
+    with tracing.span(tracer, "route") as span:
+        if span.is_recording():
+            span.set_attributes(
+                {
+                    "switchyard.region": decision.region,
+                    "switchyard.replica": decision.node.id,
+                    "switchyard.reason": decision.reason.value,
+                    "switchyard.home": decision.home,
+                }
+            )

@@ -10,7 +10,7 @@ import socket
 import sys
 from pathlib import Path
 
-from app.upstream.client import UpstreamClient, UpstreamError
+from app.upstream.client import Upstream, UpstreamError
 
 __all__ = ["EmbeddedEngine", "EmbeddedEngineFailed"]
 
@@ -43,19 +43,18 @@ class EmbeddedEngine:
         self._start_timeout = start_timeout
         self._host = host
         self._process: asyncio.subprocess.Process | None = None
-        self.url = ""
+        self._port = _free_port(host)  # chosen now: the pool that routes to it is built before it starts
+        self.url = f"http://{host}:{self._port}"
         self.api_key = secrets.token_urlsafe(32)
 
-    async def start(self, client: UpstreamClient) -> str:
-        """Start the engine and return its URL once it answers `/health`."""
-        port = _free_port(self._host)
-        args = ["-m", "engines.transformers", "--host", self._host, "--port", str(port)]
+    async def start(self, client: Upstream) -> None:
+        """Start the engine; returns once it answers `/health`."""
+        args = ["-m", "engines.transformers", "--host", self._host, "--port", str(self._port)]
         # Its key, so that nothing else on this host can use the engine behind the gateway's back.
         env = {**os.environ, "SWITCHYARD_ENGINE_API_KEY": self.api_key}
         args += ["--data-dir", str(self._data_dir), "--log-level", "warning"]
         if self._model:
             args += ["--model", self._model]
-        self.url = f"http://{self._host}:{port}"
         log.info("starting the embedded engine on %s", self.url)
         self._process = await asyncio.create_subprocess_exec(
             sys.executable, *args, env=env, preexec_fn=_die_with_parent
@@ -70,9 +69,8 @@ class EmbeddedEngine:
         except BaseException:
             await self.stop()
             raise
-        return self.url
 
-    async def _wait_ready(self, client: UpstreamClient) -> None:
+    async def _wait_ready(self, client: Upstream) -> None:
         assert self._process is not None
         while True:
             if self._process.returncode is not None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from app.pools.engine_stats import EngineStats, read_engine_stats
 from app.pools.registry import PoolRegistry, Replica
-from app.upstream.client import UpstreamClient, UpstreamError
+from app.upstream.client import Upstream, UpstreamError
 
 __all__ = ["HealthMonitor", "check_replica"]
 
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 async def check_replica(
-    client: UpstreamClient, url: str, within: float, auth: Mapping[str, str]
+    client: Upstream, url: str, within: float, auth: Mapping[str, str]
 ) -> tuple[float, dict[str, dict[str, Any]]]:
     """`/health` answers 200 and `/v1/models` a readable list: the round trip in ms, and the models.
 
@@ -48,7 +48,7 @@ class HealthMonitor:
     def __init__(
         self,
         registry: PoolRegistry,
-        client: UpstreamClient,
+        client: Upstream,
         *,
         interval: float,
         stats_interval: float,

@@ -12,7 +12,7 @@ from typing import Any
 from app.errors import Conflict, NotFound, Unprocessable
 from app.pools.health import check_replica
 from app.pools.registry import Pool, PoolRegistry, Replica
-from app.upstream.client import UpstreamClient, UpstreamError
+from app.upstream.client import Upstream, UpstreamError
 
 __all__ = ["NodeManager"]
 
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 class NodeManager:
-    def __init__(self, registry: PoolRegistry, client: UpstreamClient, *, timeout: float) -> None:
+    def __init__(self, registry: PoolRegistry, client: Upstream, *, timeout: float) -> None:
         self._registry = registry
         self._client = client
         self._timeout = timeout
@@ -86,9 +86,6 @@ class NodeManager:
         if replica not in self._removals:
             self._removals[replica] = asyncio.create_task(self._remove_when_idle(replica), name=f"remove-{replica.id}")
         return False
-
-    def pending_removal(self, replica: Replica) -> bool:
-        return replica in self._removals
 
     async def aclose(self) -> None:
         for task in self._removals.values():

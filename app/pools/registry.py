@@ -7,15 +7,15 @@ admin API at run time) join or leave the router at once.
 import asyncio
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from app.pools.engine_stats import EngineStats
 from app.settings import PoolKind, PoolSettings
 from router import Outcome, Router
 
-__all__ = ["Lease", "LeaseObserver", "Pool", "PoolRegistry", "Replica"]
+__all__ = ["Lease", "Pool", "PoolRegistry", "Replica"]
 
 
 @dataclass(eq=False, slots=True)
@@ -69,9 +69,6 @@ class Replica:
     def holds(self, adapter: str) -> bool:
         return adapter in self.active_adapters
 
-    def acquire(self, tenant: str = "") -> "Lease":
-        return Lease(self, tenant)
-
     def mark_up(self, models: dict[str, dict[str, Any]], rtt_ms: float) -> None:
         self.healthy, self.down_reported, self.last_error, self.rtt_ms = True, False, None, rtt_ms
         if not self.pool.static_models:
@@ -109,26 +106,21 @@ class Replica:
         }
 
 
-class LeaseObserver(Protocol):
-    """Told of every lease, so per-tenant counts and waiting requests follow the load."""
-
-    def acquired(self, tenant: str) -> None: ...
-    def released(self, tenant: str) -> None: ...
-
-
 class Lease:
-    """One request's share of a replica's load, from choice to the end of its answer."""
+    """One request's share of a replica's load, from choice to the end of its answer.
 
-    __slots__ = ("replica", "tenant")
+    `on_release(tenant)` is told when it ends (admission counts each tenant's requests in flight).
+    """
 
-    def __init__(self, replica: Replica, tenant: str = "") -> None:
+    __slots__ = ("_on_release", "replica", "tenant")
+
+    def __init__(self, replica: Replica, tenant: str = "", on_release: Callable[[str], None] | None = None) -> None:
         self.replica: Replica | None = replica
         self.tenant = tenant
+        self._on_release = on_release
         replica.in_flight += 1
         replica.load += 1
         replica.idle.clear()
-        if replica.pool.observer is not None:
-            replica.pool.observer.acquired(tenant)
 
     def release(self) -> None:
         replica = self.replica
@@ -138,8 +130,8 @@ class Lease:
             if not replica.in_flight:
                 replica.idle.set()
             self.replica = None
-            if replica.pool.observer is not None:
-                replica.pool.observer.released(self.tenant)
+            if self._on_release is not None:
+                self._on_release(self.tenant)
 
 
 @dataclass(eq=False, slots=True)
@@ -152,7 +144,6 @@ class Pool:
     # Sent with every request to the pool's engines: their API key, when they have one.
     auth: dict[str, str] = field(default_factory=dict)
     replicas: list[Replica] = field(default_factory=list)
-    observer: LeaseObserver | None = None
     _ids: Iterator[int] = field(default_factory=itertools.count)
 
     def next_id(self) -> str:
@@ -186,10 +177,6 @@ class PoolRegistry:
     def remove_replica(self, replica: Replica) -> None:
         replica.pool.replicas.remove(replica)
         self.router.remove(replica.name)
-
-    def observe(self, observer: LeaseObserver) -> None:
-        for pool in self.pools.values():
-            pool.observer = observer
 
     def capacity(self, model: str) -> int | None:
         """Requests the available replicas serving `model` take before saturating (None: no limit)."""

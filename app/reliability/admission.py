@@ -58,14 +58,10 @@ class Admission:
         self._wait_ms = 1000.0  # recent queue wait (EWMA): what Retry-After says
         self._empty = asyncio.Event()  # set while nobody waits
         self._empty.set()
-        registry.observe(self)
 
     @property
     def queued(self) -> int:
         return self._queued
-
-    async def wait_empty(self) -> None:
-        await self._empty.wait()
 
     def shed_all(self, error: Callable[[], GatewayError]) -> None:
         """Answer every waiting request with `error` (the drain budget is spent)."""
@@ -75,17 +71,28 @@ class Admission:
                 if not waiter.future.done():
                     waiter.future.set_exception(error())
 
-    # LeaseObserver: every lease, retries included, counts for its tenant.
-
-    def acquired(self, tenant: str) -> None:
+    def lease(self, tenant: str, replica: Replica) -> Lease:
+        """A share of `replica`'s load for one of `tenant`'s requests; every lease, retries'
+        included, counts toward the tenant's requests in flight until it is released."""
         self._in_flight[tenant] += 1
+        return Lease(replica, tenant, self._released)
 
-    def released(self, tenant: str) -> None:
+    def _released(self, tenant: str) -> None:
         self._in_flight[tenant] -= 1
         if self._in_flight[tenant] <= 0:
             del self._in_flight[tenant]
         if self._queued:
             self.pump()
+
+    def in_flight(self) -> int:
+        """Requests waiting or running: what a drain waits for."""
+        return self._queued + sum(r.in_flight for r in self._registry.replicas())
+
+    async def wait_idle(self) -> None:
+        """Returns once nothing waits and no replica has a request in flight."""
+        while self._queued or any(r.in_flight for r in self._registry.replicas()):
+            await self._empty.wait()
+            await self._registry.wait_idle()
 
     async def admit(self, tenant: str, model: str, route: Route, deadline: Deadline) -> Admitted:
         """A decision and its replica's lease, at once or after waiting; or a shed error."""
@@ -96,7 +103,7 @@ class Admission:
         if tenant not in self._queues:
             decision = route()
             if self._fits(tenant, model, decision, now):
-                return decision, decision.node.acquire(tenant)
+                return decision, self.lease(tenant, decision.node)
         waiter = self._enqueue(tenant, model, route, now)
         self.pump()  # its turn may be now: another tenant's turn can come before a backlog
         # Which bound ends the wait is decided now: timers may fire a little early.
@@ -137,7 +144,7 @@ class Admission:
                 if not self._fits(tenant, waiter.model, decision, now):
                     continue
                 self._drop(waiter)
-                waiter.future.set_result((decision, decision.node.acquire(tenant)))
+                waiter.future.set_result((decision, self.lease(tenant, decision.node)))
                 self._wait_ms += 0.2 * ((now - waiter.queued_at) * 1000 - self._wait_ms)
                 if tenant in self._queues:
                     self._queues.move_to_end(tenant)  # the others' turn first

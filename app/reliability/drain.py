@@ -11,30 +11,33 @@
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from typing import Protocol
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.errors import ShuttingDown
+from app.errors import GatewayError, ShuttingDown
 
-__all__ = ["Drain", "DrainMiddleware"]
+__all__ = ["Drain", "DrainMiddleware", "Work"]
 
 log = logging.getLogger(__name__)
 _STREAM_END_GRACE_S = 2.0  # for cut streams to write their last event
 
 
-async def _nothing_in_flight() -> None:
-    return None
+class Work(Protocol):
+    """What a drain waits for: requests waiting for capacity or running (admission knows both)."""
+
+    def in_flight(self) -> int: ...
+    async def wait_idle(self) -> None: ...
+    def shed_all(self, error: Callable[[], GatewayError]) -> None: ...
 
 
 class Drain:
-    def __init__(self, budget_s: float) -> None:
+    def __init__(self, budget_s: float, work: Work) -> None:
         self.budget_s = budget_s
         self.draining = False
-        self.in_flight: Callable[[], int] = lambda: 0  # set once the pools exist
-        self.wait_idle: Callable[[], Awaitable[None]] = _nothing_in_flight  # ditto
-        self.on_drained: Callable[[], None] = lambda: None  # set by whoever runs the server
-        self.on_budget_spent: Callable[[], None] = lambda: None  # answers what still waits
+        self.drained = False  # the server exits once it is (app/server.py)
+        self._work = work
         self._stoppers: set[Callable[[], None]] = set()
         self._task: asyncio.Task[None] | None = None
 
@@ -42,7 +45,7 @@ class Drain:
         if self.draining:
             return
         self.draining = True
-        log.warning("shutting down: draining %d request(s) for up to %.0f s", self.in_flight(), self.budget_s)
+        log.warning("shutting down: draining %d request(s) for up to %.0f s", self._work.in_flight(), self.budget_s)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="drain")
 
     def track_stream(self, stop: Callable[[], None]) -> Callable[[], None]:
@@ -54,18 +57,18 @@ class Drain:
         try:
             if not await self._idle_within(self.budget_s):
                 log.warning("drain budget spent: ending %d open stream(s)", len(self._stoppers))
-                self.on_budget_spent()
+                self._work.shed_all(ShuttingDown)  # what still waits for capacity
                 for stop in list(self._stoppers):
                     stop()
                 await self._idle_within(_STREAM_END_GRACE_S)
         finally:
-            log.warning("drained, %d request(s) still in flight: exiting", self.in_flight())
-            self.on_drained()
+            log.warning("drained, %d request(s) still in flight: exiting", self._work.in_flight())
+            self.drained = True
 
     async def _idle_within(self, seconds: float) -> bool:
         try:
             async with asyncio.timeout(seconds):
-                await self.wait_idle()
+                await self._work.wait_idle()
         except TimeoutError:
             return False
         return True

@@ -21,8 +21,8 @@ import json
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 
-from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
+from starlette.datastructures import Headers
 
 from app.errors import (
     GatewayError,
@@ -112,12 +112,13 @@ class Idempotency:
         self._renewer: asyncio.Task[None] | None = None
 
     async def run(
-        self, request: Request, tenant: str, route: str, body: bytes, handler: Callable[[], Awaitable[Response]]
+        self, headers: Headers, tenant: str, route: str, body: bytes, handler: Callable[[], Awaitable[Response]]
     ) -> Response:
-        raw = request.headers.get(KEY_HEADER)
+        """`handler`'s answer, or the one kept for the request's key; `body`: what the key's fingerprint covers."""
+        raw = headers.get(KEY_HEADER)
         if raw is None:
             return await handler()
-        if len(request.headers.getlist(KEY_HEADER)) > 1:  # which one the client meant is anyone's guess
+        if len(headers.getlist(KEY_HEADER)) > 1:  # which one the client meant is anyone's guess
             raise _ambiguous()
         key = hashlib.sha256(f"{tenant}\x1f{route}\x1f{parse_key(raw)}".encode()).hexdigest()
         request_print = fingerprint(body)

@@ -1,16 +1,16 @@
-"""The one HTTP client the gateway talks to engines with.
+"""What the gateway needs from an engine client: the `Upstream` protocol and its errors.
 
-aiohttp, chosen by measurement (docs/benchmarks.md): it keeps several times
-httpx's default pool's throughput at 32 concurrent requests. Everything else in
-the gateway sees only `UpstreamClient` and `UpstreamResponse`.
+The gateway's own is `HttpUpstream` (aiohttp, app/upstream/http.py); `AsgiUpstream`
+(app/upstream/asgi.py) calls engines that are ASGI apps in the same process, as the tests do.
+`create_app` takes either.
 """
 
 from collections.abc import AsyncIterator, Mapping
-
-import aiohttp
+from types import TracebackType
+from typing import Protocol, Self
 
 __all__ = [
-    "UpstreamClient",
+    "Upstream",
     "UpstreamConnectError",
     "UpstreamError",
     "UpstreamResponse",
@@ -30,97 +30,41 @@ class UpstreamTimeoutError(UpstreamError):
     """The engine did not answer in time."""
 
 
-class UpstreamResponse:
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self._response = response
-        self.status = response.status
-        self.headers: Mapping[str, str] = response.headers
+class UpstreamResponse(Protocol):
+    """An engine's answer once its headers came: the body is read whole or streamed, once."""
+
+    status: int
+    headers: Mapping[str, str]
 
     @property
-    def content_type(self) -> str:
-        return self._response.content_type
+    def content_type(self) -> str: ...
 
     async def read(self) -> bytes:
-        try:
-            return await self._response.read()
-        except TimeoutError as exc:
-            raise UpstreamTimeoutError("the engine stopped answering") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError("the engine closed the connection before its answer was complete") from exc
-        finally:
-            self.close()
+        """The whole body (UpstreamError if it breaks off, UpstreamTimeoutError if it stalls)."""
+        ...
 
-    async def iter_chunks(self) -> AsyncIterator[bytes]:
+    def iter_chunks(self) -> AsyncIterator[bytes]:
         """Bytes as they arrive, without waiting to fill a buffer."""
-        try:
-            async for chunk in self._response.content.iter_any():
-                yield chunk
-        except TimeoutError as exc:
-            raise UpstreamTimeoutError("the engine stopped streaming") from exc
-        except aiohttp.ClientError as exc:
-            # The client library's words (`TransferEncodingError: 400 ...`) stay in the cause, for the log.
-            raise UpstreamError("the engine closed the connection before the stream was complete") from exc
+        ...
 
     def close(self) -> None:
-        """Return the connection to the pool if the body was read, else drop it so the engine stops."""
-        if self._response.content.at_eof():
-            self._response.release()
-        else:
-            self._response.close()
+        """Done with the answer: an unread rest is dropped, so the engine stops."""
+        ...
 
 
-class UpstreamClient:
-    def __init__(self, *, connect_timeout: float, read_timeout: float, max_connections: int) -> None:
-        self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=read_timeout)
-        self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
+class Upstream(Protocol):
+    """A client to engines, used inside `async with` (the app's lifespan)."""
 
-    async def __aenter__(self) -> "UpstreamClient":
-        connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0, keepalive_timeout=60)
-        self._session = aiohttp.ClientSession(
-            connector=connector, timeout=self._timeout, auto_decompress=False, skip_auto_headers=("User-Agent",)
-        )
-        return self
+    async def __aenter__(self) -> Self: ...
 
-    async def __aexit__(self, *_: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            raise RuntimeError("UpstreamClient used outside its `async with` block")
-        return self._session
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None: ...
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> UpstreamResponse:
         """POST and wait for the response headers; the body is the caller's to read or stream."""
-        return await self._request("POST", url, body, headers, None)
+        ...
 
     async def get(self, url: str, *, within: float, headers: Mapping[str, str] | None = None) -> tuple[int, bytes]:
-        """A small GET read whole (health and model probes)."""
-        response = await self._request("GET", url, None, headers or {}, aiohttp.ClientTimeout(total=within))
-        return response.status, await response.read()
-
-    async def _request(
-        self,
-        method: str,
-        url: str,
-        body: bytes | None,
-        headers: Mapping[str, str],
-        limits: aiohttp.ClientTimeout | None,
-    ) -> UpstreamResponse:
-        try:
-            response = await self.session.request(
-                method, url, data=body, headers=headers, timeout=limits or self._timeout
-            )
-        except TimeoutError as exc:
-            raise UpstreamTimeoutError(f"{method} {url} timed out") from exc
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-            raise UpstreamConnectError(f"{method} {url} failed: {exc}") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"{method} {url} failed: {exc}") from exc
-        return UpstreamResponse(response)
+        """A small GET read whole, within `within` seconds (health and model probes)."""
+        ...

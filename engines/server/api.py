@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.telemetry import TelemetryConfig
 
 from engines.base import Engine
 from engines.server.auth import ApiKeyGuard, check_api_key
@@ -18,23 +17,14 @@ from engines.server.errors import install_error_handlers
 from engines.server.metrics import EngineMetrics
 from engines.server.routes import adapters, generate, ops
 from engines.server.serving import OpenAIServing
+from protocol.asgi import NO_FRAMEWORK_TELEMETRY
 
 __all__ = ["create_app"]
-
-# FastAPI's own OpenTelemetry would open a span and record metrics for every request, the
-# gateway's health probes and Prometheus' scrapes included: the engine traces generation only.
-_NO_FRAMEWORK_TELEMETRY: TelemetryConfig = {
-    "tracing": False,
-    "metrics": False,
-    "logs": False,
-    "operation_spans": False,
-    "auto_configure": False,
-}
 
 
 def create_app(engine: Engine, *, model_root: str | None = None, api_key: str | None = None) -> FastAPI:
     app = FastAPI(
-        title="switchyard engine", lifespan=_lifespan, docs_url=None, redoc_url=None, telemetry=_NO_FRAMEWORK_TELEMETRY
+        title="switchyard engine", lifespan=_lifespan, docs_url=None, redoc_url=None, telemetry=NO_FRAMEWORK_TELEMETRY
     )
     app.state.engine = engine
     app.state.serving = OpenAIServing(engine)

@@ -1,0 +1,77 @@
+"""What the gateway knows about one API request while answering it.
+
+The request metrics middleware (app/observability/metrics.py) makes a `RequestContext` as a
+generating request arrives and leaves it in the ASGI scope; the route fills in the model and
+the tenant, and whoever relays a stream tells it when the stream is over. The metrics, the
+access log, rate-limit corrections and trace spans read it from there: one typed object
+instead of loose keys in `scope["state"]`.
+"""
+
+import itertools
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from starlette.types import Scope
+
+__all__ = ["RequestContext", "StreamEnd", "begin", "context_of", "request_id"]
+
+# Told when a request's stream is over, however it ended: the events it relayed, and the
+# `usage.total_tokens` the engine reported in it (when the client asked for usage), else None.
+StreamEnd = Callable[[int, int | None], None]
+
+_SCOPE_KEY = "switchyard.context"
+_MAX_REQUEST_ID = 128
+_ID_PREFIX = secrets.token_hex(8)  # per process: ids from several gateways never collide
+_ids = itertools.count(1)
+
+
+@dataclass(slots=True)
+class RequestContext:
+    request_id: str
+    started: float  # time.perf_counter() at arrival
+    model: str = "other"  # as a metric label: a model some replica serves, else `other`
+    tenant: str | None = None
+    _stream_ends: list[StreamEnd] | None = None
+
+    def label(self, model: str, known: frozenset[str], tenant: str) -> None:
+        """The request's model (bounded to the served ones, for metric labels) and its tenant."""
+        self.model = model if model in known else "other"
+        self.tenant = tenant
+
+    def on_stream_end(self, callback: StreamEnd) -> None:
+        """Have `callback` told what the request's stream relayed, once it is over."""
+        if self._stream_ends is None:
+            self._stream_ends = [callback]
+        else:
+            self._stream_ends.append(callback)
+
+    def stream_over(self, relayed: int, total: int | None) -> None:
+        """The stream is over: tell each callback once."""
+        ends, self._stream_ends = self._stream_ends, None
+        for end in ends or ():
+            end(relayed, total)
+
+
+def request_id(headers: list[tuple[bytes, bytes]]) -> str:
+    """The client's `x-request-id` when it sent a sane one, else a new one."""
+    for name, value in headers:
+        if name == b"x-request-id":
+            given = value.decode("latin-1")
+            if 0 < len(given) <= _MAX_REQUEST_ID and given.isascii() and given.isprintable():
+                return given
+            break
+    return f"{_ID_PREFIX}{next(_ids):x}"
+
+
+def begin(scope: Scope) -> RequestContext:
+    """A new context for the request in `scope`, kept there."""
+    context = scope[_SCOPE_KEY] = RequestContext(request_id(scope.get("headers", [])), time.perf_counter())
+    return context
+
+
+def context_of(scope: Scope) -> RequestContext:
+    """The request's context; made now if none was (an app without the request metrics middleware)."""
+    context: RequestContext | None = scope.get(_SCOPE_KEY)
+    return begin(scope) if context is None else context
