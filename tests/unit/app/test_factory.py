@@ -2,6 +2,8 @@
 
 import json
 
+from starlette.types import ASGIApp
+
 from harness.counting_engine import MODEL, CountingEngine
 from harness.inprocess import gateway_in_process, pool_settings
 
@@ -35,7 +37,7 @@ async def test_a_stream_is_relayed_event_by_event_to_its_end() -> None:
 
 async def test_an_engine_that_is_down_is_retried_on_another() -> None:
     engines = {A: CountingEngine(), B: CountingEngine()}
-    apps = {url: engine.app for url, engine in engines.items()}
+    apps: dict[str, ASGIApp] = {url: engine.app for url, engine in engines.items()}
     async with gateway_in_process(pool_settings([A, B], health_interval_s=60), apps) as gateway:
         del gateway.engines[A]  # refused connections from now on: only a request finds out
         answers = [

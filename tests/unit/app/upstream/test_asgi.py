@@ -3,7 +3,7 @@
 import asyncio
 
 import pytest
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.upstream.asgi import AsgiUpstream
 from app.upstream.client import UpstreamConnectError, UpstreamError, UpstreamTimeoutError
@@ -66,7 +66,7 @@ async def test_closing_an_answer_tells_the_app_its_client_left() -> None:
 
 
 async def test_no_app_at_a_url_is_a_refused_connection() -> None:
-    engines = {URL: _echo}
+    engines: dict[str, ASGIApp] = {URL: _echo}
     async with AsgiUpstream(engines) as upstream:
         del engines[URL]  # the engine went down
         with pytest.raises(UpstreamConnectError):
