@@ -1,6 +1,6 @@
-"""Traces with an in-memory exporter: the gateway's span tree for a request (FastAPI's server
-span continues the client's `traceparent`; ours hang below it), the context it sends the
-engine, and our engine continuing it."""
+"""Traces with an in-memory exporter: the gateway's span tree for a request (its server span,
+app/observability/tracing.py, continues the client's `traceparent`; the others hang below
+it), the context it sends the engine, and our engine continuing it."""
 
 import subprocess
 import sys
@@ -161,6 +161,16 @@ def test_a_trace_the_caller_did_not_sample_costs_no_spans(
     sent = httpx.get(counting_engine.url + "/executions").json()["traceparents"]["unsampled-1"]
     assert sent.startswith(f"00-{TRACE_ID}-")
     assert sent.endswith("-00")
+
+
+def test_probes_scrapes_and_the_model_list_are_never_traced(
+    exporter: InMemorySpanExporter, counting_engine: ServerProcess, tmp_path: Path
+) -> None:
+    with _serving(create_app(_settings(counting_engine, tmp_path))) as client:
+        exporter.clear()
+        for path in ("/health", "/ready", "/metrics", "/v1/models"):
+            assert client.get(path, headers={"traceparent": TRACEPARENT}).status_code == 200
+    assert exporter.get_finished_spans() == ()
 
 
 def test_no_span_is_begun_below_a_parent_that_is_not_sampled(exporter: InMemorySpanExporter) -> None:
