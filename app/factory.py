@@ -17,6 +17,7 @@ from app.api.openapi import install_openapi
 from app.auth import build_auth
 from app.errors import install_error_handlers
 from app.observability.metrics import GatewayMetrics, RequestMetrics
+from app.observability.tracing import TraceRequests
 from app.pipeline.attempt import Attempt
 from app.pipeline.layers import Admitted, Idempotent, Limited
 from app.pipeline.proxy import Proxy
@@ -113,7 +114,8 @@ def create_app(settings: GatewaySettings, upstream: Upstream | None = None) -> F
     app.state.drain = drain
     install_error_handlers(app)  # first: its catch-all is the innermost middleware
     app.add_middleware(DrainMiddleware, drain=drain)
-    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: shutdown answers count too
+    app.add_middleware(RequestMetrics, metrics=metrics)  # shutdown answers count too
+    app.add_middleware(TraceRequests)  # outermost: the server span covers everything, to a stream's last byte
     app.router.routes.extend([*completion_routes, Route("/predict", predict.predict, methods=["POST"])])
     for router in (models.router, ops.router, admin.router, oauth.router):
         app.include_router(router)

@@ -20,7 +20,8 @@ status class of a route and model; every engine error kind of a pool and region 
 answered, every pool's retries once its replicas are known). Where values are only known at
 first use (a model's histograms in a pool), that first use stays hidden from `rate()`.
 The request middleware that counts and times the API's requests also makes each one's
-context (app/context.py) and writes its access line (`app.access`).
+context (app/context.py) and writes its access line (`app.access`); the server span is
+app/observability/tracing.py's.
 """
 
 import asyncio
