@@ -6,7 +6,9 @@
 sets its behaviour and zeroes the counts (`fail_status` for the next `fail_times` requests, with `retry_after`
 and the error's `fail_code`;
 `stall_s` before answering; `chunks`, `chunk_delay_s`); `GET /executions` says how many
-requests it executed, in all and per `x-request-id`.
+requests it executed, in all and per `x-request-id`. In process, `behave(...)` does what
+`/control` does, and `stalled` says how many requests are in their stall right now (a stall
+the gateway gave up on is cancelled, and leaves it).
 
 For load tests: `--slots K` runs at most K requests at once (the rest wait inside, as in an
 engine's batch), `--chunk-delay-s` sets the pace without a `/control` call, and `--log FILE`
@@ -39,6 +41,7 @@ class CountingEngine:
         self.executed: Counter[str] = Counter()
         self.traceparents: dict[str, str] = {}  # the W3C trace context each request came with
         self.received = 0
+        self.stalled = 0
         self._answers = 0
         self._slots = asyncio.Semaphore(slots) if slots else None
         self._log = log
@@ -65,7 +68,11 @@ class CountingEngine:
             error = {"error": {"message": "told to fail", "type": "server_error", "param": None, "code": code}}
             return JSONResponse(error, status_code=int(b.get("fail_status", 503)), headers=headers)
         if b.get("stall_s"):
-            await asyncio.sleep(float(b["stall_s"]))
+            self.stalled += 1
+            try:
+                await asyncio.sleep(float(b["stall_s"]))
+            finally:
+                self.stalled -= 1
         if self._slots is not None:
             await self._slots.acquire()
         request_id = request.headers.get("x-request-id", "-")
@@ -104,12 +111,15 @@ class CountingEngine:
     async def metrics(self, _: Request) -> Response:
         return Response("", media_type="text/plain")
 
-    async def control(self, request: Request) -> Response:
+    def behave(self, **behaviour: Any) -> None:
         """New behaviour, and the counts start again from zero."""
-        self.behaviour = await request.json()
+        self.behaviour = behaviour
         self.executed.clear()
         self.traceparents.clear()
         self.received = 0
+
+    async def control(self, request: Request) -> Response:
+        self.behave(**await request.json())
         return JSONResponse(self.behaviour)
 
     async def executions(self, _: Request) -> Response:

@@ -7,7 +7,7 @@ limits, admission, errors, metrics) use it; tests of HTTP itself and of stream t
 real servers (harness/servers.py), because an ASGI transport reads a whole answer at once.
 """
 
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncIterator, Mapping, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,8 +17,9 @@ from starlette.types import ASGIApp
 from app.factory import create_app
 from app.settings import GatewaySettings
 from app.upstream.asgi import AsgiUpstream
+from harness.counting_engine import CountingEngine
 
-__all__ = ["InProcessGateway", "gateway_in_process", "pool_settings"]
+__all__ = ["InProcessGateway", "counting_engines", "gateway_in_process", "pool_settings"]
 
 
 class InProcessGateway:
@@ -30,10 +31,18 @@ class InProcessGateway:
         self.app = app
 
 
-def pool_settings(urls: list[str], **settings: Any) -> GatewaySettings:
-    """Settings with one pool `p` over `urls`, authentication off, and `settings` on top."""
-    fields: dict[str, Any] = {"auth_mode": "disabled", "pools": [{"name": "p", "replicas": urls}]}
+def pool_settings(urls: list[str], *, pool: Mapping[str, Any] | None = None, **settings: Any) -> GatewaySettings:
+    """Settings with one pool `p` over `urls` (and the pool's other fields in `pool`),
+    authentication off, and `settings` on top."""
+    fields: dict[str, Any] = {"auth_mode": "disabled", "pools": [{"name": "p", "replicas": urls, **(pool or {})}]}
     return GatewaySettings.model_validate(fields | settings)
+
+
+def counting_engines(urls: list[str]) -> tuple[dict[str, CountingEngine], dict[str, ASGIApp]]:
+    """A fresh counting engine at each of `urls`: the engines (to tell and to count), and their
+    apps (for `gateway_in_process`)."""
+    engines = {url: CountingEngine(name=url.rsplit("/", 1)[-1]) for url in urls}
+    return engines, {url: engine.app for url, engine in engines.items()}
 
 
 @asynccontextmanager
