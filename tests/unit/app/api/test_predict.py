@@ -1,4 +1,4 @@
-"""`/predict` without `model`: which model it gets, whatever adapters come and go."""
+"""`/predict`: which model a request without `model` gets, whatever adapters come and go."""
 
 from typing import Any
 
