@@ -1,8 +1,8 @@
 """The Prometheus rules and Grafana dashboards: promtool checks and unit-tests the rules (with
 input series labelled as the gateway labels its own), every metric a rule or a panel queries
 is one the gateway (or an engine, or a sync sidecar) exports or a rule records, and every
-alert has its section in docs/runbook.md. tests/test_prometheus_live.py runs them in a real
-Prometheus against a real gateway."""
+alert has its section in docs/runbook.md. tests/integration/ops/test_prometheus_live.py runs
+them in a real Prometheus against a real gateway."""
 
 import json
 import re
