@@ -2,7 +2,6 @@
 
 import json
 import tomllib
-from pathlib import Path
 
 import pytest
 import yaml
@@ -60,11 +59,6 @@ def test_readme_starts_with_the_two_commands() -> None:
 
 def test_pyproject_pins_torch() -> None:
     assert '"torch==2.13.0"' in (ROOT / "pyproject.toml").read_text()
-
-
-def test_data_paths_are_not_hardcoded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SWITCHYARD_DATA_DIR", str(tmp_path))
-    assert load_settings().data_dir == tmp_path
 
 
 def test_the_image_holds_every_package_the_project_installs() -> None:

@@ -1,5 +1,6 @@
 """Several workers on one port: metrics summed over them, shared idempotency, a drain of all
-on SIGTERM, a dead worker replaced, and the settings that several workers need."""
+on SIGTERM, a dead worker replaced (the settings that several workers need:
+tests/unit/app/test_settings.py)."""
 
 import json
 import os
@@ -12,7 +13,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.settings import load_settings
 from harness.scrape import scrape, value
 from harness.servers import Redis, ServerProcess, free_port
 
@@ -137,23 +137,3 @@ def test_sigterm_drains_every_worker_and_the_gateway_exits_0(
     assert server.process.wait(30) == 0, server.output()
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
     server.stop()
-
-
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        ({"workers": 2, "redis_url": "redis://127.0.0.1:6379/0"}, "needs configured pools"),
-        ({"workers": 2, "pools": [{"name": "p", "replicas": ["http://127.0.0.1:1"]}]}, "needs redis_url"),
-    ],
-)
-def test_several_workers_need_pools_and_redis(overrides: dict[str, object], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        load_settings(overrides)
-
-
-def test_each_worker_admits_its_share(tmp_path: Path) -> None:
-    settings = load_settings({"workers": 3, "redis_url": "redis://x", "max_queue": 10, "data_dir": tmp_path,
-                              "pools": [{"name": "p", "replicas": ["http://127.0.0.1:1"], "max_load": 8}]})  # fmt: skip
-    assert settings.worker_share(settings.max_queue) == 4
-    assert settings.worker_share(8) == 3
-    assert settings.worker_share(1) == 1

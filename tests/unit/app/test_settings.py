@@ -1,11 +1,12 @@
-"""Settings: YAML file, then environment, then explicit overrides."""
+"""Settings (app/settings.py): YAML file, then environment, then explicit overrides; the
+checks that refuse settings that cannot work together."""
 
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from app.settings import load_settings
+from app.settings import GatewaySettings, load_settings
 
 POOLS_YAML = """
 region: eu
@@ -85,3 +86,35 @@ def test_unreadable_file(tmp_path: Path) -> None:
     path.write_text("- 1\n- 2\n")
     with pytest.raises(ValueError, match="mapping"):
         load_settings(config_file=path)
+
+
+def test_data_paths_are_not_hardcoded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SWITCHYARD_DATA_DIR", str(tmp_path))
+    assert load_settings().data_dir == tmp_path
+
+
+def test_a_replica_belongs_to_one_pool() -> None:
+    with pytest.raises(ValueError, match="one pool only"):
+        GatewaySettings.model_validate(
+            {"pools": [{"name": "a", "replicas": ["http://x:1"]}, {"name": "b", "replicas": ["http://x:1/"]}]}
+        )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"workers": 2, "redis_url": "redis://127.0.0.1:6379/0"}, "needs configured pools"),
+        ({"workers": 2, "pools": [{"name": "p", "replicas": ["http://127.0.0.1:1"]}]}, "needs redis_url"),
+    ],
+)
+def test_several_workers_need_pools_and_redis(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        load_settings(overrides)
+
+
+def test_each_worker_admits_its_share(tmp_path: Path) -> None:
+    settings = load_settings({"workers": 3, "redis_url": "redis://x", "max_queue": 10, "data_dir": tmp_path,
+                              "pools": [{"name": "p", "replicas": ["http://127.0.0.1:1"], "max_load": 8}]})  # fmt: skip
+    assert settings.worker_share(settings.max_queue) == 4
+    assert settings.worker_share(8) == 3
+    assert settings.worker_share(1) == 1
