@@ -1,11 +1,9 @@
-"""Per-tenant rate limits: the bucket arithmetic on a clock the test moves, the same rules in
-a real Redis (atomic under concurrency), and the answers through a real gateway."""
+"""Per-tenant rate limits: the bucket arithmetic on a clock the test moves, and the answers
+through the gateway in process (the same rules in a real Redis: tests/integration/gateway/test_limits_redis.py)."""
 
 import asyncio
 import json
-import time
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -16,11 +14,11 @@ from app.reliability.limits import (
     Limits,
     Policy,
     RateLimiter,
-    RedisLimiter,
     estimate_prompt_tokens,
     estimate_tokens,
 )
-from harness.servers import Redis, ServerProcess, free_port
+from harness.counting_engine import CountingEngine
+from harness.inprocess import InProcessGateway, gateway_in_process, pool_settings
 
 
 class Clock:
@@ -105,88 +103,55 @@ def test_the_estimate_is_the_prompt_bytes_over_four_plus_the_completion_limit() 
     assert estimate_tokens(b"x" * 401, None) == 101 + 256
 
 
-async def test_redis_applies_the_same_rules_atomically(redis: Redis) -> None:
-    limiter = RedisLimiter(Policy(Limits(rpm=10, tpm=1000), {}), redis.url)
-    try:
-        outcomes = await asyncio.gather(*(limiter.charge("a", 50) for _ in range(50)), return_exceptions=True)
-        assert sum(not isinstance(o, BaseException) for o in outcomes) == 10
-        assert all(isinstance(o, RateLimited) for o in outcomes if isinstance(o, BaseException))
-        refused = await _refused(limiter, "a", 50)
-        assert refused.type == "requests"
-        assert 5000 < int(refused.headers["retry-after-ms"]) <= 6000  # 6 s a request at 10 a minute
-        # Redis's clock moves on between calls: a few tokens come back meanwhile.
-        headers = await limiter.charge("b", 900)
-        assert 100 <= int(headers["x-ratelimit-remaining-tokens"]) <= 110
-        assert (await _refused(limiter, "b", 200)).type == "tokens"
-        await limiter.correct("b", -500)
-        assert 400 <= int((await limiter.charge("b", 200))["x-ratelimit-remaining-tokens"]) <= 410
-    finally:
-        await limiter.aclose()
+ENGINE = "http://engine"
+STREAM_TPM = 400
 
 
-async def test_redis_down_lets_requests_through(redis: Redis) -> None:
-    limiter = RedisLimiter(Policy(Limits(rpm=1, tpm=None), {}), redis.url)
-    redis.stop()
-    try:
-        assert await limiter.charge("a", 0) == {}
-        assert await limiter.charge("a", 0) == {}
-    finally:
-        await limiter.aclose()
-
-
-@pytest.fixture(scope="module")
-def gateway(counting_engine: ServerProcess, log_dir: Path) -> Iterator[ServerProcess]:
-    env = {
-        "SWITCHYARD_POOLS": json.dumps([{"name": "p", "replicas": [counting_engine.url]}]),
-        "SWITCHYARD_RATE_LIMIT_RPM": "3",
-        "SWITCHYARD_RATE_LIMITS": json.dumps(
-            {"big": {"rpm": 1000, "tpm": 100}, **{s: {"rpm": 1000, "tpm": STREAM_TPM} for s in ("counted", "reported")}}
-        ),
+@pytest.fixture
+async def gateway() -> AsyncIterator[InProcessGateway]:
+    limits = {
+        "big": {"rpm": 1000, "tpm": 100},
+        **{s: {"rpm": 1000, "tpm": STREAM_TPM} for s in ("counted", "reported")},
     }
-    port = free_port()
-    server = ServerProcess("app", ["--port", str(port)], port=port, log_dir=log_dir, env=env, ready_path="/ready")
-    yield server.wait_ready()
-    server.stop()
+    settings = pool_settings([ENGINE], rate_limit_rpm=3, rate_limits=limits)
+    async with gateway_in_process(settings, {ENGINE: CountingEngine().app}) as gateway:
+        yield gateway
 
 
-def _chat(gateway: ServerProcess, user: str, max_tokens: int = 4) -> httpx.Response:
+async def _chat(gateway: InProcessGateway, user: str, max_tokens: int = 4) -> httpx.Response:
     body = {
         "model": "counting",
         "messages": [{"role": "user", "content": "hi"}],
         "user": user,
         "max_tokens": max_tokens,
     }
-    return httpx.post(gateway.url + "/v1/chat/completions", json=body, timeout=30)
+    return await gateway.client.post("/v1/chat/completions", json=body)
 
 
-def test_the_gateway_answers_429_with_the_openai_headers(gateway: ServerProcess) -> None:
-    answers = [_chat(gateway, "t1") for _ in range(4)]
+async def test_the_gateway_answers_429_with_the_openai_headers(gateway: InProcessGateway) -> None:
+    answers = [await _chat(gateway, "t1") for _ in range(4)]
     assert [a.status_code for a in answers] == [200, 200, 200, 429]
     assert [a.headers["x-ratelimit-remaining-requests"] for a in answers[:3]] == ["2", "1", "0"]
     refused = answers[3].json()["error"]
     assert (refused["type"], refused["code"]) == ("requests", "rate_limit_exceeded")
     assert 1 <= int(answers[3].headers["retry-after"]) <= 20
-    assert _chat(gateway, "t2").status_code == 200  # tenants apart
+    assert (await _chat(gateway, "t2")).status_code == 200  # tenants apart
 
 
-def test_tokens_are_corrected_by_the_answers_usage(gateway: ServerProcess) -> None:
+async def test_tokens_are_corrected_by_the_answers_usage(gateway: InProcessGateway) -> None:
     # `big` may spend 100 tokens a minute; a request is estimated at its body's bytes / 4 plus
     # max_tokens 64 (about 90) and uses 65 (the counting engine's usage: 1 prompt + 64).
-    first = _chat(gateway, "big", max_tokens=64)
+    first = await _chat(gateway, "big", max_tokens=64)
     assert first.status_code == 200
     assert first.json()["usage"]["total_tokens"] == 65
-    assert _chat(gateway, "big", max_tokens=64).status_code == 429  # 35 left: not enough for the estimate
+    assert (await _chat(gateway, "big", max_tokens=64)).status_code == 429  # 35 left: not enough for the estimate
 
 
-STREAM_TPM = 400
-
-
-def _exact(gateway: ServerProcess, body: dict[str, object]) -> tuple[httpx.Response, int]:
+async def _exact(gateway: InProcessGateway, body: dict[str, object]) -> tuple[httpx.Response, int]:
     """Send exactly these bytes; the answer, and the gateway's up-front estimate for them."""
     content = json.dumps(body).encode()
     headers = {"content-type": "application/json"}
-    with httpx.stream("POST", gateway.url + "/v1/chat/completions", content=content, headers=headers) as response:
-        response.read()
+    response = await gateway.client.post("/v1/chat/completions", content=content, headers=headers)
     completion_limit = body.get("max_tokens")
     return response, estimate_tokens(content, completion_limit if isinstance(completion_limit, int) else None)
 
@@ -195,28 +160,20 @@ def _exact(gateway: ServerProcess, body: dict[str, object]) -> tuple[httpx.Respo
     ("user", "stream_options"),
     [("counted", None), ("reported", {"include_usage": True})],
 )
-def test_a_streams_tokens_are_corrected_when_it_ends(
-    gateway: ServerProcess, user: str, stream_options: dict[str, bool] | None
+async def test_a_streams_tokens_are_corrected_when_it_ends(
+    gateway: InProcessGateway, user: str, stream_options: dict[str, bool] | None
 ) -> None:
     """Charged up front for 256 completion tokens (no max_tokens), the 4-event stream then costs
     its usage as the engine reported it (1 prompt + 4), else the prompt's estimate + 4 events."""
     body: dict[str, object] = {"model": "counting", "messages": [{"role": "user", "content": "hi"}], "user": user}
     body |= {"stream": True} | ({"stream_options": stream_options} if stream_options else {})
-    streamed, estimate = _exact(gateway, body)
+    streamed, estimate = await _exact(gateway, body)
     assert streamed.status_code == 200
     assert streamed.text.count("tok") - streamed.text.count("_tokens") == 4
     used = 5 if stream_options else estimate_prompt_tokens(json.dumps(body).encode()) + 4
-    time.sleep(0.3)  # the correction runs as the stream closes
-    after, estimate_after = _exact(gateway, {**body, "stream": False, "max_tokens": 1})
+    await asyncio.sleep(0.3)  # the correction runs as the stream closes
+    after, estimate_after = await _exact(gateway, {**body, "stream": False, "max_tokens": 1})
     assert after.status_code == 200
     remaining = int(after.headers["x-ratelimit-remaining-tokens"])
     assert STREAM_TPM - used - estimate_after <= remaining <= STREAM_TPM - used - estimate_after + 10  # + refill
     assert estimate - used > 200  # so an uncorrected charge could not pass the check above
-
-
-def test_predict_is_charged_like_the_chat_route(gateway: ServerProcess) -> None:
-    """`/predict` goes through the same limits: its tenant (here `anonymous`) has 3 a minute."""
-    answers = [httpx.post(gateway.url + "/predict", json={"text": "hi"}, timeout=30) for _ in range(4)]
-    assert [a.status_code for a in answers] == [200, 200, 200, 429], answers[-1].text
-    assert answers[0].headers["x-ratelimit-remaining-requests"] == "2"
-    assert answers[3].json()["error"]["code"] == "rate_limit_exceeded"
