@@ -1,15 +1,21 @@
-"""Idempotency parts that need no server: keys, fingerprints, the in-process store, lease renewal."""
+"""Idempotency keys: their parsing and fingerprints, the protocol on a store that may fail
+(keeping an answer before it is sent, lease renewal), and the protocol through the gateway in
+process over a counting engine that records every execution (the same over a real Redis:
+tests/integration/gateway/test_idempotency_redis.py)."""
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping
 
+import httpx
 import pytest
 from fastapi.responses import Response, StreamingResponse
 from starlette.datastructures import Headers
 
 from app.errors import IdempotencyKeyInUse, IdempotencyUnavailable, InvalidRequest
 from app.reliability.idempotency import Idempotency, fingerprint, parse_key
-from app.reliability.idempotency_store import Claim, InProcessStore, StoredAnswer, StoreFull, StoreUnavailable
+from app.reliability.idempotency_store import Claim, InProcessStore, StoredAnswer, StoreUnavailable
+from harness.counting_engine import MODEL, CountingEngine
+from harness.inprocess import InProcessGateway, gateway_in_process, pool_settings
 
 
 @pytest.mark.parametrize(
@@ -33,72 +39,6 @@ def test_fingerprint_ignores_key_order_and_spacing_only() -> None:
 
 
 ANSWER = StoredAnswer(200, {"content-type": "application/json"}, b'{"ok": true}')
-
-
-async def test_claim_then_running_then_completed() -> None:
-    store = InProcessStore()
-    claim = await store.claim("k", "fp", lease_ms=10_000)
-    assert claim.outcome == "claimed"
-    assert (await store.claim("k", "fp", 10_000)).outcome == "running"
-    held = await store.complete("k", "someone-else", "fp", ANSWER, 60_000)  # only the owner settles
-    assert held is not None
-    assert held.outcome == "running"
-    assert await store.complete("k", claim.owner, "fp", ANSWER, 60_000) is None
-    other = StoredAnswer(200, {}, b"another answer")
-    kept = await store.complete("k", "late-owner", "fp", other, 60_000)  # a kept answer never changes
-    assert kept is not None
-    assert (kept.outcome, kept.answer) == ("completed", ANSWER)
-    done = await store.claim("k", "other-fp", 10_000)
-    assert (done.outcome, done.fingerprint, done.answer) == ("completed", "fp", ANSWER)
-    assert not await store.release("k", claim.owner)  # completed records are not released
-
-
-async def test_release_frees_the_key_and_a_lapsed_lease_too() -> None:
-    store = InProcessStore()
-    claim = await store.claim("k", "fp", 10_000)
-    assert await store.release("k", claim.owner)
-    again = await store.claim("k", "fp", lease_ms=1)
-    assert again.outcome == "claimed"
-    await asyncio.sleep(0.01)
-    assert await store.renew({"k": again.owner}, 10_000) == 0  # lapsed: no longer ours
-    assert (await store.claim("k", "fp", 10_000)).outcome == "claimed"
-
-
-async def test_a_full_in_process_store_refuses_new_claims_and_never_drops_a_kept_answer() -> None:
-    probe = InProcessStore()
-    claim = await probe.claim("a", "fp", 60_000)
-    await probe.complete("a", claim.owner, "fp", ANSWER, 60_000)
-    store = InProcessStore(max_bytes=3 * probe.size, tenant_share=1.0)  # room for three finished records
-    for key in ("a", "b", "c"):
-        claim = await store.claim(key, "fp", 60_000)
-        assert await store.complete(key, claim.owner, "fp", ANSWER, 60_000) is None
-    with pytest.raises(StoreFull):
-        await store.claim("d", "fp", 60_000)
-    for key in ("a", "b", "c"):  # every kept answer is still what its key replays
-        assert (await store.claim(key, "fp", 60_000)).answer == ANSWER
-    short = InProcessStore(max_bytes=3 * probe.size, tenant_share=1.0)
-    for key in ("a", "b", "c"):
-        claim = await short.claim(key, "fp", 60_000)
-        await short.complete(key, claim.owner, "fp", ANSWER, retention_ms=1)
-    await asyncio.sleep(0.01)
-    assert (await short.claim("d", "fp", 60_000)).outcome == "claimed"  # expired records made room
-
-
-async def test_one_tenant_cannot_fill_the_in_process_store_for_the_others() -> None:
-    probe = InProcessStore()
-    claim = await probe.claim("a", "fp", 60_000)
-    await probe.complete("a", claim.owner, "fp", ANSWER, 60_000)
-    store = InProcessStore(max_bytes=8 * probe.size, tenant_share=0.25)  # two records a tenant
-    for key in ("m1", "m2"):
-        claim = await store.claim(key, "fp", 60_000, tenant="mallory")
-        await store.complete(key, claim.owner, "fp", ANSWER, 60_000, tenant="mallory")
-    with pytest.raises(StoreFull) as refused:
-        await store.claim("m3", "fp", 60_000, tenant="mallory")
-    assert "your share" in str(refused.value)
-    for key in ("a1", "a2"):  # everyone else still has theirs
-        claim = await store.claim(key, "fp", 60_000, tenant="alice")
-        assert await store.complete(key, claim.owner, "fp", ANSWER, 60_000, tenant="alice") is None
-    assert (await store.claim("m1", "fp", 60_000, tenant="mallory")).answer == ANSWER  # replays still work
 
 
 async def test_a_full_store_is_a_503_that_says_so() -> None:
@@ -148,17 +88,6 @@ async def test_a_header_the_client_made_up_never_sticks_the_key() -> None:
     await idempotency.aclose()
 
 
-async def test_expired_records_go_as_new_claims_come_a_few_at_a_time() -> None:
-    store = InProcessStore()
-    for number in range(100):
-        claim = await store.claim(f"old-{number}", "fp", 60_000)
-        await store.complete(f"old-{number}", claim.owner, "fp", ANSWER, retention_ms=1)
-    await asyncio.sleep(0.01)  # all 100 expired, none looked up again
-    for number in range(10):
-        await store.claim(f"new-{number}", "fp", 60_000)
-    assert len(store) == 10  # the expired went ahead of the new ones, at most 16 per claim
-
-
 def _keyed_request(key: str) -> Headers:
     return Headers(raw=[(b"idempotency-key", key.encode())])
 
@@ -179,22 +108,6 @@ async def test_a_claim_outlives_its_lease_while_the_request_runs() -> None:
     replay = await idempotency.run(_keyed_request("k"), "t", "/r", body, slow)
     assert replay.headers["idempotent-replayed"] == "true"
     await idempotency.aclose()
-
-
-async def test_a_lapsed_claim_still_keeps_its_answer_when_nobody_took_the_key() -> None:
-    """A store that lost the claim (a restart, a lease that ran out while it was down) takes
-    the answer all the same: it is the key's first."""
-    store = InProcessStore()
-    assert await store.complete("k", "owner-gone", "fp", ANSWER, 60_000) is None
-    assert (await store.claim("k", "fp", 10_000)).answer == ANSWER
-
-
-async def test_renewal_extends_every_running_claim_of_ours_at_once() -> None:
-    store = InProcessStore()
-    claims = {key: (await store.claim(key, "fp", lease_ms=50)).owner for key in ("a", "b", "c")}
-    assert await store.renew(claims | {"d": "nobody"}, 10_000) == 3
-    await asyncio.sleep(0.1)  # past the first lease
-    assert {(await store.claim(key, "fp", 10_000)).outcome for key in claims} == {"running"}
 
 
 class FlakyStore(InProcessStore):
@@ -330,3 +243,119 @@ async def test_an_answer_too_large_to_keep_is_remembered_and_never_replaced() ->
     assert b"idempotent_answer_not_kept" in again.body
     assert runs == 1
     await idempotency.aclose()
+
+
+ENGINE = "http://engine"
+CHAT: dict[str, object] = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture
+def engine() -> CountingEngine:
+    return CountingEngine()
+
+
+@pytest.fixture
+async def gateway(engine: CountingEngine) -> AsyncIterator[InProcessGateway]:
+    async with gateway_in_process(pool_settings([ENGINE]), {ENGINE: engine.app}) as gateway:
+        yield gateway
+
+
+def _executed(engine: CountingEngine) -> int:
+    return sum(engine.executed.values())
+
+
+async def _post(
+    gateway: InProcessGateway, key: str | None, body: dict[str, object] = CHAT, **headers: str
+) -> httpx.Response:
+    sent = {"idempotency-key": key, **headers} if key is not None else dict(headers)
+    return await gateway.client.post("/v1/chat/completions", json=body, headers=sent)
+
+
+async def test_a_retried_request_executes_once_and_replays_the_answer(
+    gateway: InProcessGateway, engine: CountingEngine
+) -> None:
+    first = await _post(gateway, '"order-1"')
+    again = await _post(gateway, '"order-1"')
+    assert (first.status_code, again.status_code) == (200, 200)
+    assert "idempotent-replayed" not in first.headers
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.content == first.content
+    assert again.headers["x-request-id"] == first.headers["x-request-id"]
+    assert _executed(engine) == 1
+
+
+async def test_fifty_concurrent_duplicates_execute_once(gateway: InProcessGateway, engine: CountingEngine) -> None:
+    engine.behave(chunk_delay_s=0.1)  # 0.4 s per answer
+    answers = await asyncio.gather(*(_post(gateway, "dup-50") for _ in range(50)))
+    statuses = [(a.status_code, "idempotent-replayed" in a.headers) for a in answers]
+    assert statuses.count((200, False)) == 1  # the one that ran
+    assert all(s in ((200, False), (200, True), (409, False)) for s in statuses)
+    assert _executed(engine) == 1
+
+
+async def test_a_duplicate_in_flight_gets_409_with_retry_after(
+    gateway: InProcessGateway, engine: CountingEngine
+) -> None:
+    engine.behave(chunk_delay_s=0.25)
+    running = asyncio.create_task(_post(gateway, "slow-1"))
+    await asyncio.sleep(0.3)
+    duplicate = await _post(gateway, "slow-1")
+    await running
+    assert duplicate.status_code == 409
+    assert duplicate.headers["retry-after"] == "1"
+    assert duplicate.json()["error"]["code"] == "idempotency_key_in_use"
+
+
+async def test_the_same_key_with_another_body_is_422(gateway: InProcessGateway) -> None:
+    assert (await _post(gateway, "k-422")).status_code == 200
+    other = await _post(gateway, "k-422", CHAT | {"max_tokens": 3})
+    assert other.status_code == 422
+    assert other.json()["error"]["code"] == "idempotency_key_reused"
+    # Key order and spacing are not a different body.
+    same = await gateway.client.post(
+        "/v1/chat/completions",
+        content=b'{ "messages": [{"content": "hi", "role": "user"}], "model": "counting" }',
+        headers={"idempotency-key": "k-422", "content-type": "application/json"},
+    )
+    assert same.headers.get("idempotent-replayed") == "true"
+
+
+async def test_tenants_do_not_share_keys(gateway: InProcessGateway, engine: CountingEngine) -> None:
+    alice = await _post(gateway, "shared", CHAT | {"user": "alice"})
+    bob = await _post(gateway, "shared", CHAT | {"user": "bob"})
+    assert (alice.status_code, bob.status_code) == (200, 200)
+    assert "idempotent-replayed" not in bob.headers
+    assert _executed(engine) == 2
+
+
+async def test_a_completed_stream_replays_byte_identical(gateway: InProcessGateway, engine: CountingEngine) -> None:
+    body = CHAT | {"stream": True, "max_tokens": 6}
+    first = await _post(gateway, "stream-1", body)
+    again = await _post(gateway, "stream-1", body)
+    assert first.headers["content-type"].startswith("text/event-stream")
+    assert again.headers["content-type"].startswith("text/event-stream")
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.content == first.content
+    assert first.content.rstrip().endswith(b"data: [DONE]")
+    assert _executed(engine) == 1
+
+
+async def test_a_failure_before_the_first_byte_releases_the_key(
+    gateway: InProcessGateway, engine: CountingEngine
+) -> None:
+    engine.behave(fail_status=503, fail_times=100)
+    assert (await _post(gateway, "retry-me")).status_code == 503
+    await asyncio.sleep(0.01)  # the key is freed just after the answer (over a network, before a retry arrives)
+    engine.behave()
+    after = await _post(gateway, "retry-me")
+    assert after.status_code == 200
+    assert "idempotent-replayed" not in after.headers
+    assert _executed(engine) == 1
+
+
+@pytest.mark.parametrize("key", ["", '""', "has space", "x" * 256, "caf\u00e9"])
+async def test_a_malformed_key_is_400(gateway: InProcessGateway, key: str) -> None:
+    headers = httpx.Headers([(b"idempotency-key", key.encode("utf-8"))])
+    response = await gateway.client.post("/v1/chat/completions", json=CHAT, headers=headers)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_idempotency_key"
