@@ -85,38 +85,6 @@ async def test_an_unexpected_error_is_logged_once_and_answered_without_its_detai
     assert "POST /v1/completions" in logged[0].getMessage()
 
 
-@pytest.mark.parametrize(
-    ("prompt", "message"),
-    [([72, 256], "Token id 256 is out of vocabulary"), ([[1, 2, 300]], "Token id 300")],
-)
-async def test_prompt_ids_outside_the_vocabulary_are_refused(prompt: object, message: str) -> None:
-    fake = FakeEngine()
-    async with _client(fake) as http:
-        answer = await http.post("/v1/completions", json={"model": "fake-model", "prompt": prompt})
-    assert answer.status_code == 400
-    assert answer.json()["error"]["param"] == "prompt"
-    assert answer.json()["error"]["message"].startswith(message)
-    assert fake.requests == [], "refused before reaching the engine"
-
-
-@pytest.mark.parametrize(
-    ("fields", "param"),
-    [({"best_of": 2}, "best_of"), ({"logprobs": 1}, "logprobs"), ({"logit_bias": {"5": 1}}, "logit_bias")],
-)
-async def test_fields_this_engine_does_not_implement_are_refused(fields: dict[str, object], param: str) -> None:
-    async with _client(FakeEngine()) as http:
-        answer = await http.post("/v1/completions", json=_body(False, **fields))
-    assert answer.status_code == 400
-    assert answer.json()["error"]["param"] == param
-
-
-async def test_neutral_values_of_unimplemented_fields_are_accepted() -> None:
-    neutral = {"best_of": 1, "logprobs": 0, "logit_bias": {}}
-    async with _client(FakeEngine()) as http:
-        answer = await http.post("/v1/completions", json=_body(False, **neutral))
-    assert answer.status_code == 200, answer.text
-
-
 def _envelope(answer: httpx.Response, status: int) -> dict[str, str | None]:
     """The error of an answer that must be `status` in the OpenAI envelope, never FastAPI's `detail`."""
     assert answer.status_code == status, answer.text

@@ -1,7 +1,8 @@
-"""The engine's OpenAI server over the fake engine: shapes, limits and errors."""
+"""OpenAI chat and text completions over an engine (the fake one): shapes, limits, stop strings,
+streams, and the requests refused before they reach the engine."""
 
 import json
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 
 import httpx
 import pytest
@@ -9,18 +10,6 @@ import pytest
 from engines.base import EngineOverloaded, GenerationRequest, TokenChunk
 from engines.fake import FakeEngine
 from engines.server.api import create_app
-
-
-@pytest.fixture
-def fake() -> FakeEngine:
-    return FakeEngine("Hello world. Bye.", max_model_len=64)
-
-
-@pytest.fixture
-async def client(fake: FakeEngine) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(fake))
-    async with httpx.AsyncClient(transport=transport, base_url="http://engine") as http:
-        yield http
 
 
 def _chat(**extra: object) -> dict[str, object]:
@@ -110,12 +99,40 @@ async def test_refusals(client: httpx.AsyncClient, body: dict[str, object], stat
     assert response.json()["error"]["param"] == param
 
 
-async def test_models_health_and_metrics(client: httpx.AsyncClient) -> None:
-    assert (await client.get("/v1/models")).json()["data"][0]["id"] == "fake-model"
-    assert (await client.get("/health")).status_code == 200
-    metrics = (await client.get("/metrics")).text
-    assert 'vllm:num_requests_running{model_name="fake-model"} 0.0' in metrics
-    assert 'vllm:num_requests_waiting{model_name="fake-model"} 0.0' in metrics
+@pytest.mark.parametrize(
+    ("prompt", "message"),
+    [([72, 256], "Token id 256 is out of vocabulary"), ([[1, 2, 300]], "Token id 300")],
+)
+async def test_prompt_ids_outside_the_vocabulary_are_refused(
+    client: httpx.AsyncClient, fake: FakeEngine, prompt: object, message: str
+) -> None:
+    answer = await client.post("/v1/completions", json={"model": "fake-model", "prompt": prompt})
+    assert answer.status_code == 400
+    assert answer.json()["error"]["param"] == "prompt"
+    assert answer.json()["error"]["message"].startswith(message)
+    assert fake.requests == [], "refused before reaching the engine"
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [({"best_of": 2}, "best_of"), ({"logprobs": 1}, "logprobs"), ({"logit_bias": {"5": 1}}, "logit_bias")],
+)
+async def test_fields_this_engine_does_not_implement_are_refused(
+    client: httpx.AsyncClient, fields: dict[str, object], param: str
+) -> None:
+    answer = await client.post(
+        "/v1/completions", json={"model": "fake-model", "prompt": "hi", "stream": False, **fields}
+    )
+    assert answer.status_code == 400
+    assert answer.json()["error"]["param"] == param
+
+
+async def test_neutral_values_of_unimplemented_fields_are_accepted(client: httpx.AsyncClient) -> None:
+    neutral = {"best_of": 1, "logprobs": 0, "logit_bias": {}}
+    answer = await client.post(
+        "/v1/completions", json={"model": "fake-model", "prompt": "hi", "stream": False, **neutral}
+    )
+    assert answer.status_code == 200, answer.text
 
 
 class _FullEngine(FakeEngine):

@@ -3,7 +3,7 @@ the model list and adapter loads open none, and neither does FastAPI's own OpenT
 the engine or in the sync sidecar), which would otherwise open a span for every request.
 
 In a process of its own, with an in-memory exporter: OpenTelemetry takes one tracer provider
-per process, and tests/test_tracing.py installs this one's."""
+per process, and the gateway's tracing tests install theirs in the test process."""
 
 import json
 import subprocess
@@ -67,7 +67,7 @@ def record(data_dir: str) -> None:
 
 
 def _recorded(tmp_path: Path) -> dict[str, list[dict[str, object]]]:
-    script = f"from tests.test_engine_tracing import record; record({str(tmp_path)!r})"
+    script = f"from {__name__} import record; record({str(tmp_path)!r})"
     run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     recorded: dict[str, list[dict[str, object]]] = json.loads(run.stdout.splitlines()[-1])
