@@ -6,6 +6,8 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
 
 from fastapi import FastAPI
 from starlette.routing import Route
@@ -20,6 +22,7 @@ from app.errors import CATCH_ALL, install_error_handlers
 from app.observability.metrics import GatewayMetrics, RequestMetrics
 from app.observability.tracing import TraceRequests
 from app.pipeline.attempt import Attempt
+from app.pipeline.call import Handler
 from app.pipeline.layers import Admitted, Idempotent, Limited
 from app.pipeline.proxy import Proxy
 from app.pipeline.retries import Retrying, RetryPolicy
@@ -31,7 +34,7 @@ from app.reliability.admission import Admission
 from app.reliability.drain import Drain, DrainMiddleware
 from app.reliability.idempotency import Idempotency
 from app.reliability.idempotency_store import InProcessStore, RedisStore
-from app.reliability.limits import RedisLimiter, build_limiter
+from app.reliability.limits import InProcessLimiter, RedisLimiter, build_limiter
 from app.reliability.retry_budget import RetryBudget
 from app.settings import GatewaySettings, PoolSettings
 from app.upstream.client import Upstream
@@ -44,14 +47,56 @@ __all__ = ["build_router", "create_app"]
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class _Parts:
+    """What the routes, the pipeline and the lifespan share: one of each per app."""
+
+    upstream: Upstream
+    embedded: EmbeddedEngine | None
+    registry: PoolRegistry
+    admission: Admission
+    drain: Drain
+    metrics: GatewayMetrics
+    idempotency: Idempotency
+    limiter: InProcessLimiter | RedisLimiter | None
+    health: HealthMonitor
+    nodes: NodeManager
+
+
 def create_app(settings: GatewaySettings, upstream: Upstream | None = None) -> FastAPI:
     """The gateway. `upstream`: how it reaches engines (HTTP unless given; tests pass an
     `AsgiUpstream` over in-process engines)."""
-    upstream = upstream or HttpUpstream(
-        connect_timeout=settings.connect_timeout_s,
-        read_timeout=settings.read_timeout_s,
-        max_connections=settings.max_upstream_connections,
+    parts = _parts(settings, upstream or HttpUpstream.of(settings))
+    completions, predicted = _pipelines(parts, settings)
+    # Outermost first: the server span covers everything to a stream's last byte; shutdown
+    # answers and the catch-all's 500s are counted.
+    middleware: list[Middleware] = [
+        (TraceRequests, {}),
+        (RequestMetrics, {"metrics": parts.metrics}),
+        (DrainMiddleware, {"drain": parts.drain}),
+        CATCH_ALL,
+    ]
+    app = GatewayApp(
+        direct=[*completion_routes, Route("/predict", predict.predict, methods=["POST"])],
+        middleware=middleware,
+        title="switchyard",
+        version="0.1.0",
+        lifespan=partial(_lifespan, parts, settings),
+        telemetry=NO_FRAMEWORK_TELEMETRY,
     )
+    guard, issuer = build_auth(settings)
+    app.state.gateway = Gateway(
+        EdgeSettings.of(settings), completions, predicted, parts.registry, parts.nodes, parts.metrics, guard, issuer
+    )
+    app.state.drain = parts.drain
+    install_error_handlers(app)
+    for router in (models.router, ops.router, admin.router, oauth.router):
+        app.include_router(router)
+    install_openapi(app)
+    return app
+
+
+def _parts(settings: GatewaySettings, upstream: Upstream) -> _Parts:
     embedded = _embedded_engine(settings)
     pools = [_worker_share(pool, settings) for pool in settings.pools]
     if embedded is not None:
@@ -60,7 +105,6 @@ def create_app(settings: GatewaySettings, upstream: Upstream | None = None) -> F
     admission = Admission(
         registry, max_queue=settings.worker_share(settings.max_queue), queue_timeout_s=settings.queue_timeout_s
     )
-    drain = Drain(settings.drain_timeout_s, admission)
     metrics = GatewayMetrics(queued=lambda: admission.queued, breakers=lambda: _breakers(registry))
     store = RedisStore(settings.redis_url) if settings.redis_url else InProcessStore(settings.idempotency_memory_bytes)
     idempotency = Idempotency(
@@ -71,7 +115,6 @@ def create_app(settings: GatewaySettings, upstream: Upstream | None = None) -> F
         settle_timeout_s=settings.idempotency_settle_timeout_s,
         on_replay=metrics.replays.inc,
     )
-    limiter = build_limiter(settings)
     health = HealthMonitor(
         registry,
         upstream,
@@ -80,60 +123,42 @@ def create_app(settings: GatewaySettings, upstream: Upstream | None = None) -> F
         timeout=settings.health_timeout_s,
     )
     nodes = NodeManager(registry, upstream, timeout=settings.health_timeout_s)
+    drain = Drain(settings.drain_timeout_s, admission)
+    limiter = build_limiter(settings)
+    return _Parts(upstream, embedded, registry, admission, drain, metrics, idempotency, limiter, health, nodes)
 
-    # The request pipeline, outermost first: idempotency → limits → admission → retries → attempt → proxy.
-    proxy = Proxy(upstream, registry.report, drain, metrics, attempt_timeout_s=settings.attempt_timeout_s)
+
+def _pipelines(parts: _Parts, settings: GatewaySettings) -> tuple[Handler, Handler]:
+    """The request pipeline of the completion routes, and of `/predict`, outermost first:
+    idempotency → limits → admission → retries → attempt → proxy (docs/architecture.md)."""
+    registry, metrics = parts.registry, parts.metrics
+    proxy = Proxy(parts.upstream, registry.report, parts.drain, metrics, attempt_timeout_s=settings.attempt_timeout_s)
     retry = RetryPolicy(settings.max_attempts, settings.retry_backoff_s, settings.retry_backoff_max_s)
     budget = RetryBudget(settings.retry_budget_ratio, minimum=settings.retry_budget_min)
-    forward = Retrying(retry, budget, admission, registry, metrics, Attempt(registry, metrics, proxy))
-    admitted = Admitted(admission, registry, metrics, forward)
-    limited = admitted if limiter is None else Limited(limiter, metrics, admitted)
-    completions, predicted = Idempotent(idempotency, limited), Idempotent(idempotency, predict.PredictAnswer(limited))
+    forward = Retrying(retry, budget, parts.admission, registry, metrics, Attempt(registry, metrics, proxy))
+    admitted: Handler = Admitted(parts.admission, registry, metrics, forward)
+    limited = admitted if parts.limiter is None else Limited(parts.limiter, metrics, admitted)
+    idempotency = parts.idempotency
+    return Idempotent(idempotency, limited), Idempotent(idempotency, predict.PredictAnswer(limited))
 
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        async with AsyncExitStack() as stack:
-            await stack.enter_async_context(upstream)
-            if embedded is not None:
-                stack.push_async_callback(embedded.stop)
-                await embedded.start(upstream)
-            await stack.enter_async_context(health)
-            stack.push_async_callback(idempotency.aclose)
-            if isinstance(limiter, RedisLimiter):
-                stack.push_async_callback(limiter.aclose)
-            if metrics.multiprocess:
-                await stack.enter_async_context(metrics.refreshing(interval=settings.stats_interval_s))
-            stack.push_async_callback(nodes.aclose)
-            log.info("gateway ready: %d pool(s) in region %s", len(registry.pools), settings.region)
-            yield
 
-    # Outermost first: the server span covers everything to a stream's last byte; shutdown
-    # answers and the catch-all's 500s are counted.
-    middleware: list[Middleware] = [
-        (TraceRequests, {}),
-        (RequestMetrics, {"metrics": metrics}),
-        (DrainMiddleware, {"drain": drain}),
-        CATCH_ALL,
-    ]
-    direct = [*completion_routes, Route("/predict", predict.predict, methods=["POST"])]
-    app = GatewayApp(
-        direct=direct,
-        middleware=middleware,
-        title="switchyard",
-        version="0.1.0",
-        lifespan=lifespan,
-        telemetry=NO_FRAMEWORK_TELEMETRY,
-    )
-    guard, issuer = build_auth(settings)
-    app.state.gateway = Gateway(
-        EdgeSettings.of(settings), completions, predicted, registry, nodes, metrics, guard, issuer
-    )
-    app.state.drain = drain
-    install_error_handlers(app)
-    for router in (models.router, ops.router, admin.router, oauth.router):
-        app.include_router(router)
-    install_openapi(app)
-    return app
+@asynccontextmanager
+async def _lifespan(parts: _Parts, settings: GatewaySettings, _: FastAPI) -> AsyncIterator[None]:
+    """Starts what runs, in order, and stops it in reverse."""
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(parts.upstream)
+        if parts.embedded is not None:
+            stack.push_async_callback(parts.embedded.stop)
+            await parts.embedded.start(parts.upstream)
+        await stack.enter_async_context(parts.health)
+        stack.push_async_callback(parts.idempotency.aclose)
+        if isinstance(parts.limiter, RedisLimiter):
+            stack.push_async_callback(parts.limiter.aclose)
+        if parts.metrics.multiprocess:
+            await stack.enter_async_context(parts.metrics.refreshing(interval=settings.stats_interval_s))
+        stack.push_async_callback(parts.nodes.aclose)
+        log.info("gateway ready: %d pool(s) in region %s", len(parts.registry.pools), settings.region)
+        yield
 
 
 def _embedded_engine(settings: GatewaySettings) -> EmbeddedEngine | None:

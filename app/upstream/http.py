@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
 
+from app.settings import GatewaySettings
 from app.upstream.client import UpstreamConnectError, UpstreamError, UpstreamTimeoutError
 
 __all__ = ["HttpUpstream"]
@@ -58,6 +59,14 @@ class HttpUpstream:
         self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=read_timeout)
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def of(cls, settings: GatewaySettings) -> "HttpUpstream":
+        return cls(
+            connect_timeout=settings.connect_timeout_s,
+            read_timeout=settings.read_timeout_s,
+            max_connections=settings.max_upstream_connections,
+        )
 
     async def __aenter__(self) -> "HttpUpstream":
         connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0, keepalive_timeout=60)
