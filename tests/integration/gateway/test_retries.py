@@ -1,9 +1,10 @@
-"""Retries and failover under injected faults: three counting engines, each behind a fault
-proxy, behind a real gateway. Every request carries its own x-request-id, so each engine's
-count says how many times a request was executed."""
+"""Retries and failover under faults only a TCP connection shows: three counting engines,
+each behind a fault proxy, behind a real gateway. A connection reset before the answer is
+retried on another replica; a stream cut after its first event is not. Every request carries
+its own x-request-id, so each engine's count says how many times a request was executed.
+(The gateway's other retry decisions, in process: tests/unit/app/pipeline/test_retries.py.)"""
 
 import json
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,13 +66,9 @@ def gateway(replicas: list[Replica], log_dir: Path) -> Iterator[ServerProcess]:
     server.stop()
 
 
-def _chat(
-    gateway: ServerProcess, request_id: str, *, timeout_s: float | None = None, **fields: object
-) -> httpx.Response:
+def _chat(gateway: ServerProcess, request_id: str) -> httpx.Response:
     headers = {"x-request-id": request_id, "x-session-id": request_id}
-    if timeout_s is not None:
-        headers["x-request-timeout"] = str(timeout_s)
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]} | fields
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
     return httpx.post(gateway.url + "/v1/chat/completions", json=body, headers=headers, timeout=30)
 
 
@@ -79,11 +76,8 @@ def _executions(replicas: list[Replica], request_id: str) -> int:
     return sum(r.executed(request_id) for r in replicas)
 
 
-@pytest.mark.parametrize("fault", ["down", "reset"])
-def test_no_connection_is_served_by_another_replica(
-    gateway: ServerProcess, replicas: list[Replica], fault: str
-) -> None:
-    replicas[0].proxy.set(fault)  # type: ignore[arg-type]
+def test_a_reset_connection_is_served_by_another_replica(gateway: ServerProcess, replicas: list[Replica]) -> None:
+    replicas[0].proxy.set("reset")
     ids = [uuid.uuid4().hex for _ in range(12)]
     for request_id in ids:
         response = _chat(gateway, request_id)
@@ -91,31 +85,6 @@ def test_no_connection_is_served_by_another_replica(
         assert response.headers["x-route-replica"] != "p-0"
     assert [_executions(replicas, i) for i in ids] == [1] * len(ids)
     assert replicas[0].counts()[1] == 0
-    if fault == "down":  # the operator hears of it once, whoever noticed first (a request or a probe)
-        down = [line for line in gateway.output().splitlines() if "replica p-0 (" in line and "is down" in line]
-        assert len(down) == 1, gateway.output()
-
-
-def test_an_engine_503_is_served_by_another_replica_and_its_retry_after_kept(
-    gateway: ServerProcess, replicas: list[Replica]
-) -> None:
-    replicas[0].control(fail_status=503, fail_times=1000, retry_after=30)
-    ids = [uuid.uuid4().hex for _ in range(12)]
-    for request_id in ids:
-        response = _chat(gateway, request_id)
-        assert response.status_code == 200, response.text
-    assert [_executions(replicas, i) for i in ids] == [1] * len(ids)
-    # Held for its Retry-After once it said 503: asked at most once in all.
-    assert replicas[0].counts()[0] <= 1
-
-
-def test_an_engine_answer_is_relayed_when_no_retry_is_left(gateway: ServerProcess, replicas: list[Replica]) -> None:
-    for replica in replicas:
-        replica.control(fail_status=503, fail_times=1000, retry_after=2)
-    response = _chat(gateway, uuid.uuid4().hex)
-    assert response.status_code == 503
-    assert response.headers["retry-after"] == "2"
-    assert sum(r.counts()[0] for r in replicas) == 3  # max_attempts, each on another replica
 
 
 def test_a_failure_after_the_first_chunk_is_not_retried(gateway: ServerProcess, replicas: list[Replica]) -> None:
@@ -139,85 +108,15 @@ def test_a_failure_after_the_first_chunk_is_not_retried(gateway: ServerProcess, 
     assert _executions(replicas, request_id) == 1
 
 
-def test_a_stalled_engine_times_out_per_attempt_and_the_next_replica_answers(
-    gateway: ServerProcess, replicas: list[Replica]
-) -> None:
-    replicas[0].proxy.set("stall")
-    started = time.monotonic()
-    routes = [_chat(gateway, uuid.uuid4().hex) for _ in range(6)]
-    elapsed = time.monotonic() - started
-    assert all(r.status_code == 200 for r in routes), [(r.status_code, r.text[:300]) for r in routes]
-    assert all(r.headers["x-route-replica"] != "p-0" for r in routes)
-    assert elapsed < 6 * 0.5 + 1.0 + 1.0  # at most one attempt timeout (1 s) in all: then it is ejected or held
-    deadline = time.monotonic() + 5
-    while replicas[0].proxy.stalled and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert replicas[0].proxy.stalled == 0  # the stalled attempt was cancelled, not left open
-
-
-def test_when_every_engine_stalls_the_deadline_bounds_the_request(
-    gateway: ServerProcess, replicas: list[Replica]
-) -> None:
-    for replica in replicas:
-        replica.proxy.set("stall")
-    started = time.monotonic()
-    response = _chat(gateway, uuid.uuid4().hex, timeout_s=2.5)
-    elapsed = time.monotonic() - started
-    assert response.status_code == 504
-    assert response.json()["error"]["code"] in ("upstream_timeout", "deadline_exceeded")
-    assert elapsed < 2.5 + 0.5
-
-
-def test_a_stream_open_at_its_deadline_ends_with_an_error_event(
-    gateway: ServerProcess, replicas: list[Replica]
-) -> None:
-    for replica in replicas:
-        replica.control(chunks=100, chunk_delay_s=0.05)
-    headers = {"x-request-timeout": "1"}
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True}
-    started = time.monotonic()
-    with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body, headers=headers, timeout=30) as stream:
-        events = [line for line in stream.iter_lines() if line.startswith("data: ")]
-    assert time.monotonic() - started < 2.0
-    assert 5 < len(events) < 100
-    assert json.loads(events[-1].removeprefix("data: "))["error"]["code"] == "deadline_exceeded"
-
-
-def test_when_every_engine_fails_retries_stay_within_the_budget(
-    gateway: ServerProcess, replicas: list[Replica]
-) -> None:
-    for replica in replicas:
-        replica.control(fail_status=502, fail_times=10_000)
-    requests = 40
-    for _ in range(requests):
-        assert _chat(gateway, uuid.uuid4().hex).status_code == 502
-    sent = sum(r.counts()[0] for r in replicas)
-    # Budget: 10 % of requests plus 3 per 10 s window; without it, 3 attempts each (120).
-    assert requests <= sent <= requests + int(0.1 * requests) + 3
-
-
-@pytest.mark.parametrize("value", ["soon", "-1", "0", "nan", "inf"])
-def test_a_bad_timeout_header_is_refused(gateway: ServerProcess, value: str) -> None:
-    response = httpx.post(
-        gateway.url + "/v1/chat/completions",
-        json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
-        headers={"x-request-timeout": value},
-    )
-    assert response.status_code == 400
-    assert response.json()["error"]["param"] == "x-request-timeout"
-
-
-def _predict(gateway: ServerProcess, request_id: str, **headers: str) -> httpx.Response:
+def _predict(gateway: ServerProcess, request_id: str) -> httpx.Response:
     body = {"text": "hi", "max_tokens": 2}
-    sent = {"x-request-id": request_id, "x-session-id": request_id, **headers}
+    sent = {"x-request-id": request_id, "x-session-id": request_id}
     return httpx.post(gateway.url + "/predict", json=body, headers=sent, timeout=30)
 
 
-@pytest.mark.parametrize("fault", ["down", "reset"])
-def test_predict_fails_over_like_the_chat_route(gateway: ServerProcess, replicas: list[Replica], fault: str) -> None:
-    """`/predict` runs the same pipeline: a replica that is down costs no request, the engine
-    sees the request id, and the answer says where it was served (its trace: tests/test_tracing.py)."""
-    replicas[0].proxy.set(fault)  # type: ignore[arg-type]
+def test_predict_fails_over_a_reset_like_the_chat_route(gateway: ServerProcess, replicas: list[Replica]) -> None:
+    """`/predict` runs the same pipeline: a replica that resets its connections costs no request."""
+    replicas[0].proxy.set("reset")
     ids = [uuid.uuid4().hex for _ in range(12)]
     for request_id in ids:
         response = _predict(gateway, request_id)
@@ -228,25 +127,3 @@ def test_predict_fails_over_like_the_chat_route(gateway: ServerProcess, replicas
         assert response.headers["x-route-replica"] != "p-0"
         assert response.headers["x-route-region"]
     assert [_executions(replicas, i) for i in ids] == [1] * len(ids)
-
-
-def test_predict_answers_are_replayed_for_an_idempotency_key(gateway: ServerProcess, replicas: list[Replica]) -> None:
-    request_id = uuid.uuid4().hex
-    first = _predict(gateway, request_id, **{"idempotency-key": request_id})
-    again = _predict(gateway, uuid.uuid4().hex, **{"idempotency-key": request_id})
-    assert first.status_code == again.status_code == 200
-    assert again.headers["idempotent-replayed"] == "true"
-    assert again.content == first.content
-    assert again.headers["x-request-id"] == request_id
-    assert _executions(replicas, request_id) == 1
-
-
-def test_predict_relays_the_engines_answer_when_no_retry_is_left(
-    gateway: ServerProcess, replicas: list[Replica]
-) -> None:
-    for replica in replicas:
-        replica.control(fail_status=503, fail_times=1000, retry_after=2)
-    response = _predict(gateway, uuid.uuid4().hex)
-    assert response.status_code == 503
-    assert response.json()["error"]["type"] == "server_error"
-    assert sum(r.counts()[0] for r in replicas) == 3  # retried on every replica, as chat is
