@@ -253,7 +253,8 @@ class Proxy:
                 answered = True
                 if upstream.status == 200 and upstream.content_type == "text/event-stream":
                     return upstream, None
-                limit.reschedule(asyncio.get_running_loop().time() + deadline.remaining())
+                if most is not None:  # the attempt's time was until the headers: the rest has the deadline's
+                    limit.reschedule(asyncio.get_running_loop().time() + deadline.remaining())
                 data = await upstream.read()
         except UpstreamConnectError as exc:
             if replica.mark_down(str(exc)):
