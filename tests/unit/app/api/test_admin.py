@@ -1,6 +1,6 @@
-"""With authentication disabled (a loopback-only gateway), the admin API still answers only
-clients on this host. With authentication on, it takes tokens with scope `admin`
-(tests/test_auth.py)."""
+"""The admin API (app/api/admin.py): with authentication disabled (a loopback-only gateway), it
+still answers only clients on this host. With authentication on, it takes tokens with scope
+`admin` (tests/unit/app/api/test_deps.py)."""
 
 import httpx
 import pytest
