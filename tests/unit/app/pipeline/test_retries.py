@@ -1,7 +1,9 @@
-"""Retries and failover through the gateway in process: three counting engines, each told to
-fail, stall or refuse connections. Every request carries its own x-request-id, so each
-engine's count says how many times a request was executed. (Faults only a TCP connection
-shows, a reset or a stream cut mid-way: tests/integration/gateway/test_retries.py.)"""
+"""Retries: the layer over a stub `next` (another replica gets a retryable answer's call; the
+last answer goes back when no replica is left), then failover through the gateway in process:
+three counting engines, each told to fail, stall or refuse connections. Every request carries
+its own x-request-id, so each engine's count says how many times a request was executed.
+(Faults only a TCP connection shows, a reset or a stream cut mid-way:
+tests/integration/gateway/test_retries.py.)"""
 
 import asyncio
 import logging
@@ -12,10 +14,67 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi.responses import Response
 from starlette.types import ASGIApp
 
+from app.observability.metrics import GatewayMetrics
+from app.pipeline.call import Call, Forward, Placement
+from app.pipeline.proxy import RetryableAnswer
+from app.pipeline.retries import Retrying, RetryPolicy
+from app.pools.registry import PoolRegistry
+from app.reliability.admission import Admission
+from app.reliability.retry_budget import RetryBudget
 from harness.counting_engine import MODEL, CountingEngine
 from harness.inprocess import InProcessGateway, counting_engines, gateway_in_process, pool_settings
+from tests.unit.app.pipeline.stubs import make_call, place, registry_of
+
+
+def _retrying(registry: PoolRegistry, metrics: GatewayMetrics, next: Forward) -> tuple[Retrying, Admission]:
+    admission = Admission(registry, max_queue=4, queue_timeout_s=5)
+    policy = RetryPolicy(max_attempts=3, backoff_s=0.001, backoff_max_s=0.002)
+    return Retrying(policy, RetryBudget(0.1, minimum=3), admission, registry, metrics, next), admission
+
+
+def _busy(replica: str) -> RetryableAnswer:
+    return RetryableAnswer(Response(replica.encode(), status_code=503), retry_after=None)
+
+
+async def test_retrying_sends_a_retryable_answers_call_to_another_replica() -> None:
+    registry, metrics = registry_of(3), GatewayMetrics()
+    tried: list[tuple[str, int]] = []
+
+    async def next(call: Call, placement: Placement) -> Response:
+        tried.append((placement.decision.node.name, placement.attempt))
+        placement.lease.release()
+        if len(tried) == 1:
+            raise _busy(placement.decision.node.name)
+        return Response(b"answered")
+
+    retrying, admission = _retrying(registry, metrics, next)
+    call = make_call()
+    answer = await retrying(call, place(call, registry, admission))
+    assert answer.body == b"answered"
+    assert [attempt for _, attempt in tried] == [1, 2]
+    assert tried[0][0] != tried[1][0]
+    assert metrics.registry.get_sample_value("llm_retries_total", {"pool": "p"}) == 1
+
+
+async def test_retrying_relays_the_last_answer_when_no_replica_is_left() -> None:
+    registry = registry_of(2)  # fewer replicas than attempts
+    tried: list[str] = []
+
+    async def next(call: Call, placement: Placement) -> Response:
+        tried.append(placement.decision.node.name)
+        placement.lease.release()
+        raise _busy(placement.decision.node.name)
+
+    retrying, admission = _retrying(registry, GatewayMetrics(), next)
+    call = make_call()
+    answer = await retrying(call, place(call, registry, admission))
+    assert answer.status_code == 503
+    assert len(set(tried)) == len(tried) == 2  # each replica once
+    assert answer.body == tried[-1].encode()  # the last one's own answer
+
 
 URLS = ["http://engine-0", "http://engine-1", "http://engine-2"]
 SETTINGS: dict[str, Any] = {
