@@ -1,13 +1,16 @@
 """The proxy's small parts (an engine's Retry-After, where the last whole SSE event ends), and
 what it does through the gateway in process: a stream open at its deadline ends with an error
-event."""
+event, and an engine's 400s are the request's fault, never its replica's."""
 
 import json
 import time
 
 import pytest
+from starlette.types import Receive, Scope, Send
 
 from app.pipeline.proxy import _events_end, retry_after_s
+from engines.fake import FakeEngine
+from engines.server.api import create_app as create_engine_app
 from harness.counting_engine import MODEL
 from harness.inprocess import counting_engines, gateway_in_process, pool_settings
 
@@ -48,3 +51,28 @@ async def test_a_stream_open_at_its_deadline_ends_with_an_error_event() -> None:
     assert elapsed < 2.0
     assert 5 < len(events) < 100
     assert json.loads(events[-1].removeprefix("data: "))["error"]["code"] == "deadline_exceeded"
+
+
+URL = "http://engine"
+
+
+async def test_an_engine_answering_400_is_never_ejected() -> None:
+    """Past the breaker's threshold many times over, one at a time (no other traffic between
+    them to reset its count): 4xx answers are the request's fault, not the replica's."""
+    engine_app, reached = create_engine_app(FakeEngine()), 0
+
+    async def engine(scope: Scope, receive: Receive, send: Send) -> None:
+        nonlocal reached
+        reached += scope.get("path") == "/v1/completions"
+        await engine_app(scope, receive, send)
+
+    body = {"model": "fake-model", "user": "mallory", "max_tokens": 4, "prompt": [99_999_999]}  # past its vocabulary
+    async with gateway_in_process(pool_settings([URL]), {URL: engine}) as gateway:
+        for _ in range(40):
+            answer = await gateway.client.post("/v1/completions", json=body)
+            assert answer.status_code == 400
+            assert answer.json()["error"]["param"] == "prompt"
+        status = (await gateway.client.get("/status")).json()
+    assert reached == 40  # each refused by the engine, not at the gateway's edge
+    [replica] = status["pools"][0]["replicas"]
+    assert (replica["breaker"], replica["times_ejected"]) == ("closed", 0)

@@ -1,14 +1,25 @@
-"""Every kind of bad input gets the OpenAI envelope with the right status, never a 500."""
+"""The gateway's errors: every kind of bad input gets the OpenAI envelope with the right status,
+never a 500 (through the gateway in process, over our engine server on a fake engine, which
+refuses what only an engine can tell: a prompt or a completion past its context); a bug is
+one 500 in the envelope and one traceback in the log; and a FastAPI route's validation error
+names its param."""
 
 import json
-from collections.abc import Iterator
+import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import pytest
+from fastapi.testclient import TestClient
 
-from harness.servers import ServerProcess, free_port
-from tests.conftest import MODEL
+from app.factory import create_app
+from app.settings import GatewaySettings
+from engines.fake import FakeEngine
+from engines.server.api import create_app as create_engine_app
+from harness.inprocess import InProcessGateway, gateway_in_process, pool_settings
+
+MODEL = "fake-model"
+ENGINE = "http://engine"
 
 GOOD = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 JSON = {"content-type": "application/json"}
@@ -253,13 +264,19 @@ CASES = [
 ]
 
 
+@pytest.fixture
+async def gateway() -> AsyncIterator[InProcessGateway]:
+    async with gateway_in_process(pool_settings([ENGINE]), {ENGINE: create_engine_app(FakeEngine())}) as gateway:
+        yield gateway
+
+
 @pytest.mark.parametrize(
     ("path", "body", "headers", "status", "type_", "param", "code"),
     [case[1:] for case in CASES],
     ids=[case[0] for case in CASES],
 )
-def test_bad_input(
-    gateway: ServerProcess,
+async def test_bad_input(
+    gateway: InProcessGateway,
     path: str,
     body: bytes,
     headers: dict[str, str],
@@ -268,7 +285,7 @@ def test_bad_input(
     param: str | None,
     code: str | None,
 ) -> None:
-    response = httpx.post(gateway.url + path, content=body, headers=headers, timeout=30)
+    response = await gateway.client.post(path, content=body, headers=headers)
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
@@ -279,40 +296,73 @@ def test_bad_input(
         assert error["code"] == code
 
 
-def test_wrong_method_is_an_envelope(gateway: ServerProcess) -> None:
-    response = httpx.get(gateway.url + "/v1/chat/completions")
+async def test_wrong_method_is_an_envelope(gateway: InProcessGateway) -> None:
+    response = await gateway.client.get("/v1/chat/completions")
     assert response.status_code == 405
     assert response.json()["error"]["type"] == "invalid_request_error"
 
 
-def test_chunked_body_over_the_limit(gateway: ServerProcess) -> None:
-    def body() -> Iterator[bytes]:  # no Content-Length: the limit is enforced while reading
+async def test_chunked_body_over_the_limit(gateway: InProcessGateway) -> None:
+    async def body() -> AsyncIterator[bytes]:  # no Content-Length: the limit is enforced while reading
         yield b'{"x": "'
         for _ in range(5):
             yield b"a" * 1024 * 1024
         yield b'"}'
 
-    response = httpx.post(gateway.url + "/v1/chat/completions", content=body(), headers=JSON, timeout=30)
+    response = await gateway.client.post("/v1/chat/completions", content=body(), headers=JSON)
     assert response.status_code == 413
 
 
-@pytest.fixture(scope="module")
-def orphan_gateway(log_dir: Path) -> Iterator[ServerProcess]:
+async def test_no_engine_reachable_is_503() -> None:
     """A gateway whose only replica never answers."""
-    port = free_port()
-    pools = [{"name": "gone", "replicas": [f"http://127.0.0.1:{free_port()}"]}]
-    server = ServerProcess(
-        "app", ["--port", str(port)], port=port, log_dir=log_dir, env={"SWITCHYARD_POOLS": json.dumps(pools)}
-    ).wait_ready()
-    yield server
-    server.stop()
+    async with gateway_in_process(pool_settings(["http://gone"]), {}) as gateway:
+        response = await gateway.client.post("/v1/chat/completions", json=GOOD)
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "engine_unavailable"
+        ready = await gateway.client.get("/ready")
+        assert ready.status_code == 503
+        assert ready.json()["error"]["type"] == "server_error"
+        assert (await gateway.client.get("/health")).status_code == 200
 
 
-def test_no_engine_reachable_is_503(orphan_gateway: ServerProcess) -> None:
-    response = httpx.post(orphan_gateway.url + "/v1/chat/completions", json=GOOD)
-    assert response.status_code == 503
-    assert response.json()["error"]["code"] == "engine_unavailable"
-    ready = httpx.get(orphan_gateway.url + "/ready")
-    assert ready.status_code == 503
-    assert ready.json()["error"]["type"] == "server_error"
-    assert httpx.get(orphan_gateway.url + "/health").status_code == 200
+def _app(tmp_path: Path) -> TestClient:
+    settings = GatewaySettings.model_validate(
+        {
+            "pools": [{"name": "p", "replicas": ["http://127.0.0.1:9"]}],
+            "auth_mode": "disabled",
+            "data_dir": str(tmp_path),
+        }
+    )
+    app = create_app(settings)
+
+    async def fake_bug() -> None:  # a fake route, for the test only: a bug in a handler
+        raise KeyError("secret detail")
+
+    async def fake_validated(count: int) -> int:  # a fake route, for the test only: a typed parameter
+        return count
+
+    app.add_api_route("/fake-bug", fake_bug)
+    app.add_api_route("/fake-validated", fake_validated)
+    return TestClient(app, raise_server_exceptions=False)
+
+
+def test_a_bug_is_one_500_in_the_envelope_and_one_traceback(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with _app(tmp_path) as client, caplog.at_level(logging.ERROR):
+        answer = client.get("/fake-bug")
+    assert answer.status_code == 500
+    assert answer.json() == {
+        "error": {"message": "The gateway had an internal error.", "type": "server_error", "param": None, "code": None}
+    }
+    assert "secret detail" not in answer.text
+    tracebacks = [r for r in caplog.records if r.exc_info]
+    assert len(tracebacks) == 1, caplog.records
+    assert "/fake-bug" in tracebacks[0].getMessage()
+
+
+def test_a_routes_validation_error_names_its_param(tmp_path: Path) -> None:
+    with _app(tmp_path) as client:
+        answer = client.get("/fake-validated", params={"count": "many"})
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert (error["type"], error["param"]) == ("invalid_request_error", "count")
+    assert error["message"].startswith("Invalid value for 'count'")
