@@ -1,5 +1,7 @@
-"""The API tests' gateway with the built-in issuer: the auth tests' (tests/unit/app/auth/conftest.py)."""
+"""The API tests' gateways: with the built-in issuer (tests/unit/app/auth/conftest.py), and over
+two pools that each serve their own model (tests/unit/app/pools/conftest.py)."""
 
 from tests.unit.app.auth.conftest import issuing
+from tests.unit.app.pools.conftest import two_pools
 
-__all__ = ["issuing"]
+__all__ = ["issuing", "two_pools"]

@@ -1,5 +1,9 @@
 """The choice of a replica (app/pools/choice.py): the router's decision over the registry, own
-region first with affinity, or the error a client should see."""
+region first with affinity, or the error a client should see; then through a gateway in process,
+over engines in three regions and over two pools that each serve their own model."""
+
+import asyncio
+import logging
 
 import pytest
 
@@ -10,8 +14,10 @@ from app.pools.choice import choose
 from app.pools.engine_stats import EngineStats
 from app.pools.registry import Lease, PoolRegistry
 from app.settings import GatewaySettings, PoolSettings
+from harness.inprocess import InProcessGateway
 from protocol import ChatCompletionRequest
 from router import Reason
+from tests.unit.app.pools.conftest import FIRST, SECOND, Regions, route_of, wait_for
 
 
 def _registry(**settings: object) -> PoolRegistry:
@@ -119,3 +125,55 @@ def test_adapters_go_where_they_are_loaded() -> None:
     other.set_engine_stats(EngineStats(active_adapters=frozenset({"sql"})))
     decision = choose(registry, "sql", key, 0.0)
     assert (decision.node, decision.reason) == (other, Reason.ADAPTER)
+
+
+# through a gateway in process: three regions of counting engines (conftest.py)
+
+
+async def test_requests_stay_in_the_own_region_with_session_affinity(
+    regions: Regions, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="app.route")
+    routes = [await regions.route(f"user-{i}") for i in range(20)]
+    assert {region for region, _ in routes} == {"eu"}
+    assert {replica for _, replica in routes} == {"eu-0", "eu-1"}
+    for i in range(5):
+        assert {await regions.route(f"user-{i}") for _ in range(3)} == {routes[i]}
+    assert ": affinity (key session:" in caplog.text  # each decision is logged, explained
+
+
+async def test_a_saturated_region_spills_to_the_next_nearest(regions: Regions) -> None:
+    eu = [regions.engines["eu-0"], regions.engines["eu-1"]]
+    for engine in eu:
+        engine.behave(stall_s=1.5)  # four requests held, two on each replica
+    held = [asyncio.create_task(regions.chat(f"long-{i}")) for i in range(4)]
+    await wait_for(lambda: sum(engine.stalled for engine in eu) == 4)
+    assert await regions.route("one-more") == ("us", "us-0")
+    opened = [route_of(answer) for answer in await asyncio.gather(*held)]
+    assert sorted(opened) == [("eu", "eu-0"), ("eu", "eu-0"), ("eu", "eu-1"), ("eu", "eu-1")]
+    for engine in eu:
+        engine.behave()
+
+    async def back_home() -> bool:
+        return (await regions.route("one-more"))[0] == "eu"
+
+    await wait_for(back_home)
+
+
+async def test_own_region_down_is_served_by_the_next_region_without_client_errors(regions: Regions) -> None:
+    regions.stop("eu-0")
+    regions.stop("eu-1")
+    routes = [await regions.route(f"user-{i}") for i in range(10)]  # route_of asserts each is a 200
+    assert set(routes) == {("us", "us-0")}
+    regions.start("eu-0")
+    regions.start("eu-1")
+    await wait_for(regions.all_back)
+    assert (await regions.route("user-0"))[0] == "eu"  # remembered in us, but the own region comes first
+
+
+async def test_each_model_goes_to_the_pool_that_serves_it(two_pools: InProcessGateway) -> None:
+    for model in (FIRST, SECOND):
+        body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        response = await two_pools.client.post("/v1/chat/completions", json=body)
+        assert response.status_code == 200, response.text
+        assert response.json()["model"] == model
