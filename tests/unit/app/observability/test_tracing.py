@@ -1,15 +1,23 @@
-"""The gateway's server span (app/observability/tracing.py) around a small app: opened only on
-the generating routes of a sampled trace, parent of the spans below, open to a stream's last
-byte; a caller's unsampled trace and a sampled-out root are passed on with no span.
+"""Traces (app/observability/tracing.py's server span, protocol/tracing.py's helpers), recorded
+in memory.
+
+The server span around a small app: opened only on the generating routes of a sampled trace,
+parent of the spans below, open to a stream's last byte; a caller's unsampled trace and a
+sampled-out root are passed on with no span. Then a whole gateway in process over a counting
+engine: its span tree for a request continues the client's `traceparent` (admission, route
+and upstream below the server span, authentication's own), the context it sends the engine,
+and our engine continuing it.
 
 OpenTelemetry takes one tracer provider per process: `recorder()` installs the one these tests
-and tests/test_tracing.py share, with a sampler a test may swap (`sampling`)."""
+share, with a sampler a test may swap (`sampling`)."""
 
 import asyncio
 import functools
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -30,7 +38,13 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.trace import Link, SpanKind, StatusCode, TraceState
 from opentelemetry.util.types import Attributes
 
+from app.auth.__main__ import mint
 from app.observability.tracing import TraceRequests
+from app.settings import GatewaySettings
+from engines.fake import FakeEngine
+from engines.server.api import create_app as create_engine_app
+from harness.counting_engine import CountingEngine
+from harness.inprocess import gateway_in_process, pool_settings
 from protocol import tracing
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -84,6 +98,16 @@ def sampling(sampler: Sampler) -> Iterator[None]:
         yield
     finally:
         _SAMPLER.inner = ParentBased(ALWAYS_ON)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _recording() -> Iterator[None]:
+    """Spans are recorded while this module runs; the tests after it in the process run as
+    without a provider (OpenTelemetry keeps the one installed, but `tracing.enabled()` is off)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tracing, "_installed", tracing.enabled())  # put back as it was on leaving
+        recorder()
+        yield
 
 
 @pytest.fixture
@@ -263,3 +287,160 @@ def test_the_callers_context_is_read_from_the_raw_headers() -> None:
     )
     assert baggage.get_baggage("tenant", context) == "t1"
     assert tracing.extract_asgi([(b"host", b"gateway"), (b"x-traceparent", SAMPLED.encode())]) == Context()
+
+
+def test_no_span_is_begun_below_a_parent_that_is_not_sampled(exporter: InMemorySpanExporter) -> None:
+    unsampled = trace.NonRecordingSpan(
+        trace.SpanContext(int(TRACE_ID, 16), int(CLIENT_SPAN, 16), is_remote=True, trace_flags=trace.TraceFlags(0))
+    )
+    with trace.use_span(unsampled), tracing.span(tracer, "admission") as span:
+        assert span is trace.INVALID_SPAN
+    with tracing.span(tracer, "root") as span:  # no parent: the sampler decides (here: recorded)
+        assert span.is_recording()
+
+
+# a whole gateway in process, over a counting engine
+
+ENGINE = "http://engine"
+
+
+@asynccontextmanager
+async def _serving(**settings: Any) -> AsyncIterator[tuple[httpx.AsyncClient, CountingEngine]]:
+    """A gateway over one counting engine, with `settings` (authentication off unless they say otherwise)."""
+    engine = CountingEngine()
+    async with gateway_in_process(_settings(**settings), {ENGINE: engine.app}) as gateway:
+        yield gateway.client, engine
+
+
+def _settings(**settings: Any) -> GatewaySettings:
+    return pool_settings([ENGINE], **settings)
+
+
+def _by_name(spans: tuple[ReadableSpan, ...], name: str) -> list[ReadableSpan]:
+    return [span for span in spans if span.name == name]
+
+
+async def test_the_gateway_span_tree_continues_the_client_trace(exporter: InMemorySpanExporter) -> None:
+    async with _serving(pool={"region": "eu"}, region="eu") as (client, engine):
+        exporter.clear()
+        body = {"model": "counting", "messages": [{"role": "user", "content": "hi"}], "user": "t1"}
+        headers = {"traceparent": SAMPLED, "x-request-id": "traced-1"}
+        assert (await client.post(CHAT, json=body, headers=headers)).status_code == 200
+    spans = exporter.get_finished_spans()
+    [root] = _by_name(spans, f"POST {CHAT}")
+    assert f"{root.context.trace_id:032x}" == TRACE_ID
+    assert root.parent is not None
+    assert f"{root.parent.span_id:016x}" == CLIENT_SPAN
+    assert root.attributes is not None
+    assert root.attributes["http.response.status_code"] == 200
+    children = {
+        span.name: span for span in spans if span.parent is not None and span.parent.span_id == root.context.span_id
+    }
+    assert set(children) == {"admission", "route", "upstream"}
+    assert children["admission"].attributes == {
+        "switchyard.tenant": "t1",
+        "switchyard.queue_wait_s": pytest.approx(0, abs=0.5),
+    }
+    route = children["route"].attributes
+    assert route is not None
+    assert (route["switchyard.region"], route["switchyard.replica"], route["switchyard.reason"]) == (
+        "eu",
+        "p-0",
+        "affinity",
+    )
+    upstream = children["upstream"]
+    assert upstream.kind == trace.SpanKind.CLIENT
+    assert upstream.attributes == {
+        "switchyard.replica": "p-0",
+        "switchyard.attempt": 1,
+        "http.response.status_code": 200,
+    }
+    # The engine got the upstream span as its parent, in the client's trace.
+    assert engine.traceparents["traced-1"] == f"00-{TRACE_ID}-{upstream.context.span_id:016x}-01"
+
+
+async def test_predict_continues_the_client_trace_to_the_engine(exporter: InMemorySpanExporter) -> None:
+    async with _serving() as (client, engine):
+        exporter.clear()
+        headers = {"traceparent": SAMPLED, "x-request-id": "predicted-1"}
+        assert (await client.post("/predict", json={"text": "hi"}, headers=headers)).status_code == 200
+    spans = exporter.get_finished_spans()
+    [root] = _by_name(spans, "POST /predict")
+    assert f"{root.context.trace_id:032x}" == TRACE_ID
+    [upstream] = _by_name(spans, "upstream")
+    assert {"admission", "route"} <= {span.name for span in spans}
+    assert engine.traceparents["predicted-1"] == f"00-{TRACE_ID}-{upstream.context.span_id:016x}-01"
+
+
+async def test_a_streams_upstream_span_lasts_until_its_last_event(exporter: InMemorySpanExporter) -> None:
+    async with _serving() as (client, engine):
+        engine.behave(chunk_delay_s=0.1)
+        exporter.clear()
+        body = {"model": "counting", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": True}
+        assert (await client.post(CHAT, json=body)).status_code == 200
+    [upstream] = _by_name(exporter.get_finished_spans(), "upstream")
+    assert upstream.attributes is not None
+    assert upstream.attributes["switchyard.events"] == 4
+    assert upstream.start_time is not None
+    assert upstream.end_time is not None
+    assert (upstream.end_time - upstream.start_time) / 1e9 >= 0.35  # four events 0.1 s apart
+
+
+async def test_a_trace_the_caller_did_not_sample_costs_no_spans(exporter: InMemorySpanExporter) -> None:
+    async with _serving() as (client, engine):
+        exporter.clear()
+        body = {"model": "counting", "messages": [{"role": "user", "content": "hi"}]}
+        headers = {"traceparent": UNSAMPLED, "x-request-id": "unsampled-1"}
+        assert (await client.post(CHAT, json=body, headers=headers)).status_code == 200
+    assert exporter.get_finished_spans() == ()
+    # The engine still learns the trace, and that it is not sampled.
+    sent = engine.traceparents["unsampled-1"]
+    assert sent.startswith(f"00-{TRACE_ID}-")
+    assert sent.endswith("-00")
+
+
+async def test_probes_scrapes_and_the_model_list_are_never_traced(exporter: InMemorySpanExporter) -> None:
+    async with _serving() as (client, _):
+        exporter.clear()
+        for path in ("/health", "/ready", "/metrics", "/v1/models"):
+            assert (await client.get(path, headers={"traceparent": SAMPLED})).status_code == 200
+    assert exporter.get_finished_spans() == ()
+
+
+async def test_without_a_traceparent_a_request_starts_its_own_trace(exporter: InMemorySpanExporter) -> None:
+    async with _serving() as (client, _):
+        exporter.clear()
+        body = {"model": "counting", "messages": [{"role": "user", "content": "hi"}]}
+        assert (await client.post(CHAT, json=body)).status_code == 200
+    [root] = _by_name(exporter.get_finished_spans(), f"POST {CHAT}")
+    assert root.parent is None
+    assert f"{root.context.trace_id:032x}" != TRACE_ID
+
+
+async def test_authentication_has_its_span(exporter: InMemorySpanExporter, tmp_path: Path) -> None:
+    builtin = {"auth_mode": "builtin", "data_dir": tmp_path}
+    async with _serving(**builtin) as (client, _):
+        # signed with the key the built-in issuer made at start
+        token = mint(_settings(**builtin), subject="alice", scopes=["chat"], ttl_s=60)
+        exporter.clear()
+        body = {"model": "counting", "messages": [{"role": "user", "content": "hi"}]}
+        response = await client.post(CHAT, json=body, headers={"authorization": f"Bearer {token}"})
+        assert response.status_code == 200
+    [auth] = _by_name(exporter.get_finished_spans(), "auth")
+    assert auth.attributes == {"enduser.id": "alice"}
+    [admission] = _by_name(exporter.get_finished_spans(), "admission")
+    assert admission.attributes is not None
+    assert admission.attributes["switchyard.tenant"] == "alice"
+
+
+async def test_our_engine_continues_the_trace(exporter: InMemorySpanExporter) -> None:
+    transport = httpx.ASGITransport(app=create_engine_app(FakeEngine("Hello.", max_model_len=64)))
+    async with httpx.AsyncClient(transport=transport, base_url="http://engine") as client:
+        body = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
+        response = await client.post(CHAT, json=body, headers={"traceparent": SAMPLED})
+    assert response.status_code == 200
+    [span] = _by_name(exporter.get_finished_spans(), "engine.chat")
+    assert f"{span.context.trace_id:032x}" == TRACE_ID
+    assert span.parent is not None
+    assert f"{span.parent.span_id:016x}" == CLIENT_SPAN
+    assert span.kind == trace.SpanKind.SERVER
