@@ -12,7 +12,7 @@ from starlette.types import ASGIApp
 from app.api.predict import default_model
 from app.errors import InvalidRequest, NoEngineAvailable
 from harness.counting_engine import MODEL, CountingEngine
-from harness.inprocess import InProcessGateway, counting_engines, gateway_in_process, pool_settings
+from harness.inprocess import InProcessGateway, gateway_in_process, pool_settings
 
 ENGINE = "http://engine"
 URLS = ["http://engine-0", "http://engine-1", "http://engine-2"]
@@ -57,7 +57,7 @@ async def test_predict_is_charged_like_the_chat_route() -> None:
 
 @pytest.fixture
 def engines() -> list[CountingEngine]:
-    return list(counting_engines(URLS)[0].values())
+    return [CountingEngine(name=str(number)) for number in range(len(URLS))]
 
 
 @pytest.fixture

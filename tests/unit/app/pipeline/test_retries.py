@@ -25,7 +25,7 @@ from app.pools.registry import PoolRegistry
 from app.reliability.admission import Admission
 from app.reliability.retry_budget import RetryBudget
 from harness.counting_engine import MODEL, CountingEngine
-from harness.inprocess import InProcessGateway, counting_engines, gateway_in_process, pool_settings
+from harness.inprocess import InProcessGateway, gateway_in_process, pool_settings
 from tests.unit.app.pipeline.stubs import make_call, place, registry_of
 
 
@@ -87,7 +87,7 @@ SETTINGS: dict[str, Any] = {
 
 @pytest.fixture
 def engines() -> list[CountingEngine]:
-    return list(counting_engines(URLS)[0].values())
+    return [CountingEngine(name=str(number)) for number in range(len(URLS))]
 
 
 @pytest.fixture
@@ -97,13 +97,11 @@ async def gateway(engines: list[CountingEngine]) -> AsyncIterator[InProcessGatew
         yield gateway
 
 
-async def _chat(
-    gateway: InProcessGateway, request_id: str, *, timeout_s: float | None = None, **fields: object
-) -> httpx.Response:
+async def _chat(gateway: InProcessGateway, request_id: str, *, timeout_s: float | None = None) -> httpx.Response:
     headers = {"x-request-id": request_id, "x-session-id": request_id}
     if timeout_s is not None:
         headers["x-request-timeout"] = str(timeout_s)
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]} | fields
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
     return await gateway.client.post("/v1/chat/completions", json=body, headers=headers)
 
 
