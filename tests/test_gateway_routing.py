@@ -1,12 +1,16 @@
-"""How an engine's answer feeds its replica's breaker (app/pipeline/proxy.py's outcome_of_status).
+"""What the proxy (app/pipeline/proxy.py) reports to a replica's breaker: an engine's answer by
+its status (outcome_of_status), and a client's own deadline, which is never the replica's fault
+(through a gateway in process over two counting engines).
 
-These belong in tests/unit/app/pipeline/test_proxy.py, with the proxy's other small parts."""
+These belong in tests/unit/app/pipeline/test_proxy.py, with the proxy's other tests."""
 
 import json
+import time
 
 import pytest
 
 from app.pipeline.proxy import outcome_of_status
+from harness.inprocess import counting_engines, gateway_in_process, pool_settings
 from protocol import SEQUENCE_FAILED, error_payload
 from router import Outcome
 
@@ -33,3 +37,27 @@ def test_a_500_the_engine_marks_as_one_requests_failure_never_counts() -> None:
     assert outcome_of_status(500, marked.encode()) is Outcome.SUCCESS
     assert outcome_of_status(500, b'{"error": {"code": "engine_error"}}') is Outcome.FAILURE
     assert outcome_of_status(401) is Outcome.FAILURE  # the engine refuses the gateway's key: nobody is served
+
+
+async def test_a_clients_own_short_deadline_never_ejects_a_replica() -> None:
+    """A deadline the client sets (the SDKs send their timeout as x-stainless-timeout) that
+    passes before the engine answers is the request's, not the replica's: 504
+    deadline_exceeded, and no breaker opens however many such requests a tenant sends."""
+    urls = ["http://engine-a", "http://engine-b"]
+    _, apps = counting_engines(urls)
+    body = {"model": "counting", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    async with gateway_in_process(pool_settings(urls), apps) as gateway:
+        client = gateway.client
+        for i in range(20):
+            header = "x-request-timeout" if i % 2 else "x-stainless-timeout"
+            answer = await client.post(
+                "/v1/chat/completions", json=body, headers={header: "0.000001", "x-session-id": str(i)}
+            )
+            assert answer.status_code == 504, answer.text
+            assert answer.json()["error"]["code"] == "deadline_exceeded"
+        status = (await client.get("/status")).json()
+        breakers = [(r["id"], r["breaker"], r["times_ejected"]) for r in status["pools"][0]["replicas"]]
+        assert breakers == [("p-0", "closed", 0), ("p-1", "closed", 0)]
+        started = time.monotonic()
+        assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
+        assert time.monotonic() - started < 5

@@ -1,11 +1,13 @@
-"""The OpenAPI schema describes the whole gateway, and the gateway keeps to it under fuzzing.
+"""The OpenAPI schema (app/api/openapi.py) describes the whole gateway, and the gateway keeps to
+it under fuzzing.
 
-The schema (app/api/openapi.py) is checked in process: every route the app serves is in it with
-its methods, it is a valid OpenAPI 3.1 document, and every error it documents is the OpenAI
-envelope. Then schemathesis fuzzes real gateway processes in front of the real engine on the
-built-in model, from that schema (which both serve at /openapi.json):
+The schema is checked first: every route the app serves is in it with its methods, it is a
+valid OpenAPI 3.1 document, and every error it documents is the OpenAI envelope. Then
+schemathesis fuzzes gateways in process (its ASGI transport, on its own event loop) in front of
+our engine server over a fake engine, from that schema (which both serve at /openapi.json):
 
-- one with authentication disabled (the harness's default), exercised to the engine and back;
+- one with authentication disabled, exercised to the engine and back (its admin API answers
+  loopback clients only, so its requests come from 127.0.0.1 as a local client's would);
 - one with the built-in issuer and no token: every guarded operation answers 401 (or 400 for
   ambiguous credentials), every open one never does;
 - the same with a token of scope `chat`: the admin operations answer 403, the rest run.
@@ -18,18 +20,18 @@ run too: these gateways are this module's own.
 """
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-import httpx
 import pytest
 import schemathesis
 from fastapi.routing import iter_route_contexts
 from openapi_spec_validator import validate
+from schemathesis.python import asgi
 from schemathesis.specs.openapi import checks as openapi_checks
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api import predict
 from app.api.completions import completion_routes
@@ -37,8 +39,9 @@ from app.api.openapi import DOCUMENTED_ROUTES
 from app.auth.secrets import hash_secret
 from app.factory import create_app
 from app.settings import GatewaySettings
-from harness.servers import ServerProcess, free_port
-from tests.conftest import MODEL
+from app.upstream.asgi import AsgiUpstream
+from engines.fake import FakeEngine
+from engines.server.api import create_app as create_engine_app
 
 # The routes left out of the schema, and why: the schema itself and its viewers are not the API.
 NOT_THE_API = {
@@ -57,7 +60,7 @@ OPEN = {
 }
 ADMIN_PREFIXES = ("/admin/", "/status")
 CLIENT, SECRET = "svc", "svc-secret"
-# Requests of every operation, and all their coverage cases, in about a minute on two shared cores.
+# Requests of every operation, and all their coverage cases.
 CONFIG = schemathesis.Config.from_dict(
     {
         "generation": {"max-examples": 25, "deterministic": True},
@@ -65,11 +68,12 @@ CONFIG = schemathesis.Config.from_dict(
         "request-timeout": 30,
     }
 )
-# A generation runs to its token limit on random weights: a limit within the model's context
-# is lowered to this (one over it stays, for the engine to refuse).
+# The engine's context (the built-in model's), and what a token limit within it is lowered to,
+# to keep generations short (one over it stays, for the engine to refuse).
 MAX_TOKENS = 16
 CONTEXT = 2048
 DEADLINE_HEADERS = {"x-request-timeout", "x-stainless-timeout"}
+MODEL = "fake-model"
 Case = schemathesis.Case[Any]
 
 
@@ -158,42 +162,61 @@ def test_the_completion_operations_take_the_wire_models_and_answer_json_or_a_str
     assert chat["properties"]["seed"]["anyOf"][0]["maximum"] == 2**63 - 1  # the bounds the edge enforces
 
 
-# --- schemathesis against real gateways ------------------------------------------------------
+# --- schemathesis against gateways in process -------------------------------------------------
+
+ENGINE = "http://engine"
 
 
-def _start_gateway(engine: ServerProcess, log_dir: Path, data_dir: Path, **env: str) -> ServerProcess:
-    port = free_port()
-    pools = [{"name": "local", "region": "local", "kind": "transformers", "replicas": [engine.url]}]
-    full_env = {"SWITCHYARD_POOLS": json.dumps(pools), "SWITCHYARD_DATA_DIR": str(data_dir), **env}
-    server = ServerProcess("app", ["--port", str(port)], port=port, log_dir=log_dir, env=full_env, ready_path="/ready")
-    return server.wait_ready()
+def _gateway(data_dir: Path, **values: Any) -> ASGIApp:
+    """A gateway over our engine server (a fake engine with the built-in model's context), its
+    requests from 127.0.0.1."""
+    pools = [{"name": "local", "region": "local", "kind": "transformers", "replicas": [ENGINE]}]
+    fields = {"pools": pools, "data_dir": str(data_dir), "auth_mode": "disabled"} | values
+    engine = create_engine_app(FakeEngine(model_name=MODEL, max_model_len=CONTEXT))
+    app = create_app(GatewaySettings.model_validate(fields), upstream=AsgiUpstream({ENGINE: engine}))
+
+    async def from_loopback(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope = {**scope, "client": ("127.0.0.1", 50000)}
+        await app(scope, receive, send)
+
+    return from_loopback
+
+
+def _client(app: ASGIApp) -> asgi.ASGIClient:
+    """schemathesis' client of `app`: it starts the app's lifespan, on schemathesis' event loop."""
+    return asgi.get_client(cast("asgi.ASGIApp", app))
 
 
 @pytest.fixture(scope="module")
-def open_gateway(engine: ServerProcess, log_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = _start_gateway(engine, log_dir, tmp_path_factory.mktemp("open-gateway"))
-    yield server.url
-    server.stop()
+def serving() -> Iterator[None]:
+    """The gateways' lifespans run on schemathesis' event loop (where its cases are sent) from
+    their first request to the end of this module."""
+    yield
+    asgi.shutdown_lifespans()
 
 
 @pytest.fixture(scope="module")
-def guarded_gateway(
-    engine: ServerProcess, log_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[str, str]]:
+def open_gateway(serving: None, tmp_path_factory: pytest.TempPathFactory) -> ASGIApp:
+    return _gateway(tmp_path_factory.mktemp("open-gateway"))
+
+
+@pytest.fixture(scope="module")
+def guarded_gateway(serving: None, tmp_path_factory: pytest.TempPathFactory) -> tuple[ASGIApp, str]:
     """A gateway with the built-in issuer, and a `chat` token from it (taken before the fuzzing
     of /oauth/token spends the address's token budget)."""
     clients = [{"client_id": CLIENT, "secret_hash": hash_secret(SECRET), "scopes": ["chat"]}]
-    env = {"SWITCHYARD_AUTH_MODE": "builtin", "SWITCHYARD_AUTH_CLIENTS": json.dumps(clients)}
-    server = _start_gateway(engine, log_dir, tmp_path_factory.mktemp("guarded-gateway"), **env)
-    answer = httpx.post(server.url + "/oauth/token", data={"grant_type": "client_credentials"}, auth=(CLIENT, SECRET))
+    app = _gateway(tmp_path_factory.mktemp("guarded-gateway"), auth_mode="builtin", auth_clients=clients)
+    with _client(app) as client:
+        answer = client.post("/oauth/token", data={"grant_type": "client_credentials"}, auth=(CLIENT, SECRET))
     assert answer.status_code == 200, answer.text
-    yield server.url, answer.json()["access_token"]
-    server.stop()
+    return app, answer.json()["access_token"]
 
 
-def test_the_gateways_serve_this_schema(open_gateway: str, guarded_gateway: tuple[str, str]) -> None:
-    for url in (open_gateway, guarded_gateway[0]):
-        served = httpx.get(url + "/openapi.json")
+def test_the_gateways_serve_this_schema(open_gateway: ASGIApp, guarded_gateway: tuple[ASGIApp, str]) -> None:
+    for app in (open_gateway, guarded_gateway[0]):
+        with _client(app) as client:
+            served = client.get("/openapi.json")
         assert served.status_code == 200
         assert served.json() == SCHEMA
 
@@ -280,14 +303,14 @@ fuzzed = schemathesis.openapi.from_dict(SCHEMA, config=CONFIG)
 
 
 @fuzzed.parametrize()
-def test_fuzzed_requests_keep_to_the_schema(case: Case, open_gateway: str) -> None:
+def test_fuzzed_requests_keep_to_the_schema(case: Case, open_gateway: ASGIApp) -> None:
     _bounded(case)
-    case.call_and_validate(base_url=open_gateway, checks=CHECKS)
+    case.call_and_validate(app=open_gateway, checks=CHECKS)
 
 
 @fuzzed.parametrize()
-def test_without_a_token_guarded_operations_answer_401(case: Case, guarded_gateway: tuple[str, str]) -> None:
-    response = case.call_and_validate(base_url=guarded_gateway[0], checks=CHECKS)
+def test_without_a_token_guarded_operations_answer_401(case: Case, guarded_gateway: tuple[ASGIApp, str]) -> None:
+    response = case.call_and_validate(app=guarded_gateway[0], checks=CHECKS)
     operation = _documented(case)
     if operation is None:  # a method the path does not have: 405, in the envelope (checked above)
         return
@@ -299,10 +322,10 @@ def test_without_a_token_guarded_operations_answer_401(case: Case, guarded_gatew
 
 
 @fuzzed.parametrize()
-def test_a_chat_token_opens_chat_operations_only(case: Case, guarded_gateway: tuple[str, str]) -> None:
+def test_a_chat_token_opens_chat_operations_only(case: Case, guarded_gateway: tuple[ASGIApp, str]) -> None:
     bearer = f"Bearer {guarded_gateway[1]}"
     _bounded(case)
-    response = case.call_and_validate(base_url=guarded_gateway[0], headers={"Authorization": bearer}, checks=CHECKS)
+    response = case.call_and_validate(app=guarded_gateway[0], headers={"Authorization": bearer}, checks=CHECKS)
     operation = _documented(case)
     if operation is None or not operation.get("security") or case.path == "/oauth/token":
         return
@@ -313,48 +336,3 @@ def test_a_chat_token_opens_chat_operations_only(case: Case, guarded_gateway: tu
         assert _error_of(response)["error"]["code"] == "insufficient_scope"
     else:
         assert response.status_code not in (401, 403), response.text
-
-
-# --- found by the fuzzing ---------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def two_replicas(log_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A gateway over a pool of two counting engines (harness/counting_engine.py)."""
-    engines = []
-    for _ in range(2):
-        port = free_port()
-        engines.append(ServerProcess("harness.counting_engine", ["--port", str(port)], port=port, log_dir=log_dir))
-    for engine in engines:
-        engine.wait_ready()
-    port = free_port()
-    env = {
-        "SWITCHYARD_POOLS": json.dumps([{"name": "p", "replicas": [e.url for e in engines]}]),
-        "SWITCHYARD_DATA_DIR": str(tmp_path_factory.mktemp("two-replicas")),
-    }
-    gateway = ServerProcess("app", ["--port", str(port)], port=port, log_dir=log_dir, env=env, ready_path="/ready")
-    yield gateway.wait_ready().url
-    gateway.stop()
-    for engine in engines:
-        engine.stop()
-
-
-def test_a_clients_own_short_deadline_never_ejects_a_replica(two_replicas: str) -> None:
-    """A deadline the client sets (the SDKs send their timeout as x-stainless-timeout) that
-    passes before the engine answers is the request's, not the replica's: 504
-    deadline_exceeded, and no breaker opens however many such requests a tenant sends."""
-    body = {"model": "counting", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
-    with httpx.Client(base_url=two_replicas, timeout=10) as client:
-        for i in range(20):
-            header = "x-request-timeout" if i % 2 else "x-stainless-timeout"
-            answer = client.post(
-                "/v1/chat/completions", json=body, headers={header: "0.000001", "x-session-id": str(i)}
-            )
-            assert answer.status_code == 504, answer.text
-            assert answer.json()["error"]["code"] == "deadline_exceeded"
-        status = client.get("/status").json()
-        breakers = [(r["id"], r["breaker"], r["times_ejected"]) for r in status["pools"][0]["replicas"]]
-        assert breakers == [("p-0", "closed", 0), ("p-1", "closed", 0)]
-        started = time.monotonic()
-        assert client.post("/v1/chat/completions", json=body).status_code == 200
-        assert time.monotonic() - started < 5
