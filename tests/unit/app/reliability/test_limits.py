@@ -144,7 +144,9 @@ async def test_tokens_are_corrected_by_the_answers_usage(gateway: InProcessGatew
     first = await _chat(gateway, "big", max_tokens=64)
     assert first.status_code == 200
     assert first.json()["usage"]["total_tokens"] == 65
-    assert (await _chat(gateway, "big", max_tokens=64)).status_code == 429  # 35 left: not enough for the estimate
+    second = await _chat(gateway, "big", max_tokens=64)
+    assert second.status_code == 429  # 35 left: not enough for the estimate
+    assert 35 <= int(second.headers["x-ratelimit-remaining-tokens"]) <= 40  # uncorrected, 10 (+ the refill)
 
 
 async def _exact(gateway: InProcessGateway, body: dict[str, object]) -> tuple[httpx.Response, int]:
