@@ -3,10 +3,8 @@ the way): whatever `Authorization` headers a caller sends, a write or a peer rou
 400, 401 or 403 in the OpenAI envelope, never a 5xx and never the route itself; with
 authentication disabled on loopback, writes need nothing."""
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from fastapi.testclient import TestClient
 from hypothesis import given
 from hypothesis import strategies as st
@@ -16,23 +14,6 @@ from sync.app import create_app
 from sync.settings import SyncSettings
 
 ROUTES = (("POST", "/adapters"), ("DELETE", "/adapters/x"), ("POST", "/sync/delta"), ("GET", "/blobs/" + "0" * 64))
-
-
-@pytest.fixture(scope="module")
-def issuer(tmp_path_factory: pytest.TempPathFactory) -> FakeIssuer:
-    return FakeIssuer(tmp_path_factory.mktemp("fuzz-issuer"))
-
-
-@pytest.fixture(scope="module")
-def client(issuer: FakeIssuer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    settings = SyncSettings(
-        data_dir=tmp_path_factory.mktemp("fuzz-data"),
-        auth_issuer=issuer.issuer,
-        auth_jwks=str(issuer.jwks),
-        peer_key=issuer.peer_key,
-    )
-    with TestClient(create_app(settings)) as client:
-        yield client
 
 
 def _credential(issuer: FakeIssuer) -> st.SearchStrategy[bytes]:

@@ -2,29 +2,16 @@
 laws on random states, and 3 to 5 replicas exchanging deltas over a network that drops,
 duplicates and reorders them ending, after anti-entropy, in one state and one recipe."""
 
-import hashlib
-import json
-from dataclasses import dataclass, field
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from sync import crdt
-from sync.clock import ClockSkew, HybridClock, Timestamp
-from sync.crdt import FileRef, State, Version
-from sync.peers import encode_messages
+from sync.clock import Timestamp
+from sync.crdt import State, Version
+from tests.unit.sync.replicas import BASES, Region, version
 
 NAMES = ("alpha", "beta")
-BASES = ("switchyard-tiny-v1", "other-base")
-
-
-def version(seed: int, base: str = BASES[0], region: str = "r0") -> Version:
-    files = (
-        FileRef("adapter_config.json", 100 + seed, hashlib.sha256(f"config{seed}".encode()).hexdigest()),
-        FileRef("adapter_model.safetensors", 5000 + seed, hashlib.sha256(f"weights{seed}".encode()).hexdigest()),
-    )
-    return Version(crdt.manifest_digest(files), base, 8, files, Timestamp(1000 + seed, 0, region))
 
 
 def _parts(state: State, name: str = "alpha") -> tuple[crdt.Part, ...]:
@@ -32,35 +19,6 @@ def _parts(state: State, name: str = "alpha") -> tuple[crdt.Part, ...]:
     served = crdt.recipe(state, name)
     assert served is not None, f"{name} is not served"
     return served.parts
-
-
-@dataclass
-class Region:
-    """A region's replica: its state and clock, mutating through the CRDT's delta mutators."""
-
-    name: str
-    state: State = field(default_factory=State)
-    wall: int = 2_000  # after every test version's own timestamp
-
-    def stamp(self) -> Timestamp:
-        self.wall += 1
-        return Timestamp(self.wall, 0, self.name)
-
-    def apply(self, delta: State) -> State:
-        self.state = crdt.join(self.state, delta)
-        return delta
-
-    def publish(self, name: str, v: Version, weight: float = 1.0) -> State:
-        return self.apply(crdt.publish(self.state, name, v, weight, self.name, self.stamp()))
-
-    def retire(self, name: str) -> State:
-        return self.apply(crdt.retire(self.state, name, self.name, self.stamp()))
-
-    def withdraw(self, name: str) -> State:
-        return self.apply(crdt.withdraw(self.state, name, self.name, self.stamp()))
-
-    def revoke(self, name: str, digest: str) -> State:
-        return self.apply(crdt.revoke(self.state, name, digest, self.name, self.stamp()))
 
 
 # --- semantics ---------------------------------------------------------------------------------
@@ -190,15 +148,7 @@ def test_the_encoding_round_trips_and_refuses_malformed_states() -> None:
             crdt.decode(malformed)
 
 
-def test_the_clock_refuses_a_peer_far_in_the_future_and_moves_past_the_others() -> None:
-    now = [10_000]
-    clock = HybridClock("a", max_drift_ms=1_000, physical=lambda: now[0])
-    first = clock.now()
-    clock.observe(Timestamp(10_500, 3, "b"))
-    assert clock.now() > Timestamp(10_500, 3, "b") > first
-    with pytest.raises(ClockSkew):
-        clock.observe(Timestamp(11_001, 0, "b"))
-    assert clock.now().wall_ms == 10_500  # a refused timestamp moved nothing
+def test_the_newest_timestamp_is_the_last_mutation() -> None:
     a = Region("a")
     a.publish("alpha", version(1))
     assert crdt.newest_timestamp(a.state) == Timestamp(a.wall, 0, "a")
@@ -316,17 +266,3 @@ def test_anti_entropy_sends_only_the_buckets_that_differ() -> None:
     assert len(changed.entries) < 15  # its bucket's few entries, not the thousand
     digests = crdt.Digests()
     assert crdt.summary(a.state, digests) == crdt.summary(a.state)
-
-
-def test_a_large_state_goes_in_messages_under_the_limit_that_join_back_to_it() -> None:
-    a = Region("a")
-    for number in range(200):
-        a.publish(f"adapter-{number}", version(number, region="a"))
-    limit = 16 * 1024
-    messages = list(encode_messages(a.state, limit))
-    assert len(messages) > 1
-    assert all(len(message) <= limit for message in messages)
-    joined = State()
-    for message in messages:
-        joined = crdt.join(joined, crdt.decode(json.loads(message)))
-    assert joined == a.state

@@ -2,53 +2,28 @@
 method, a body that is not JSON or has the wrong types, a refused credential and an
 HTTPException from a dependency are 4xx, never FastAPI's `{"detail": ...}`; a ValueError
 (or KeyError) that a bug raises in a collaborator is a 500, never taken for the client's
-fault. A bug in an anti-entropy round is logged with its traceback and the rounds go on."""
+fault. The framework's own refusals (404, 405, a declared parameter), a client that left (499,
+not logged) and a bug in a route (500, logged once) are in the envelope too."""
 
-import asyncio
 import json
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn
 
-import httpx
 import pytest
 from fastapi import FastAPI, HTTPException
 from fastapi.testclient import TestClient
+from starlette.requests import ClientDisconnect
 
 from harness.fake_nodes import FakeIssuer
 from sync import adapters, crdt
-from sync.app import create_app
 from sync.auth import SidecarAuth
 from sync.clock import Timestamp
 from sync.crdt import FileRef, State, Version
-from sync.node import SyncNode
-from sync.peers import Peers
-from sync.settings import SyncSettings
+from tests.unit.sync.hostile import Answer, peer_headers, refusal
 
 DIGEST = "0" * 64
-
-
-@pytest.fixture(scope="module")
-def issuer(tmp_path_factory: pytest.TempPathFactory) -> FakeIssuer:
-    return FakeIssuer(tmp_path_factory.mktemp("errors-issuer"))
-
-
-@pytest.fixture(scope="module")
-def app(issuer: FakeIssuer, tmp_path_factory: pytest.TempPathFactory) -> FastAPI:
-    settings = SyncSettings(
-        data_dir=tmp_path_factory.mktemp("errors-data"),
-        auth_issuer=issuer.issuer,
-        auth_jwks=str(issuer.jwks),
-        peer_key=issuer.peer_key,
-    )
-    return create_app(settings)
-
-
-@pytest.fixture(scope="module")
-def client(app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(app) as client:  # an exception that escapes the app fails the test
-        yield client
 
 
 @pytest.fixture(scope="module")
@@ -59,26 +34,8 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def _peer(issuer: FakeIssuer) -> dict[str, str]:
-    return {"authorization": f"Bearer {issuer.peer_key}", "content-type": "application/json"}
-
-
 def _writer(issuer: FakeIssuer) -> dict[str, str]:
     return issuer.headers("adapters") | {"content-type": "application/json"}
-
-
-class Answer(Protocol):
-    """A response, from the test client or from httpx."""
-
-    status_code: int
-
-    @property
-    def text(self) -> str: ...
-
-    @property
-    def headers(self) -> Mapping[str, str]: ...
-
-    def json(self, **kwargs: Any) -> Any: ...
 
 
 def _envelope(response: Answer, status: int) -> dict[str, Any]:
@@ -123,7 +80,7 @@ def test_a_method_a_route_does_not_take_is_a_405_in_the_envelope(client: TestCli
 def test_a_body_that_is_not_json_is_a_400_in_the_envelope(
     client: TestClient, issuer: FakeIssuer, path: str, body: bytes
 ) -> None:
-    headers = _writer(issuer) if path == "/adapters" else _peer(issuer)
+    headers = _writer(issuer) if path == "/adapters" else peer_headers(issuer)
     assert _envelope(client.post(path, content=body, headers=headers), 400)["code"] == "invalid_request"
 
 
@@ -145,7 +102,7 @@ def test_a_body_that_is_not_json_is_a_400_in_the_envelope(
 def test_wrong_types_are_a_400_in_the_envelope(
     client: TestClient, issuer: FakeIssuer, path: str, body: Any, param: str | None
 ) -> None:
-    headers = _writer(issuer) if path == "/adapters" else _peer(issuer)
+    headers = _writer(issuer) if path == "/adapters" else peer_headers(issuer)
     error = _envelope(client.post(path, json=body, headers=headers), 400)
     assert error["param"] == param
 
@@ -157,7 +114,7 @@ def test_an_upload_whose_weight_is_not_a_number_is_a_400_naming_it(client: TestC
 
 
 def test_a_digest_that_is_not_one_is_a_400_naming_it(client: TestClient, issuer: FakeIssuer) -> None:
-    error = _envelope(client.get("/blobs/not-a-digest", headers=_peer(issuer)), 400)
+    error = _envelope(client.get("/blobs/not-a-digest", headers=peer_headers(issuer)), 400)
     assert (error["code"], error["param"]) == ("invalid_digest", "digest")
 
 
@@ -183,7 +140,7 @@ def test_an_http_exception_from_a_dependency_is_in_the_envelope(
         raise HTTPException(418, "a dependency's refusal")
 
     monkeypatch.setattr(SidecarAuth, "peer", teapot)
-    error = _envelope(client.post("/sync/summary", json={"summary": {}}, headers=_peer(issuer)), 418)
+    error = _envelope(client.post("/sync/summary", json={"summary": {}}, headers=peer_headers(issuer)), 418)
     assert error["message"] == "a dependency's refusal"
 
 
@@ -225,10 +182,10 @@ def test_a_bug_in_a_collaborator_is_a_500_never_the_clients_fault(
 ) -> None:
     target, method, path, kind = BUGS[where]
     requests: dict[str, dict[str, Any]] = {
-        "delta": {"content": _delta_with_a_version(), "headers": _peer(issuer)},
-        "empty": {"json": {"entries": {}, "dots": {}}, "headers": _peer(issuer)},
-        "summary": {"json": {"summary": {}}, "headers": _peer(issuer)},
-        "peer": {"headers": _peer(issuer)},
+        "delta": {"content": _delta_with_a_version(), "headers": peer_headers(issuer)},
+        "empty": {"json": {"entries": {}, "dots": {}}, "headers": peer_headers(issuer)},
+        "summary": {"json": {"summary": {}}, "headers": peer_headers(issuer)},
+        "peer": {"headers": peer_headers(issuer)},
         "publish": {"json": {"name": "a", "path": str(folder)}, "headers": _writer(issuer)},
         "writer": {"headers": _writer(issuer)},
         "none": {},
@@ -247,30 +204,47 @@ def test_a_bug_in_a_collaborator_is_a_500_never_the_clients_fault(
     assert logged.exc_info is not None
 
 
-async def test_a_bug_in_an_anti_entropy_round_is_logged_and_the_rounds_go_on(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+def test_the_frameworks_own_errors_and_a_bug_are_answered_in_the_envelope(
+    app: FastAPI, client: TestClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = SyncSettings(
-        region="a", peers=["http://peer.fake:8300"], data_dir=tmp_path, anti_entropy_interval_s=0.01
-    )
-    node = SyncNode(settings)
-    monkeypatch.setattr(node, "differing", _raiser(ValueError("a bug")))
-    answer = json.dumps({"delta": {"entries": {}, "dots": {}}, "summary": {}}).encode()
+    missing = refusal(client.get("/no/such/route"))
+    assert (client.get("/no/such/route").status_code, missing["code"]) == (404, "not_found")
+    for method, path in (("PUT", "/adapters"), ("GET", "/sync/delta"), ("POST", "/health"), ("DELETE", "/blobs/x")):
+        response = client.request(method, path)
+        assert (response.status_code, refusal(response)["code"]) == (405, "method_not_allowed")
+        assert response.headers["allow"]
 
-    def fake_peer(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=answer, headers={"content-type": "application/json"})
+    def fake_typed_route(count: int) -> dict[str, int]:  # a route with a declared parameter, which none has yet
+        return {"count": count}
 
-    async with httpx.AsyncClient(transport=httpx.MockTransport(fake_peer)) as client:
-        peers = Peers(node, client)
-        with caplog.at_level(logging.ERROR):
-            rounds = asyncio.create_task(peers.run())
-            try:
-                await asyncio.wait({rounds}, timeout=0.5)
-                assert not rounds.done(), rounds.exception()
-            finally:
-                rounds.cancel()
-    assert peers.rounds >= 3
-    assert not peers.peers[0].up
-    bugs = [record for record in caplog.records if record.levelno >= logging.ERROR]
-    assert bugs
-    assert all(record.exc_info is not None and "peer.fake" in record.getMessage() for record in bugs)
+    def fake_buggy_route() -> None:
+        raise KeyError("secret-internal-detail")
+
+    def fake_abandoned_route() -> None:
+        raise ClientDisconnect  # what reading the body raises once the caller has gone
+
+    app.get("/fake-typed")(fake_typed_route)
+    app.get("/fake-bug")(fake_buggy_route)
+    app.get("/fake-abandoned")(fake_abandoned_route)
+    invalid = client.get("/fake-typed", params={"count": "many"})
+    assert invalid.status_code == 400
+    assert refusal(invalid)["param"] == "count"
+    assert "count" in invalid.json()["error"]["message"]
+    assert refusal(client.get("/fake-typed"))["param"] == "count"
+
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        assert client.get("/fake-abandoned").status_code == 499  # nobody reads it; not a fault, not logged
+        bug = client.get("/fake-bug")  # the client raises if the exception escapes the app
+    assert bug.status_code == 500
+    assert bug.json()["error"] == {
+        "message": "The sync sidecar had an internal error (KeyError).",
+        "type": "server_error",
+        "param": None,
+        "code": "internal_error",
+    }
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert len(errors) == 1, errors
+    assert errors[0].exc_info is not None
+    assert "/fake-bug" in errors[0].getMessage()
+    assert client.get("/health").status_code == 200

@@ -1,0 +1,69 @@
+"""The operators' write routes against hostile input, with a token that may write, in process:
+any publish body and any upload is refused in the OpenAI envelope (never a 5xx) and changes
+nothing; retiring or revoking what does not exist is a 404 and changes nothing."""
+
+import urllib.parse
+from typing import Any
+
+from fastapi.testclient import TestClient
+from hypothesis import given
+from hypothesis import strategies as st
+
+from harness.fake_nodes import FakeIssuer
+from sync.node import SyncNode
+from tests.unit.sync.hostile import answered, dumps, hostile
+
+publish_fields = st.fixed_dictionaries(
+    {},
+    optional={
+        "name": st.sampled_from(["ok-name", "switchyard-tiny-v1", "tuned@0123", "a" * 200]) | hostile,
+        "path": st.sampled_from(["/", "/nonexistent", "/dev/null", "/proc/self", "a\x00b", "/" + "x" * 5000]) | hostile,
+        "weight": hostile,
+        "base_model": hostile,
+        "extra": hostile,
+    },
+)
+
+
+@given(fields=publish_fields | hostile)
+def test_any_publish_body_is_refused_in_the_envelope(
+    client: TestClient, node: SyncNode, issuer: FakeIssuer, fields: Any
+) -> None:
+    headers = issuer.headers("adapters") | {"content-type": "application/json"}
+    body = dumps(fields)
+    response = answered(client, node, issuer, "POST", "/adapters", content=body, headers=headers)
+    # No body of these names an adapter folder; one past the 64 KiB a publish takes is not read.
+    assert response.status_code == (413 if len(body) > 64 * 1024 else 400)
+
+
+@given(
+    params=st.dictionaries(
+        st.sampled_from(["name", "weight", "base_model", "path"]),
+        st.sampled_from(["nan", "inf", "-inf", "1e999", "-0", "", "abc", "0x10", "1_0", "\uff15"])
+        | st.text(max_size=30),
+    ),
+    archive=st.binary(max_size=300),
+)
+def test_any_upload_is_refused_in_the_envelope(
+    client: TestClient, node: SyncNode, issuer: FakeIssuer, params: dict[str, str], archive: bytes
+) -> None:
+    headers = issuer.headers("adapters") | {"content-type": "application/x-tar"}
+    query = urllib.parse.urlencode(params)
+    response = answered(client, node, issuer, "POST", f"/adapters?{query}", content=archive, headers=headers)
+    assert response.status_code == 400
+
+
+@given(name=st.text(min_size=1, max_size=300), digest=st.text(min_size=1, max_size=100))
+def test_retiring_or_revoking_what_does_not_exist_changes_nothing(
+    client: TestClient, node: SyncNode, issuer: FakeIssuer, name: str, digest: str
+) -> None:
+    name = "x" + name  # never `seeded` or `gone`, which exist
+    headers = issuer.headers("adapters")
+    quoted, quoted_digest = urllib.parse.quote(name, safe=""), urllib.parse.quote(digest, safe="")
+    for path in (
+        f"/adapters/{quoted}",
+        f"/adapters/{quoted}/versions/{quoted_digest}",
+        f"/adapters/seeded/versions/{quoted_digest}",
+    ):
+        response = answered(client, node, issuer, "DELETE", path, headers=headers)
+        assert response.status_code in (404, 405), response.text  # 405: a name that ends in `/audit`
