@@ -228,7 +228,7 @@ def test_the_sync_sidecar_hot_loads_a_stacked_adapter_into_vllm(
         "SWITCHYARD_SYNC_BASE_MODELS": json.dumps([MODEL, str(builtin_model)]),
         "SWITCHYARD_SYNC_MAX_RANK": "8",
         "SWITCHYARD_SYNC_RECONCILE_INTERVAL_S": "0.3",
-        "SWITCHYARD_SYNC_AUTH_MODE": "disabled",  # on loopback; the sidecar's credentials: tests/test_sync_auth.py
+        "SWITCHYARD_SYNC_AUTH_MODE": "disabled",  # on loopback; credentials: tests/integration/sync/test_auth.py
         "SWITCHYARD_SYNC_ENGINE_API_KEY": KEY,
     }
     sidecar = ServerProcess("sync", args, port=port, log_dir=log_dir, env=env).wait_ready()
