@@ -50,6 +50,7 @@ CLIENT, SECRET = "svc", "svc-secret"
 
 
 def _claims(**changes: Any) -> dict[str, Any]:
+    """Claims the gateway takes, changed: None removes a claim, `_FromNow` is a time from now."""
     now = int(time.time())
     claims = {"iss": ISSUER, "sub": "alice", "aud": AUDIENCE, "exp": now + 600, "iat": now}
     claims |= {"scope": "chat", "client_id": "alice", "jti": "j1"}
@@ -270,6 +271,7 @@ KEY.ensure_kid()
 
 
 def _valid_claims(**changes: Any) -> dict[str, Any]:
+    """Claims the gateway takes, with `changes` merged as they are (None stays a JSON null)."""
     now = int(time.time())
     claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "alice", "scope": "chat", "iat": now, "exp": now + 3600}
     return claims | changes
