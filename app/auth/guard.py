@@ -4,7 +4,6 @@ The checks themselves are the `oauth` package's; this maps its refusals to the g
 errors (the OpenAI envelope, with RFC 6750's challenge).
 """
 
-from opentelemetry import trace
 from starlette.datastructures import Headers
 
 import oauth
@@ -15,8 +14,6 @@ from app.settings import GatewaySettings
 from protocol import tracing
 
 __all__ = ["Guard", "build_auth"]
-
-tracer = trace.get_tracer("switchyard.gateway")
 
 
 class Guard:
@@ -29,11 +26,10 @@ class Guard:
             return None
         try:
             token = oauth.bearer_token(headers.getlist("authorization"))
-            with tracing.span(tracer, "auth") as span:
-                principal = await self.verifier.verify(token)
-                span.set_attribute("enduser.id", principal.subject)
-                principal.require(scope)
-                return principal
+            principal = await self.verifier.verify(token)
+            tracing.annotate({"enduser.id": principal.subject})
+            principal.require(scope)
+            return principal
         except oauth.OAuthError as refusal:
             raise gateway_error(refusal) from None
 

@@ -38,14 +38,14 @@ class Attempt:
             fields |= {"replica": replica.id, "reason": decision.reason.value}
             log.info("%s %s -> %s", rid, call.path, decision, extra=fields)
         headers = {"x-request-id": rid, "x-route-region": decision.region, "x-route-replica": replica.id}
-        attributes: dict[str, str | int] = {"switchyard.replica": replica.id, "switchyard.attempt": placement.attempt}
         span: trace.Span = trace.INVALID_SPAN
         streamed = False
         try:
-            # The span lasts as long as the attempt: for a stream, until its last event.
-            with tracing.span(
-                tracer, "upstream", kind=SpanKind.CLIENT, attributes=attributes, end_on_exit=False
-            ) as span:
+            # The span lasts as long as the attempt: for a stream, until its last event. The
+            # routing decision is in its attributes (a span of its own cost more than it told).
+            with tracing.span(tracer, "upstream", kind=SpanKind.CLIENT, end_on_exit=False) as span:
+                if span.is_recording():
+                    span.set_attributes(_decision(placement))
                 response = await self._proxy.forward(call, placement.lease, headers)
                 span.set_attribute("http.response.status_code", response.status_code)
                 if span.is_recording() and isinstance(response, StreamingResponse):
@@ -65,6 +65,17 @@ class Attempt:
         finally:
             if not streamed:
                 span.end()
+
+
+def _decision(placement: Placement) -> dict[str, str | int | bool]:
+    decision = placement.decision
+    return {
+        "switchyard.replica": decision.node.id,
+        "switchyard.attempt": placement.attempt,
+        "switchyard.region": decision.region,
+        "switchyard.reason": decision.reason.value,
+        "switchyard.home": decision.home,
+    }
 
 
 def _end_stream_span(span: trace.Span, events: int) -> None:

@@ -11,12 +11,11 @@ from functools import partial
 from typing import Any
 
 from fastapi.responses import Response
-from opentelemetry import trace
 
 from app.errors import GatewayError, Overloaded, RateLimited, TenantOverShare
 from app.observability.metrics import GatewayMetrics
 from app.pipeline.call import Call, Forward, Handler, Placement
-from app.pools.choice import choose, trace_decision
+from app.pools.choice import choose
 from app.pools.registry import PoolRegistry
 from app.reliability.admission import Admission
 from app.reliability.idempotency import Idempotency
@@ -24,8 +23,6 @@ from app.reliability.limits import RateLimiter, estimate_prompt_tokens, tokens_u
 from protocol import tracing
 
 __all__ = ["Admitted", "Idempotent", "Limited"]
-
-tracer = trace.get_tracer("switchyard.gateway")
 
 
 class Idempotent:
@@ -94,15 +91,13 @@ class Admitted:
 
     async def __call__(self, call: Call) -> Response:
         registry, model, key = self._registry, call.model, call.routing_key
-        with tracing.span(tracer, "admission", attributes={"switchyard.tenant": call.tenant}) as span:
-            entered = time.monotonic()
-            try:
-                decision, lease = await self._admission.admit(
-                    call.tenant, model, lambda: choose(registry, model, key, time.monotonic()), call.deadline
-                )
-            except (Overloaded, TenantOverShare) as shed:
-                self._metrics.shed(shed.code).inc()
-                raise
-            span.set_attribute("switchyard.queue_wait_s", time.monotonic() - entered)
-        trace_decision(decision)  # decided inside admission (again at each turn while it waited)
+        entered = time.monotonic()
+        try:
+            decision, lease = await self._admission.admit(
+                call.tenant, model, lambda: choose(registry, model, key, time.monotonic()), call.deadline
+            )
+        except (Overloaded, TenantOverShare) as shed:
+            self._metrics.shed(shed.code).inc()
+            raise
+        tracing.annotate({"switchyard.tenant": call.tenant, "switchyard.queue_wait_s": time.monotonic() - entered})
         return await self._next(call, Placement(decision, lease, 1))

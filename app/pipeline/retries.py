@@ -18,7 +18,7 @@ from app.errors import DeadlineExceeded, EngineUnreachable, NoEngineAvailable
 from app.observability.metrics import GatewayMetrics
 from app.pipeline.call import Call, Forward, Placement
 from app.pipeline.proxy import AttemptTimeout, RetryableAnswer
-from app.pools.choice import choose, trace_decision
+from app.pools.choice import choose
 from app.pools.registry import PoolRegistry
 from app.reliability.admission import Admission
 from app.reliability.deadlines import Deadline
@@ -102,7 +102,6 @@ class Retrying:
             raise DeadlineExceeded("The request reached its deadline before an engine could take it.")
         try:
             decision = choose(self._registry, call.model, call.routing_key, time.monotonic(), exclude=tries.tried)
-            trace_decision(decision)
         except NoEngineAvailable:
             if tries.answer is not None:
                 return tries.answer.response  # every replica tried: what the last one said

@@ -2,16 +2,11 @@
 
 from collections.abc import Collection
 
-from opentelemetry import trace
-
 from app.errors import ModelNotFound, NoEngineAvailable
 from app.pools.registry import PoolRegistry, Replica
-from protocol import tracing
 from router import Decision
 
-__all__ = ["choose", "trace_decision"]
-
-tracer = trace.get_tracer("switchyard.gateway")
+__all__ = ["choose"]
 
 
 def choose(
@@ -29,17 +24,3 @@ def choose(
     if exclude or any(r.serves(model) for r in registry.replicas()) or not registry.any_healthy():
         raise NoEngineAvailable(f"No engine that serves `{model}` is reachable right now; retry shortly.")
     raise ModelNotFound(model)
-
-
-def trace_decision(decision: Decision[Replica]) -> None:
-    """The routing decision as a span of its own, with its reasons."""
-    with tracing.span(tracer, "route") as span:
-        if span.is_recording():
-            span.set_attributes(
-                {
-                    "switchyard.region": decision.region,
-                    "switchyard.replica": decision.node.id,
-                    "switchyard.reason": decision.reason.value,
-                    "switchyard.home": decision.home,
-                }
-            )
