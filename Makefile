@@ -37,8 +37,8 @@ lint: $(BIN)/.installed
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-# promtool checks and unit-tests the alert rules (tests/test_dashboards.py), and the server
-# scrapes a real gateway with them (tests/test_prometheus_live.py): Debian ships both in one package.
+# promtool checks and unit-tests the alert rules (tests/integration/ops/test_dashboards.py), and the server
+# scrapes a real gateway with them (tests/integration/ops/test_prometheus_live.py): Debian ships both in one package.
 promtool:
 	@{ command -v promtool && command -v prometheus; } >/dev/null 2>&1 \
 		|| apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 \

@@ -11,7 +11,7 @@ Per adapter name, an `Entry`:
   wins. A contribution carries a dot too, so a retire removes the contributions it saw.
 
 Every mutator returns a delta (a small `State`) that the caller joins into its own state and
-ships to peers. `join` is commutative, associative and idempotent (tests/test_sync_crdt.py
+ships to peers. `join` is commutative, associative and idempotent (tests/unit/sync/test_crdt.py
 checks it with hypothesis), so deltas may arrive late, twice or never: anti-entropy
 (`summary` / `differing`: digests of 256 buckets of names, then the entries of the buckets
 that differ) repairs what was lost. Hybrid-logical timestamps only order the
