@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.gateway_overhead import BODY, run_wrk
+from benchmarks.gateway_overhead import BODY, KEPT_ANSWERS_BYTES, run_wrk
 from harness.servers import ServerProcess, free_port
 
 
@@ -33,6 +33,7 @@ def _serve(tree: Path, engine_url: str, redis_url: str | None) -> tuple[subproce
         "SWITCHYARD_POOLS": json.dumps([{"name": "bench", "replicas": [engine_url]}]),
         "SWITCHYARD_AUTH_MODE": "disabled",
         "PYTHONPATH": str(tree),
+        "SWITCHYARD_IDEMPOTENCY_MEMORY_BYTES": str(KEPT_ANSWERS_BYTES),  # no keyed request refused as over its share
     }
     if redis_url:
         env["SWITCHYARD_REDIS_URL"] = redis_url

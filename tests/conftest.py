@@ -69,7 +69,12 @@ def gateway(engine: ServerProcess, log_dir: Path) -> Iterator[ServerProcess]:
         ["--port", str(port)],
         port=port,
         log_dir=log_dir,
-        env={"SWITCHYARD_POOLS": json.dumps(pools), "SWITCHYARD_HEALTH_INTERVAL_S": "0.5"},
+        # Its one replica may be ejected at all, so a test that no request ejects it can fail.
+        env={
+            "SWITCHYARD_POOLS": json.dumps(pools),
+            "SWITCHYARD_HEALTH_INTERVAL_S": "0.5",
+            "SWITCHYARD_MAX_EJECTED_FRACTION": "1.0",
+        },
         ready_path="/ready",
     ).wait_ready()
     yield server
