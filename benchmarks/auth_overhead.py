@@ -2,17 +2,13 @@
 
     python -m benchmarks.auth_overhead [--seconds 10] [--rounds 2]
 
-Six gateways on CPU 0, driven one at a time by wrk (c=32, non-streaming chat) on CPU 1
+Five gateways on CPU 0, driven one at a time by wrk (c=32, non-streaming chat) on CPU 1
 beside the instant engine: `off` (authentication disabled, no tracer), `auth` (the built-in
 issuer's token on every request: verified once, then from the cache), `auth+traces` (the
 same, every trace recorded and exported over OTLP/HTTP; the instant engine stands in for
 the collector and refuses them, so the export work is done and thrown away),
-`auth+traces/10` (one trace in ten recorded), `auth+traces/0` (none recorded: what a
-sampled-out request still costs) and `auth+traces/10 fastapi` (one in ten, with FastAPI's
-own telemetry opening a server span for every request, sampled or not, in place of the
-gateway's middleware, app/observability/tracing.py, which decides sampling first). The
-traced gateways run through this module (`serve`), which sets which of the two opens the
-server span, whatever the app factory chose. Metrics are always on. Rounds alternate the
+`auth+traces/10` (one trace in ten recorded) and `auth+traces/0` (none recorded: what a
+sampled-out request still costs). Metrics are always on. Rounds alternate the
 gateways, so the machine's drift hits them alike. Beside req/s, the gateway's CPU time a
 request: what it spent, whatever else the machine ran.
 """
@@ -26,36 +22,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from fastapi import FastAPI
-from starlette.types import ASGIApp
-
-from app.__main__ import main as serve_gateway
-from app.observability.tracing import TraceRequests
 from benchmarks.gateway_overhead import BODY, run_wrk
 from harness.servers import ROOT, ServerProcess, free_port
 
-VARIANTS = ("off", "auth", "auth+traces", "auth+traces/10", "auth+traces/0", "auth+traces/10 fastapi")
-SAMPLE_RATIOS = {"auth+traces": "1.0", "auth+traces/10": "0.1", "auth+traces/0": "0.0", "auth+traces/10 fastapi": "0.1"}
-SPANS = ("ours", "fastapi")  # who opens the server span
-
-
-def serve(spans: str, argv: list[str]) -> None:
-    """The gateway (`python -m app` with `argv`), its server span opened by `spans`."""
-    if spans not in SPANS:
-        sys.exit(f"serve: who opens the server span: one of {', '.join(SPANS)}")
-
-    def server_span(app: ASGIApp) -> ASGIApp:
-        assert isinstance(app, FastAPI)
-        fastapi = spans == "fastapi"
-        ours: object = TraceRequests
-        app.user_middleware = [entry for entry in app.user_middleware if entry.cls is not ours]
-        for signal in ("tracing", "metrics", "logs"):  # read by FastAPI at each request
-            app._telemetry[signal] = fastapi
-        if not fastapi:
-            app.add_middleware(TraceRequests)  # outermost
-        return app
-
-    serve_gateway(argv, wrap=server_span)
+VARIANTS = ("off", "auth", "auth+traces", "auth+traces/10", "auth+traces/0")
+SAMPLE_RATIOS = {"auth+traces": "1.0", "auth+traces/10": "0.1", "auth+traces/0": "0.0"}
 
 
 def _gateway(variant: str, engine_url: str, data_dir: Path, log_dir: Path) -> tuple[ServerProcess, dict[str, str]]:
@@ -65,14 +36,12 @@ def _gateway(variant: str, engine_url: str, data_dir: Path, log_dir: Path) -> tu
         "SWITCHYARD_DATA_DIR": str(data_dir),
         "SWITCHYARD_AUTH_MODE": "disabled" if variant == "off" else "builtin",
     }
-    command = ["app"]
     if variant.startswith("auth+traces"):
         env["SWITCHYARD_OTLP_ENDPOINT"] = engine_url
         env["SWITCHYARD_OTLP_SAMPLE_RATIO"] = SAMPLE_RATIOS[variant]
-        command = [__spec__.name, "serve", "fastapi" if variant.endswith(" fastapi") else "ours"]
     gateway = ServerProcess(
         "benchmarks.pinned",
-        ["0", *command, "--port", str(port), "--log-level", "warning"],
+        ["0", "app", "--port", str(port), "--log-level", "warning"],
         port=port,
         log_dir=log_dir,
         env=env,
@@ -92,9 +61,6 @@ def _cpu_s(pid: int) -> float:
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["serve"]:  # a traced gateway, started by the benchmark
-        serve(sys.argv[2], sys.argv[3:])
-        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=2)
