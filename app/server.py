@@ -58,7 +58,9 @@ class _DrainingServer(uvicorn.Server):
         asyncio.get_running_loop().call_soon_threadsafe(self._drain.begin)
 
     async def on_tick(self, counter: int) -> bool:
-        return self._drain.drained or await super().on_tick(counter)
+        if self._drain.drained:
+            self.should_exit = True  # as a signal would: a second one during shutdown exits at once
+        return await super().on_tick(counter)
 
 
 def settle_heap() -> None:

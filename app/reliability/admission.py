@@ -113,6 +113,8 @@ class Admission:
                 return await waiter.future
         except TimeoutError:
             self._drop(waiter)
+            if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
+                return waiter.future.result()  # granted as the timer fired: the grant stands (its lease is held)
             if deadline_first:
                 raise DeadlineExceeded("The request reached its deadline while waiting for an engine.") from None
             raise Overloaded(self._retry_after_ms()) from None

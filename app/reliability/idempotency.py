@@ -19,7 +19,8 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+import re
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable
 
 import orjson
 from fastapi.responses import Response, StreamingResponse
@@ -45,6 +46,7 @@ _MAX_KEY_CHARS = 255
 _KEPT_HEADERS = frozenset({b"content-type", b"x-request-id", b"x-route-region", b"x-route-replica"})
 _RELEASED_STATUSES = frozenset({408, 409, 429})
 _STREAM_DONE = b"data: [DONE]"
+_LONG_NUMBER = re.compile(rb"\d{20}")  # may be past 64 bits
 _SETTLE_FIRST_WAIT_S, _SETTLE_MAX_WAIT_S = 0.05, 1.0
 _NOT_KEPT = StoredAnswer(
     422,
@@ -88,14 +90,17 @@ def _ambiguous() -> InvalidRequest:
 def fingerprint(body: bytes) -> str:
     """sha256 of the body as canonical JSON: key order and white space do not count.
 
-    orjson does it at a fifth of the json module's cost; what it cannot read (integers past
-    64 bits, NaN) the json module canonicalizes (a body always takes the same way)."""
-    try:
-        canonical = orjson.dumps(orjson.loads(body), option=orjson.OPT_SORT_KEYS)
-    except orjson.JSONDecodeError:
-        text = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        canonical = text.encode()
-    return hashlib.sha256(canonical).hexdigest()
+    orjson does it at a fifth of the json module's cost. It reads an integer past 64 bits as
+    a float (two such bodies could then look alike) and refuses NaN: a body with a run of 20
+    digits or more, or one orjson refuses, is canonicalized by the json module instead (a
+    body always takes the same way)."""
+    if _LONG_NUMBER.search(body) is None:
+        try:
+            return hashlib.sha256(orjson.dumps(orjson.loads(body), option=orjson.OPT_SORT_KEYS)).hexdigest()
+        except orjson.JSONDecodeError:
+            pass
+    text = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class Idempotency:
@@ -164,7 +169,8 @@ class Idempotency:
             self._release(key, owner)
             raise
         if isinstance(response, StreamingResponse):
-            response.body_iterator = self._record(key, owner, request_print, tenant, response, response.body_iterator)
+            recording = self._record(key, owner, request_print, tenant, response, response.body_iterator)
+            response.body_iterator = _Unstarted(recording, lambda: self._release(key, owner))
             return response
         try:
             answer = self._answer(response, bytes(response.body))
@@ -185,7 +191,7 @@ class Idempotency:
         tenant: str,
         response: StreamingResponse,
         source: AsyncIterable[str | bytes | memoryview],
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """The stream as it goes to the client, kept whole before its final `[DONE]` goes out."""
         chunks: list[bytes] = []
         size, settled = 0, False
@@ -307,6 +313,32 @@ class Idempotency:
         if self._releasing:
             await asyncio.gather(*self._releasing, return_exceptions=True)
         await self.store.aclose()
+
+
+class _Unstarted:
+    """A stream's recording, which releases its key also when it is closed before it started:
+    a generator closed before its first step never runs its `finally` (a client gone before the
+    answer began would otherwise leave its key claimed, and renewed, for good)."""
+
+    __slots__ = ("_on_unstarted", "_source", "_started")
+
+    def __init__(self, source: AsyncGenerator[bytes, None], on_unstarted: Callable[[], None]) -> None:
+        self._source = source
+        self._on_unstarted = on_unstarted
+        self._started = False
+
+    def __aiter__(self) -> "_Unstarted":
+        return self
+
+    async def __anext__(self) -> bytes:
+        self._started = True
+        return await self._source.__anext__()
+
+    async def aclose(self) -> None:
+        if not self._started:
+            self._started = True
+            self._on_unstarted()
+        await self._source.aclose()
 
 
 def _done_at(data: bytes) -> int | None:

@@ -40,7 +40,7 @@ class _AsgiResponse:
 
     @property
     def content_type(self) -> str:
-        return self.headers.get("content-type", "").split(";", 1)[0].strip()
+        return self.headers.get("content-type", "application/octet-stream").split(";", 1)[0].strip().lower()
 
     async def read(self) -> bytes:
         try:
@@ -60,7 +60,8 @@ class _AsgiResponse:
             yield chunk
 
     def close(self) -> None:
-        self._done = True
+        """As a closed connection: a read still waiting fails at once."""
+        self._chunks.put_nowait(UpstreamError("the answer was closed"))
         self._on_close()
 
 
@@ -135,6 +136,12 @@ class AsgiUpstream:
         async def run() -> None:
             try:
                 await app(scope, receive, send)
+            except asyncio.CancelledError as exc:  # cut off (its client left long ago, or the upstream closed)
+                chunks.put_nowait(exc)
+                if not started.done():  # for a request still waiting; none may be (it was cancelled too)
+                    started.set_exception(UpstreamConnectError(f"{method} {url}: the engine was stopped"))
+                    started.exception()  # so nobody waiting is no "never retrieved" warning
+                raise
             except Exception as exc:
                 if not started.done():  # what a server answers for an app that fails before answering
                     started.set_result((500, Headers({"content-type": "text/plain; charset=utf-8"})))

@@ -359,3 +359,35 @@ async def test_a_malformed_key_is_400(gateway: InProcessGateway, key: str) -> No
     response = await gateway.client.post("/v1/chat/completions", json=CHAT, headers=headers)
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_idempotency_key"
+
+
+async def test_a_stream_closed_before_it_began_releases_its_key() -> None:
+    """A client gone before its answer began: the stream is closed unstarted, and its key is free
+    for the retry (not claimed, and renewed, for good)."""
+    store = InProcessStore()
+    idempotency = Idempotency(store, lease_s=5, retention_s=60, max_answer_bytes=4096)
+
+    async def events() -> AsyncIterator[bytes]:
+        yield b"data: {}\n\n"
+        yield b"data: [DONE]\n\n"
+
+    async def answer() -> Response:
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    keyed = Headers(raw=[(b"idempotency-key", b"gone-early")])
+    response = await idempotency.run(keyed, "t", "/r", b'{"stream": true}', answer)
+    assert isinstance(response, StreamingResponse)
+    await response.body_iterator.aclose()  # type: ignore[attr-defined]  # what the relay does as it ends
+    await asyncio.sleep(0.01)  # the release runs in the background
+    retry = await idempotency.run(keyed, "t", "/r", b'{"stream": true}', answer)
+    assert "idempotent-replayed" not in retry.headers  # run again: the key was free
+    assert isinstance(retry, StreamingResponse)
+    assert [chunk async for chunk in retry.body_iterator] == [b"data: {}\n\n", b"data: [DONE]\n\n"]
+    await idempotency.aclose()
+
+
+def test_numbers_past_64_bits_keep_bodies_apart() -> None:
+    """orjson reads them as floats; the fingerprint must not take two such bodies for one."""
+    first, second = b'{"seed": 18446744073709551616}', b'{"seed": 18446744073709551617}'
+    assert fingerprint(first) != fingerprint(second)
+    assert fingerprint(first) == fingerprint(b'{ "seed":18446744073709551616 }')
