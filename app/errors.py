@@ -31,12 +31,10 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from starlette.exceptions import HTTPException
+from fastapi.responses import JSONResponse
 
 from protocol import error_payload
-from protocol.asgi import CatchAll, ClientDisconnected
+from protocol.asgi import CatchAll, install_framework_errors
 
 __all__ = [
     "AmbiguousCredentials",
@@ -299,21 +297,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def gateway_error(_: Request, exc: GatewayError) -> JSONResponse:
         return exc.response()
 
-    @app.exception_handler(ClientDisconnected)
-    async def client_gone(_: Request, __: ClientDisconnected) -> Response:
-        return Response(status_code=499)
-
-    @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return JSONResponse(error_payload(str(exc.detail), type_), status_code=exc.status_code, headers=exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first: dict[str, Any] = next(iter(exc.errors()), {})
-        param = ".".join(str(part) for part in first.get("loc", ())[1:]) or None  # past `body`, `path`, ...
-        message = f"Invalid value for '{param}': {first.get('msg')}." if param else "The request is invalid."
-        return JSONResponse(error_payload(message, "invalid_request_error", param=param), status_code=400)
+    install_framework_errors(app)
 
 
 def _internal_error(_: Exception) -> tuple[int, dict[str, Any]]:

@@ -5,12 +5,17 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from fastapi.telemetry import TelemetryConfig
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["NO_FRAMEWORK_TELEMETRY", "CancelOnDisconnect", "CatchAll", "ClientDisconnected"]
+from protocol.errors import error_payload
+
+__all__ = ["NO_FRAMEWORK_TELEMETRY", "CancelOnDisconnect", "CatchAll", "ClientDisconnected", "install_framework_errors"]
 
 # FastAPI's own OpenTelemetry opens a span and records metrics for every request, probes and
 # scrapes included, sampled or not (a fifth of the gateway's throughput at 10 % sampling,
@@ -106,3 +111,25 @@ class CancelOnDisconnect:
 async def _disconnect(request: Request) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
+
+
+def install_framework_errors(app: FastAPI) -> None:
+    """The framework's own refusals in the envelope (an unknown path or method, a route's
+    declared parameter that fails), and a client gone away as 499 (nobody reads it)."""
+
+    @app.exception_handler(ClientDisconnected)
+    async def client_gone(_: Request, __: ClientDisconnected) -> Response:
+        return Response(status_code=499)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return JSONResponse(error_payload(str(exc.detail), type_), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_parameter(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first: dict[str, Any] = next(iter(exc.errors()), {})
+        param = ".".join(str(part) for part in first.get("loc", ())[1:]) or None  # past `body`, `path`, ...
+        reason = first.get("msg", "The request is invalid")
+        message = f"Invalid value for '{param}': {reason}." if param else f"{reason}."
+        return JSONResponse(error_payload(message, "invalid_request_error", param=param), status_code=400)

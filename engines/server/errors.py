@@ -11,9 +11,7 @@ in the same envelope: never FastAPI's `{"detail": ...}`.
 import logging
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from starlette.exceptions import HTTPException
+from fastapi.responses import JSONResponse
 
 from engines.base import (
     AdapterNotFound,
@@ -25,7 +23,7 @@ from engines.base import (
     SequenceFault,
 )
 from protocol import SEQUENCE_FAILED, error_payload
-from protocol.asgi import CatchAll, ClientDisconnected
+from protocol.asgi import CatchAll, install_framework_errors
 
 __all__ = ["ErrorPayload", "error_answer", "install_error_handlers"]
 
@@ -64,18 +62,4 @@ def install_error_handlers(app: FastAPI) -> None:
             response.headers["retry-after"] = str(exc.retry_after_s)
         return response
 
-    @app.exception_handler(ClientDisconnected)
-    async def gone(_: Request, __: ClientDisconnected) -> Response:
-        return Response(status_code=499)
-
-    @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return JSONResponse(error_payload(str(exc.detail), type_), status_code=exc.status_code, headers=exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_parameter(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0]
-        param = ".".join(str(part) for part in first.get("loc", ())[1:]) or None
-        message = f"Invalid value for '{param}': {first.get('msg')}." if param else f"{first.get('msg')}."
-        return JSONResponse(error_payload(message, "invalid_request_error", param=param), status_code=400)
+    install_framework_errors(app)
