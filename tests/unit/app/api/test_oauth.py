@@ -9,11 +9,8 @@ errors, never a 5xx and never a logged traceback.
 
 import asyncio
 import base64
-import itertools
 import json
-import logging
 import time
-from collections.abc import Iterator
 
 import httpx
 import httpx2
@@ -23,19 +20,13 @@ from fastapi import FastAPI
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from joserfc import jwt
-from joserfc.jwk import ECKey
 
-from app.auth.secrets import hash_secret
-from app.factory import create_app
-from app.settings import GatewaySettings
 from harness.counting_engine import MODEL
 from tests.unit.app.auth.conftest import Gateway
+from tests.unit.app.conftest import CLIENT, KEY, SECRET, Tracebacks, send
 
 ISSUER = "https://issuer.test"
 AUDIENCE = "switchyard"
-CLIENT, SECRET = "svc", "svc-secret"
-KEY = ECKey.generate_key("P-256", private=True)
-KEY.ensure_kid()
 _NOW = int(time.time())
 VALID_TOKEN = jwt.encode(
     {"alg": "ES256", "typ": "at+jwt", "kid": KEY.kid},
@@ -131,12 +122,6 @@ async def test_the_token_endpoint_slows_down_a_flood(issuing: Gateway) -> None:
 # properties, whatever the bytes: a gateway app in process
 
 
-@pytest.fixture(scope="module")
-def runner() -> Iterator[asyncio.Runner]:
-    with asyncio.Runner() as loop:
-        yield loop
-
-
 RFC6749_ERRORS = {
     "invalid_request",
     "invalid_client",
@@ -146,66 +131,6 @@ RFC6749_ERRORS = {
     "invalid_scope",
     "slow_down",
 }
-
-
-class _Tracebacks(logging.Handler):
-    """Collects every log record that carries an exception (the app's catch-all logs one per 500)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.exc_info and record.levelno >= logging.ERROR:
-            self.records.append(record)
-
-
-@pytest.fixture(scope="module")
-def tracebacks() -> Iterator[_Tracebacks]:
-    handler = _Tracebacks()
-    logging.getLogger().addHandler(handler)
-    yield handler
-    logging.getLogger().removeHandler(handler)
-    assert not handler.records, [record.getMessage() for record in handler.records]
-
-
-@pytest.fixture(scope="module")
-def app(runner: asyncio.Runner, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FastAPI]:
-    """The gateway in `builtin` mode, signing with KEY (written where it keeps its key, in its
-    format), its lifespan run; its one replica is nowhere (port 9)."""
-    data_dir = tmp_path_factory.mktemp("auth-fuzz")
-    (data_dir / "auth").mkdir(mode=0o700)
-    entry = {**KEY.as_dict(private=True), "created_at": time.time()}
-    (data_dir / "auth" / "signing-keys.json").write_text(json.dumps({"keys": [entry]}))
-    values = {
-        "pools": [{"name": "p", "replicas": ["http://127.0.0.1:9"]}],
-        "data_dir": str(data_dir),
-        "auth_mode": "builtin",
-        "auth_issuer": ISSUER,
-        "auth_clients": [{"client_id": CLIENT, "secret_hash": hash_secret(SECRET), "scopes": ["chat"]}],
-    }
-    gateway = create_app(GatewaySettings.model_validate(values))
-    lifespan = gateway.router.lifespan_context(gateway)
-    runner.run(lifespan.__aenter__())
-    yield gateway
-    runner.run(lifespan.__aexit__(None, None, None))
-
-
-_hosts = itertools.count(1)
-
-
-def _request(
-    runner: asyncio.Runner, app: FastAPI, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes
-) -> httpx.Response:
-    """One request from a client address of its own: the token endpoint throttles per address."""
-    n = next(_hosts)
-    transport = httpx.ASGITransport(app=app, client=(f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}", 40000))
-
-    async def send() -> httpx.Response:
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-            return await client.request(method, path, headers=headers, content=body)
-
-    return runner.run(send())
 
 
 def _basic(client_id: bytes, secret: bytes) -> bytes:
@@ -253,7 +178,7 @@ bodies = (
 def test_the_token_endpoint_answers_rfc_6749_never_5xx(
     runner: asyncio.Runner,
     app: FastAPI,
-    tracebacks: _Tracebacks,
+    tracebacks: Tracebacks,
     authorizations: list[bytes],
     content_type: bytes | None,
     body: bytes,
@@ -261,7 +186,7 @@ def test_the_token_endpoint_answers_rfc_6749_never_5xx(
     headers = [(b"authorization", value) for value in authorizations]
     if content_type is not None:
         headers.append((b"content-type", content_type))
-    response = _request(runner, app, "POST", "/oauth/token", headers, body)
+    response = send(runner, app, "POST", "/oauth/token", headers, body)
     assert response.status_code < 500, response.text
     assert response.headers["cache-control"] == "no-store"
     answer = response.json()
@@ -295,10 +220,10 @@ def test_the_token_endpoint_answers_rfc_6749_never_5xx(
     ],
 )
 def test_malformed_basic_credentials_are_invalid_client(
-    runner: asyncio.Runner, app: FastAPI, tracebacks: _Tracebacks, authorization: bytes
+    runner: asyncio.Runner, app: FastAPI, tracebacks: Tracebacks, authorization: bytes
 ) -> None:
     headers = [(b"authorization", authorization), (b"content-type", FORM)]
-    response = _request(runner, app, "POST", "/oauth/token", headers, b"grant_type=client_credentials")
+    response = send(runner, app, "POST", "/oauth/token", headers, b"grant_type=client_credentials")
     assert response.status_code == 401, response.text
     assert response.json()["error"] == "invalid_client"
     assert response.headers["www-authenticate"].startswith("Basic ")
@@ -307,7 +232,7 @@ def test_malformed_basic_credentials_are_invalid_client(
 def test_form_encoded_credentials_are_decoded(runner: asyncio.Runner, app: FastAPI) -> None:
     """RFC 6749 §2.3.1: the id and the secret are form-urlencoded inside the Basic credentials."""
     headers = [(b"authorization", _basic(b"s%76c", b"svc%2Dsecret")), (b"content-type", FORM)]
-    response = _request(runner, app, "POST", "/oauth/token", headers, b"grant_type=client_credentials")
+    response = send(runner, app, "POST", "/oauth/token", headers, b"grant_type=client_credentials")
     assert response.status_code == 200, response.text
 
 
@@ -315,7 +240,7 @@ def test_a_token_over_plain_http_to_a_host_name(runner: asyncio.Runner, app: Fas
     """authlib refused `http://gateway/...` (not https, not loopback) with an exception: a 500.
     TLS ends in front of the gateway; these requests come to `http://gateway`."""
     headers = [(b"authorization", _basic(CLIENT.encode(), SECRET.encode())), (b"content-type", FORM)]
-    response = _request(runner, app, "POST", "/oauth/token", headers, b"grant_type=client_credentials")
+    response = send(runner, app, "POST", "/oauth/token", headers, b"grant_type=client_credentials")
     assert response.status_code == 200, response.text
     assert response.json()["token_type"] == "Bearer"
 
@@ -323,6 +248,6 @@ def test_a_token_over_plain_http_to_a_host_name(runner: asyncio.Runner, app: Fas
 def test_two_authorization_headers_at_the_token_endpoint(runner: asyncio.Runner, app: FastAPI) -> None:
     good = (b"authorization", _basic(CLIENT.encode(), SECRET.encode()))
     headers = [good, good, (b"content-type", FORM)]
-    response = _request(runner, app, "POST", "/oauth/token", headers, b"grant_type=client_credentials")
+    response = send(runner, app, "POST", "/oauth/token", headers, b"grant_type=client_credentials")
     assert response.status_code == 400, response.text
     assert response.json()["error"] == "invalid_request"

@@ -18,9 +18,8 @@ import base64
 import hashlib
 import hmac
 import json
-import logging
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,17 +35,14 @@ from starlette.datastructures import Headers
 
 import oauth
 from app.auth import Guard
-from app.auth.secrets import hash_secret
 from app.errors import GatewayError
-from app.factory import create_app
-from app.settings import GatewaySettings
 from harness.counting_engine import MODEL
 from tests.unit.app.auth.conftest import Gateway, Jwks
+from tests.unit.app.conftest import KEY, Tracebacks, send
 
 ISSUER = "https://issuer.test"
 AUDIENCE = "switchyard"
 CHALLENGE = 'Bearer realm="switchyard"'
-CLIENT, SECRET = "svc", "svc-secret"
 
 
 def _claims(**changes: Any) -> dict[str, Any]:
@@ -266,9 +262,6 @@ async def test_external_issuer_tokens_and_a_flood_of_unknown_kids(
 
 # properties, whatever the bytes
 
-KEY = ECKey.generate_key("P-256", private=True)
-KEY.ensure_kid()
-
 
 def _valid_claims(**changes: Any) -> dict[str, Any]:
     """Claims the gateway takes, with `changes` merged as they are (None stays a JSON null)."""
@@ -359,12 +352,6 @@ def signed_tokens(draw: st.DrawFn) -> str:
 
 
 tokens = st.text(max_size=200) | near_jwts() | signed_tokens()
-
-
-@pytest.fixture(scope="module")
-def runner() -> Iterator[asyncio.Runner]:
-    with asyncio.Runner() as loop:
-        yield loop
 
 
 def _outcome(runner: asyncio.Runner, check: Coroutine[Any, Any, oauth.Principal | None]) -> object:
@@ -466,59 +453,6 @@ def test_the_guard_takes_the_one_valid_header_and_refuses_it_twice(runner: async
 # (c) the guarded routes of a gateway app, in process
 
 
-class _Tracebacks(logging.Handler):
-    """Collects every log record that carries an exception (the app's catch-all logs one per 500)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.exc_info and record.levelno >= logging.ERROR:
-            self.records.append(record)
-
-
-@pytest.fixture(scope="module")
-def tracebacks() -> Iterator[_Tracebacks]:
-    handler = _Tracebacks()
-    logging.getLogger().addHandler(handler)
-    yield handler
-    logging.getLogger().removeHandler(handler)
-    assert not handler.records, [record.getMessage() for record in handler.records]
-
-
-@pytest.fixture(scope="module")
-def app(runner: asyncio.Runner, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FastAPI]:
-    """The gateway in `builtin` mode, signing with KEY (written where it keeps its key, in its
-    format), its lifespan run; its one replica is nowhere (port 9)."""
-    data_dir = tmp_path_factory.mktemp("auth-fuzz")
-    (data_dir / "auth").mkdir(mode=0o700)
-    entry = {**KEY.as_dict(private=True), "created_at": time.time()}
-    (data_dir / "auth" / "signing-keys.json").write_text(json.dumps({"keys": [entry]}))
-    values = {
-        "pools": [{"name": "p", "replicas": ["http://127.0.0.1:9"]}],
-        "data_dir": str(data_dir),
-        "auth_mode": "builtin",
-        "auth_issuer": ISSUER,
-        "auth_clients": [{"client_id": CLIENT, "secret_hash": hash_secret(SECRET), "scopes": ["chat"]}],
-    }
-    gateway = create_app(GatewaySettings.model_validate(values))
-    lifespan = gateway.router.lifespan_context(gateway)
-    runner.run(lifespan.__aenter__())
-    yield gateway
-    runner.run(lifespan.__aexit__(None, None, None))
-
-
-def _request(
-    runner: asyncio.Runner, app: FastAPI, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes
-) -> httpx.Response:
-    async def send() -> httpx.Response:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
-            return await client.request(method, path, headers=headers, content=body)
-
-    return runner.run(send())
-
-
 GUARDED = [
     ("POST", "/v1/chat/completions"),  # a body that fails validation: a request that passes the guard gets 400
     ("POST", "/v1/completions"),
@@ -536,13 +470,13 @@ GUARDED = [
 def test_guarded_routes_never_answer_5xx(
     runner: asyncio.Runner,
     app: FastAPI,
-    tracebacks: _Tracebacks,
+    tracebacks: Tracebacks,
     route: tuple[str, str],
     authorizations: list[bytes],
 ) -> None:
     method, path = route
     headers = [(b"authorization", value) for value in authorizations] + [(b"content-type", b"application/json")]
-    response = _request(runner, app, method, path, headers, b"{}" if method == "POST" else b"")
+    response = send(runner, app, method, path, headers, b"{}" if method == "POST" else b"")
     assert response.status_code < 500, response.text
     error = response.json().get("error") if response.status_code >= 400 else None
     if error is not None:
