@@ -13,6 +13,14 @@ from harness.counting_engine import MODEL, CountingEngine
 from harness.inprocess import InProcessGateway, gateway_in_process, pool_settings
 from harness.servers import Redis
 
+# The protocol's own tests, run here again with this module's gateway, whose records are in Redis.
+from tests.unit.app.reliability.test_idempotency import (  # noqa: F401  (collected by pytest here)
+    test_a_completed_stream_replays_byte_identical,
+    test_a_retried_request_executes_once_and_replays_the_answer,
+    test_fifty_concurrent_duplicates_execute_once,
+    test_the_same_key_with_another_body_is_422,
+)
+
 ENGINE = "http://engine"
 CHAT: dict[str, object] = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
 
@@ -37,53 +45,6 @@ async def _post(
 ) -> httpx.Response:
     sent = {"idempotency-key": key, **headers} if key is not None else dict(headers)
     return await gateway.client.post("/v1/chat/completions", json=body, headers=sent)
-
-
-async def test_a_retried_request_executes_once_and_replays_the_answer(
-    gateway: InProcessGateway, engine: CountingEngine
-) -> None:
-    first = await _post(gateway, '"order-1"')
-    again = await _post(gateway, '"order-1"')
-    assert (first.status_code, again.status_code) == (200, 200)
-    assert "idempotent-replayed" not in first.headers
-    assert again.headers["idempotent-replayed"] == "true"
-    assert again.content == first.content
-    assert again.headers["x-request-id"] == first.headers["x-request-id"]
-    assert _executed(engine) == 1
-
-
-async def test_fifty_concurrent_duplicates_execute_once(gateway: InProcessGateway, engine: CountingEngine) -> None:
-    engine.behave(chunk_delay_s=0.1)  # 0.4 s per answer
-    answers = await asyncio.gather(*(_post(gateway, "dup-50") for _ in range(50)))
-    statuses = [(a.status_code, "idempotent-replayed" in a.headers) for a in answers]
-    assert statuses.count((200, False)) == 1  # the one that ran
-    assert all(s in ((200, False), (200, True), (409, False)) for s in statuses)
-    assert _executed(engine) == 1
-
-
-async def test_the_same_key_with_another_body_is_422(gateway: InProcessGateway) -> None:
-    assert (await _post(gateway, "k-422")).status_code == 200
-    other = await _post(gateway, "k-422", CHAT | {"max_tokens": 3})
-    assert other.status_code == 422
-    assert other.json()["error"]["code"] == "idempotency_key_reused"
-    # Key order and spacing are not a different body.
-    same = await gateway.client.post(
-        "/v1/chat/completions",
-        content=b'{ "messages": [{"content": "hi", "role": "user"}], "model": "counting" }',
-        headers={"idempotency-key": "k-422", "content-type": "application/json"},
-    )
-    assert same.headers.get("idempotent-replayed") == "true"
-
-
-async def test_a_completed_stream_replays_byte_identical(gateway: InProcessGateway, engine: CountingEngine) -> None:
-    body = CHAT | {"stream": True, "max_tokens": 6}
-    first = await _post(gateway, "stream-1", body)
-    again = await _post(gateway, "stream-1", body)
-    assert again.headers["content-type"].startswith("text/event-stream")
-    assert again.headers["idempotent-replayed"] == "true"
-    assert again.content == first.content
-    assert first.content.rstrip().endswith(b"data: [DONE]")
-    assert _executed(engine) == 1
 
 
 async def test_a_failure_before_the_first_byte_releases_the_key(
