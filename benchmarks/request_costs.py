@@ -7,21 +7,32 @@ collector): the request-metrics middleware around a bare ASGI app against the ba
 the metric updates of one answered request (count, duration, in progress, generation
 latency and tokens with the usage scan); the three spans of a request through
 `protocol.tracing.span` against OpenTelemetry's own no-op path, with `traceparent` injection.
+Then the idempotency fingerprint of a chat body (orjson, and the json module it replaced), and,
+with a provider that samples nothing, what a sampled-out request still pays: the sampler's
+decision with its context made current and left, and its `traceparent` sent on.
 """
 
 import argparse
 import asyncio
+import hashlib
+import json
 import time
 from collections.abc import Callable
 
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from starlette.types import Message, Receive, Scope, Send
 
 from app.context import RequestContext, context_of
 from app.observability.metrics import GatewayMetrics, RequestMetrics
+from app.reliability.idempotency import fingerprint
 from protocol import tracing
 
 ROUTE = "/v1/chat/completions"
+CHAT_BODY = b'{"model": "instant", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}'
 BODY = b'{"id":"x","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":16,"total_tokens":21}}'
 
 
@@ -46,7 +57,7 @@ async def _per_call_us(app: Callable[[Scope, Receive, Send], object], number: in
     return (time.perf_counter() - started) / number * 1e6
 
 
-def _timed_us(work: Callable[[], None], number: int) -> float:
+def _timed_us(work: Callable[[], object], number: int) -> float:
     started = time.perf_counter()
     for _ in range(number):
         work()
@@ -93,6 +104,28 @@ def main() -> None:
     print(f"| metric updates of one answered request | {_timed_us(updates, args.number):.2f} |")
     print(f"| three spans and injection, OpenTelemetry's no-op path | {_timed_us(otel_noop_spans, args.number):.2f} |")
     print(f"| the same through protocol.tracing (no provider: no span) | {_timed_us(our_spans, args.number):.2f} |")
+
+    def json_fingerprint() -> None:
+        canonical = json.dumps(json.loads(CHAT_BODY), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        hashlib.sha256(canonical.encode()).hexdigest()
+
+    print(f"| idempotency fingerprint of a chat body | {_timed_us(lambda: fingerprint(CHAT_BODY), args.number):.2f} |")
+    print(f"| the same with the json module | {_timed_us(json_fingerprint, args.number):.2f} |")
+
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.0)))
+    tracing.install(provider)
+    sampled_out = provider.get_tracer("bench")
+
+    def root() -> None:
+        span = sampled_out.start_span("POST /v1/chat/completions", context=Context())
+        otel_context.detach(otel_context.attach(trace.set_span_in_context(span)))
+
+    print(
+        f"| a sampled-out root: the sampler, its context made current and left | {_timed_us(root, args.number):.2f} |"
+    )
+    token = otel_context.attach(trace.set_span_in_context(sampled_out.start_span("root", context=Context())))
+    print(f"| its traceparent injected | {_timed_us(lambda: tracing.inject({}), args.number):.2f} |")
+    otel_context.detach(token)
 
 
 if __name__ == "__main__":
