@@ -68,11 +68,12 @@ def create_app(settings: GatewaySettings, upstream: Upstream | None = None) -> F
     `AsgiUpstream` over in-process engines)."""
     parts = _parts(settings, upstream or HttpUpstream.of(settings))
     completions, predicted = _pipelines(parts, settings)
-    # Outermost first: the server span covers everything to a stream's last byte; shutdown
-    # answers and the catch-all's 500s are counted.
+    # Outermost first: the request metrics begin the request's context, which the server span
+    # fills in; the span covers everything after to a stream's last byte; shutdown answers and
+    # the catch-all's 500s are counted and traced.
     middleware: list[Middleware] = [
-        (TraceRequests, {}),
         (RequestMetrics, {"metrics": parts.metrics}),
+        (TraceRequests, {}),
         (DrainMiddleware, {"drain": parts.drain}),
         CATCH_ALL,
     ]

@@ -5,11 +5,13 @@
 In one process with no tracer provider installed (as the gateway runs without a
 collector): the request-metrics middleware around a bare ASGI app against the bare app;
 the metric updates of one answered request (count, duration, in progress, generation
-latency and tokens with the usage scan); the three spans of a request through
-`protocol.tracing.span` against OpenTelemetry's own no-op path, with `traceparent` injection.
-Then the idempotency fingerprint of a chat body (orjson, and the json module it replaced), and,
-with a provider that samples nothing, what a sampled-out request still pays: the sampler's
-decision with its context made current and left, and its `traceparent` sent on.
+latency and tokens with the usage scan); three spans through `protocol.tracing.span` (as our
+engine begins them) against OpenTelemetry's own no-op path, with `traceparent` injection.
+Then the idempotency fingerprint of a chat body (orjson, and the json module it replaced).
+Then, with a provider installed: the server span's middleware around a bare app for a request
+whose trace the gateway samples out (its decision, and the not-sampled `traceparent` made for
+the engine), what the SDK's own sampler costs for the same decision, and one recorded request
+span with the gateway's attributes.
 """
 
 import argparse
@@ -19,7 +21,6 @@ import json
 import time
 from collections.abc import Callable
 
-from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import TracerProvider
@@ -28,6 +29,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from app.context import RequestContext, context_of
 from app.observability.metrics import GatewayMetrics, RequestMetrics
+from app.observability.tracing import TraceRequests
 from app.reliability.idempotency import fingerprint
 from protocol import tracing
 
@@ -113,19 +115,36 @@ def main() -> None:
     print(f"| the same with the json module | {_timed_us(json_fingerprint, args.number):.2f} |")
 
     provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.0)))
-    tracing.install(provider)
-    sampled_out = provider.get_tracer("bench")
+    tracing.install(provider, root_ratio=0.0)
+    server = TraceRequests(_pass_on)
+    traced = asyncio.run(_per_call_us(server, args.number))
+    passed_on = asyncio.run(_per_call_us(_pass_on, args.number))
+    print(f"| a root sampled out by the gateway: its decision, the engine's `traceparent` | {traced - passed_on:.2f} |")
+    sdk = provider.get_tracer("bench")
 
-    def root() -> None:
-        span = sampled_out.start_span("POST /v1/chat/completions", context=Context())
-        otel_context.detach(otel_context.attach(trace.set_span_in_context(span)))
+    def sdk_root() -> None:
+        span = sdk.start_span("POST /v1/chat/completions", context=Context())
+        tracing.headers_of(trace.set_span_in_context(span))
 
-    print(
-        f"| a sampled-out root: the sampler, its context made current and left | {_timed_us(root, args.number):.2f} |"
-    )
-    token = otel_context.attach(trace.set_span_in_context(sampled_out.start_span("root", context=Context())))
-    print(f"| its traceparent injected | {_timed_us(lambda: tracing.inject({}), args.number):.2f} |")
-    otel_context.detach(token)
+    print(f"| the same decided by the SDK's sampler (a non-recording span) | {_timed_us(sdk_root, args.number):.2f} |")
+    recording = TracerProvider().get_tracer("bench")
+    start = {"http.request.method": "POST", "http.route": ROUTE, "url.path": ROUTE, "url.scheme": "http"}
+    later: dict[str, str | int | float] = {"enduser.id": "t", "switchyard.queue_wait_s": 0.0001}
+    later["switchyard.replica"] = "p-0"
+    later |= {"switchyard.region": "eu", "switchyard.reason": "affinity", "http.response.status_code": 200}
+
+    def recorded() -> None:
+        span = recording.start_span("POST /v1/chat/completions", context=Context(), attributes=start)
+        tracing.headers_of(trace.set_span_in_context(span))
+        span.set_attributes(later)
+        span.end()
+
+    cost = _timed_us(recorded, args.number)
+    print(f"| one recorded request span, ten attributes, its `traceparent` (no export) | {cost:.2f} |")
+
+
+async def _pass_on(scope: Scope, receive: Receive, send: Send) -> None:
+    context_of(scope).pass_trace_on({})
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from starlette.routing import Route
 from app.api.body import parse_body, read_json_body
 from app.api.deps import gateway_of
 from app.api.keys import routing_key_of
+from app.context import context_of
 from app.reliability.limits import estimate_tokens
 from protocol import ChatCompletionRequest, CompletionRequest
 
@@ -25,7 +26,7 @@ def _endpoint(
 ) -> Callable[[Request], Awaitable[Response]]:
     async def complete(request: Request) -> Response:
         gateway = gateway_of(request)
-        principal = await gateway.guard.check(request.headers, "chat")
+        principal = await gateway.guard.check(request.headers, "chat", context_of(request.scope))
         body = await read_json_body(request, gateway.settings.max_body_bytes)
         parsed = parse_body(body, wire)
         key = routing_key_of(request.headers, parsed)

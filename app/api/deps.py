@@ -73,6 +73,8 @@ class Gateway:
         tenant = tenant_of(principal, wire.user)
         context = context_of(request.scope)
         context.label(wire.model, self.registry.known_models, tenant)
+        if principal is None:  # else the guard named the caller
+            context.annotate({"enduser.id": tenant})
         deadline = self.deadline(request.headers)
         return Call(request, context, route, raw, path, body, wire.model, routing_key, tenant, tokens, deadline)
 

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.api.body import parse_body, read_json_body
 from app.api.deps import gateway_of
 from app.api.keys import routing_key_of
+from app.context import context_of
 from app.errors import InvalidRequest, NoEngineAvailable, UpstreamFailed
 from app.pipeline.call import Call, Handler
 from app.reliability.limits import estimate_tokens
@@ -41,7 +42,7 @@ class PredictRequest(BaseModel):
 
 async def predict(request: Request) -> Response:
     gateway = gateway_of(request)
-    principal = await gateway.guard.check(request.headers, "chat")
+    principal = await gateway.guard.check(request.headers, "chat", context_of(request.scope))
     body = await read_json_body(request, gateway.settings.max_body_bytes)
     ask = parse_body(body, PredictRequest)
     # Every replica's models, healthy or not: a default that changed while a pool is down would

@@ -9,9 +9,9 @@ from starlette.datastructures import Headers
 import oauth
 from app.auth.issuer import Client, Issuer
 from app.auth.keys import LocalKeys, SigningKeys
+from app.context import RequestContext
 from app.errors import AmbiguousCredentials, GatewayError, InsufficientScope, InvalidToken, Unauthenticated
 from app.settings import GatewaySettings
-from protocol import tracing
 
 __all__ = ["Guard", "build_auth"]
 
@@ -20,14 +20,18 @@ class Guard:
     def __init__(self, verifier: oauth.TokenVerifier | None) -> None:
         self.verifier = verifier  # None: authentication is disabled
 
-    async def check(self, headers: Headers, scope: str) -> oauth.Principal | None:
-        """The caller's principal, holding `scope`; None when authentication is disabled."""
+    async def check(
+        self, headers: Headers, scope: str, request: RequestContext | None = None
+    ) -> oauth.Principal | None:
+        """The caller's principal, holding `scope`; None when authentication is disabled. The
+        caller is named in the `request`'s trace, granted or not."""
         if self.verifier is None:
             return None
         try:
             token = oauth.bearer_token(headers.getlist("authorization"))
             principal = await self.verifier.verify(token)
-            tracing.annotate({"enduser.id": principal.subject})
+            if request is not None:
+                request.annotate({"enduser.id": principal.subject})
             principal.require(scope)
             return principal
         except oauth.OAuthError as refusal:

@@ -1,26 +1,29 @@
-"""The gateway's server span: one per generating request whose trace is sampled, current from
-the request's arrival to its answer's last byte (a stream's included), so the spans of
-authentication, admission, routing and the upstream call hang below it.
+"""The gateway's server span: one per generating request whose trace is recorded, from the
+request's arrival to its answer's last byte (a stream's included). It is the request's
+only span here: what authentication, admission and routing decided are its attributes (a
+failed attempt an event), and the engine's span hangs directly below it.
 
-Sampling is decided before any span work. A request on another route (health, metrics, the
-model list, ...) costs a set lookup. A caller's `traceparent` that is not sampled is made
-current as it came, with no span of ours: the spans below are skipped (`protocol.tracing.span`
-follows the flag) and the engine is sent the same not-sampled flag. A request without one asks
-the installed provider's sampler once, through `start_span`; a root it samples out is a
-non-recording span (ids and a flag, nothing timed or kept) made current for the same reasons:
-none of our spans start a trace of their own below it, and the engine does not record one.
-FastAPI's own telemetry, which opens a span for every request and whose bookkeeping costs a
-request the same whether it is sampled or not, is meant to be off where this is installed.
+Sampling is decided once, before any span work, and kept in the request's context
+(app/context.py), which everything after reads instead of OpenTelemetry's current span (none is
+made current). A
+request on another route (health, metrics, the model list, ...) costs a set lookup. A caller's
+`traceparent` that is not sampled is passed on to the engine as it came, with no span of ours.
+A request without one is sampled at the configured ratio (`protocol.tracing.root_sampled`)
+before any span is begun; one sampled out gets a new not-sampled `traceparent` for the engine
+(so the engine does not record a trace of its own), and nothing is made current. (A provider
+whose own sampler refuses a span we ask for is followed the same way.) FastAPI's own telemetry,
+which opens a span for every request and whose bookkeeping costs a request the same whether
+it is sampled or not, is meant to be off where this is installed.
 """
 
 from collections.abc import Iterable
 
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Span, SpanKind, StatusCode
+from opentelemetry.trace import SpanKind, StatusCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.context import RecordedTrace, context_of
 from app.observability.metrics import ROUTES
 from protocol import tracing
 
@@ -28,6 +31,7 @@ __all__ = ["TraceRequests"]
 
 tracer = trace.get_tracer("switchyard.gateway")
 
+_EMPTY = Context()
 # Span names are "METHOD route": a made-up method must not make a name of its own.
 _METHODS = frozenset({"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"})
 
@@ -44,38 +48,39 @@ class TraceRequests:
         if scope["type"] != "http" or scope["path"] not in self.routes or not tracing.enabled():
             await self.app(scope, receive, send)
             return
-        parent = tracing.extract_asgi(scope["headers"])
-        if tracing.sampled_out(parent):
-            await _within(parent, self.app, scope, receive, send)
+        request = context_of(scope)
+        carried = tracing.propagation_headers(scope["headers"])
+        parent = tracing.extract(carried) if carried else _EMPTY
+        caller = trace.get_current_span(parent).get_span_context()
+        if caller.is_valid and not caller.trace_flags.sampled:
+            request.trace_headers = carried  # passed on as it came
+            await self.app(scope, receive, send)
+            return
+        if not caller.is_valid and not tracing.root_sampled():
+            request.trace_headers = tracing.unsampled_headers(parent if carried else None)
+            await self.app(scope, receive, send)
             return
         method, route = scope["method"], scope["path"]
         if method not in _METHODS:
             method = "_OTHER"
         attributes = {"http.request.method": method, "http.route": route, "url.path": route}
+        attributes["url.scheme"] = scope.get("scheme") or "http"
         name = f"{'HTTP' if method == '_OTHER' else method} {route}"
         span = tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
+        context = trace.set_span_in_context(span, parent)
         if not span.is_recording():
-            await _within(trace.set_span_in_context(span, parent), self.app, scope, receive, send)
+            request.trace_headers = tracing.headers_of(context)
+            await self.app(scope, receive, send)
             return
-        await _traced(span, trace.set_span_in_context(span, parent), self.app, scope, receive, send)
+        request.trace = RecordedTrace(span, context)
+        await _traced(request.trace, self.app, scope, receive, send)
 
 
-async def _within(context: Context, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
-    """The request, with `context` current."""
-    token = otel_context.attach(context)
-    try:
-        await app(scope, receive, send)
-    finally:
-        otel_context.detach(token)
-
-
-async def _traced(span: Span, context: Context, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
-    """The request with its recording span current, ended at the answer's last byte (or when
-    the request ends without one: an error, a client gone mid-stream)."""
-    if scope.get("scheme"):
-        span.set_attribute("url.scheme", scope["scheme"])
-    if scope.get("http_version"):
-        span.set_attribute("network.protocol.version", scope["http_version"])
+async def _traced(recorded: RecordedTrace, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+    """The request, its span ended at the answer's last byte (or when the request ends without
+    one: an error, a client gone mid-stream) with what the request annotated. Nothing is made
+    current: what needs the trace reads it from the request's context."""
+    span, attributes = recorded.span, recorded.attributes
     status: int | None = None
     ended = False
 
@@ -83,12 +88,13 @@ async def _traced(span: Span, context: Context, app: ASGIApp, scope: Scope, rece
         nonlocal ended
         ended = True
         if status is not None:
-            span.set_attribute("http.response.status_code", status)
+            attributes["http.response.status_code"] = status
             if failure is None and status >= 500:
                 failure = str(status)
         if failure is not None:
-            span.set_attribute("error.type", failure)
+            attributes["error.type"] = failure
             span.set_status(StatusCode.ERROR)
+        span.set_attributes(attributes)
         span.end()
 
     async def traced_send(message: Message) -> None:
@@ -99,7 +105,6 @@ async def _traced(span: Span, context: Context, app: ASGIApp, scope: Scope, rece
         if message["type"] == "http.response.body" and not message.get("more_body", False):
             end()
 
-    token = otel_context.attach(context)
     try:
         await app(scope, receive, traced_send)
     except BaseException as error:
@@ -108,7 +113,6 @@ async def _traced(span: Span, context: Context, app: ASGIApp, scope: Scope, rece
             end(_type_name(error))
         raise
     finally:
-        otel_context.detach(token)
         if not ended:
             end("incomplete_response")
 

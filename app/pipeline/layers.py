@@ -20,7 +20,6 @@ from app.pools.registry import PoolRegistry
 from app.reliability.admission import Admission
 from app.reliability.idempotency import Idempotency
 from app.reliability.limits import RateLimiter, estimate_prompt_tokens, tokens_used
-from protocol import tracing
 
 __all__ = ["Admitted", "Idempotent", "Limited"]
 
@@ -99,5 +98,6 @@ class Admitted:
         except (Overloaded, TenantOverShare) as shed:
             self._metrics.shed(shed.code).inc()
             raise
-        tracing.annotate({"switchyard.tenant": call.tenant, "switchyard.queue_wait_s": time.monotonic() - entered})
+        if call.context.trace is not None:
+            call.context.annotate({"switchyard.queue_wait_s": time.monotonic() - entered})
         return await self._next(call, Placement(decision, lease, 1))

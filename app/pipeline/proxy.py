@@ -34,7 +34,6 @@ from app.upstream.client import (
 from app.upstream.engine_errors import normalize_error
 from protocol import SEQUENCE_FAILED, SSE_HEADERS, error_payload, sse_event
 from protocol.asgi import CancelOnDisconnect
-from protocol.tracing import inject
 from router import Outcome
 
 __all__ = [
@@ -203,7 +202,7 @@ class Proxy:
         streaming = False
         pool = attempt.replica.pool
         upstream_headers = {**_JSON_HEADERS, **pool.auth, "x-request-id": headers["x-request-id"]}
-        inject(upstream_headers)  # the engine's spans join the request's trace
+        context.pass_trace_on(upstream_headers)  # the engine's spans join the request's trace
         sent = time.perf_counter()
         try:
             async with CancelOnDisconnect(call.request):

@@ -2,11 +2,11 @@
 in memory.
 
 The server span around a small app: opened only on the generating routes of a sampled trace,
-parent of the spans below, open to a stream's last byte; a caller's unsampled trace and a
-sampled-out root are passed on with no span. Then a whole gateway in process over a counting
-engine: its span tree for a request continues the client's `traceparent` (admission, route
-and upstream below the server span, authentication's own), the context it sends the engine,
-and our engine continuing it.
+what the request's context annotates, open to a stream's last byte; a caller's unsampled trace
+and a sampled-out root are passed on with no span and nothing made current. Then a whole
+gateway in process over a counting engine: one span a request, continuing the client's
+`traceparent`, with what authentication, admission and routing decided as its attributes (a
+failed attempt as an event), the engine's parent; and our engine continuing it.
 
 OpenTelemetry takes one tracer provider per process: `recorder()` installs the one these tests
 share, with a sampler a test may swap (`sampling`)."""
@@ -39,6 +39,7 @@ from opentelemetry.trace import Link, SpanKind, StatusCode, TraceState
 from opentelemetry.util.types import Attributes
 
 from app.auth.__main__ import mint
+from app.context import RequestContext, context_of
 from app.observability.tracing import TraceRequests
 from app.settings import GatewaySettings
 from engines.fake import FakeEngine
@@ -106,8 +107,19 @@ def _recording() -> Iterator[None]:
     without a provider (OpenTelemetry keeps the one installed, but `tracing.enabled()` is off)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(tracing, "_installed", tracing.enabled())  # put back as it was on leaving
+        patch.setattr(tracing, "_root_ratio", 1.0)
         recorder()
         yield
+
+
+@pytest.fixture
+def roots_sampled_out() -> Iterator[None]:
+    """The gateway's own decision keeps no trace it begins."""
+    tracing.sample_roots(0.0)
+    try:
+        yield
+    finally:
+        tracing.sample_roots(1.0)
 
 
 @pytest.fixture
@@ -118,23 +130,26 @@ def exporter() -> InMemorySpanExporter:
 
 
 class _Seen:
-    """What the app's handlers saw of the trace: `traceparent` sent on, the span current."""
+    """What the app's handlers saw of the trace: the headers passed on, the span current, the
+    request's context."""
 
     def __init__(self) -> None:
         self.sent: dict[str, str] = {}
         self.current: trace.Span = trace.INVALID_SPAN
+        self.context: RequestContext | None = None
         self.last_event_ns = 0
 
 
 def _app(seen: _Seen) -> FastAPI:
-    """Routes that open a span below the server's and pass the trace on, as the gateway does."""
+    """Routes that annotate the request's trace and pass it on, as the gateway does."""
     app = FastAPI(telemetry={"tracing": False, "metrics": False, "logs": False})
     app.add_middleware(TraceRequests)
 
     async def answer(request: Request) -> JSONResponse:
         seen.current = trace.get_current_span()
-        with tracing.span(tracer, "admission"):
-            tracing.inject(seen.sent)
+        seen.context = context = context_of(request.scope)
+        context.annotate({"test.handled": True})
+        context.pass_trace_on(seen.sent)
         status = int(request.query_params.get("status", "200"))
         if status == 0:
             raise RuntimeError("a bug")
@@ -144,8 +159,8 @@ def _app(seen: _Seen) -> FastAPI:
         async def events() -> AsyncIterator[bytes]:
             for n in range(3):
                 await asyncio.sleep(0.1)
-                with tracing.span(tracer, f"event {n}"):
-                    seen.last_event_ns = time.time_ns()
+                context_of(request.scope).annotate({"test.events": n + 1})
+                seen.last_event_ns = time.time_ns()
                 yield b"data: x\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
@@ -175,7 +190,9 @@ def _only(spans: tuple[ReadableSpan, ...], kind: SpanKind) -> ReadableSpan:
     return span
 
 
-async def test_a_sampled_caller_gets_one_server_span_with_ours_below(exporter: InMemorySpanExporter) -> None:
+async def test_a_sampled_caller_gets_one_server_span_that_the_request_annotates(
+    exporter: InMemorySpanExporter,
+) -> None:
     seen = _Seen()
     assert (await _call(seen, "POST", CHAT, SAMPLED)).status_code == 200
     spans = exporter.get_finished_spans()
@@ -185,18 +202,21 @@ async def test_a_sampled_caller_gets_one_server_span_with_ours_below(exporter: I
     assert server.parent is not None
     assert f"{server.parent.span_id:016x}" == CLIENT_SPAN
     assert server.attributes is not None
-    assert {key: server.attributes.get(key) for key in ("http.request.method", "url.path", "http.route")} == {
+    assert dict(server.attributes) == {
         "http.request.method": "POST",
         "url.path": CHAT,
+        "url.scheme": "http",
         "http.route": CHAT,
+        "test.handled": True,
+        "http.response.status_code": 200,
     }
-    assert server.attributes["http.response.status_code"] == 200
     assert server.status.status_code is StatusCode.UNSET
-    [admission] = [span for span in spans if span.name == "admission"]
-    assert admission.parent is not None
-    assert admission.parent.span_id == server.context.span_id
-    assert seen.current.get_span_context() == server.context  # current while the handler ran
-    assert seen.sent["traceparent"] == f"00-{TRACE_ID}-{admission.context.span_id:016x}-01"
+    assert len(spans) == 1
+    assert seen.current is trace.INVALID_SPAN  # nothing made current: the request's context says
+    assert seen.context is not None
+    assert seen.context.trace is not None
+    assert seen.context.trace.span.get_span_context() == server.context
+    assert seen.sent["traceparent"] == f"00-{TRACE_ID}-{server.context.span_id:016x}-01"
 
 
 async def test_a_streams_server_span_lasts_until_its_last_byte(exporter: InMemorySpanExporter) -> None:
@@ -207,9 +227,8 @@ async def test_a_streams_server_span_lasts_until_its_last_byte(exporter: InMemor
     spans = exporter.get_finished_spans()
     server = _only(spans, SpanKind.SERVER)
     assert server.name == "POST /v1/completions"
-    events = [span for span in spans if span.name.startswith("event ")]
-    assert len(events) == 3
-    assert all(event.parent is not None and event.parent.span_id == server.context.span_id for event in events)
+    assert server.attributes is not None
+    assert server.attributes["test.events"] == 3  # annotated until the last event
     assert server.start_time is not None
     assert server.end_time is not None
     assert server.end_time >= seen.last_event_ns
@@ -220,20 +239,57 @@ async def test_a_caller_that_did_not_sample_costs_no_span_and_is_passed_on(expor
     seen = _Seen()
     assert (await _call(seen, "POST", CHAT, UNSAMPLED)).status_code == 200
     assert exporter.get_finished_spans() == ()
-    assert seen.current.get_span_context().span_id == int(CLIENT_SPAN, 16)  # the caller's, as it came
-    assert seen.sent["traceparent"] == UNSAMPLED
+    assert seen.current is trace.INVALID_SPAN  # nothing made current: nothing below asks
+    assert seen.context is not None
+    assert seen.context.trace is None
+    assert seen.sent == {"traceparent": UNSAMPLED}  # passed on as it came
 
 
+@pytest.mark.usefixtures("roots_sampled_out")
 async def test_a_root_sampled_out_costs_no_span_and_tells_the_engine(exporter: InMemorySpanExporter) -> None:
+    sent = set()
+    for _ in range(3):
+        seen = _Seen()
+        assert (await _call(seen, "POST", "/predict")).status_code == 200
+        assert seen.current is trace.INVALID_SPAN
+        # The engine is told not to record: a trace id of its own, the not-sampled flag.
+        version, trace_id, span_id, flags = seen.sent["traceparent"].split("-")
+        assert (version, len(trace_id), len(span_id), flags) == ("00", 32, 16, "00")
+        assert int(trace_id, 16)
+        assert int(span_id, 16)
+        sent.add(trace_id)
+    assert len(sent) == 3
+    assert exporter.get_finished_spans() == ()
+
+
+@pytest.mark.usefixtures("roots_sampled_out")
+async def test_a_sampled_out_root_keeps_the_callers_baggage(exporter: InMemorySpanExporter) -> None:
+    seen = _Seen()
+    transport = httpx.ASGITransport(app=_app(seen))
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+        assert (await client.post(CHAT, headers={"baggage": "tenant=t1"})).status_code == 200
+    assert seen.sent["baggage"] == "tenant=t1"
+    assert seen.sent["traceparent"].endswith("-00")
+    assert exporter.get_finished_spans() == ()
+
+
+def test_roots_are_sampled_at_the_given_ratio() -> None:
+    try:
+        tracing.sample_roots(0.25)
+        kept = sum(tracing.root_sampled() for _ in range(20_000))
+    finally:
+        tracing.sample_roots(1.0)
+    assert 4_500 < kept < 5_500  # 5,000 expected; the bounds are 8 standard deviations wide
+    assert all(tracing.root_sampled() for _ in range(100))
+
+
+async def test_a_span_the_providers_sampler_refuses_is_followed_too(exporter: InMemorySpanExporter) -> None:
     seen = _Seen()
     with sampling(ParentBased(TraceIdRatioBased(0))):
         assert (await _call(seen, "POST", "/predict")).status_code == 200
     assert exporter.get_finished_spans() == ()
-    # Our spans below did not start traces of their own, and the engine is told not to record.
-    current = seen.current.get_span_context()
-    assert current.is_valid
-    assert not current.trace_flags.sampled
-    assert seen.sent["traceparent"] == f"00-{current.trace_id:032x}-{current.span_id:016x}-{current.trace_flags:02x}"
+    assert seen.current is trace.INVALID_SPAN
+    assert int(seen.sent["traceparent"].rsplit("-", 1)[1], 16) & 1 == 0  # not sampled (0x02: a random id)
 
 
 async def test_a_root_the_sampler_keeps_is_a_trace_of_its_own(exporter: InMemorySpanExporter) -> None:
@@ -278,7 +334,9 @@ async def test_a_server_error_marks_the_span(exporter: InMemorySpanExporter, sta
 
 def test_the_callers_context_is_read_from_the_raw_headers() -> None:
     headers = [(b"host", b"gateway"), (b"traceparent", SAMPLED.encode()), (b"traceparent", UNSAMPLED.encode())]
-    context = tracing.extract_asgi([*headers, (b"baggage", b"tenant=t1")])
+    carried = tracing.propagation_headers([*headers, (b"baggage", b"tenant=t1")])
+    assert carried == {"traceparent": SAMPLED, "baggage": "tenant=t1"}  # of a header sent twice, the first
+    context = tracing.extract(carried)
     parent = trace.get_current_span(context).get_span_context()
     assert (f"{parent.trace_id:032x}", f"{parent.span_id:016x}", parent.trace_flags.sampled) == (
         TRACE_ID,
@@ -286,7 +344,7 @@ def test_the_callers_context_is_read_from_the_raw_headers() -> None:
         True,  # of a header sent twice, the first
     )
     assert baggage.get_baggage("tenant", context) == "t1"
-    assert tracing.extract_asgi([(b"host", b"gateway"), (b"x-traceparent", SAMPLED.encode())]) == Context()
+    assert tracing.propagation_headers([(b"host", b"gateway"), (b"x-traceparent", SAMPLED.encode())]) == {}
 
 
 def test_no_span_is_begun_below_a_parent_that_is_not_sampled(exporter: InMemorySpanExporter) -> None:
@@ -332,26 +390,47 @@ async def test_the_gateway_span_tree_continues_the_client_trace(exporter: InMemo
     assert root.parent is not None
     assert f"{root.parent.span_id:016x}" == CLIENT_SPAN
     assert root.attributes is not None
-    assert root.attributes["http.response.status_code"] == 200
-    # Admission's facts are the server span's attributes, the routing decision the upstream span's:
-    # two spans a request, not five.
-    assert root.attributes["switchyard.tenant"] == "t1"
+    # One span a request: who called, how long it queued and where it went are its attributes.
+    assert [span.name for span in spans] == [f"POST {CHAT}"]
     assert root.attributes["switchyard.queue_wait_s"] == pytest.approx(0, abs=0.5)
-    assert [span.name for span in spans] == ["upstream", f"POST {CHAT}"]
-    [upstream] = _by_name(spans, "upstream")
-    assert upstream.parent is not None
-    assert upstream.parent.span_id == root.context.span_id
-    assert upstream.kind == trace.SpanKind.CLIENT
-    assert upstream.attributes == {
+    assert {key: value for key, value in root.attributes.items() if key != "switchyard.queue_wait_s"} == {
+        "http.request.method": "POST",
+        "http.route": CHAT,
+        "url.path": CHAT,
+        "url.scheme": "http",
+        "enduser.id": "t1",  # authentication off: the `user` field, the tenant
         "switchyard.replica": "p-0",
-        "switchyard.attempt": 1,
         "switchyard.region": "eu",
-        "switchyard.reason": "affinity",
-        "switchyard.home": "http://engine",  # the key's own replica on the ring
+        "switchyard.reason": "affinity",  # the key's home: no `switchyard.home`, first attempt: no number
         "http.response.status_code": 200,
     }
-    # The engine got the upstream span as its parent, in the client's trace.
-    assert engine.traceparents["traced-1"] == f"00-{TRACE_ID}-{upstream.context.span_id:016x}-01"
+    assert root.events == ()
+    # The engine got the server span as its parent, in the client's trace.
+    assert engine.traceparents["traced-1"] == f"00-{TRACE_ID}-{root.context.span_id:016x}-01"
+
+
+async def test_a_failed_attempt_is_an_event_of_the_request_span(exporter: InMemorySpanExporter) -> None:
+    engines = {"http://engine-a": CountingEngine(name="a"), "http://engine-b": CountingEngine(name="b")}
+    async with gateway_in_process(pool_settings(list(engines)), {u: e.app for u, e in engines.items()}) as gateway:
+        engines["http://engine-a"].behave(fail_times=1000, fail_status=503)
+        exporter.clear()
+        for user in range(8):  # keys spread over both replicas: some go to the failing one first
+            body = {"model": "counting", "messages": [{"role": "user", "content": "hi"}], "user": f"u{user}"}
+            response = await gateway.client.post(CHAT, json=body, headers={"traceparent": SAMPLED})
+            assert response.status_code == 200
+    spans = _by_name(exporter.get_finished_spans(), f"POST {CHAT}")
+    retried = [span for span in spans if span.events]
+    assert retried
+    assert len(retried) < len(spans)
+    for span in retried:
+        [failed] = span.events
+        assert failed.name == "switchyard.attempt_failed"
+        assert failed.attributes is not None
+        assert (failed.attributes["switchyard.replica"], failed.attributes["error.type"]) == ("p-0", "overloaded")
+        assert "switchyard.attempt" not in failed.attributes  # the first attempt's decision
+        assert span.attributes is not None
+        assert (span.attributes["switchyard.replica"], span.attributes["switchyard.attempt"]) == ("p-1", 2)
+        assert span.status.status_code is StatusCode.UNSET
 
 
 async def test_predict_continues_the_client_trace_to_the_engine(exporter: InMemorySpanExporter) -> None:
@@ -362,22 +441,21 @@ async def test_predict_continues_the_client_trace_to_the_engine(exporter: InMemo
     spans = exporter.get_finished_spans()
     [root] = _by_name(spans, "POST /predict")
     assert f"{root.context.trace_id:032x}" == TRACE_ID
-    [upstream] = _by_name(spans, "upstream")
-    assert engine.traceparents["predicted-1"] == f"00-{TRACE_ID}-{upstream.context.span_id:016x}-01"
+    assert engine.traceparents["predicted-1"] == f"00-{TRACE_ID}-{root.context.span_id:016x}-01"
 
 
-async def test_a_streams_upstream_span_lasts_until_its_last_event(exporter: InMemorySpanExporter) -> None:
+async def test_a_streams_span_lasts_until_its_last_event(exporter: InMemorySpanExporter) -> None:
     async with _serving() as (client, engine):
         engine.behave(chunk_delay_s=0.1)
         exporter.clear()
         body = {"model": "counting", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": True}
         assert (await client.post(CHAT, json=body)).status_code == 200
-    [upstream] = _by_name(exporter.get_finished_spans(), "upstream")
-    assert upstream.attributes is not None
-    assert upstream.attributes["switchyard.events"] == 4
-    assert upstream.start_time is not None
-    assert upstream.end_time is not None
-    assert (upstream.end_time - upstream.start_time) / 1e9 >= 0.35  # four events 0.1 s apart
+    [root] = _by_name(exporter.get_finished_spans(), f"POST {CHAT}")
+    assert root.attributes is not None
+    assert root.attributes["switchyard.events"] == 4
+    assert root.start_time is not None
+    assert root.end_time is not None
+    assert (root.end_time - root.start_time) / 1e9 >= 0.35  # four events 0.1 s apart
 
 
 async def test_a_trace_the_caller_did_not_sample_costs_no_spans(exporter: InMemorySpanExporter) -> None:
@@ -422,7 +500,7 @@ async def test_the_server_span_names_the_authenticated_caller(exporter: InMemory
         assert response.status_code == 200
     [root] = _by_name(exporter.get_finished_spans(), f"POST {CHAT}")
     assert root.attributes is not None
-    assert (root.attributes["enduser.id"], root.attributes["switchyard.tenant"]) == ("alice", "alice")
+    assert root.attributes["enduser.id"] == "alice"
 
 
 async def test_our_engine_continues_the_trace(exporter: InMemorySpanExporter) -> None:
