@@ -43,6 +43,7 @@ __all__ = [
     "GatewayError",
     "IdempotencyKeyInUse",
     "IdempotencyKeyReused",
+    "DatabaseUnavailable",
     "IdempotencyUnavailable",
     "InsufficientScope",
     "InvalidRequest",
@@ -277,6 +278,14 @@ class IdempotencyUnavailable(GatewayError):
         "safe; retry shortly.",
     ) -> None:
         super().__init__(message, headers={"retry-after": "1", "x-should-retry": "true"})
+
+
+class DatabaseUnavailable(GatewayError):
+    status = 503
+    code = "database_unavailable"
+
+    def __init__(self, message: str = "The fine-tuning database is unreachable; retry shortly.") -> None:
+        super().__init__(message, headers={"retry-after": "2", "x-should-retry": "true"})
 
 
 class EngineUnreachable(NoEngineAvailable):

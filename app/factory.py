@@ -12,13 +12,14 @@ from functools import partial
 from fastapi import FastAPI
 from starlette.routing import Route
 
-from app.api import admin, models, oauth, ops, predict
+from app.api import admin, files, models, oauth, ops, predict
 from app.api.completions import completion_routes
 from app.api.deps import EdgeSettings, Gateway
 from app.api.direct import GatewayApp, Middleware
 from app.api.openapi import install_openapi
 from app.auth import build_auth
 from app.errors import CATCH_ALL, install_error_handlers
+from app.finetuning import FineTuning, install_database_errors
 from app.observability.metrics import GatewayMetrics, RequestMetrics
 from app.observability.tracing import TraceRequests
 from app.pipeline.attempt import Attempt
@@ -61,6 +62,7 @@ class _Parts:
     limiter: InProcessLimiter | RedisLimiter | None
     health: HealthMonitor
     nodes: NodeManager
+    finetuning: FineTuning
 
 
 def create_app(settings: GatewaySettings, upstream: Upstream | None = None) -> FastAPI:
@@ -87,11 +89,20 @@ def create_app(settings: GatewaySettings, upstream: Upstream | None = None) -> F
     )
     guard, issuer = build_auth(settings)
     app.state.gateway = Gateway(
-        EdgeSettings.of(settings), completions, predicted, parts.registry, parts.nodes, parts.metrics, guard, issuer
+        EdgeSettings.of(settings),
+        completions,
+        predicted,
+        parts.registry,
+        parts.nodes,
+        parts.metrics,
+        guard,
+        issuer,
+        parts.finetuning,
     )
     app.state.drain = parts.drain
     install_error_handlers(app)
-    for router in (models.router, ops.router, admin.router, oauth.router):
+    install_database_errors(app)
+    for router in (models.router, files.router, ops.router, admin.router, oauth.router):
         app.include_router(router)
     install_openapi(app)
     return app
@@ -126,7 +137,10 @@ def _parts(settings: GatewaySettings, upstream: Upstream) -> _Parts:
     nodes = NodeManager(registry, upstream, timeout=settings.health_timeout_s)
     drain = Drain(settings.drain_timeout_s, admission)
     limiter = build_limiter(settings)
-    return _Parts(upstream, embedded, registry, admission, drain, metrics, idempotency, limiter, health, nodes)
+    finetuning = FineTuning.of(settings)
+    return _Parts(
+        upstream, embedded, registry, admission, drain, metrics, idempotency, limiter, health, nodes, finetuning
+    )
 
 
 def _pipelines(parts: _Parts, settings: GatewaySettings) -> tuple[Handler, Handler]:
@@ -158,6 +172,7 @@ async def _lifespan(parts: _Parts, settings: GatewaySettings, _: FastAPI) -> Asy
         if parts.metrics.multiprocess:
             await stack.enter_async_context(parts.metrics.refreshing(interval=settings.stats_interval_s))
         stack.push_async_callback(parts.nodes.aclose)
+        await stack.enter_async_context(parts.finetuning)
         log.info("gateway ready: %d pool(s) in region %s", len(parts.registry.pools), settings.region)
         yield
 

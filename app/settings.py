@@ -142,6 +142,10 @@ class GatewaySettings(BaseSettings):
         default=Path.home() / ".cache" / "switchyard",
         validation_alias=AliasChoices("SWITCHYARD_DATA_DIR", "data_dir"),
     )
+    # Fine-tuning records (files, jobs, events, checkpoints): PostgreSQL in production
+    # (`postgresql+asyncpg://user@host/db`); unset, SQLite in data_dir (the embedded default).
+    database_url: str | None = None
+    max_upload_bytes: int = Field(default=2 * 1024**3, ge=1024)  # one uploaded dataset
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     log_format: Literal["text", "json"] = "text"  # json: one object a line, with the request's fields
     # Traces: exported over OTLP/HTTP to this collector (e.g. http://127.0.0.1:4318) when set.

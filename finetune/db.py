@@ -7,7 +7,13 @@ gateway's workers, the fine-tuning workers): the migrations run under a lock, Po
 advisory lock or SQLite's own write lock, so they run once.
 """
 
+import asyncio
+import contextlib
+import fcntl
+import os
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -31,7 +37,8 @@ class Database:
         self.url = url
         self.engine: AsyncEngine = create_async_engine(url, pool_pre_ping=not self.is_sqlite)
         if self.is_sqlite:
-            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine.sync_engine, "connect", _sqlite_connect)
+            event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False, class_=AsyncSession)
 
     @property
@@ -40,7 +47,10 @@ class Database:
 
     async def migrate(self) -> None:
         """Bring the schema to the newest migration (nothing when it is there already)."""
-        async with self.engine.connect() as connection:
+        async with contextlib.AsyncExitStack() as stack:
+            if self.is_sqlite:  # one migrator at a time (PostgreSQL: an advisory lock, in `_upgrade`)
+                await stack.enter_async_context(_file_lock(Path(self.engine.url.database or "").with_suffix(".lock")))
+            connection = await stack.enter_async_context(self.engine.connect())
             await connection.run_sync(_upgrade, self.is_sqlite)
 
     async def close(self) -> None:
@@ -51,18 +61,42 @@ def _upgrade(connection: Connection, sqlite: bool) -> None:
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS))
     config.attributes["connection"] = connection
-    if sqlite:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock: one migrator at a time
-    else:
+    if not sqlite:
         connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _LOCK_ID})
     command.upgrade(config, "head")
     connection.commit()
 
 
-def _sqlite_pragmas(dbapi_connection: object, _: object) -> None:
+def _sqlite_connect(dbapi_connection: Any, _: object) -> None:
+    # The driver's own transaction handling off (it would begin some statements' transactions
+    # itself, late): SQLAlchemy's begin event says when and how (SQLAlchemy's documented recipe).
+    dbapi_connection.isolation_level = None
     # WAL: readers do not wait for the writer; a writer waits up to 10 s for another.
-    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+    cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+@contextlib.asynccontextmanager
+async def _file_lock(path: Path, poll_s: float = 0.05) -> AsyncIterator[None]:
+    """An exclusive lock on `path` between processes (and connections): polled, so waiting for
+    it never blocks the event loop and a cancelled waiter leaves nothing held."""
+    descriptor = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        while True:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                await asyncio.sleep(poll_s)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    # BEGIN IMMEDIATE (execution option `sqlite_begin`) takes the write lock at once, for a
+    # transaction that reads and then writes what it read.
+    connection.exec_driver_sql(connection.get_execution_options().get("sqlite_begin", "BEGIN"))

@@ -12,8 +12,8 @@ import hashlib
 import os
 import secrets
 import time
-from collections.abc import AsyncIterable
-from dataclasses import dataclass
+from collections.abc import AsyncIterable, AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -23,7 +23,7 @@ from finetune.datasets import LineChecker
 from finetune.db import Database
 from finetune.schema import File
 
-__all__ = ["FILE_PURPOSES", "FileStore", "FileTooLarge", "UnknownFile", "new_id"]
+__all__ = ["FILE_PURPOSES", "FileStore", "FileTooLarge", "UnknownFile", "Upload", "new_id"]
 
 FILE_PURPOSES = frozenset({"fine-tune"})
 
@@ -42,25 +42,35 @@ class UnknownFile(LookupError):
     """No such file for this owner (another owner's file is unknown too)."""
 
 
-@dataclass
-class _Upload:
-    """One upload on its way to disk: the temporary file, its hash and size, its lines checked."""
+class Upload:
+    """One upload on its way to disk (`FileStore.receiving`): the temporary file, its hash and
+    size, its lines checked. Written to a chunk at a time on a worker thread."""
 
-    file: BinaryIO
-    limit: int
-    size: int = 0
-
-    def __post_init__(self) -> None:
+    def __init__(self, path: Path, file: BinaryIO, limit: int) -> None:
+        self.path = path
+        self._file = file
+        self._limit = limit
+        self.size = 0
         self.sha256 = hashlib.sha256()
         self.checker = LineChecker()
 
-    def write(self, chunk: bytes) -> None:
+    async def write(self, chunk: bytes) -> None:
+        """Raises FileTooLarge past the limit and DatasetError at the first bad line."""
+        await asyncio.to_thread(self._write, chunk)
+
+    def _write(self, chunk: bytes) -> None:
         self.size += len(chunk)
-        if self.size > self.limit:
-            raise FileTooLarge(self.limit)
+        if self.size > self._limit:
+            raise FileTooLarge(self._limit)
         self.checker.feed(chunk)
         self.sha256.update(chunk)
-        self.file.write(chunk)
+        self._file.write(chunk)
+
+    def finish(self) -> None:
+        """The end of the upload: its last line checked, its bytes on disk."""
+        self.checker.finish()
+        self._file.flush()
+        os.fsync(self._file.fileno())
 
 
 class FileStore:
@@ -72,39 +82,48 @@ class FileStore:
     def path(self, file_id: str) -> Path:
         return self._folder / f"{file_id}.jsonl"
 
-    async def save(self, owner: str, filename: str, purpose: str, chunks: AsyncIterable[bytes]) -> File:
-        """Check and keep an uploaded dataset. A refused one (`DatasetError`, `FileTooLarge`) or
-        an upload that ends early (the iterator raises) keeps nothing."""
+    @asynccontextmanager
+    async def receiving(self) -> AsyncIterator[Upload]:
+        """A new upload: write its chunks, then `keep` it. Whatever was not kept when the block
+        ends (a refusal, a client gone mid-upload, a failure to record it) is deleted."""
         self._folder.mkdir(parents=True, exist_ok=True)
-        file_id = new_id("file")
-        partial = self._folder / f".{file_id}.part"
+        partial = self._folder / f".{new_id('upload')}.part"
         try:
             with partial.open("wb") as out:
-                upload = _Upload(out, self.max_bytes)
-                async for chunk in chunks:
-                    await asyncio.to_thread(upload.write, chunk)
-                await asyncio.to_thread(upload.checker.finish)
-                await asyncio.to_thread(os.fsync, out.fileno())
-            record = File(
-                id=file_id,
-                owner=owner,
-                filename=filename,
-                purpose=purpose,
-                bytes=upload.size,
-                lines=upload.checker.lines,
-                sha256=upload.sha256.hexdigest(),
-                created_at=int(time.time()),
-            )
-            partial.rename(self.path(file_id))
-            try:
-                async with self._database.sessions.begin() as session:
-                    session.add(record)
-            except BaseException:
-                self.path(file_id).unlink(missing_ok=True)
-                raise
-            return record
+                yield Upload(partial, out, self.max_bytes)
         finally:
             partial.unlink(missing_ok=True)
+
+    async def keep(self, upload: Upload, owner: str, filename: str, purpose: str) -> File:
+        """The whole upload, checked to its end (DatasetError if it is not a dataset), renamed
+        into place and recorded."""
+        await asyncio.to_thread(upload.finish)
+        file_id = new_id("file")
+        record = File(
+            id=file_id,
+            owner=owner,
+            filename=filename,
+            purpose=purpose,
+            bytes=upload.size,
+            lines=upload.checker.lines,
+            sha256=upload.sha256.hexdigest(),
+            created_at=int(time.time()),
+        )
+        upload.path.rename(self.path(file_id))
+        try:
+            async with self._database.sessions.begin() as session:
+                session.add(record)
+        except BaseException:
+            self.path(file_id).unlink(missing_ok=True)
+            raise
+        return record
+
+    async def save(self, owner: str, filename: str, purpose: str, chunks: AsyncIterable[bytes]) -> File:
+        """`receiving`, every chunk written, `keep`: an upload read whole from `chunks`."""
+        async with self.receiving() as upload:
+            async for chunk in chunks:
+                await upload.write(chunk)
+            return await self.keep(upload, owner, filename, purpose)
 
     async def get(self, owner: str, file_id: str) -> File:
         async with self._database.sessions() as session:
@@ -114,16 +133,25 @@ class FileStore:
         return record
 
     async def list(
-        self, owner: str, *, purpose: str | None = None, limit: int = 10_000, after: str | None = None
+        self,
+        owner: str,
+        *,
+        purpose: str | None = None,
+        limit: int = 10_000,
+        after: str | None = None,
+        newest_first: bool = True,
     ) -> list[File]:
-        """The owner's files, newest first; `after`: those older than that file."""
+        """The owner's files, newest first (or oldest); `after`: those past that file."""
         query = select(File).where(File.owner == owner)
         if purpose is not None:
             query = query.where(File.purpose == purpose)
+        order = (File.created_at, File.id)
         if after is not None:
             cursor = await self.get(owner, after)
-            query = query.where(tuple_(File.created_at, File.id) < (cursor.created_at, cursor.id))
-        query = query.order_by(File.created_at.desc(), File.id.desc()).limit(limit)
+            past = (cursor.created_at, cursor.id)
+            query = query.where(tuple_(*order) < past if newest_first else tuple_(*order) > past)
+        keys = [column.desc() for column in order] if newest_first else list(order)
+        query = query.order_by(*keys).limit(limit)
         async with self._database.sessions() as session:
             return list((await session.scalars(query)).all())
 

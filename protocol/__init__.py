@@ -25,10 +25,14 @@ from protocol.completions import (
     CompletionRequest,
 )
 from protocol.errors import SEQUENCE_FAILED, ErrorBody, ErrorResponse, describe_validation_error, error_payload
+from protocol.files import FileDeleted, FileList, FileObject
 from protocol.models import ModelCard, ModelList
 from protocol.sse import DONE_EVENT, SSE_HEADERS, sse_event
 
 __all__ = [
+    "FileDeleted",
+    "FileList",
+    "FileObject",
     "DONE_EVENT",
     "ChatChoice",
     "ChatChunkChoice",

@@ -9,6 +9,7 @@ from starlette.datastructures import Headers
 from app.auth import Guard, Principal
 from app.auth.issuer import Issuer
 from app.context import context_of
+from app.finetuning import FineTuning
 from app.observability.metrics import GatewayMetrics
 from app.pipeline.call import Call, Handler
 from app.pools.membership import NodeManager
@@ -55,6 +56,7 @@ class Gateway:
     metrics: GatewayMetrics
     guard: Guard
     issuer: Issuer | None
+    finetuning: FineTuning
 
     def call(
         self,

@@ -110,8 +110,8 @@ _ERRORS: dict[int, tuple[str, str, dict[str, Any]]] = {
     404: ("NotFound", "The model, pool, replica or issuer is not here.", {}),
     408: ("RequestTimeout", "The request's headers or body did not arrive in time (connection closed).", {}),
     409: ("Conflict", "A request with this Idempotency-Key is still running, or the change conflicts.", {}),
-    413: ("PayloadTooLarge", "The body is over `max_body_bytes`.", {}),
-    415: ("UnsupportedMediaType", "The body is not JSON.", {}),
+    413: ("PayloadTooLarge", "The body is over `max_body_bytes`, or the uploaded file over `max_upload_bytes`.", {}),
+    415: ("UnsupportedMediaType", "The body is not JSON (an upload: not multipart/form-data).", {}),
     422: (
         "Unprocessable",
         "The Idempotency-Key was used with another body, its answer was too large to keep, the engine failed on this "
@@ -122,7 +122,12 @@ _ERRORS: dict[int, tuple[str, str, dict[str, Any]]] = {
     431: ("HeadersTooLarge", "The headers are over `max_header_bytes` or `max_header_fields`.", {}),
     500: ("InternalError", "The engine failed (`engine_error`); relayed as it answered.", {}),
     502: ("BadGateway", "The engine answered with something unusable.", {}),
-    503: ("Unavailable", "No engine is reachable, all are busy, or the gateway is shutting down.", _RETRY_HEADERS),
+    503: (
+        "Unavailable",
+        "No engine is reachable, all are busy, the gateway is shutting down, or the fine-tuning database is "
+        "unreachable (`database_unavailable`).",
+        _RETRY_HEADERS,
+    ),
     504: ("GatewayTimeout", "The engine did not answer within the request's deadline.", {}),
 }
 _ANY_REQUEST = (408, 431)  # answered before the app sees the request (app/api/http_limits.py)
@@ -134,6 +139,8 @@ def _scope(path: str) -> str | None:
     """The scope a path's bearer token needs; None: open (probes, scrapers, the issuer's own routes)."""
     if path.startswith(("/admin/", "/status")):
         return "admin"
+    if path.startswith(("/v1/files", "/v1/fine_tuning")):
+        return "finetune"
     if path.startswith(("/v1/", "/predict")):
         return "chat"
     return None
@@ -145,6 +152,11 @@ _OPERATION_ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/v1/completions"): _GENERATING,
     ("post", "/predict"): _GENERATING,
     ("get", "/v1/models/{model}"): (404,),
+    ("post", "/v1/files"): (400, 413, 415),
+    ("get", "/v1/files"): (400,),
+    ("get", "/v1/files/{file_id}"): (404,),
+    ("delete", "/v1/files/{file_id}"): (404,),
+    ("get", "/v1/files/{file_id}/content"): (404,),
     ("get", "/ready"): (503,),
     ("get", "/admin/pools/{pool}"): (404,),
     ("post", "/admin/pools/{pool}/replicas"): (400, 404, 409, 413, 415, 422),
@@ -289,6 +301,33 @@ _AMENDMENTS: dict[tuple[str, str], dict[str, Any]] = {
         },
     },
     ("post", "/admin/pools/{pool}/replicas"): {"requestBody": {"required": True, "content": _json(_ref("AddReplica"))}},
+    ("post", "/v1/files"): {
+        "summary": "Upload a fine-tuning dataset (JSONL of chats), streamed to disk and checked line by line",
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file", "purpose"],
+                        "properties": {
+                            "file": {"type": "string", "format": "binary"},
+                            "purpose": {"type": "string", "enum": ["fine-tune"]},
+                        },
+                    }
+                }
+            },
+        },
+        "responses": {_OK: {"description": "The file, kept.", "content": _json(_ref("FileObject"))}},
+    },
+    ("get", "/v1/files/{file_id}/content"): {
+        "responses": {
+            _OK: {
+                "description": "The file as uploaded.",
+                "content": {"application/jsonl": {"schema": {"type": "string"}}},
+            }
+        },
+    },
     ("post", "/oauth/token"): {
         "summary": "Issue an access token (client credentials grant; built-in issuer only)",
         "security": [{"ClientSecretBasic": []}],

@@ -140,6 +140,8 @@ def test_security_is_declared_where_the_guard_checks_it() -> None:
                 assert all("BearerJWT" not in requirement for requirement in op.get("security", [])), path
                 continue
             scope = "admin" if path.startswith(ADMIN_PREFIXES) else "chat"
+            if path.startswith(("/v1/files", "/v1/fine_tuning")):
+                scope = "finetune"
             assert op["security"] == [{"BearerJWT": [scope]}], path
             assert {"400", "401", "403"} <= set(op["responses"]), path
     assert SCHEMA["components"]["securitySchemes"]["BearerJWT"]["bearerFormat"] == "JWT"
@@ -331,7 +333,7 @@ def test_a_chat_token_opens_chat_operations_only(case: Case, guarded_gateway: tu
         return
     if response.request.headers.get("authorization") != bearer:
         return  # a case schemathesis makes without credentials: the test above covers those
-    if case.path.startswith(ADMIN_PREFIXES):
+    if case.path.startswith((*ADMIN_PREFIXES, "/v1/files", "/v1/fine_tuning")):
         assert response.status_code == 403, response.text
         assert _error_of(response)["error"]["code"] == "insufficient_scope"
     else:

@@ -1,0 +1,98 @@
+"""The gateway's side of fine-tuning: the database its files and jobs are recorded in, and the
+file store (the `finetune` package's).
+
+The database is opened and migrated at the first fine-tuning request, in the background and
+retried until it answers: that request and the next wait for it a few seconds and answer 503
+while it is unreachable. A gateway that is never asked to fine-tune never opens it, and no
+other route ever waits for it. A database that goes away later fails the requests that needed
+it with 503 `database_unavailable` (the handler installed here), never a 500.
+"""
+
+import asyncio
+import contextlib
+import logging
+from types import TracebackType
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import exc
+
+from app.errors import DatabaseUnavailable
+from app.settings import GatewaySettings
+from finetune.db import Database, sqlite_url
+from finetune.files import FileStore
+
+__all__ = ["FineTuning", "install_database_errors"]
+
+log = logging.getLogger(__name__)
+
+# What a database that is down, restarting or unreachable raises (a bug's errors are not here).
+UNREACHABLE = (exc.OperationalError, exc.InterfaceError, exc.DisconnectionError, exc.TimeoutError, ConnectionError)
+
+
+class FineTuning:
+    READY_WAIT_S = 5.0  # how long a request waits for the database before its 503
+
+    def __init__(self, database: Database, files: FileStore) -> None:
+        self.database = database
+        self.files = files
+        self._migrated = asyncio.Event()
+        self._migrating: asyncio.Task[None] | None = None
+        self._attempt: asyncio.Future[None] | None = None  # a migration in flight
+
+    @classmethod
+    def of(cls, settings: GatewaySettings) -> "FineTuning":
+        url = settings.database_url or sqlite_url(settings.data_dir / "finetune.db")
+        if url.startswith("sqlite"):
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        database = Database(url)
+        return cls(database, FileStore(database, settings.data_dir / "files", settings.max_upload_bytes))
+
+    async def __aenter__(self) -> "FineTuning":
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        if self._migrating is not None:
+            self._migrating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._migrating
+        if self._attempt is not None and not self._attempt.done():
+            # Not cancelled midway: its driver's thread would answer a loop that is gone.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._attempt), 10)
+        await self.database.close()
+
+    async def ready(self) -> None:
+        """Return once the database is migrated; DatabaseUnavailable if it is not soon."""
+        if self._migrated.is_set():
+            return
+        if self._migrating is None:
+            self._migrating = asyncio.create_task(self._migrate(), name="finetune-migrate")
+        try:
+            await asyncio.wait_for(self._migrated.wait(), self.READY_WAIT_S)
+        except TimeoutError:
+            raise DatabaseUnavailable() from None
+
+    async def _migrate(self, backoff_s: float = 0.5, max_backoff_s: float = 30.0) -> None:
+        while True:
+            self._attempt = asyncio.ensure_future(self.database.migrate())
+            try:
+                await asyncio.shield(self._attempt)
+            except (*UNREACHABLE, OSError) as error:
+                log.warning("fine-tuning database unreachable (%s); retrying in %.1f s", error, backoff_s)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, max_backoff_s)
+                continue
+            self._migrated.set()
+            return
+
+
+def install_database_errors(app: FastAPI) -> None:
+    async def unreachable(_: Request, error: Exception) -> JSONResponse:
+        log.warning("fine-tuning database unreachable: %s", error)
+        return DatabaseUnavailable().response()
+
+    for kind in UNREACHABLE:
+        app.add_exception_handler(kind, unreachable)
