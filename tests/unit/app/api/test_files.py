@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import httpx2
 import openai
 import pytest
 
@@ -34,7 +35,9 @@ async def gateway(tmp_path: Path) -> AsyncIterator[InProcessGateway]:
 
 
 def _sdk(gateway: InProcessGateway, token: str = "unused") -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url="http://gateway/v1", api_key=token, http_client=gateway.client)
+    """The OpenAI SDK, reaching the gateway in process (over httpx2, the SDK's HTTP client)."""
+    http = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=gateway.app), base_url="http://gateway")
+    return openai.AsyncOpenAI(base_url="http://gateway/v1", api_key=token, max_retries=0, http_client=http)
 
 
 def _kept(tmp_path: Path) -> list[str]:
