@@ -27,7 +27,15 @@ __all__ = ["FineTuning", "install_database_errors"]
 log = logging.getLogger(__name__)
 
 # What a database that is down, restarting or unreachable raises (a bug's errors are not here).
-UNREACHABLE = (exc.OperationalError, exc.InterfaceError, exc.DisconnectionError, exc.TimeoutError, ConnectionError)
+# (TimeoutError: a server that accepts but does not answer, from the driver's connect timeout.)
+UNREACHABLE = (
+    exc.OperationalError,
+    exc.InterfaceError,
+    exc.DisconnectionError,
+    exc.TimeoutError,
+    ConnectionError,
+    TimeoutError,
+)
 
 
 class FineTuning:

@@ -33,9 +33,13 @@ def sqlite_url(path: Path) -> str:
 class Database:
     """One database: `sessions()` for the stores; `migrate()` once before use."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, connect_timeout_s: float = 5.0, command_timeout_s: float = 30.0) -> None:
         self.url = url
-        self.engine: AsyncEngine = create_async_engine(url, pool_pre_ping=not self.is_sqlite)
+        # PostgreSQL: a server that stops answering fails a request in seconds, not a minute.
+        options: dict[str, Any] = {} if self.is_sqlite else {"pool_pre_ping": True, "pool_timeout": 10}
+        if not self.is_sqlite:
+            options["connect_args"] = {"timeout": connect_timeout_s, "command_timeout": command_timeout_s}
+        self.engine: AsyncEngine = create_async_engine(url, **options)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_connect)
             event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
