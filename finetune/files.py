@@ -132,7 +132,7 @@ class FileStore:
             raise UnknownFile(file_id)
         return record
 
-    async def list(
+    async def page(
         self,
         owner: str,
         *,
@@ -141,7 +141,7 @@ class FileStore:
         after: str | None = None,
         newest_first: bool = True,
     ) -> list[File]:
-        """The owner's files, newest first (or oldest); `after`: those past that file."""
+        """A page of the owner's files, newest first (or oldest); `after`: those past that file."""
         query = select(File).where(File.owner == owner)
         if purpose is not None:
             query = query.where(File.purpose == purpose)

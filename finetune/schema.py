@@ -55,6 +55,8 @@ class Job(Base):
     worker: Mapped[str | None] = mapped_column(String(256))
     lease_expires_at: Mapped[float | None]
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # The client's key-value pairs (OpenAI's `metadata`; `metadata` itself is SQLAlchemy's).
+    job_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
 
 
 class Event(Base):

@@ -73,7 +73,7 @@ async def list_files(
 ) -> FileList:
     await gateway.finetuning.ready()
     try:
-        records = await gateway.finetuning.files.list(
+        records = await gateway.finetuning.files.page(
             tenant_of(caller, None), purpose=purpose, limit=limit + 1, after=after, newest_first=order == "desc"
         )
     except UnknownFile:

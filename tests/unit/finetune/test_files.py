@@ -63,20 +63,20 @@ async def test_a_refused_upload_leaves_nothing(
     with pytest.raises(refusal):
         await store.save("alice", "train.jsonl", "fine-tune", _chunks(data))
     assert _kept(tmp_path / "files") == []
-    assert await store.list("alice") == []
+    assert await store.page("alice") == []
 
 
 async def test_an_upload_cut_short_leaves_nothing(store: FileStore, tmp_path: Path) -> None:
     with pytest.raises(ConnectionResetError):
         await store.save("alice", "train.jsonl", "fine-tune", _cut_short(DATASET))
     assert _kept(tmp_path / "files") == []
-    assert await store.list("alice") == []
+    assert await store.page("alice") == []
 
 
 async def test_an_owner_sees_and_deletes_only_its_own(store: FileStore) -> None:
     mine = await store.save("alice", "a.jsonl", "fine-tune", _chunks(DATASET))
     theirs = await store.save("bob", "b.jsonl", "fine-tune", _chunks(DATASET))
-    assert [f.id for f in await store.list("alice")] == [mine.id]
+    assert [f.id for f in await store.page("alice")] == [mine.id]
     for attempt in (store.get("alice", theirs.id), store.delete("alice", theirs.id)):
         with pytest.raises(UnknownFile):
             await attempt
@@ -89,9 +89,9 @@ async def test_an_owner_sees_and_deletes_only_its_own(store: FileStore) -> None:
 
 async def test_files_list_newest_first_a_page_at_a_time(store: FileStore) -> None:
     saved = [await store.save("alice", f"{n}.jsonl", "fine-tune", _chunks(DATASET)) for n in range(5)]
-    everything = await store.list("alice")
+    everything = await store.page("alice")
     assert {f.id for f in everything} == {f.id for f in saved}
     assert [f.created_at for f in everything] == sorted((f.created_at for f in everything), reverse=True)
-    first = await store.list("alice", limit=2)
-    rest = await store.list("alice", after=first[-1].id)
+    first = await store.page("alice", limit=2)
+    rest = await store.page("alice", after=first[-1].id)
     assert [f.id for f in first + rest] == [f.id for f in everything]
