@@ -12,7 +12,7 @@ from functools import partial
 from fastapi import FastAPI
 from starlette.routing import Route
 
-from app.api import admin, files, models, oauth, ops, predict
+from app.api import admin, files, fine_tuning, models, oauth, ops, predict
 from app.api.completions import completion_routes
 from app.api.deps import EdgeSettings, Gateway
 from app.api.direct import GatewayApp, Middleware
@@ -102,7 +102,7 @@ def create_app(settings: GatewaySettings, upstream: Upstream | None = None) -> F
     app.state.drain = parts.drain
     install_error_handlers(app)
     install_database_errors(app)
-    for router in (models.router, files.router, ops.router, admin.router, oauth.router):
+    for router in (models.router, files.router, fine_tuning.router, ops.router, admin.router, oauth.router):
         app.include_router(router)
     install_openapi(app)
     return app

@@ -21,6 +21,7 @@ from app.errors import DatabaseUnavailable
 from app.settings import GatewaySettings
 from finetune.db import Database, sqlite_url
 from finetune.files import FileStore
+from finetune.jobs import JobStore
 
 __all__ = ["FineTuning", "install_database_errors"]
 
@@ -44,6 +45,7 @@ class FineTuning:
     def __init__(self, database: Database, files: FileStore) -> None:
         self.database = database
         self.files = files
+        self.jobs = JobStore(database)
         self._migrated = asyncio.Event()
         self._migrating: asyncio.Task[None] | None = None
         self._attempt: asyncio.Future[None] | None = None  # a migration in flight

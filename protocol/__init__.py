@@ -26,10 +26,26 @@ from protocol.completions import (
 )
 from protocol.errors import SEQUENCE_FAILED, ErrorBody, ErrorResponse, describe_validation_error, error_payload
 from protocol.files import FileDeleted, FileList, FileObject
+from protocol.fine_tuning import (
+    FineTuningJob,
+    FineTuningJobCheckpoint,
+    FineTuningJobEvent,
+    JobCreateRequest,
+    JobError,
+    JobHyperparameters,
+    Page,
+)
 from protocol.models import ModelCard, ModelList
 from protocol.sse import DONE_EVENT, SSE_HEADERS, sse_event
 
 __all__ = [
+    "FineTuningJob",
+    "FineTuningJobCheckpoint",
+    "FineTuningJobEvent",
+    "JobCreateRequest",
+    "JobError",
+    "JobHyperparameters",
+    "Page",
     "FileDeleted",
     "FileList",
     "FileObject",

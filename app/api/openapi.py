@@ -33,12 +33,13 @@ from protocol import (
     Completion,
     CompletionRequest,
     FinishReason,
+    JobCreateRequest,
     ModelCard,
     ModelList,
     Usage,
 )
 
-__all__ = ["DOCUMENTED_ROUTES", "PredictAnswer", "build_openapi", "install_openapi"]
+__all__ = ["DOCUMENTED_ROUTES", "FINETUNE_PREFIXES", "PredictAnswer", "build_openapi", "install_openapi"]
 
 _SCHEMAS = "#/components/schemas/"
 _RESPONSES = "#/components/responses/"
@@ -60,6 +61,7 @@ _MODELS: list[tuple[type[BaseModel], JsonSchemaMode]] = [
     (CompletionRequest, "validation"),
     (PredictRequest, "validation"),
     (AddReplica, "validation"),
+    (JobCreateRequest, "validation"),
     (ChatCompletion, "serialization"),
     (ChatCompletionChunk, "serialization"),
     (Completion, "serialization"),
@@ -135,11 +137,14 @@ _GUARDED = (400, 401, 403)  # the guard's: ambiguous credentials, no or bad toke
 _GENERATING = (400, 404, 409, 413, 415, 422, 429, 500, 502, 503, 504)
 
 
+FINETUNE_PREFIXES = ("/v1/files", "/v1/fine_tuning", "/fine-tune")
+
+
 def _scope(path: str) -> str | None:
     """The scope a path's bearer token needs; None: open (probes, scrapers, the issuer's own routes)."""
     if path.startswith(("/admin/", "/status")):
         return "admin"
-    if path.startswith(("/v1/files", "/v1/fine_tuning")):
+    if path.startswith(FINETUNE_PREFIXES):
         return "finetune"
     if path.startswith(("/v1/", "/predict")):
         return "chat"
@@ -157,6 +162,13 @@ _OPERATION_ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("get", "/v1/files/{file_id}"): (404,),
     ("delete", "/v1/files/{file_id}"): (404,),
     ("get", "/v1/files/{file_id}/content"): (404,),
+    ("post", "/v1/fine_tuning/jobs"): (400, 413, 415),
+    ("post", "/fine-tune"): (400, 413, 415),
+    ("get", "/v1/fine_tuning/jobs"): (400,),
+    ("get", "/v1/fine_tuning/jobs/{job_id}"): (404,),
+    ("post", "/v1/fine_tuning/jobs/{job_id}/cancel"): (404, 409),
+    ("get", "/v1/fine_tuning/jobs/{job_id}/events"): (400, 404),
+    ("get", "/v1/fine_tuning/jobs/{job_id}/checkpoints"): (400, 404),
     ("get", "/ready"): (503,),
     ("get", "/admin/pools/{pool}"): (404,),
     ("post", "/admin/pools/{pool}/replicas"): (400, 404, 409, 413, 415, 422),
@@ -319,6 +331,11 @@ _AMENDMENTS: dict[tuple[str, str], dict[str, Any]] = {
             },
         },
         "responses": {_OK: {"description": "The file, kept.", "content": _json(_ref("FileObject"))}},
+    },
+    ("post", "/v1/fine_tuning/jobs"): {"requestBody": {"required": True, "content": _json(_ref("JobCreateRequest"))}},
+    ("post", "/fine-tune"): {
+        "summary": "Create a fine-tuning job (the original platform's route; the same as /v1/fine_tuning/jobs)",
+        "requestBody": {"required": True, "content": _json(_ref("JobCreateRequest"))},
     },
     ("get", "/v1/files/{file_id}/content"): {
         "responses": {

@@ -35,7 +35,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api import predict
 from app.api.completions import completion_routes
-from app.api.openapi import DOCUMENTED_ROUTES
+from app.api.openapi import DOCUMENTED_ROUTES, FINETUNE_PREFIXES
 from app.auth.secrets import hash_secret
 from app.factory import create_app
 from app.settings import GatewaySettings
@@ -140,7 +140,7 @@ def test_security_is_declared_where_the_guard_checks_it() -> None:
                 assert all("BearerJWT" not in requirement for requirement in op.get("security", [])), path
                 continue
             scope = "admin" if path.startswith(ADMIN_PREFIXES) else "chat"
-            if path.startswith(("/v1/files", "/v1/fine_tuning")):
+            if path.startswith(FINETUNE_PREFIXES):
                 scope = "finetune"
             assert op["security"] == [{"BearerJWT": [scope]}], path
             assert {"400", "401", "403"} <= set(op["responses"]), path
@@ -333,7 +333,7 @@ def test_a_chat_token_opens_chat_operations_only(case: Case, guarded_gateway: tu
         return
     if response.request.headers.get("authorization") != bearer:
         return  # a case schemathesis makes without credentials: the test above covers those
-    if case.path.startswith((*ADMIN_PREFIXES, "/v1/files", "/v1/fine_tuning")):
+    if case.path.startswith((*ADMIN_PREFIXES, *FINETUNE_PREFIXES)):
         assert response.status_code == 403, response.text
         assert _error_of(response)["error"]["code"] == "insufficient_scope"
     else:

@@ -1,0 +1,152 @@
+"""`/v1/fine_tuning/jobs` (app/api/fine_tuning.py) through a gateway in process, its records on
+SQLite: the stock OpenAI SDK's calls; jobs refused with the field named when their model,
+files or hyperparameters are wrong, and nothing recorded; cancel; each tenant sees only its own."""
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import openai
+import pytest
+
+from app.auth.__main__ import mint
+from harness.counting_engine import CountingEngine
+from harness.inprocess import InProcessGateway, gateway_in_process, pool_settings
+
+ENGINE = "http://engine"
+BASE = "counting"  # the counting engine's model
+EXAMPLE = {"messages": [{"role": "user", "content": "ping"}, {"role": "assistant", "content": "pong pong pong"}]}
+DATASET = ("\n".join(json.dumps(EXAMPLE) for _ in range(20)) + "\n").encode()
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path) -> AsyncIterator[InProcessGateway]:
+    settings = pool_settings([ENGINE], data_dir=tmp_path)
+    async with gateway_in_process(settings, {ENGINE: CountingEngine().app}) as serving:
+        await serving.client.get("/ready")  # the engine's models known
+        yield serving
+
+
+def _sdk(gateway: InProcessGateway, token: str = "unused") -> openai.AsyncOpenAI:
+    """The OpenAI SDK, reaching the gateway in process (over httpx2, the SDK's HTTP client)."""
+    http = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=gateway.app), base_url="http://gateway")
+    return openai.AsyncOpenAI(base_url="http://gateway/v1", api_key=token, max_retries=0, http_client=http)
+
+
+async def _dataset(sdk: openai.AsyncOpenAI) -> str:
+    return (await sdk.files.create(file=("train.jsonl", DATASET), purpose="fine-tune")).id
+
+
+async def test_the_sdk_creates_reads_lists_and_cancels_a_job(gateway: InProcessGateway) -> None:
+    sdk = _sdk(gateway)
+    training = await _dataset(sdk)
+    job = await sdk.fine_tuning.jobs.create(
+        model=BASE,
+        training_file=training,
+        suffix="pong",
+        seed=7,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": 4}}},
+        metadata={"team": "search"},
+    )
+    assert job.id.startswith("ftjob-")
+    assert (job.status, job.model, job.training_file, job.seed, job.fine_tuned_model) == (
+        "validating_files",
+        BASE,
+        training,
+        7,
+        None,
+    )
+    assert job.hyperparameters.n_epochs == 3
+    assert job.hyperparameters.batch_size == 4
+    assert job.metadata == {"team": "search"}
+    assert (await sdk.fine_tuning.jobs.retrieve(job.id)).id == job.id
+    assert [j.id async for j in sdk.fine_tuning.jobs.list()] == [job.id]
+    [created] = [e async for e in sdk.fine_tuning.jobs.list_events(job.id)]
+    assert created.message == f"Created fine-tuning job: {job.id}"
+    assert [c async for c in sdk.fine_tuning.jobs.checkpoints.list(job.id)] == []
+    cancelled = await sdk.fine_tuning.jobs.cancel(job.id)
+    assert cancelled.status == "cancelled"
+    assert cancelled.finished_at is not None
+    with pytest.raises(openai.ConflictError):
+        await sdk.fine_tuning.jobs.cancel(job.id)
+    newest_first = [e.message async for e in sdk.fine_tuning.jobs.list_events(job.id)]
+    assert newest_first == ["Fine-tuning job cancelled", f"Created fine-tuning job: {job.id}"]
+
+
+async def test_the_original_platforms_alias_creates_a_job(gateway: InProcessGateway) -> None:
+    training = await _dataset(_sdk(gateway))
+    response = await gateway.client.post("/fine-tune", json={"model": BASE, "training_file": training})
+    assert response.status_code == 200, response.text
+    assert response.json()["object"] == "fine_tuning.job"
+    assert response.json()["hyperparameters"]["n_epochs"] == "auto"
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"model": "no-such-model"}, "model"),
+        ({"training_file": "file-nope"}, "training_file"),
+        ({"validation_file": "file-nope"}, "validation_file"),
+        ({"hyperparameters": {"n_epochs": 0}}, "hyperparameters.n_epochs"),
+        ({"hyperparameters": {"learning_rate_multiplier": -1.0}}, "hyperparameters.learning_rate_multiplier"),
+        ({"hyperparameters": {"n_epochs": 2}, "method": {"type": "supervised"}}, "method"),
+        ({"method": {"type": "dpo"}}, "method.type"),
+        ({"suffix": "has spaces"}, "suffix"),
+        ({"seed": -1}, "seed"),
+        ({"temperature": 1}, "temperature"),
+        ({"integrations": [{"type": "wandb"}]}, "integrations"),
+    ],
+)
+async def test_a_bad_job_is_refused_naming_the_field_and_nothing_is_recorded(
+    gateway: InProcessGateway, change: dict[str, Any], param: str
+) -> None:
+    training = await _dataset(_sdk(gateway))
+    response = await gateway.client.post(
+        "/v1/fine_tuning/jobs", json={"model": BASE, "training_file": training} | change
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+    assert (await gateway.client.get("/v1/fine_tuning/jobs")).json()["data"] == []
+
+
+async def test_jobs_list_a_page_at_a_time(gateway: InProcessGateway) -> None:
+    training = await _dataset(_sdk(gateway))
+    ids = [
+        (await gateway.client.post("/v1/fine_tuning/jobs", json={"model": BASE, "training_file": training})).json()[
+            "id"
+        ]
+        for _ in range(3)
+    ]
+    first = (await gateway.client.get("/v1/fine_tuning/jobs", params={"limit": 2})).json()
+    assert (len(first["data"]), first["has_more"]) == (2, True)
+    rest = (
+        await gateway.client.get("/v1/fine_tuning/jobs", params={"limit": 2, "after": first["data"][-1]["id"]})
+    ).json()
+    assert (len(rest["data"]), rest["has_more"]) == (1, False)
+    assert {j["id"] for j in first["data"] + rest["data"]} == set(ids)
+    unknown = await gateway.client.get("/v1/fine_tuning/jobs", params={"after": "ftjob-nope"})
+    assert (unknown.status_code, unknown.json()["error"]["param"]) == (400, "after")
+
+
+async def test_a_tenant_sees_only_its_own_jobs_and_trains_only_its_own_files(tmp_path: Path) -> None:
+    settings = pool_settings([ENGINE], data_dir=tmp_path, auth_mode="builtin")
+    async with gateway_in_process(settings, {ENGINE: CountingEngine().app}) as gateway:
+        await gateway.client.get("/ready")
+        alice, bob = (_sdk(gateway, mint(settings, subject=s, scopes=["finetune"], ttl_s=60)) for s in ("alice", "bob"))
+        training = await _dataset(alice)
+        job = await alice.fine_tuning.jobs.create(model=BASE, training_file=training)
+        assert [j.id async for j in bob.fine_tuning.jobs.list()] == []
+        for call in (
+            bob.fine_tuning.jobs.retrieve(job.id),
+            bob.fine_tuning.jobs.cancel(job.id),
+            bob.fine_tuning.jobs.list_events(job.id),
+            bob.fine_tuning.jobs.checkpoints.list(job.id),
+        ):
+            with pytest.raises(openai.NotFoundError):
+                await call
+        with pytest.raises(openai.BadRequestError) as refused:
+            await bob.fine_tuning.jobs.create(model=BASE, training_file=training)  # alice's file
+        assert refused.value.param == "training_file"
+        assert (await alice.fine_tuning.jobs.retrieve(job.id)).status == "validating_files"
