@@ -10,13 +10,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select, tuple_, update
+from sqlalchemy import and_, or_, select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from finetune.db import Database
 from finetune.files import new_id
 from finetune.schema import Checkpoint, Event, Job
 
-__all__ = ["FINISHED", "Hyperparameters", "JobStore", "NotCancellable", "UnknownJob"]
+__all__ = ["FINISHED", "Claim", "Hyperparameters", "JobStore", "NewJob", "NotCancellable", "UnknownJob"]
+
+UNFINISHED = ("validating_files", "queued", "running")
 
 FINISHED = frozenset({"succeeded", "failed", "cancelled"})
 
@@ -63,12 +66,74 @@ class NewJob:
     metadata: dict[str, str] | None = field(default=None)
 
 
+@dataclass(frozen=True)
+class Claim:
+    """A worker's hold on a job: `attempt` fences it, so a worker whose lease lapsed and whose
+    job another worker took can change nothing of it any more."""
+
+    job: Job
+    worker: str
+    attempt: int
+
+
 class JobStore:
     def __init__(self, database: Database) -> None:
         self._database = database
 
-    async def create(self, new: NewJob) -> Job:
+    async def claim(self, worker: str, lease_s: float) -> Claim | None:
+        """The oldest job that waits, or whose worker's lease lapsed (it died), now `worker`'s
+        for `lease_s`; None when there is none. Two workers never get the same job: PostgreSQL
+        skips the rows another claim has locked, SQLite takes its write lock as it begins."""
+        now = time.time()
+        unheld = or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now)
+        query = select(Job).where(Job.status.in_(UNFINISHED), unheld).order_by(Job.enqueued_at, Job.id).limit(1)
+        if not self._database.is_sqlite:
+            query = query.with_for_update(skip_locked=True)
+        async with self._database.sessions.begin() as session:
+            await _write_lock(session, self._database.is_sqlite)
+            job = (await session.scalars(query)).first()
+            if job is None:
+                return None
+            resumed = job.worker is not None
+            job.worker, job.lease_expires_at, job.attempts = worker, now + lease_s, job.attempts + 1
+            message = (
+                f"Resumed by worker {worker} after its last worker stopped"
+                if resumed
+                else f"Claimed by worker {worker}"
+            )
+            session.add(_event(job.id, message, now=int(now)))
+        return Claim(job, worker, job.attempts)
+
+    async def renew(self, claim: Claim, lease_s: float) -> bool:
+        """Extend the claim's lease (the worker's heartbeat); False when the job is no longer
+        this claim's to run: cancelled, finished, or taken by another worker."""
+        async with self._database.sessions.begin() as session:
+            result = await session.execute(
+                update(Job)
+                .where(_held(claim), Job.status.not_in(FINISHED))
+                .values(lease_expires_at=time.time() + lease_s)
+            )
+        return _changed(result)
+
+    async def advance(self, claim: Claim, status: str, **changes: Any) -> bool:
+        """Move the claimed job to `status` (with `changes`: error, fine_tuned_model, ...), with an
+        event; False, changing nothing, when the claim no longer holds or the job has finished."""
         now = int(time.time())
+        values = {"status": status, **changes}
+        if status in FINISHED:
+            values |= {"finished_at": now, "lease_expires_at": None}
+        async with self._database.sessions.begin() as session:
+            result = await session.execute(
+                update(Job).where(_held(claim), Job.status.not_in(FINISHED)).values(**values)
+            )
+            if not _changed(result):
+                return False
+            session.add(_event(claim.job.id, _STATUS_MESSAGES.get(status, status), now=now, level=_level(status)))
+        return True
+
+    async def create(self, new: NewJob) -> Job:
+        enqueued = time.time()
+        now = int(enqueued)
         job = Job(
             id=new_id("ftjob"),
             owner=new.owner,
@@ -83,6 +148,7 @@ class JobStore:
             fine_tuned_model=None,
             trained_tokens=None,
             created_at=now,
+            enqueued_at=enqueued,
             finished_at=None,
             cancel_requested=False,
             worker=None,
@@ -167,3 +233,30 @@ def _event(job_id: str, message: str, *, now: int, level: str = "info", data: di
         type="metrics" if data is not None else "message",
         data=data,
     )
+
+
+_STATUS_MESSAGES = {
+    "queued": "Files validated; the job is queued",
+    "running": "Fine-tuning job started",
+    "succeeded": "The job has successfully completed",
+    "failed": "The job failed",
+}
+
+
+def _level(status: str) -> str:
+    return "error" if status == "failed" else "info"
+
+
+def _changed(result: Any) -> bool:
+    """Whether an UPDATE changed its one row."""
+    return bool(result.rowcount == 1)
+
+
+def _held(claim: Claim) -> Any:
+    return and_(Job.id == claim.job.id, Job.worker == claim.worker, Job.attempts == claim.attempt)
+
+
+async def _write_lock(session: AsyncSession, sqlite: bool) -> None:
+    """On SQLite, begin the session's transaction with the write lock (BEGIN IMMEDIATE)."""
+    if sqlite:
+        await session.connection(execution_options={"sqlite_begin": "BEGIN IMMEDIATE"})

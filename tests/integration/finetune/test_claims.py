@@ -1,0 +1,113 @@
+"""Workers' claims on jobs (finetune/jobs.py), on SQLite and on a real PostgreSQL: the oldest
+waiting job first; never one job to two workers, however many claim at once; a dead worker's
+job taken over once its lease lapses, and the dead claim fenced off; a cancel seen at the next
+heartbeat."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from finetune.db import Database, sqlite_url
+from finetune.jobs import Claim, Hyperparameters, JobStore, NewJob
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return sqlite_url(tmp_path / "ft.db")
+    postgres: str = request.getfixturevalue("postgres_url")  # a database of its own, dropped after
+    return postgres
+
+
+@pytest.fixture
+async def databases(url: str) -> AsyncIterator[list[Database]]:
+    """Four connections' worth of workers (as four processes would have), migrated."""
+    opened = [Database(url) for _ in range(4)]
+    await opened[0].migrate()
+    yield opened
+    for database in opened:
+        await database.close()
+
+
+async def _jobs(store: JobStore, count: int) -> list[str]:
+    ids = []
+    for n in range(count):
+        new = NewJob("alice", "base", f"file-{n}", None, n, None, Hyperparameters())
+        ids.append((await store.create(new)).id)
+        await asyncio.sleep(0.002)
+    return ids
+
+
+async def test_claims_take_the_oldest_first_and_record_it(databases: list[Database]) -> None:
+    store = JobStore(databases[0])
+    first, _ = await _jobs(store, 2)
+    claim = await store.claim("w1", lease_s=30)
+    assert claim is not None
+    assert (claim.job.id, claim.worker, claim.attempt) == (first, "w1", 1)
+    events = [e.message for e in await store.events("alice", first, limit=10)]
+    assert events[0] == "Claimed by worker w1"
+
+
+async def test_no_job_goes_to_two_workers_however_many_claim_at_once(databases: list[Database]) -> None:
+    ids = await _jobs(JobStore(databases[0]), 10)
+    claimed: list[str] = []
+
+    async def worker(store: JobStore, name: str) -> None:
+        while (claim := await store.claim(name, lease_s=30)) is not None:
+            claimed.append(claim.job.id)
+
+    await asyncio.gather(*(worker(JobStore(database), f"w{n}") for n, database in enumerate(databases)))
+    assert sorted(claimed) == sorted(ids)  # each once: none lost, none twice
+
+
+async def test_a_dead_workers_job_is_taken_over_and_its_claim_fenced_off(databases: list[Database]) -> None:
+    store = JobStore(databases[0])
+    [job] = await _jobs(store, 1)
+    dead = await store.claim("dead", lease_s=0.2)
+    assert dead is not None
+    assert await store.claim("w2", lease_s=30) is None  # running, lease still good
+    await asyncio.sleep(0.3)
+    taken = await JobStore(databases[1]).claim("w2", lease_s=30)
+    assert taken is not None
+    assert (taken.job.id, taken.attempt) == (job, 2)
+    assert await store.renew(dead, lease_s=30) is False
+    assert await store.advance(dead, "succeeded") is False
+    assert await store.advance(taken, "running") is True
+    assert (await store.get("alice", job)).worker == "w2"
+    messages = [e.message for e in await store.events("alice", job, limit=10)]
+    assert "Resumed by worker w2 after its last worker stopped" in messages
+
+
+async def test_a_cancel_is_seen_at_the_next_heartbeat(databases: list[Database]) -> None:
+    store = JobStore(databases[0])
+    [job] = await _jobs(store, 1)
+    claim = await store.claim("w1", lease_s=30)
+    assert isinstance(claim, Claim)
+    assert await store.advance(claim, "running")
+    assert await store.renew(claim, lease_s=30)
+    await store.cancel("alice", job)
+    assert await store.renew(claim, lease_s=30) is False
+    assert await store.advance(claim, "succeeded", fine_tuned_model="ft:base::x") is False
+    cancelled = await store.get("alice", job)
+    assert (cancelled.status, cancelled.fine_tuned_model) == ("cancelled", None)
+    assert await store.claim("w2", lease_s=30) is None
+
+
+async def test_a_finished_job_is_not_claimed_or_renewed(databases: list[Database]) -> None:
+    store = JobStore(databases[0])
+    [job] = await _jobs(store, 1)
+    claim = await store.claim("w1", lease_s=30)
+    assert claim is not None
+    assert await store.advance(claim, "succeeded", fine_tuned_model="ft:base:s:id", trained_tokens=1234)
+    done = await store.get("alice", job)
+    assert (done.status, done.fine_tuned_model, done.trained_tokens, done.lease_expires_at) == (
+        "succeeded",
+        "ft:base:s:id",
+        1234,
+        None,
+    )
+    assert done.finished_at is not None
+    assert await store.renew(claim, lease_s=30) is False
+    assert await store.claim("w2", lease_s=30) is None
