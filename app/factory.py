@@ -19,7 +19,7 @@ from app.api.direct import GatewayApp, Middleware
 from app.api.openapi import install_openapi
 from app.auth import build_auth
 from app.errors import CATCH_ALL, install_error_handlers
-from app.finetuning import FineTuning, install_database_errors
+from app.finetuning import FineTuning
 from app.observability.metrics import GatewayMetrics, RequestMetrics
 from app.observability.tracing import TraceRequests
 from app.pipeline.attempt import Attempt
@@ -101,7 +101,6 @@ def create_app(settings: GatewaySettings, upstream: Upstream | None = None) -> F
     )
     app.state.drain = parts.drain
     install_error_handlers(app)
-    install_database_errors(app)
     for router in (models.router, files.router, fine_tuning.router, ops.router, admin.router, oauth.router):
         app.include_router(router)
     install_openapi(app)

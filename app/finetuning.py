@@ -5,16 +5,15 @@ The database is opened and migrated at the first fine-tuning request, in the bac
 retried until it answers: that request and the next wait for it a few seconds and answer 503
 while it is unreachable. A gateway that is never asked to fine-tune never opens it, and no
 other route ever waits for it. A database that goes away later fails the requests that needed
-it with 503 `database_unavailable` (the handler installed here), never a 500.
+it with 503 `database_unavailable` (`database_errors`, on those routes), never a 500.
 """
 
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from types import TracebackType
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 from sqlalchemy import exc
 
 from app.errors import DatabaseUnavailable
@@ -23,7 +22,7 @@ from finetune.db import Database, sqlite_url
 from finetune.files import FileStore
 from finetune.jobs import JobStore
 
-__all__ = ["FineTuning", "install_database_errors"]
+__all__ = ["FineTuning", "database_errors"]
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +65,7 @@ class FineTuning:
     ) -> None:
         if self._migrating is not None:
             self._migrating.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._migrating
         if self._attempt is not None and not self._attempt.done():
             # Not cancelled midway: its driver's thread would answer a loop that is gone.
@@ -92,17 +91,20 @@ class FineTuning:
                 await asyncio.shield(self._attempt)
             except (*UNREACHABLE, OSError) as error:
                 log.warning("fine-tuning database unreachable (%s); retrying in %.1f s", error, backoff_s)
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, max_backoff_s)
-                continue
-            self._migrated.set()
-            return
+            except Exception:  # not the network: permissions, a newer schema, a bug; logged, retried
+                log.exception("fine-tuning database migration failed; retrying in %.1f s", backoff_s)
+            else:
+                self._migrated.set()
+                return
+            await asyncio.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, max_backoff_s)
 
 
-def install_database_errors(app: FastAPI) -> None:
-    async def unreachable(_: Request, error: Exception) -> JSONResponse:
+async def database_errors() -> AsyncIterator[None]:
+    """A dependency of the fine-tuning routes: what an unreachable database raises while one
+    runs is its 503, and only there (a timeout elsewhere in the gateway is not the database's)."""
+    try:
+        yield
+    except UNREACHABLE as error:
         log.warning("fine-tuning database unreachable: %s", error)
-        return DatabaseUnavailable().response()
-
-    for kind in UNREACHABLE:
-        app.add_exception_handler(kind, unreachable)
+        raise DatabaseUnavailable() from None

@@ -20,7 +20,7 @@ from alembic.config import Config
 from sqlalchemy import Connection, event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-__all__ = ["Database", "sqlite_url"]
+__all__ = ["Database", "sqlite_url", "write_lock"]
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
 _LOCK_ID = 0x5357_4654  # PostgreSQL advisory lock held while migrating ("SWFT")
@@ -49,25 +49,37 @@ class Database:
     def is_sqlite(self) -> bool:
         return self.url.startswith("sqlite")
 
-    async def migrate(self) -> None:
-        """Bring the schema to the newest migration (nothing when it is there already)."""
+    async def migrate(self, revision: str = "head") -> None:
+        """Bring the schema to `revision`, the newest by default (nothing when it is there)."""
         async with contextlib.AsyncExitStack() as stack:
             if self.is_sqlite:  # one migrator at a time (PostgreSQL: an advisory lock, in `_upgrade`)
                 await stack.enter_async_context(_file_lock(Path(self.engine.url.database or "").with_suffix(".lock")))
             connection = await stack.enter_async_context(self.engine.connect())
-            await connection.run_sync(_upgrade, self.is_sqlite)
+            if self.is_sqlite:
+                # A migration that alters a table rebuilds it on SQLite (copy, drop, rename): with
+                # foreign keys on, the drop would delete every event and checkpoint of its jobs.
+                # The pragma works only outside a transaction: on the driver's connection.
+                raw = (await connection.get_raw_connection()).driver_connection
+                assert raw is not None
+                await raw.execute("PRAGMA foreign_keys=OFF")
+                stack.push_async_callback(raw.execute, "PRAGMA foreign_keys=ON")
+            await connection.run_sync(_upgrade, self.is_sqlite, revision)
 
     async def close(self) -> None:
         await self.engine.dispose()
 
 
-def _upgrade(connection: Connection, sqlite: bool) -> None:
+def _upgrade(connection: Connection, sqlite: bool, revision: str) -> None:
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS))
     config.attributes["connection"] = connection
     if not sqlite:
         connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _LOCK_ID})
-    command.upgrade(config, "head")
+    command.upgrade(config, revision)
+    if sqlite:
+        broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+        if broken:
+            raise RuntimeError(f"the migration left rows whose references are gone: {broken[:5]}")
     connection.commit()
 
 
@@ -104,3 +116,11 @@ def _sqlite_begin(connection: Connection) -> None:
     # BEGIN IMMEDIATE (execution option `sqlite_begin`) takes the write lock at once, for a
     # transaction that reads and then writes what it read.
     connection.exec_driver_sql(connection.get_execution_options().get("sqlite_begin", "BEGIN"))
+
+
+async def write_lock(session: AsyncSession, sqlite: bool) -> None:
+    """On SQLite, begin the session's transaction with the write lock (BEGIN IMMEDIATE): a
+    transaction that reads and then writes would otherwise fail at once ("database is
+    locked") when another write committed in between. PostgreSQL locks the rows it selects."""
+    if sqlite:
+        await session.connection(execution_options={"sqlite_begin": "BEGIN IMMEDIATE"})

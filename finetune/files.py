@@ -10,6 +10,7 @@ file over the limit, a client gone mid-upload) leaves nothing behind.
 import asyncio
 import hashlib
 import os
+import re
 import secrets
 import time
 from collections.abc import AsyncIterable, AsyncIterator
@@ -20,16 +21,29 @@ from typing import BinaryIO
 from sqlalchemy import select, tuple_
 
 from finetune.datasets import LineChecker
-from finetune.db import Database
+from finetune.db import Database, write_lock
 from finetune.schema import File
 
-__all__ = ["FILE_PURPOSES", "FileStore", "FileTooLarge", "UnknownFile", "Upload", "new_id"]
+__all__ = ["FILE_PURPOSES", "FileStore", "FileTooLarge", "UnknownFile", "Upload", "clean_filename", "is_id", "new_id"]
 
 FILE_PURPOSES = frozenset({"fine-tune"})
 
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_urlsafe(18).replace('-', 'a').replace('_', 'b')}"
+
+
+_ID = re.compile(r"[a-z]+-[A-Za-z0-9]{24}")
+
+
+def is_id(prefix: str, value: str) -> bool:
+    """Whether `value` could be an id `new_id(prefix)` made: checked before it reaches a query."""
+    return value.startswith(f"{prefix}-") and _ID.fullmatch(value) is not None
+
+
+def clean_filename(name: str, limit: int = 512) -> str:
+    """An uploaded file's name as kept: no control characters, at most `limit` characters."""
+    return "".join(c for c in name if c.isprintable())[:limit] or "file"
 
 
 class FileTooLarge(ValueError):
@@ -102,7 +116,7 @@ class FileStore:
         record = File(
             id=file_id,
             owner=owner,
-            filename=filename,
+            filename=clean_filename(filename),
             purpose=purpose,
             bytes=upload.size,
             lines=upload.checker.lines,
@@ -126,6 +140,8 @@ class FileStore:
             return await self.keep(upload, owner, filename, purpose)
 
     async def get(self, owner: str, file_id: str) -> File:
+        if not is_id("file", file_id):
+            raise UnknownFile(file_id)
         async with self._database.sessions() as session:
             record = await session.get(File, file_id)
         if record is None or record.owner != owner:
@@ -156,7 +172,10 @@ class FileStore:
             return list((await session.scalars(query)).all())
 
     async def delete(self, owner: str, file_id: str) -> None:
+        if not is_id("file", file_id):
+            raise UnknownFile(file_id)
         async with self._database.sessions.begin() as session:
+            await write_lock(session, self._database.is_sqlite)
             record = await session.get(File, file_id)
             if record is None or record.owner != owner:
                 raise UnknownFile(file_id)

@@ -11,10 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import and_, or_, select, tuple_, update
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from finetune.db import Database
-from finetune.files import new_id
+from finetune.db import Database, write_lock
+from finetune.files import is_id, new_id
 from finetune.schema import Checkpoint, Event, Job
 
 __all__ = ["FINISHED", "Claim", "Hyperparameters", "JobStore", "NewJob", "NotCancellable", "UnknownJob"]
@@ -90,7 +89,7 @@ class JobStore:
         if not self._database.is_sqlite:
             query = query.with_for_update(skip_locked=True)
         async with self._database.sessions.begin() as session:
-            await _write_lock(session, self._database.is_sqlite)
+            await write_lock(session, self._database.is_sqlite)
             job = (await session.scalars(query)).first()
             if job is None:
                 return None
@@ -163,6 +162,8 @@ class JobStore:
         return job
 
     async def get(self, owner: str, job_id: str) -> Job:
+        if not is_id("ftjob", job_id):
+            raise UnknownJob(job_id)
         async with self._database.sessions() as session:
             job = await session.get(Job, job_id)
         if job is None or job.owner != owner:
@@ -182,7 +183,10 @@ class JobStore:
     async def cancel(self, owner: str, job_id: str) -> Job:
         """The job, cancelled now unless it had finished (NotCancellable)."""
         now = int(time.time())
+        if not is_id("ftjob", job_id):
+            raise UnknownJob(job_id)
         async with self._database.sessions.begin() as session:
+            await write_lock(session, self._database.is_sqlite)
             job = await session.get(Job, job_id, with_for_update=not self._database.is_sqlite)
             if job is None or job.owner != owner:
                 raise UnknownJob(job_id)
@@ -199,6 +203,8 @@ class JobStore:
         await self.get(owner, job_id)
         query = select(Event).where(Event.job_id == job_id)
         if after is not None:
+            if not is_id("ftevent", after):
+                raise UnknownJob(after)
             async with self._database.sessions() as session:
                 cursor = (
                     await session.scalars(select(Event.seq).where(Event.id == after, Event.job_id == job_id))
@@ -214,6 +220,8 @@ class JobStore:
         await self.get(owner, job_id)
         query = select(Checkpoint).where(Checkpoint.job_id == job_id)
         if after is not None:
+            if not is_id("ftckpt", after):
+                raise UnknownJob(after)
             async with self._database.sessions() as session:
                 cursor = await session.get(Checkpoint, after)
             if cursor is None or cursor.job_id != job_id:
@@ -254,9 +262,3 @@ def _changed(result: Any) -> bool:
 
 def _held(claim: Claim) -> Any:
     return and_(Job.id == claim.job.id, Job.worker == claim.worker, Job.attempts == claim.attempt)
-
-
-async def _write_lock(session: AsyncSession, sqlite: bool) -> None:
-    """On SQLite, begin the session's transaction with the write lock (BEGIN IMMEDIATE)."""
-    if sqlite:
-        await session.connection(execution_options={"sqlite_begin": "BEGIN IMMEDIATE"})

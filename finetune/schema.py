@@ -49,7 +49,8 @@ class Job(Base):
     fine_tuned_model: Mapped[str | None] = mapped_column(String(512))
     trained_tokens: Mapped[int | None]
     created_at: Mapped[int]
-    enqueued_at: Mapped[float] = mapped_column(index=True)  # the claim order (created_at is whole seconds)
+    # The claim order (created_at is whole seconds); 0 from a gateway that predates it.
+    enqueued_at: Mapped[float] = mapped_column(index=True, server_default="0")
     finished_at: Mapped[int | None]
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     # The worker's claim: who runs it, until when (renewed by its heartbeat); how often claimed.

@@ -8,7 +8,7 @@ it; another tenant's file is `404` like one that never was.
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.requests import ClientDisconnect
 
@@ -16,6 +16,7 @@ from app.api.deps import GatewayDep, scoped, tenant_of
 from app.api.multipart import read_form
 from app.auth import Principal
 from app.errors import InvalidRequest, NotFound, PayloadTooLarge
+from app.finetuning import database_errors
 from finetune.datasets import DatasetError
 from finetune.files import FILE_PURPOSES, FileTooLarge, UnknownFile
 from finetune.schema import File
@@ -23,7 +24,7 @@ from protocol import FileDeleted, FileList, FileObject
 
 __all__ = ["file_object", "router"]
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(database_errors)])
 Caller = Annotated[Principal | None, scoped("finetune")]
 _MULTIPART_OVERHEAD = 64 * 1024  # the form's fields and boundaries around the file
 

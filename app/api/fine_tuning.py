@@ -9,12 +9,13 @@ claim it from the database (finetune/worker.py). Each job belongs to the tenant 
 import secrets
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 
 from app.api.body import parse_body, read_json_body
 from app.api.deps import GatewayDep, scoped, tenant_of
 from app.auth import Principal
-from app.errors import Conflict, InvalidRequest, NotFound
+from app.errors import InvalidRequest, NotFound
+from app.finetuning import database_errors
 from finetune.files import UnknownFile
 from finetune.jobs import Hyperparameters, NewJob, NotCancellable, UnknownJob
 from finetune.schema import Checkpoint, Event, Job
@@ -30,7 +31,7 @@ from protocol import (
 
 __all__ = ["job_object", "router"]
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(database_errors)])
 Caller = Annotated[Principal | None, scoped("finetune")]
 Limit = Annotated[int, Query(ge=1, le=100)]
 
@@ -140,8 +141,10 @@ async def cancel(job_id: str, gateway: GatewayDep, caller: Caller) -> FineTuning
         return job_object(await gateway.finetuning.jobs.cancel(tenant_of(caller, None), job_id))
     except UnknownJob:
         raise _no_job(job_id) from None
-    except NotCancellable as finished:
-        raise Conflict(f"The job has already {finished.status}; it cannot be cancelled.", param="job_id") from None
+    except NotCancellable as finished:  # 400, as OpenAI answers it
+        raise InvalidRequest(
+            f"The job has already {finished.status}; it cannot be cancelled.", param="job_id"
+        ) from None
 
 
 @router.get("/v1/fine_tuning/jobs/{job_id}/events")

@@ -8,7 +8,7 @@ count and size); this keeps the parts apart and bounds what is kept of each.
 from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass, field
 
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from app.errors import InvalidRequest, UnsupportedMediaType
@@ -16,6 +16,7 @@ from app.errors import InvalidRequest, UnsupportedMediaType
 __all__ = ["Form", "read_form"]
 
 MAX_FIELD_BYTES = 4096
+MAX_BOUNDARY = 70  # RFC 2046
 MAX_PARTS = 16
 
 
@@ -46,8 +47,11 @@ async def read_form(
     if media_type != b"multipart/form-data":
         raise UnsupportedMediaType(f"Content-Type must be multipart/form-data, not `{media_type.decode('latin-1')}`.")
     boundary = options.get(b"boundary")
-    if not boundary:
-        raise InvalidRequest("The multipart/form-data Content-Type has no boundary.", param="Content-Type")
+    if not boundary or len(boundary) > MAX_BOUNDARY:
+        raise InvalidRequest(
+            f"The multipart/form-data Content-Type needs a boundary of 1 to {MAX_BOUNDARY} characters.",
+            param="Content-Type",
+        )
     form, parts, pending = Form(), [_Part()], []
     done = False
 
@@ -107,8 +111,8 @@ async def read_form(
         "on_part_end": part_end,
         "on_end": end,
     }
-    parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
     try:
+        parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
         async for chunk in body:
             parser.write(chunk)
             if pending:
@@ -116,7 +120,7 @@ async def read_form(
                 pending.clear()
                 await write(data)
         parser.finalize()
-    except MultipartParseError as error:
+    except FormParserError as error:
         raise InvalidRequest(f"The multipart body is malformed: {error}.") from None
     if not done:
         raise InvalidRequest("The multipart body ended before its closing boundary.")

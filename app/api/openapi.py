@@ -166,7 +166,7 @@ _OPERATION_ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/fine-tune"): (400, 413, 415),
     ("get", "/v1/fine_tuning/jobs"): (400,),
     ("get", "/v1/fine_tuning/jobs/{job_id}"): (404,),
-    ("post", "/v1/fine_tuning/jobs/{job_id}/cancel"): (404, 409),
+    ("post", "/v1/fine_tuning/jobs/{job_id}/cancel"): (400, 404),
     ("get", "/v1/fine_tuning/jobs/{job_id}/events"): (400, 404),
     ("get", "/v1/fine_tuning/jobs/{job_id}/checkpoints"): (400, 404),
     ("get", "/ready"): (503,),

@@ -19,7 +19,8 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("enqueued_at", sa.Double(), nullable=True))
     op.execute("UPDATE jobs SET enqueued_at = created_at")
     with op.batch_alter_table("jobs", schema=None) as batch_op:
-        batch_op.alter_column("enqueued_at", existing_type=sa.Double(), nullable=False)
+        # The default: gateways of the version before, still running during a rollout, insert none.
+        batch_op.alter_column("enqueued_at", existing_type=sa.Double(), nullable=False, server_default="0")
         batch_op.create_index(batch_op.f("ix_jobs_enqueued_at"), ["enqueued_at"], unique=False)
 
 

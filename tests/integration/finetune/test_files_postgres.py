@@ -44,6 +44,12 @@ async def test_a_database_gone_or_stalled_is_503_then_serves_again(
 ) -> None:
     kept = await _upload(gateway.client)
     assert kept.status_code == 200, kept.text
+    # What PostgreSQL would refuse (a NUL, an overlong id) never reaches it: 404 and 400, not 500.
+    assert (await gateway.client.get("/v1/files/%00")).status_code == 404
+    assert (await gateway.client.get("/v1/fine_tuning/jobs/ftjob-%00")).status_code == 404
+    assert (await gateway.client.get("/v1/files", params={"after": "file-\x00"})).status_code == 400
+    job = {"model": "counting", "training_file": "file-\u0000"}
+    assert (await gateway.client.post("/v1/fine_tuning/jobs", json=job)).status_code == 400
     for fault in ("down", "stall"):
         proxy.set(fault)
         for request in ("upload", "list"):

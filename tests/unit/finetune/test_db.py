@@ -44,3 +44,38 @@ async def test_migrating_again_or_at_once_changes_nothing(tmp_path: Path) -> Non
     finally:
         for database in databases:
             await database.close()
+
+
+async def test_a_migration_that_rebuilds_the_jobs_table_keeps_their_events(tmp_path: Path) -> None:
+    """0003 alters `jobs`, which SQLite does by copying the table and dropping the old one: with
+    foreign keys on during it, the drop would cascade to every event and checkpoint."""
+    database = Database(sqlite_url(tmp_path / "ft.db"))
+    try:
+        await database.migrate("0002")
+        async with database.engine.begin() as connection:
+            await connection.execute(
+                text(
+                    "INSERT INTO jobs (id, owner, model, seed, training_file, hyperparameters, status, created_at,"
+                    " cancel_requested, attempts) VALUES ('ftjob-1', 'a', 'm', 1, 'file-1', '{}', 'queued', 100, 0, 0)"
+                )
+            )
+            await connection.execute(
+                text(
+                    "INSERT INTO events (id, job_id, created_at, level, message, type)"
+                    " VALUES ('ftevent-1', 'ftjob-1', 100, 'info', 'created', 'message')"
+                )
+            )
+            await connection.execute(
+                text(
+                    "INSERT INTO checkpoints (id, job_id, step, created_at, metrics, path)"
+                    " VALUES ('ftckpt-1', 'ftjob-1', 10, 100, '{}', '/x')"
+                )
+            )
+        await database.migrate()
+        async with database.engine.connect() as connection:
+            assert (await connection.execute(text("SELECT count(*) FROM events"))).scalar() == 1
+            assert (await connection.execute(text("SELECT count(*) FROM checkpoints"))).scalar() == 1
+            assert (await connection.execute(text("SELECT enqueued_at FROM jobs"))).scalar() == 100  # its creation
+            assert (await connection.execute(text("PRAGMA foreign_keys"))).scalar() == 1
+    finally:
+        await database.close()

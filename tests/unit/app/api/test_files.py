@@ -169,3 +169,22 @@ async def test_an_unreachable_database_is_503_and_chat_goes_on(tmp_path: Path, m
         chat = {"model": "counting", "messages": [{"role": "user", "content": "hi"}]}
         assert (await gateway.client.post("/v1/chat/completions", json=chat)).status_code == 200
     assert _kept(tmp_path) == []
+
+
+async def test_hostile_forms_and_ids_are_refused_not_500(gateway: InProcessGateway, tmp_path: Path) -> None:
+    long_boundary = "b" * 300
+    refused = await gateway.client.post(
+        "/v1/files", content=b"x", headers={"content-type": f"multipart/form-data; boundary={long_boundary}"}
+    )
+    assert (refused.status_code, refused.json()["error"]["param"]) == (400, "Content-Type")
+    for path in ("/v1/files/%00", "/v1/files/file-" + "a" * 500, "/v1/files/file-x/content"):
+        assert (await gateway.client.get(path)).status_code == 404
+    after = await gateway.client.get("/v1/files", params={"after": "\x00"})
+    assert (after.status_code, after.json()["error"]["param"]) == (400, "after")
+    named = await gateway.client.post(
+        "/v1/files", data={"purpose": "fine-tune"}, files={"file": ("a\x07b" + "c" * 600, DATASET)}
+    )
+    assert named.status_code == 200, named.text
+    kept_name = named.json()["filename"]
+    assert (len(kept_name), kept_name.isprintable(), kept_name.endswith("ccc")) == (512, True, True)
+    assert _kept(tmp_path) == [f"{named.json()['id']}.jsonl"]
