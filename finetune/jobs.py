@@ -79,10 +79,13 @@ class JobStore:
     def __init__(self, database: Database) -> None:
         self._database = database
 
-    async def claim(self, worker: str, lease_s: float) -> Claim | None:
+    async def claim(self, worker: str, lease_s: float, max_attempts: int = 3) -> Claim | None:
         """The oldest job that waits, or whose worker's lease lapsed (it died), now `worker`'s
         for `lease_s`; None when there is none. Two workers never get the same job: PostgreSQL
-        skips the rows another claim has locked, SQLite takes its write lock as it begins."""
+        skips the rows another claim has locked, SQLite takes its write lock as it begins.
+
+        A job whose workers died `max_attempts` times fails (`worker_lost`) instead of being
+        claimed again: one that kills every worker it runs on must not take them all down."""
         now = time.time()
         unheld = or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now)
         query = select(Job).where(Job.status.in_(UNFINISHED), unheld).order_by(Job.enqueued_at, Job.id).limit(1)
@@ -90,10 +93,17 @@ class JobStore:
             query = query.with_for_update(skip_locked=True)
         async with self._database.sessions.begin() as session:
             await write_lock(session, self._database.is_sqlite)
-            job = (await session.scalars(query)).first()
+            while (job := (await session.scalars(query)).first()) is not None:
+                resumed = job.worker is not None
+                if not (resumed and job.attempts >= max_attempts):
+                    break
+                message = f"The job's worker stopped {job.attempts} times; it is not tried again"
+                job.status, job.finished_at, job.lease_expires_at = "failed", int(now), None
+                job.error = {"code": "worker_lost", "message": message, "param": None}
+                session.add(_event(job.id, message, now=int(now), level="error"))
+                await session.flush()  # the next look skips it
             if job is None:
                 return None
-            resumed = job.worker is not None
             job.worker, job.lease_expires_at, job.attempts = worker, now + lease_s, job.attempts + 1
             message = (
                 f"Resumed by worker {worker} after its last worker stopped"

@@ -111,3 +111,20 @@ async def test_a_finished_job_is_not_claimed_or_renewed(databases: list[Database
     assert done.finished_at is not None
     assert await store.renew(claim, lease_s=30) is False
     assert await store.claim("w2", lease_s=30) is None
+
+
+async def test_a_job_whose_workers_keep_dying_fails_instead_of_taking_them_all(databases: list[Database]) -> None:
+    store = JobStore(databases[0])
+    doomed, healthy = await _jobs(store, 2)
+    for attempt in (1, 2):
+        claim = await store.claim(f"w{attempt}", lease_s=0.05, max_attempts=2)
+        assert claim is not None
+        assert (claim.job.id, claim.attempt) == (doomed, attempt)
+        await asyncio.sleep(0.1)  # the worker dies: its lease lapses
+    nxt = await store.claim("w3", lease_s=30, max_attempts=2)
+    assert nxt is not None
+    assert nxt.job.id == healthy
+    failed = await store.get("alice", doomed)
+    assert failed.status == "failed"
+    assert failed.error is not None
+    assert failed.error["code"] == "worker_lost"
