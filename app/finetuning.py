@@ -94,6 +94,9 @@ class FineTuning:
             except Exception:  # not the network: permissions, a newer schema, a bug; logged, retried
                 log.exception("fine-tuning database migration failed; retrying in %.1f s", backoff_s)
             else:
+                swept = await asyncio.to_thread(self.files.sweep)
+                if swept:
+                    log.info("deleted %d half-written uploads a stopped gateway left", swept)
                 self._migrated.set()
                 return
             await asyncio.sleep(backoff_s)

@@ -8,6 +8,7 @@ file over the limit, a client gone mid-upload) leaves nothing behind.
 """
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import re
@@ -96,14 +97,27 @@ class FileStore:
     def path(self, file_id: str) -> Path:
         return self._folder / f"{file_id}.jsonl"
 
+    def sweep(self, older_than_s: float = 3600.0) -> int:
+        """Delete uploads a process that died left half-written (older than `older_than_s`, so
+        that one another process is writing now is left alone); how many were deleted."""
+        if not self._folder.exists():
+            return 0
+        cutoff, swept = time.time() - older_than_s, 0
+        for partial in self._folder.glob(".*.part"):
+            with contextlib.suppress(FileNotFoundError):
+                if partial.stat().st_mtime < cutoff:
+                    partial.unlink()
+                    swept += 1
+        return swept
+
     @asynccontextmanager
     async def receiving(self) -> AsyncIterator[Upload]:
         """A new upload: write its chunks, then `keep` it. Whatever was not kept when the block
         ends (a refusal, a client gone mid-upload, a failure to record it) is deleted."""
-        self._folder.mkdir(parents=True, exist_ok=True)
+        self._folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         partial = self._folder / f".{new_id('upload')}.part"
         try:
-            with partial.open("wb") as out:
+            with await asyncio.to_thread(_create_private, partial) as out:
                 yield Upload(partial, out, self.max_bytes)
         finally:
             partial.unlink(missing_ok=True)
@@ -181,3 +195,8 @@ class FileStore:
                 raise UnknownFile(file_id)
             await session.delete(record)
         self.path(file_id).unlink(missing_ok=True)
+
+
+def _create_private(path: Path) -> BinaryIO:
+    """A new file readable by this service's user alone: datasets are the tenants' data."""
+    return open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")  # the caller closes it

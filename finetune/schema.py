@@ -8,7 +8,7 @@ tenant that made it): one tenant never sees another's.
 
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = ["Base", "Checkpoint", "Event", "File", "Job"]
@@ -34,7 +34,18 @@ class File(Base):
 class Job(Base):
     __tablename__ = "jobs"
     # Lists page newest first by (created_at, id); workers look for the oldest queued job.
-    __table_args__ = (Index("ix_jobs_owner_created", "owner", "created_at", "id"), Index("ix_jobs_status", "status"))
+    __table_args__ = (
+        Index("ix_jobs_owner_created", "owner", "created_at", "id"),
+        Index("ix_jobs_status", "status"),
+        # What a claim looks through: unfinished jobs only, however many finished ones pile up.
+        Index(
+            "ix_jobs_claimable",
+            "enqueued_at",
+            "id",
+            postgresql_where=text("status IN ('validating_files', 'queued', 'running')"),
+            sqlite_where=text("status IN ('validating_files', 'queued', 'running')"),
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     owner: Mapped[str] = mapped_column(String(256))
@@ -63,6 +74,7 @@ class Job(Base):
 
 class Event(Base):
     __tablename__ = "events"
+    __table_args__ = (Index("ix_events_job_seq", "job_id", "seq"),)  # a job's events, a page at a time
 
     seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(64), unique=True)

@@ -3,6 +3,8 @@ line, a file over the limit or an upload cut short leaves nothing; owners see on
 
 import hashlib
 import json
+import os
+import time
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
@@ -95,3 +97,16 @@ async def test_files_list_newest_first_a_page_at_a_time(store: FileStore) -> Non
     first = await store.page("alice", limit=2)
     rest = await store.page("alice", after=first[-1].id)
     assert [f.id for f in first + rest] == [f.id for f in everything]
+
+
+async def test_uploads_are_private_and_half_written_ones_are_swept(store: FileStore, tmp_path: Path) -> None:
+    record = await store.save("alice", "a.jsonl", "fine-tune", _chunks(DATASET))
+    folder = tmp_path / "files"
+    assert folder.stat().st_mode & 0o777 == 0o700
+    assert store.path(record.id).stat().st_mode & 0o777 == 0o600
+    stale, fresh = folder / ".upload-old.part", folder / ".upload-new.part"
+    stale.write_bytes(b"x")
+    fresh.write_bytes(b"x")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    assert store.sweep(older_than_s=3600) == 1
+    assert _kept(folder) == sorted([".upload-new.part", f"{record.id}.jsonl"])
