@@ -15,8 +15,9 @@ from sqlalchemy import and_, or_, select, tuple_, update
 from finetune.db import Database, write_lock
 from finetune.files import is_id, new_id
 from finetune.schema import Checkpoint, Event, Job
+from protocol import JobHyperparameters
 
-__all__ = ["FINISHED", "Claim", "Hyperparameters", "JobStore", "NewJob", "NotCancellable", "UnknownJob"]
+__all__ = ["FINISHED", "Claim", "JobStore", "NewJob", "NotCancellable", "UnknownJob"]
 
 UNFINISHED = ("validating_files", "queued", "running")
 
@@ -34,26 +35,6 @@ class NotCancellable(ValueError):
 
 
 @dataclass(frozen=True)
-class Hyperparameters:
-    """What a job trains with; `auto` resolved by the worker from the dataset's size."""
-
-    n_epochs: int | str = "auto"
-    batch_size: int | str = "auto"
-    learning_rate_multiplier: float | str = "auto"
-    lora_rank: int = 8
-    lora_alpha: int = 16
-
-    def as_record(self) -> dict[str, Any]:
-        return {
-            "n_epochs": self.n_epochs,
-            "batch_size": self.batch_size,
-            "learning_rate_multiplier": self.learning_rate_multiplier,
-            "lora_rank": self.lora_rank,
-            "lora_alpha": self.lora_alpha,
-        }
-
-
-@dataclass(frozen=True)
 class NewJob:
     owner: str
     model: str
@@ -61,7 +42,7 @@ class NewJob:
     validation_file: str | None
     seed: int
     suffix: str | None
-    hyperparameters: Hyperparameters
+    hyperparameters: JobHyperparameters  # the wire model's: `auto` resolved by the worker
     metadata: dict[str, str] | None = field(default=None)
 
 
@@ -151,7 +132,7 @@ class JobStore:
             seed=new.seed,
             training_file=new.training_file,
             validation_file=new.validation_file,
-            hyperparameters=new.hyperparameters.as_record(),
+            hyperparameters=new.hyperparameters.model_dump(),
             status="validating_files",
             error=None,
             fine_tuned_model=None,

@@ -17,7 +17,7 @@ from app.auth import Principal
 from app.errors import InvalidRequest, NotFound
 from app.finetuning import database_errors
 from finetune.files import UnknownFile
-from finetune.jobs import Hyperparameters, NewJob, NotCancellable, UnknownJob
+from finetune.jobs import NewJob, NotCancellable, UnknownJob
 from finetune.schema import Checkpoint, Event, Job
 from protocol import (
     FineTuningJob,
@@ -112,7 +112,7 @@ async def create(request: Request, gateway: GatewayDep, caller: Caller) -> FineT
         validation_file=ask.validation_file,
         seed=ask.seed if ask.seed is not None else secrets.randbelow(2**31),
         suffix=ask.suffix,
-        hyperparameters=_hyperparameters(chosen or JobHyperparameters()),
+        hyperparameters=chosen or JobHyperparameters(),
         metadata=ask.metadata,
     )
     return job_object(await finetuning.jobs.create(new))
@@ -170,16 +170,6 @@ async def checkpoints(
         raise _unknown(job_id, after, unknown) from None
     data = [_checkpoint_object(checkpoint, job) for checkpoint in found[:limit]]
     return Page(data=data, has_more=len(found) > limit)
-
-
-def _hyperparameters(given: JobHyperparameters) -> Hyperparameters:
-    return Hyperparameters(
-        n_epochs=given.n_epochs,
-        batch_size=given.batch_size,
-        learning_rate_multiplier=given.learning_rate_multiplier,
-        lora_rank=given.lora_rank,
-        lora_alpha=given.lora_alpha,
-    )
 
 
 async def _job(gateway: GatewayDep, caller: Principal | None, job_id: str) -> Job:

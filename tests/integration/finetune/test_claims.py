@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from finetune.db import Database, sqlite_url
-from finetune.jobs import Claim, Hyperparameters, JobStore, NewJob
+from finetune.jobs import Claim, JobStore, NewJob
+from protocol import JobHyperparameters
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -34,7 +35,7 @@ async def databases(url: str) -> AsyncIterator[list[Database]]:
 async def _jobs(store: JobStore, count: int) -> list[str]:
     ids = []
     for n in range(count):
-        new = NewJob("alice", "base", f"file-{n}", None, n, None, Hyperparameters())
+        new = NewJob("alice", "base", f"file-{n}", None, n, None, JobHyperparameters())
         ids.append((await store.create(new)).id)
         await asyncio.sleep(0.002)
     return ids
