@@ -11,35 +11,22 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import re
-import secrets
 import time
 from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import select
 
 from finetune.datasets import LineChecker
 from finetune.db import Database, write_lock
+from finetune.records import UnknownCursor, is_id, new_id, owned, paged
 from finetune.schema import File
 
-__all__ = ["FILE_PURPOSES", "FileStore", "FileTooLarge", "UnknownFile", "Upload", "clean_filename", "is_id", "new_id"]
+__all__ = ["FILE_PURPOSES", "FileStore", "FileTooLarge", "UnknownFile", "Upload", "clean_filename"]
 
 FILE_PURPOSES = frozenset({"fine-tune"})
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_urlsafe(18).replace('-', 'a').replace('_', 'b')}"
-
-
-_ID = re.compile(r"[a-z]+-[A-Za-z0-9]{24}")
-
-
-def is_id(prefix: str, value: str) -> bool:
-    """Whether `value` could be an id `new_id(prefix)` made: checked before it reaches a query."""
-    return value.startswith(f"{prefix}-") and _ID.fullmatch(value) is not None
 
 
 def clean_filename(name: str, limit: int = 512) -> str:
@@ -154,11 +141,8 @@ class FileStore:
             return await self.keep(upload, owner, filename, purpose)
 
     async def get(self, owner: str, file_id: str) -> File:
-        if not is_id("file", file_id):
-            raise UnknownFile(file_id)
-        async with self._database.sessions() as session:
-            record = await session.get(File, file_id)
-        if record is None or record.owner != owner:
+        record = await owned(self._database, File, "file", file_id, owner)
+        if record is None:
             raise UnknownFile(file_id)
         return record
 
@@ -171,17 +155,15 @@ class FileStore:
         after: str | None = None,
         newest_first: bool = True,
     ) -> list[File]:
-        """A page of the owner's files, newest first (or oldest); `after`: those past that file."""
+        """A page of the owner's files, newest first (or oldest); `after`: those past that file
+        (UnknownCursor when it is none of the owner's)."""
         query = select(File).where(File.owner == owner)
         if purpose is not None:
             query = query.where(File.purpose == purpose)
-        order = (File.created_at, File.id)
-        if after is not None:
-            cursor = await self.get(owner, after)
-            past = (cursor.created_at, cursor.id)
-            query = query.where(tuple_(*order) < past if newest_first else tuple_(*order) > past)
-        keys = [column.desc() for column in order] if newest_first else list(order)
-        query = query.order_by(*keys).limit(limit)
+        cursor = None if after is None else await owned(self._database, File, "file", after, owner)
+        if after is not None and cursor is None:
+            raise UnknownCursor(after)
+        query = paged(query, File, cursor, limit, newest_first)
         async with self._database.sessions() as session:
             return list((await session.scalars(query)).all())
 

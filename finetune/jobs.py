@@ -10,10 +10,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, or_, select, tuple_, update
+from sqlalchemy import and_, or_, select, update
 
 from finetune.db import Database, write_lock
-from finetune.files import is_id, new_id
+from finetune.records import UnknownCursor, is_id, new_id, owned, paged
 from finetune.schema import Checkpoint, Event, Job
 from protocol import JobHyperparameters
 
@@ -153,21 +153,18 @@ class JobStore:
         return job
 
     async def get(self, owner: str, job_id: str) -> Job:
-        if not is_id("ftjob", job_id):
-            raise UnknownJob(job_id)
-        async with self._database.sessions() as session:
-            job = await session.get(Job, job_id)
-        if job is None or job.owner != owner:
+        job = await owned(self._database, Job, "ftjob", job_id, owner)
+        if job is None:
             raise UnknownJob(job_id)
         return job
 
     async def page(self, owner: str, *, limit: int, after: str | None = None) -> list[Job]:
-        """A page of the owner's jobs, newest first; `after`: those older than that job."""
-        query = select(Job).where(Job.owner == owner)
-        if after is not None:
-            cursor = await self.get(owner, after)
-            query = query.where(tuple_(Job.created_at, Job.id) < (cursor.created_at, cursor.id))
-        query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+        """A page of the owner's jobs, newest first; `after`: those older than that job
+        (UnknownCursor when it is none of the owner's)."""
+        cursor = None if after is None else await owned(self._database, Job, "ftjob", after, owner)
+        if after is not None and cursor is None:
+            raise UnknownCursor(after)
+        query = paged(select(Job).where(Job.owner == owner), Job, cursor, limit)
         async with self._database.sessions() as session:
             return list((await session.scalars(query)).all())
 
@@ -183,40 +180,37 @@ class JobStore:
                 raise UnknownJob(job_id)
             if job.status in FINISHED:
                 raise NotCancellable(job.status)
-            await session.execute(
-                update(Job).where(Job.id == job_id).values(status="cancelled", cancel_requested=True, finished_at=now)
-            )
+            job.status, job.cancel_requested, job.finished_at = "cancelled", True, now
             session.add(_event(job_id, "Fine-tuning job cancelled", now=now))
-        return await self.get(owner, job_id)
+        return job
 
-    async def events(self, owner: str, job_id: str, *, limit: int, after: str | None = None) -> list[Event]:
-        """The job's events, newest first; `after`: those older than that event."""
-        await self.get(owner, job_id)
-        query = select(Event).where(Event.job_id == job_id)
+    async def events(self, job: Job, *, limit: int, after: str | None = None) -> list[Event]:
+        """The job's events (the caller's `get` found it the owner's), newest first; `after`:
+        those older than that event (UnknownCursor when it is none of the job's)."""
+        query = select(Event).where(Event.job_id == job.id)
         if after is not None:
-            if not is_id("ftevent", after):
-                raise UnknownJob(after)
-            async with self._database.sessions() as session:
-                cursor = (
-                    await session.scalars(select(Event.seq).where(Event.id == after, Event.job_id == job_id))
-                ).first()
+            cursor = None
+            if is_id("ftevent", after):
+                async with self._database.sessions() as session:
+                    found = await session.scalars(select(Event.seq).where(Event.id == after, Event.job_id == job.id))
+                    cursor = found.first()
             if cursor is None:
-                raise UnknownJob(after)
+                raise UnknownCursor(after)
             query = query.where(Event.seq < cursor)
         async with self._database.sessions() as session:
             return list((await session.scalars(query.order_by(Event.seq.desc()).limit(limit))).all())
 
-    async def checkpoints(self, owner: str, job_id: str, *, limit: int, after: str | None = None) -> list[Checkpoint]:
-        """The job's checkpoints, newest first; `after`: those older than that checkpoint."""
-        await self.get(owner, job_id)
-        query = select(Checkpoint).where(Checkpoint.job_id == job_id)
+    async def checkpoints(self, job: Job, *, limit: int, after: str | None = None) -> list[Checkpoint]:
+        """The job's checkpoints (the caller's `get` found it the owner's), newest first;
+        `after`: those older than that checkpoint (UnknownCursor when it is none of the job's)."""
+        query = select(Checkpoint).where(Checkpoint.job_id == job.id)
         if after is not None:
-            if not is_id("ftckpt", after):
-                raise UnknownJob(after)
-            async with self._database.sessions() as session:
-                cursor = await session.get(Checkpoint, after)
-            if cursor is None or cursor.job_id != job_id:
-                raise UnknownJob(after)
+            cursor = None
+            if is_id("ftckpt", after):
+                async with self._database.sessions() as session:
+                    cursor = await session.get(Checkpoint, after)
+            if cursor is None or cursor.job_id != job.id:
+                raise UnknownCursor(after)
             query = query.where(Checkpoint.step < cursor.step)
         async with self._database.sessions() as session:
             return list((await session.scalars(query.order_by(Checkpoint.step.desc()).limit(limit))).all())

@@ -19,6 +19,7 @@ from app.errors import InvalidRequest, NotFound, PayloadTooLarge
 from app.finetuning import database_errors
 from finetune.datasets import DatasetError
 from finetune.files import FILE_PURPOSES, FileTooLarge, UnknownFile
+from finetune.records import UnknownCursor
 from finetune.schema import File
 from protocol import FileDeleted, FileList, FileObject
 
@@ -77,7 +78,7 @@ async def list_files(
         records = await gateway.finetuning.files.page(
             tenant_of(caller, None), purpose=purpose, limit=limit + 1, after=after, newest_first=order == "desc"
         )
-    except UnknownFile:
+    except UnknownCursor:
         raise InvalidRequest(f"`after` names no file of yours: `{after}`.", param="after") from None
     page = records[:limit]
     return FileList(

@@ -18,6 +18,7 @@ from app.errors import InvalidRequest, NotFound
 from app.finetuning import database_errors
 from finetune.files import UnknownFile
 from finetune.jobs import NewJob, NotCancellable, UnknownJob
+from finetune.records import UnknownCursor
 from finetune.schema import Checkpoint, Event, Job
 from protocol import (
     FineTuningJob,
@@ -123,7 +124,7 @@ async def list_jobs(gateway: GatewayDep, caller: Caller, limit: Limit = 20, afte
     await gateway.finetuning.ready()
     try:
         jobs = await gateway.finetuning.jobs.page(tenant_of(caller, None), limit=limit + 1, after=after)
-    except UnknownJob:
+    except UnknownCursor:
         raise InvalidRequest(f"`after` names no job of yours: `{after}`.", param="after") from None
     return Page(data=[job_object(job) for job in jobs[:limit]], has_more=len(jobs) > limit)
 
@@ -150,10 +151,11 @@ async def cancel(job_id: str, gateway: GatewayDep, caller: Caller) -> FineTuning
 @router.get("/v1/fine_tuning/jobs/{job_id}/events")
 async def events(job_id: str, gateway: GatewayDep, caller: Caller, limit: Limit = 20, after: str | None = None) -> Page:
     await gateway.finetuning.ready()
+    job = await _job(gateway, caller, job_id)
     try:
-        found = await gateway.finetuning.jobs.events(tenant_of(caller, None), job_id, limit=limit + 1, after=after)
-    except UnknownJob as unknown:
-        raise _unknown(job_id, after, unknown) from None
+        found = await gateway.finetuning.jobs.events(job, limit=limit + 1, after=after)
+    except UnknownCursor:
+        raise _no_cursor(after) from None
     return Page(data=[_event_object(event) for event in found[:limit]], has_more=len(found) > limit)
 
 
@@ -162,12 +164,11 @@ async def checkpoints(
     job_id: str, gateway: GatewayDep, caller: Caller, limit: Limit = 10, after: str | None = None
 ) -> Page:
     await gateway.finetuning.ready()
-    owner = tenant_of(caller, None)
+    job = await _job(gateway, caller, job_id)
     try:
-        job = await gateway.finetuning.jobs.get(owner, job_id)
-        found = await gateway.finetuning.jobs.checkpoints(owner, job_id, limit=limit + 1, after=after)
-    except UnknownJob as unknown:
-        raise _unknown(job_id, after, unknown) from None
+        found = await gateway.finetuning.jobs.checkpoints(job, limit=limit + 1, after=after)
+    except UnknownCursor:
+        raise _no_cursor(after) from None
     data = [_checkpoint_object(checkpoint, job) for checkpoint in found[:limit]]
     return Page(data=data, has_more=len(found) > limit)
 
@@ -179,10 +180,8 @@ async def _job(gateway: GatewayDep, caller: Principal | None, job_id: str) -> Jo
         raise _no_job(job_id) from None
 
 
-def _unknown(job_id: str, after: str | None, unknown: UnknownJob) -> InvalidRequest | NotFound:
-    if after is not None and unknown.args == (after,):
-        return InvalidRequest(f"`after` names nothing of this job: `{after}`.", param="after")
-    return _no_job(job_id)
+def _no_cursor(after: str | None) -> InvalidRequest:
+    return InvalidRequest(f"`after` names nothing of this job: `{after}`.", param="after")
 
 
 def _no_job(job_id: str) -> NotFound:

@@ -47,7 +47,7 @@ async def test_claims_take_the_oldest_first_and_record_it(databases: list[Databa
     claim = await store.claim("w1", lease_s=30)
     assert claim is not None
     assert (claim.job.id, claim.worker, claim.attempt) == (first, "w1", 1)
-    events = [e.message for e in await store.events("alice", first, limit=10)]
+    events = [e.message for e in await store.events(await store.get("alice", first), limit=10)]
     assert events[0] == "Claimed by worker w1"
 
 
@@ -77,7 +77,7 @@ async def test_a_dead_workers_job_is_taken_over_and_its_claim_fenced_off(databas
     assert await store.advance(dead, "succeeded") is False
     assert await store.advance(taken, "running") is True
     assert (await store.get("alice", job)).worker == "w2"
-    messages = [e.message for e in await store.events("alice", job, limit=10)]
+    messages = [e.message for e in await store.events(await store.get("alice", job), limit=10)]
     assert "Resumed by worker w2 after its last worker stopped" in messages
 
 

@@ -150,3 +150,14 @@ async def test_a_tenant_sees_only_its_own_jobs_and_trains_only_its_own_files(tmp
             await bob.fine_tuning.jobs.create(model=BASE, training_file=training)  # alice's file
         assert refused.value.param == "training_file"
         assert (await alice.fine_tuning.jobs.retrieve(job.id)).status == "validating_files"
+
+
+async def test_a_cursor_that_is_not_the_jobs_is_400_and_an_unknown_job_404(gateway: InProcessGateway) -> None:
+    training = await _dataset(_sdk(gateway))
+    job = (await gateway.client.post("/v1/fine_tuning/jobs", json={"model": BASE, "training_file": training})).json()
+    for part in ("events", "checkpoints"):
+        for after in ("ftevent-nope", "ftckpt-" + "a" * 24, "\x00"):
+            refused = await gateway.client.get(f"/v1/fine_tuning/jobs/{job['id']}/{part}", params={"after": after})
+            assert (refused.status_code, refused.json()["error"]["param"]) == (400, "after")
+        unknown = await gateway.client.get(f"/v1/fine_tuning/jobs/ftjob-{'a' * 24}/{part}")
+        assert (unknown.status_code, unknown.json()["error"]["param"]) == (404, "job_id")
