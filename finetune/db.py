@@ -4,7 +4,7 @@ date by the migrations before first use.
 PostgreSQL in production (`postgresql+asyncpg://...`), SQLite on the embedded default
 (`sqlite+aiosqlite:///path`). Several processes may start at once against one database (the
 gateway's workers, the fine-tuning workers): the migrations run under a lock, PostgreSQL's
-advisory lock or SQLite's own write lock, so they run once.
+advisory lock or a lock file beside the SQLite database, so they run once.
 """
 
 import asyncio
