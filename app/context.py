@@ -7,26 +7,23 @@ in the model and the tenant, and whoever relays a stream tells it when the strea
 metrics, the access log, rate-limit corrections and the trace read it from there: one typed
 object instead of loose keys in `scope["state"]`.
 
-A request whose trace is not recorded (most of them, at any sampling ratio below one) asks
-nothing of OpenTelemetry after its server span's sampling decision: `annotate` tests one field,
-and `pass_trace_on` copies the headers made once at that decision. One that is recorded
-collects its attributes in a dict, set on its span once, as it ends: the SDK takes a lock and
-checks each value on every call (docs/benchmarks.md).
+The trace's sampling is decided once, as the request arrives, and the headers that pass it on
+to the engine are made then: `pass_trace_on` copies them. A request whose trace is not recorded
+(most of them, at any sampling ratio below one) costs `annotate` one test; one that is
+recorded adds the attributes to its server span (a plain record: protocol/otlp.py).
 """
 
 import itertools
 import secrets
 import time
 from collections.abc import Callable, Mapping, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from opentelemetry.context import Context
-from opentelemetry.trace import Span
 from starlette.types import Scope
 
-from protocol import tracing
+from protocol.otlp import Attribute, ServerSpan
 
-__all__ = ["RecordedTrace", "RequestContext", "StreamEnd", "begin", "context_of", "request_id"]
+__all__ = ["RequestContext", "StreamEnd", "begin", "context_of", "request_id"]
 
 # Told when a request's stream is over, however it ended: the events it relayed, and the
 # `usage.total_tokens` the engine reported in it (when the client asked for usage), else None.
@@ -38,26 +35,14 @@ _ID_PREFIX = secrets.token_hex(8)  # per process: ids from several gateways neve
 _ids = itertools.count(1)
 
 
-Attribute = str | int | float | bool
-
-
-@dataclass(slots=True)
-class RecordedTrace:
-    """A request's trace, recorded here: its server span, which ends with the request."""
-
-    span: Span
-    context: Context  # the span in the caller's context (baggage included): what the engine gets
-    attributes: dict[str, Attribute] = field(default_factory=dict)  # set on the span as it ends
-
-
 @dataclass(slots=True)
 class RequestContext:
     request_id: str
     started: float  # time.perf_counter() at arrival
     model: str = "other"  # as a metric label: a model some replica serves, else `other`
     tenant: str | None = None
-    trace: RecordedTrace | None = None  # when its trace is recorded here
-    trace_headers: Mapping[str, str] | None = None  # else what passes the trace on, not sampled
+    span: ServerSpan | None = None  # its server span, when its trace is recorded here
+    trace_headers: Mapping[str, str] | None = None  # what passes its trace on, when tracing is on
     _stream_ends: list[StreamEnd] | None = None
 
     def label(self, model: str, known: frozenset[str], tenant: str) -> None:
@@ -69,15 +54,13 @@ class RequestContext:
         """Facts about the request (who called, how long it queued, where it went), as
         attributes of its server span when its trace is recorded: a span of their own would
         cost a request tens of microseconds each (docs/benchmarks.md)."""
-        if self.trace is not None:
-            self.trace.attributes.update(attributes)
+        if self.span is not None:
+            self.span.attributes.update(attributes)
 
     def pass_trace_on(self, headers: MutableMapping[str, str]) -> None:
         """Add the request's trace context to `headers` (to the engine): its recorded server
         span as the engine's parent, or the not-sampled context the engine must follow."""
-        if self.trace is not None:
-            headers.update(tracing.headers_of(self.trace.context))
-        elif self.trace_headers is not None:
+        if self.trace_headers is not None:
             headers.update(self.trace_headers)
 
     def on_stream_end(self, callback: StreamEnd) -> None:

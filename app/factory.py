@@ -2,6 +2,7 @@
 request pipeline; its lifespan only starts and stops what runs (the engine client, the embedded
 engine, health probes, background renewals)."""
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -20,6 +21,7 @@ from app.api.openapi import install_openapi
 from app.auth import build_auth
 from app.errors import CATCH_ALL, install_error_handlers
 from app.finetuning import FineTuning
+from app.observability.export import OtlpExporter, SpanSink
 from app.observability.metrics import GatewayMetrics, RequestMetrics
 from app.observability.tracing import TraceRequests
 from app.pipeline.attempt import Attempt
@@ -63,22 +65,24 @@ class _Parts:
     health: HealthMonitor
     nodes: NodeManager
     finetuning: FineTuning
+    spans: SpanSink | None  # where recorded server spans go; None: tracing is off
 
 
-def create_app(settings: GatewaySettings, upstream: Upstream | None = None) -> FastAPI:
+def create_app(settings: GatewaySettings, upstream: Upstream | None = None, spans: SpanSink | None = None) -> FastAPI:
     """The gateway. `upstream`: how it reaches engines (HTTP unless given; tests pass an
-    `AsgiUpstream` over in-process engines)."""
-    parts = _parts(settings, upstream or HttpUpstream.of(settings))
+    `AsgiUpstream` over in-process engines). `spans`: where its server spans go (an OTLP
+    exporter when `otlp_endpoint` is set, unless given; tests pass memory)."""
+    if spans is None and settings.otlp_endpoint:
+        spans = OtlpExporter.from_environment(settings.otlp_endpoint, "switchyard-gateway")
+    parts = _parts(settings, upstream or HttpUpstream.of(settings), spans)
     completions, predicted = _pipelines(parts, settings)
     # Outermost first: the request metrics begin the request's context, which the server span
     # fills in; the span covers everything after to a stream's last byte; shutdown answers and
     # the catch-all's 500s are counted and traced.
-    middleware: list[Middleware] = [
-        (RequestMetrics, {"metrics": parts.metrics}),
-        (TraceRequests, {}),
-        (DrainMiddleware, {"drain": parts.drain}),
-        CATCH_ALL,
-    ]
+    middleware: list[Middleware] = [(RequestMetrics, {"metrics": parts.metrics})]
+    if spans is not None:
+        middleware.append((TraceRequests, {"spans": spans, "ratio": settings.otlp_sample_ratio}))
+    middleware += [(DrainMiddleware, {"drain": parts.drain}), CATCH_ALL]
     app = GatewayApp(
         direct=[*completion_routes, Route("/predict", predict.predict, methods=["POST"])],
         middleware=middleware,
@@ -107,7 +111,7 @@ def create_app(settings: GatewaySettings, upstream: Upstream | None = None) -> F
     return app
 
 
-def _parts(settings: GatewaySettings, upstream: Upstream) -> _Parts:
+def _parts(settings: GatewaySettings, upstream: Upstream, spans: SpanSink | None) -> _Parts:
     embedded = _embedded_engine(settings)
     pools = [_worker_share(pool, settings) for pool in settings.pools]
     if embedded is not None:
@@ -138,7 +142,7 @@ def _parts(settings: GatewaySettings, upstream: Upstream) -> _Parts:
     limiter = build_limiter(settings)
     finetuning = FineTuning.of(settings)
     return _Parts(
-        upstream, embedded, registry, admission, drain, metrics, idempotency, limiter, health, nodes, finetuning
+        upstream, embedded, registry, admission, drain, metrics, idempotency, limiter, health, nodes, finetuning, spans
     )
 
 
@@ -160,6 +164,8 @@ def _pipelines(parts: _Parts, settings: GatewaySettings) -> tuple[Handler, Handl
 async def _lifespan(parts: _Parts, settings: GatewaySettings, _: FastAPI) -> AsyncIterator[None]:
     """Starts what runs, in order, and stops it in reverse."""
     async with AsyncExitStack() as stack:
+        if parts.spans is not None:
+            stack.push_async_callback(asyncio.to_thread, parts.spans.close)  # last: the final requests' spans too
         await stack.enter_async_context(parts.upstream)
         if parts.embedded is not None:
             stack.push_async_callback(parts.embedded.stop)

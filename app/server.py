@@ -22,7 +22,6 @@ from app.observability.logs import configure_logging
 from app.reliability.drain import Drain
 from app.settings import GatewaySettings, load_settings
 from app.workers import worker_exit
-from protocol import tracing
 
 __all__ = ["parse_args", "serve", "serve_worker"]
 
@@ -92,7 +91,6 @@ def serve(
 ) -> bool:
     """Run one server until drained; whether it started. `http`: uvicorn's HTTP options in
     place of httptools with the limits of app/api/http_limits.py (benchmarks compare parsers)."""
-    tracing.configure("switchyard-gateway", settings.otlp_endpoint, settings.otlp_sample_ratio)
     app = create_app(settings)
     config = uvicorn.Config(
         wrap(app) if wrap else app,

@@ -6,6 +6,7 @@ The only module of the gateway that reads the environment.
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import SplitResult, urlsplit
 
 import yaml
 from pydantic import (
@@ -192,6 +193,15 @@ class GatewaySettings(BaseSettings):
     def issuer(self) -> str:
         return self.auth_issuer or f"http://{self.host}:{self.port}"
 
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _collector_url(cls, endpoint: str | None) -> str | None:
+        if endpoint:
+            url = urlsplit(endpoint)
+            if url.scheme not in ("http", "https") or not url.hostname or not _valid_port(url):
+                raise ValueError(f"an OTLP/HTTP collector's URL, such as http://127.0.0.1:4318, not {endpoint!r}")
+        return endpoint or None
+
     @field_validator("pools")
     @classmethod
     def _unique_pool_names(cls, pools: list[PoolSettings]) -> list[PoolSettings]:
@@ -235,6 +245,14 @@ def load_settings(overrides: Mapping[str, Any] | None = None, config_file: Path 
             return init_settings, env_settings, InitSettingsSource(settings_cls, file_values)
 
     return _Layered(**dict(overrides or {}))
+
+
+def _valid_port(url: SplitResult) -> bool:
+    try:
+        url.port  # noqa: B018 (read for its check)
+    except ValueError:
+        return False
+    return True
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

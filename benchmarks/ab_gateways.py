@@ -2,12 +2,14 @@
 
     git worktree add /tmp/before <commit>
     python -m benchmarks.ab_gateways --seconds 6 --rounds 4 [--connections 32] [--stream] \
-        [--keyed] [--redis URL] /tmp/before .
+        [--keyed] [--redis URL] [--traces RATIO] /tmp/before .
 
 Each round starts each tree's gateway in turn on CPU 0 (authentication off, one pool on
 the instant engine, which shares CPU 1 with wrk), drives it with wrk (chat, `--stream`: as SSE;
 `--keyed`: a new Idempotency-Key on every request, its records in this process or, with
-`--redis`, in that Redis) and stops it. Alternating spreads the machine's drift over every
+`--redis`, in that Redis; `--traces`: that share of traces recorded and exported over OTLP/HTTP,
+to the instant engine, which refuses them, so the export work is done and thrown away) and
+stops it. Alternating spreads the machine's drift over every
 tree, so the means compare; one run's spread is the noise to read them against.
 """
 
@@ -26,7 +28,9 @@ from benchmarks.gateway_overhead import BODY, KEPT_ANSWERS_BYTES, run_wrk
 from harness.servers import ServerProcess, free_port
 
 
-def _serve(tree: Path, engine_url: str, redis_url: str | None) -> tuple[subprocess.Popen[bytes], str]:
+def _serve(
+    tree: Path, engine_url: str, redis_url: str | None, traces: float | None
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
     env |= {
@@ -37,6 +41,8 @@ def _serve(tree: Path, engine_url: str, redis_url: str | None) -> tuple[subproce
     }
     if redis_url:
         env["SWITCHYARD_REDIS_URL"] = redis_url
+    if traces is not None:
+        env |= {"SWITCHYARD_OTLP_ENDPOINT": engine_url, "SWITCHYARD_OTLP_SAMPLE_RATIO": str(traces)}
     command = ["taskset", "-c", "0", sys.executable, "-m", "app", "--port", str(port), "--log-level", "warning"]
     process = subprocess.Popen(command, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -61,6 +67,7 @@ def main() -> None:
     parser.add_argument("--stream", action="store_true")
     parser.add_argument("--keyed", action="store_true")
     parser.add_argument("--redis", help="keep idempotency records (and rate limits) in this Redis")
+    parser.add_argument("--traces", type=float, help="record this share of traces and export them")
     parser.add_argument("trees", nargs="+", type=Path)
     args = parser.parse_args()
     trees = [tree.resolve() for tree in args.trees]
@@ -76,7 +83,7 @@ def main() -> None:
     try:
         for round_ in range(args.rounds):
             for tree in trees:
-                process, url = _serve(tree, engine.url, args.redis)
+                process, url = _serve(tree, engine.url, args.redis, args.traces)
                 try:
                     body = BODY | {"stream": args.stream}
                     rate, p50, _, _ = run_wrk(url, body, args.connections, args.seconds, keyed=args.keyed)

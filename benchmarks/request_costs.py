@@ -8,10 +8,11 @@ the metric updates of one answered request (count, duration, in progress, genera
 latency and tokens with the usage scan); three spans through `protocol.tracing.span` (as our
 engine begins them) against OpenTelemetry's own no-op path, with `traceparent` injection.
 Then the idempotency fingerprint of a chat body (orjson, and the json module it replaced).
-Then, with a provider installed: the server span's middleware around a bare app for a request
-whose trace the gateway samples out (its decision, and the not-sampled `traceparent` made for
-the engine), what the SDK's own sampler costs for the same decision, and one recorded request
-span with the gateway's attributes.
+Then the server span's middleware around a bare app: for a request whose trace the gateway
+samples out (its decision, and the not-sampled `traceparent` made for the engine), against what
+the SDK's own sampler costs for the same decision; and for a recorded request (its span with
+the gateway's ten attributes, encoded as the OTLP exporter does), against the same span made
+through OpenTelemetry's SDK and encoded by its OTLP encoder.
 """
 
 import argparse
@@ -23,15 +24,18 @@ from collections.abc import Callable
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from starlette.types import Message, Receive, Scope, Send
 
 from app.context import RequestContext, context_of
+from app.observability.export import MemorySpans
 from app.observability.metrics import GatewayMetrics, RequestMetrics
 from app.observability.tracing import TraceRequests
 from app.reliability.idempotency import fingerprint
 from protocol import tracing
+from protocol.otlp import ServerSpan, encode_span
 
 ROUTE = "/v1/chat/completions"
 CHAT_BODY = b'{"model": "instant", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}'
@@ -55,7 +59,8 @@ async def _receive() -> Message:
 async def _per_call_us(app: Callable[[Scope, Receive, Send], object], number: int) -> float:
     started = time.perf_counter()
     for _ in range(number):
-        await app({"type": "http", "path": ROUTE, "headers": []}, _receive, _send)  # type: ignore[misc]
+        scope = {"type": "http", "method": "POST", "path": ROUTE, "headers": []}
+        await app(scope, _receive, _send)  # type: ignore[misc]
     return (time.perf_counter() - started) / number * 1e6
 
 
@@ -114,12 +119,12 @@ def main() -> None:
     print(f"| idempotency fingerprint of a chat body | {_timed_us(lambda: fingerprint(CHAT_BODY), args.number):.2f} |")
     print(f"| the same with the json module | {_timed_us(json_fingerprint, args.number):.2f} |")
 
-    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.0)))
-    tracing.install(provider, root_ratio=0.0)
-    server = TraceRequests(_pass_on)
+    server = TraceRequests(_pass_on, MemorySpans(), ratio=0.0)
     traced = asyncio.run(_per_call_us(server, args.number))
     passed_on = asyncio.run(_per_call_us(_pass_on, args.number))
     print(f"| a root sampled out by the gateway: its decision, the engine's `traceparent` | {traced - passed_on:.2f} |")
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.0)))
+    tracing.install(provider)
     sdk = provider.get_tracer("bench")
 
     def sdk_root() -> None:
@@ -127,20 +132,43 @@ def main() -> None:
         tracing.headers_of(trace.set_span_in_context(span))
 
     print(f"| the same decided by the SDK's sampler (a non-recording span) | {_timed_us(sdk_root, args.number):.2f} |")
+    recorded = asyncio.run(_per_call_us(TraceRequests(_annotating, _EncodeOnly(), ratio=1.0), args.number))
+    annotating = asyncio.run(_per_call_us(_annotating, args.number))
+    print(f"| one recorded request: its span, ten attributes, OTLP-encoded for export | {recorded - annotating:.2f} |")
     recording = TracerProvider().get_tracer("bench")
-    start = {"http.request.method": "POST", "http.route": ROUTE, "url.path": ROUTE, "url.scheme": "http"}
-    later: dict[str, str | int | float] = {"enduser.id": "t", "switchyard.queue_wait_s": 0.0001}
-    later["switchyard.replica"] = "p-0"
-    later |= {"switchyard.region": "eu", "switchyard.reason": "affinity", "http.response.status_code": 200}
 
-    def recorded() -> None:
-        span = recording.start_span("POST /v1/chat/completions", context=Context(), attributes=start)
+    def sdk_recorded() -> None:
+        span = recording.start_span("POST /v1/chat/completions", context=Context(), attributes=START)
         tracing.headers_of(trace.set_span_in_context(span))
-        span.set_attributes(later)
+        span.set_attributes(LATER)
         span.end()
+        encode_spans([span])  # type: ignore[list-item]  # an SDK span is a readable span
 
-    cost = _timed_us(recorded, args.number)
-    print(f"| one recorded request span, ten attributes, its `traceparent` (no export) | {cost:.2f} |")
+    cost = _timed_us(sdk_recorded, args.number)
+    print(f"| the same through OpenTelemetry's SDK and its OTLP encoder | {cost:.2f} |")
+
+
+class _EncodeOnly:
+    """A span sink that encodes each span as the OTLP exporter does, and keeps nothing."""
+
+    def export(self, span: ServerSpan) -> None:
+        encode_span(span)
+
+    def close(self) -> None:
+        return None
+
+
+START = {"http.request.method": "POST", "http.route": ROUTE, "url.path": ROUTE, "url.scheme": "http"}
+LATER: dict[str, str | int | float] = {"enduser.id": "t", "switchyard.queue_wait_s": 0.0001}
+LATER |= {"switchyard.replica": "p-0", "switchyard.region": "eu", "switchyard.reason": "affinity"}
+
+
+async def _annotating(scope: Scope, receive: Receive, send: Send) -> None:
+    """The bare app, annotating the request's span as the gateway does, and passing it on."""
+    context = context_of(scope)
+    context.annotate(LATER)
+    context.pass_trace_on({})
+    await _bare(scope, receive, send)
 
 
 async def _pass_on(scope: Scope, receive: Receive, send: Send) -> None:

@@ -15,6 +15,7 @@ import httpx
 from starlette.types import ASGIApp
 
 from app.factory import create_app
+from app.observability.export import SpanSink
 from app.settings import GatewaySettings
 from app.upstream.asgi import AsgiUpstream
 from harness.counting_engine import CountingEngine
@@ -47,9 +48,10 @@ def counting_engines(urls: list[str]) -> tuple[dict[str, CountingEngine], dict[s
 
 @asynccontextmanager
 async def gateway_in_process(
-    settings: GatewaySettings, engines: MutableMapping[str, ASGIApp]
+    settings: GatewaySettings, engines: MutableMapping[str, ASGIApp], spans: SpanSink | None = None
 ) -> AsyncIterator[InProcessGateway]:
-    app = create_app(settings, upstream=AsgiUpstream(engines))
+    """The gateway over `engines`, its server spans in `spans` when given (tracing on)."""
+    app = create_app(settings, upstream=AsgiUpstream(engines), spans=spans)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=30) as client:

@@ -1,120 +1,146 @@
 """The gateway's server span: one per generating request whose trace is recorded, from the
-request's arrival to its answer's last byte (a stream's included). It is the request's
-only span here: what authentication, admission and routing decided are its attributes (a
-failed attempt an event), and the engine's span hangs directly below it.
+request's arrival to its answer's last byte (a stream's included). It is the request's only
+span here: what authentication, admission and routing decided are its attributes (a failed
+attempt an event), and the engine's span hangs directly below it.
 
-Sampling is decided once, before any span work, and kept in the request's context
-(app/context.py), which everything after reads instead of OpenTelemetry's current span (none is
-made current). A
-request on another route (health, metrics, the model list, ...) costs a set lookup. A caller's
-`traceparent` that is not sampled is passed on to the engine as it came, with no span of ours.
-A request without one is sampled at the configured ratio (`protocol.tracing.root_sampled`)
-before any span is begun; one sampled out gets a new not-sampled `traceparent` for the engine
-(so the engine does not record a trace of its own), and nothing is made current. (A provider
-whose own sampler refuses a span we ask for is followed the same way.) FastAPI's own telemetry,
-which opens a span for every request and whose bookkeeping costs a request the same whether
-it is sampled or not, is meant to be off where this is installed.
+The gateway speaks W3C Trace Context and keeps its span itself (protocol/otlp.py's
+`ServerSpan`, handed to a sink as it ends: app/observability/export.py), not through
+OpenTelemetry's SDK, which costs a recorded request several times as much. Sampling is decided
+once, before anything else, and kept in the request's context (app/context.py) with the
+headers that pass the trace on to the engine:
+
+- a caller's sampled `traceparent`: recorded, as a child of the caller's span;
+- a caller's `traceparent` that is not sampled: passed on as it came, nothing recorded;
+- none (or a malformed one): a new trace, recorded at the configured ratio; one sampled out
+  still gets a new not-sampled `traceparent`, so the engine records nothing either.
+
+The caller's `tracestate` and `baggage` are passed on. A request on another route (health,
+metrics, the model list, ...) costs a set lookup.
 """
 
+import random
+import re
+import time
 from collections.abc import Iterable
 
-from opentelemetry import trace
-from opentelemetry.context import Context
-from opentelemetry.trace import SpanKind, StatusCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.context import RecordedTrace, context_of
+from app.context import context_of
+from app.observability.export import SpanSink
 from app.observability.metrics import ROUTES
-from protocol import tracing
+from protocol.otlp import Attribute, ServerSpan, new_span_id, new_trace_id
 
-__all__ = ["TraceRequests"]
+__all__ = ["TraceRequests", "parse_traceparent"]
 
-tracer = trace.get_tracer("switchyard.gateway")
-
-_EMPTY = Context()
 # Span names are "METHOD route": a made-up method must not make a name of its own.
 _METHODS = frozenset({"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"})
+_PROPAGATED = frozenset({b"traceparent", b"tracestate", b"baggage"})
+# version-trace_id-parent_id-flags; a later version may add fields after a dash.
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?", re.ASCII | re.DOTALL)
+
+
+def parse_traceparent(header: str) -> tuple[int, int, bool] | None:
+    """A W3C `traceparent`'s trace id, parent span id and sampled flag; None when it is not
+    one (a caller's garbage starts a new trace instead)."""
+    match = _TRACEPARENT.fullmatch(header)
+    if match is None:
+        return None
+    version, trace_id, parent_id, flags, rest = match.groups()
+    if version == "ff" or (version == "00" and rest is not None):
+        return None
+    trace, parent = int(trace_id, 16), int(parent_id, 16)
+    if not trace or not parent:
+        return None
+    return trace, parent, bool(int(flags, 16) & 1)
 
 
 class TraceRequests:
     """ASGI middleware: the server span of each request to one of `routes` (exact paths, no
-    parameters: a route is its path) whose trace is sampled; see the module's docstring."""
+    parameters: a route is its path) whose trace is sampled, handed to `spans` as it ends;
+    `ratio` of the traces begun here are recorded. See the module's docstring."""
 
-    def __init__(self, app: ASGIApp, routes: Iterable[str] = ROUTES) -> None:
+    def __init__(self, app: ASGIApp, spans: SpanSink, ratio: float = 1.0, routes: Iterable[str] = ROUTES) -> None:
         self.app = app
+        self.spans = spans
+        self.ratio = ratio
         self.routes = frozenset(routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] not in self.routes or not tracing.enabled():
+        if scope["type"] != "http" or scope["path"] not in self.routes:
             await self.app(scope, receive, send)
             return
+        carried: dict[str, str] = {}
+        for name, value in scope["headers"]:
+            if name in _PROPAGATED:  # of a header sent twice, the first counts
+                carried.setdefault(name.decode("latin-1"), value.decode("latin-1"))
         request = context_of(scope)
-        carried = tracing.propagation_headers(scope["headers"])
-        parent = tracing.extract(carried) if carried else _EMPTY
-        caller = trace.get_current_span(parent).get_span_context()
-        if caller.is_valid and not caller.trace_flags.sampled:
-            request.trace_headers = carried  # passed on as it came
+        caller = parse_traceparent(carried["traceparent"]) if "traceparent" in carried else None
+        if caller is not None and not caller[2]:
+            request.trace_headers = carried  # the caller decided: passed on as it came
             await self.app(scope, receive, send)
             return
-        if not caller.is_valid and not tracing.root_sampled():
-            request.trace_headers = tracing.unsampled_headers(parent if carried else None)
-            await self.app(scope, receive, send)
-            return
+        if caller is None:
+            carried.pop("tracestate", None)  # a new trace: the caller's vendors' state is not its own
+            if not (self.ratio >= 1.0 or random.random() < self.ratio):
+                carried["traceparent"] = f"00-{new_trace_id():032x}-{new_span_id():016x}-00"
+                request.trace_headers = carried
+                await self.app(scope, receive, send)
+                return
+        trace_id, parent_id = (new_trace_id(), 0) if caller is None else caller[:2]
         method, route = scope["method"], scope["path"]
         if method not in _METHODS:
             method = "_OTHER"
-        attributes = {"http.request.method": method, "http.route": route, "url.path": route}
+        attributes: dict[str, Attribute] = {"http.request.method": method, "http.route": route, "url.path": route}
         attributes["url.scheme"] = scope.get("scheme") or "http"
-        name = f"{'HTTP' if method == '_OTHER' else method} {route}"
-        span = tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
-        context = trace.set_span_in_context(span, parent)
-        if not span.is_recording():
-            request.trace_headers = tracing.headers_of(context)
-            await self.app(scope, receive, send)
-            return
-        request.trace = RecordedTrace(span, context)
-        await _traced(request.trace, self.app, scope, receive, send)
+        span = ServerSpan(
+            f"{'HTTP' if method == '_OTHER' else method} {route}",
+            trace_id,
+            new_span_id(),
+            parent_id,
+            carried.get("tracestate", ""),
+            attributes,
+        )
+        carried["traceparent"] = span.traceparent
+        request.span, request.trace_headers = span, carried
+        await self._recorded(span, scope, receive, send)
 
+    async def _recorded(self, span: ServerSpan, scope: Scope, receive: Receive, send: Send) -> None:
+        """The request, its span ended at the answer's last byte (or when the request ends
+        without one: an error, a client gone mid-stream) and handed to the sink."""
+        status: int | None = None
+        ended = False
 
-async def _traced(recorded: RecordedTrace, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
-    """The request, its span ended at the answer's last byte (or when the request ends without
-    one: an error, a client gone mid-stream) with what the request annotated. Nothing is made
-    current: what needs the trace reads it from the request's context."""
-    span, attributes = recorded.span, recorded.attributes
-    status: int | None = None
-    ended = False
+        def end(failure: str | None = None) -> None:
+            nonlocal ended
+            ended = True
+            span.end_ns = time.time_ns()
+            if status is not None:
+                span.attributes["http.response.status_code"] = status
+                if failure is None and status >= 500:
+                    failure = str(status)
+            if failure is not None:
+                span.attributes["error.type"] = failure
+                span.error = True
+            self.spans.export(span)
 
-    def end(failure: str | None = None) -> None:
-        nonlocal ended
-        ended = True
-        if status is not None:
-            attributes["http.response.status_code"] = status
-            if failure is None and status >= 500:
-                failure = str(status)
-        if failure is not None:
-            attributes["error.type"] = failure
-            span.set_status(StatusCode.ERROR)
-        span.set_attributes(attributes)
-        span.end()
+        async def traced_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                end()
 
-    async def traced_send(message: Message) -> None:
-        nonlocal status
-        if message["type"] == "http.response.start":
-            status = message["status"]
-        await send(message)
-        if message["type"] == "http.response.body" and not message.get("more_body", False):
-            end()
-
-    try:
-        await app(scope, receive, traced_send)
-    except BaseException as error:
-        if not ended:
-            span.record_exception(error)
-            end(_type_name(error))
-        raise
-    finally:
-        if not ended:
-            end("incomplete_response")
+        try:
+            await self.app(scope, receive, traced_send)
+        except BaseException as error:
+            if not ended:
+                span.add_event("exception", {"exception.type": _type_name(error), "exception.message": str(error)})
+                end(_type_name(error))
+            raise
+        finally:
+            if not ended:
+                end("incomplete_response")
 
 
 def _type_name(error: BaseException) -> str:

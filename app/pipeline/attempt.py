@@ -40,7 +40,7 @@ class Attempt:
             log.info("%s %s -> %s", rid, call.path, decision, extra=fields)
         headers = {"x-request-id": rid, "x-route-region": decision.region, "x-route-replica": replica.id}
         context = call.context
-        if context.trace is not None:
+        if context.span is not None:
             context.annotate(_decision(placement))
         try:
             response = await self._proxy.forward(call, placement.lease, headers)
@@ -54,15 +54,15 @@ class Attempt:
             if answer.retry_after is not None:
                 self._registry.router.hold(replica.name, time.monotonic() + answer.retry_after)
             raise
-        if context.trace is not None and isinstance(response, StreamingResponse):
+        if context.span is not None and isinstance(response, StreamingResponse):
             context.on_stream_end(lambda events, _: context.annotate({"switchyard.events": events}))
         return response
 
     def _failed(self, context: RequestContext, placement: Placement, kind: str) -> None:
         replica = placement.decision.node
         self._metrics.engine_errors(replica.pool.name, replica.pool.region, kind).inc()
-        if context.trace is not None:
-            context.trace.span.add_event("switchyard.attempt_failed", {**_decision(placement), "error.type": kind})
+        if context.span is not None:
+            context.span.add_event("switchyard.attempt_failed", {**_decision(placement), "error.type": kind})
 
 
 def _decision(placement: Placement) -> dict[str, str | int | bool]:

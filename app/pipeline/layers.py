@@ -98,6 +98,6 @@ class Admitted:
         except (Overloaded, TenantOverShare) as shed:
             self._metrics.shed(shed.code).inc()
             raise
-        if call.context.trace is not None:
+        if call.context.span is not None:
             call.context.annotate({"switchyard.queue_wait_s": time.monotonic() - entered})
         return await self._next(call, Placement(decision, lease, 1))

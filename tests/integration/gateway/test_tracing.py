@@ -1,25 +1,68 @@
-"""The tracing the gateway configures at start (protocol/tracing.py's `configure`), in a process
-of its own: OpenTelemetry takes one tracer provider per process, and the unit tests' is
-installed already (tests/unit/app/observability/test_tracing.py)."""
+"""A gateway process exporting its server spans to a collector on a real socket, configured as
+users configure it (SWITCHYARD_OTLP_ENDPOINT, the sampling ratio, OpenTelemetry's header and
+resource variables): every recorded span arrives, the last ones at shutdown; the ratio holds for
+traces begun here; the engine is each span's child."""
 
-import subprocess
-import sys
+import json
+import signal
+from pathlib import Path
 
-from harness.servers import ROOT
+import httpx
+
+from harness.collector import Collector, collector
+from harness.servers import ServerProcess, free_port
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+CHAT = {"model": "counting", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
 
-def test_configure_samples_the_given_share_of_traces() -> None:
-    script = (
-        "from opentelemetry import trace; from protocol import tracing; "
-        "tracing.configure('switchyard-gateway', 'http://127.0.0.1:9', 0.25); "
-        "print(tracing.enabled(), trace.get_tracer_provider().sampler.get_description(), "
-        "sum(tracing.root_sampled() for _ in range(20000)))"
-    )
-    run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert run.returncode == 0, run.stderr
-    enabled, sampler, kept = run.stdout.split()
-    assert enabled == "True"
-    # The gateway decides a root's sampling before its span is begun; the provider follows
-    # callers' flags and records the roots it is asked for.
-    assert sampler.startswith("ParentBased{root:AlwaysOnSampler,remoteParentSampled:AlwaysOnSampler,")
-    assert 4_500 < int(kept) < 5_500  # a quarter of 20,000
+def _traced_gateway(engine: ServerProcess, log_dir: Path, otel: Collector, ratio: float) -> ServerProcess:
+    port = free_port()
+    env = {
+        "SWITCHYARD_POOLS": json.dumps([{"name": "p", "replicas": [engine.url]}]),
+        "SWITCHYARD_OTLP_ENDPOINT": otel.url,
+        "SWITCHYARD_OTLP_SAMPLE_RATIO": str(ratio),
+        "OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer%20collector-token",
+        "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=test",
+    }
+    gateway = ServerProcess("app", ["--port", str(port)], port=port, log_dir=log_dir, env=env, ready_path="/ready")
+    return gateway.wait_ready()
+
+
+def test_every_recorded_span_reaches_the_collector_by_shutdown(counting_engine: ServerProcess, log_dir: Path) -> None:
+    with collector() as otel:
+        gateway = _traced_gateway(counting_engine, log_dir, otel, 1.0)
+        try:
+            with httpx.Client(base_url=gateway.url, timeout=30) as client:
+                for n in range(20):
+                    headers = {"traceparent": f"00-{TRACE_ID}-{n + 1:016x}-01", "x-request-id": f"traced-{n}"}
+                    assert client.post("/v1/chat/completions", json=CHAT, headers=headers).status_code == 200
+                traceparents = httpx.get(counting_engine.url + "/executions").json()["traceparents"]
+        finally:
+            assert gateway.stop(signal.SIGTERM) == 0  # well within the exporter's one-second delay
+        spans = otel.spans()
+    assert len(spans) == 20
+    assert {span.trace_id.hex() for span in spans} == {TRACE_ID}
+    assert sorted(int.from_bytes(span.parent_span_id, "big") for span in spans) == list(range(1, 21))
+    _, headers, request = otel.received[0]
+    assert headers["authorization"] == "Bearer collector-token"
+    resource = {kv.key: kv.value.string_value for kv in request.resource_spans[0].resource.attributes}
+    assert (resource["service.name"], resource["deployment.environment"]) == ("switchyard-gateway", "test")
+    # Each request's engine call is the child of its server span.
+    by_parent = {int.from_bytes(span.parent_span_id, "big"): span.span_id.hex() for span in spans}
+    for n in range(20):
+        assert traceparents[f"traced-{n}"] == f"00-{TRACE_ID}-{by_parent[n + 1]}-01"
+
+
+def test_the_ratio_decides_the_traces_begun_here(counting_engine: ServerProcess, log_dir: Path) -> None:
+    with collector() as otel:
+        gateway = _traced_gateway(counting_engine, log_dir, otel, 0.25)
+        try:
+            with httpx.Client(base_url=gateway.url, timeout=30) as client:
+                for _ in range(400):
+                    assert client.post("/v1/chat/completions", json=CHAT).status_code == 200
+        finally:
+            assert gateway.stop(signal.SIGTERM) == 0
+        spans = otel.spans()
+    assert 60 < len(spans) < 140  # 100 expected; the bounds are 4.6 standard deviations wide
+    assert all(span.parent_span_id == b"" for span in spans)

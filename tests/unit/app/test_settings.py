@@ -72,6 +72,10 @@ def test_no_pools_means_the_embedded_default(monkeypatch: pytest.MonkeyPatch) ->
         ("pools: [{name: a, replicas: ['not a url']}]", "replicas"),
         ("max_body_bytes: 10", "max_body_bytes"),
         ("no_such_setting: 1", "no_such_setting"),
+        ("otlp_endpoint: collector:4318", "OTLP/HTTP collector"),
+        ("otlp_endpoint: 'http://collector:port'", "OTLP/HTTP collector"),
+        ("otlp_endpoint: 'grpc://collector:4317'", "OTLP/HTTP collector"),
+        ("otlp_sample_ratio: 1.5", "otlp_sample_ratio"),
     ],
 )
 def test_bad_settings_are_refused(tmp_path: Path, yaml_text: str, fragment: str) -> None:
