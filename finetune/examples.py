@@ -1,0 +1,98 @@
+"""One chat example as a training sequence: the model's chat template renders it, and only the
+assistant turns it is to learn (weight 1, the default) count in the loss.
+
+Which tokens are an assistant turn's is found from the template itself, whatever it looks like:
+the turn's text is what rendering the chat through that turn adds to rendering it up to the
+turn with the generation prompt (`<|im_start|>assistant\\n` and the like, which the model is
+given, not taught). A token belongs to the turn when its characters do, by the tokenizer's
+offsets. The end-of-turn marker is part of the turn: the model learns to stop.
+"""
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from finetune.datasets import DatasetError, check_example
+
+__all__ = ["IGNORE", "Encoded", "ExampleEncoder", "read_examples"]
+
+IGNORE = -100  # the label of a token the loss skips (PyTorch's cross-entropy default)
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]  # the token where it is learned, IGNORE elsewhere
+
+    @property
+    def trained(self) -> int:
+        """How many of its tokens are learned."""
+        return sum(label != IGNORE for label in self.labels)
+
+
+class ExampleEncoder:
+    """Chat examples as token ids and labels with `tokenizer`'s chat template; one longer than
+    `max_length` tokens is refused with its line."""
+
+    def __init__(self, tokenizer: Any, max_length: int) -> None:
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise ValueError("the base model's tokenizer has no chat template to render examples with")
+        self._tokenizer = tokenizer
+        self.max_length = max_length
+
+    def encode(self, example: dict[str, Any], line: int) -> Encoded:
+        messages: Sequence[dict[str, Any]] = [
+            {"role": message["role"], "content": message["content"]} for message in example["messages"]
+        ]
+        text = self._render(messages, generation_prompt=False)
+        spans: list[tuple[int, int]] = []
+        for index, message in enumerate(example["messages"]):
+            if message["role"] != "assistant" or message.get("weight", 1) == 0:
+                continue
+            before = self._render(messages[:index], generation_prompt=True)
+            through = self._render(messages[: index + 1], generation_prompt=False)
+            if not (text.startswith(through) and through.startswith(before)):
+                raise DatasetError(line, "the chat template does not render the conversation turn by turn")
+            spans.append((len(before), len(through)))
+        encoding = self._tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        input_ids: list[int] = encoding["input_ids"]
+        if len(input_ids) > self.max_length:
+            raise DatasetError(line, f"{len(input_ids)} tokens, over the model's context length of {self.max_length}")
+        labels = [
+            token if any(start <= begin < end for start, end in spans) else IGNORE
+            for token, (begin, _) in zip(input_ids, encoding["offset_mapping"], strict=True)
+        ]
+        if all(label == IGNORE for label in labels):
+            raise DatasetError(line, "no assistant token to learn from once rendered")
+        return Encoded(input_ids, labels)
+
+    def _render(self, messages: Sequence[dict[str, Any]], *, generation_prompt: bool) -> str:
+        if not messages:
+            return ""
+        rendered: str = self._tokenizer.apply_chat_template(
+            list(messages), tokenize=False, add_generation_prompt=generation_prompt
+        )
+        return rendered
+
+
+def read_examples(path: Path, start: int = 0) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    """The examples of a JSONL file from byte `start` on, one line at a time (the file is never
+    held whole): (line number from `start`'s line on, 1-based; the byte offset after the line;
+    the example, checked). A bad line raises DatasetError naming it."""
+    with path.open("rb") as file:
+        file.seek(start)
+        offset, number = start, 0
+        for raw in file:
+            number += 1
+            offset += len(raw)
+            if not raw.strip():
+                continue
+            try:
+                example = orjson.loads(raw)
+            except orjson.JSONDecodeError as error:
+                raise DatasetError(number, f"not valid JSON ({error})") from None
+            check_example(example, number)
+            yield number, offset, example
