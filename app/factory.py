@@ -72,16 +72,14 @@ def create_app(settings: GatewaySettings, upstream: Upstream | None = None, span
     """The gateway. `upstream`: how it reaches engines (HTTP unless given; tests pass an
     `AsgiUpstream` over in-process engines). `spans`: where its server spans go (an OTLP
     exporter when `otlp_endpoint` is set, unless given; tests pass memory)."""
-    if spans is None and settings.otlp_endpoint:
-        spans = OtlpExporter.from_environment(settings.otlp_endpoint, "switchyard-gateway")
     parts = _parts(settings, upstream or HttpUpstream.of(settings), spans)
     completions, predicted = _pipelines(parts, settings)
     # Outermost first: the request metrics begin the request's context, which the server span
     # fills in; the span covers everything after to a stream's last byte; shutdown answers and
     # the catch-all's 500s are counted and traced.
     middleware: list[Middleware] = [(RequestMetrics, {"metrics": parts.metrics})]
-    if spans is not None:
-        middleware.append((TraceRequests, {"spans": spans, "ratio": settings.otlp_sample_ratio}))
+    if parts.spans is not None:
+        middleware.append((TraceRequests, {"spans": parts.spans, "ratio": settings.otlp_sample_ratio}))
     middleware += [(DrainMiddleware, {"drain": parts.drain}), CATCH_ALL]
     app = GatewayApp(
         direct=[*completion_routes, Route("/predict", predict.predict, methods=["POST"])],
@@ -141,6 +139,11 @@ def _parts(settings: GatewaySettings, upstream: Upstream, spans: SpanSink | None
     drain = Drain(settings.drain_timeout_s, admission)
     limiter = build_limiter(settings)
     finetuning = FineTuning.of(settings)
+    if spans is None and settings.otlp_endpoint:
+        counted = metrics.trace_spans
+        spans = OtlpExporter.from_environment(
+            settings.otlp_endpoint, "switchyard-gateway", lambda outcome, n: counted(outcome).inc(n)
+        )
     return _Parts(
         upstream, embedded, registry, admission, drain, metrics, idempotency, limiter, health, nodes, finetuning, spans
     )

@@ -6,7 +6,7 @@ The only module of the gateway that reads the environment.
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -196,10 +196,8 @@ class GatewaySettings(BaseSettings):
     @field_validator("otlp_endpoint")
     @classmethod
     def _collector_url(cls, endpoint: str | None) -> str | None:
-        if endpoint:
-            url = urlsplit(endpoint)
-            if url.scheme not in ("http", "https") or not url.hostname or not _valid_port(url):
-                raise ValueError(f"an OTLP/HTTP collector's URL, such as http://127.0.0.1:4318, not {endpoint!r}")
+        if endpoint and (error := collector_url_error(endpoint)) is not None:
+            raise ValueError(error)
         return endpoint or None
 
     @field_validator("pools")
@@ -247,12 +245,19 @@ def load_settings(overrides: Mapping[str, Any] | None = None, config_file: Path 
     return _Layered(**dict(overrides or {}))
 
 
-def _valid_port(url: SplitResult) -> bool:
+def collector_url_error(endpoint: str) -> str | None:
+    """Why `endpoint` is not an OTLP/HTTP collector's base URL (None when it is one)."""
+    url = urlsplit(endpoint)
     try:
-        url.port  # noqa: B018 (read for its check)
+        url.port  # noqa: B018 (read for its check: a port that is no number)
     except ValueError:
-        return False
-    return True
+        return f"{endpoint!r} has a port that is not a number"
+    if url.scheme not in ("http", "https") or not url.hostname:
+        example = "http(s)://host[:port][/path], such as http://127.0.0.1:4318"
+        return f"an OTLP/HTTP collector's URL is {example}, not {endpoint!r}"
+    if url.query or url.fragment:
+        return f"an OTLP/HTTP collector's URL has no query or fragment: {endpoint!r}"
+    return None
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

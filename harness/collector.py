@@ -22,6 +22,8 @@ class Collector:
     port: int
     statuses: list[int] = field(default_factory=list)  # answered in turn, then 200
     delay_s: float = 0.0  # before each answer
+    started: int = 0  # requests begun (read or not)
+    hang_up: bool = False  # close each connection after answering, as a collector closing idle ones does
     received: list[tuple[str, dict[str, str], ExportTraceServiceRequest]] = field(default_factory=list)
 
     @property
@@ -52,6 +54,8 @@ def collector() -> Iterator[Collector]:
         protocol_version = "HTTP/1.1"
 
         def do_POST(self) -> None:
+            with lock:
+                state.started += 1
             body = self.rfile.read(int(self.headers["Content-Length"]))
             if self.headers.get("Content-Encoding") == "gzip":
                 body = gzip.decompress(body)
@@ -64,6 +68,8 @@ def collector() -> Iterator[Collector]:
             self.send_response(status)
             self.send_header("Content-Length", "0")
             self.end_headers()
+            if state.hang_up:
+                self.close_connection = True  # without saying so: the client finds out on its next request
 
         def log_message(self, *_: object) -> None:
             return None

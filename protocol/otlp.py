@@ -2,11 +2,14 @@
 
 The gateway records one span a request whose trace is sampled (app/observability/tracing.py)
 and keeps it itself rather than through OpenTelemetry's SDK: the SDK's span (its lock, its
-checks of every attribute, its batch processor) and the SDK's encoder, which builds protobuf
-objects field by field, cost a recorded request about 50 and 30 µs of the gateway's one core;
-this record and `encode_span` cost a few (docs/benchmarks.md). The encoding follows
-opentelemetry-proto's `trace/v1/trace.proto` and `collector/trace/v1/trace_service.proto`; the
-tests decode it with the generated classes.
+checks of every attribute) and its encoder, which builds protobuf objects field by field, cost
+a recorded request about six times what this record and `encode_span` do
+(docs/benchmarks.md). The encoding follows opentelemetry-proto's `trace/v1/trace.proto` and
+`collector/trace/v1/trace_service.proto`; the tests decode it with the generated classes.
+
+A string value is cut to `MAX_VALUE_CHARS` (a caller's `user` may be megabytes long; the SDK's
+OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT does the same), an integer outside int64 is sent as its
+decimal string, and any other value as its `str`: a span never fails to encode.
 
 Protobuf's repeated fields concatenate, so a span is encoded once, when it ends, framed as an
 element of `ScopeSpans.spans`, and a batch is a join of frames under one fixed prefix.
@@ -19,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 __all__ = [
+    "MAX_VALUE_CHARS",
     "Attribute",
     "ServerSpan",
     "SpanEvent",
@@ -36,6 +40,8 @@ _STATUS_ERROR = b"\x7a\x02\x18\x02"  # Span.status (15) = Status{code (3): STATU
 _FLAGS_SAMPLED_HAS_IS_REMOTE = 0x01 | 0x100
 _FLAG_IS_REMOTE = 0x200
 _U64 = (1 << 64) - 1
+_INT64 = range(-(1 << 63), 1 << 63)
+MAX_VALUE_CHARS = 1024
 
 
 def new_trace_id() -> int:
@@ -123,19 +129,20 @@ def encode_request(resource: Mapping[str, Attribute], scope: str, spans: Iterabl
 
 def _key_value(key: str, value: Attribute) -> bytes:
     """A `KeyValue`: key (1), value (2) as an `AnyValue`."""
-    return _string(b"\x0a", key) + _framed(b"\x12", _any_value(value))
+    return _string(b"\x0a", str(key)) + _framed(b"\x12", _any_value(value))
 
 
-def _any_value(value: Attribute) -> bytes:
+def _any_value(value: object) -> bytes:
     if value is True:
         return b"\x10\x01"  # bool_value (2)
     if value is False:
         return b"\x10\x00"
-    if isinstance(value, int):
+    if isinstance(value, int) and value in _INT64:
         return b"\x18" + _varint(value & _U64)  # int_value (3), int64: two's complement
     if isinstance(value, float):
         return b"\x21" + struct.pack("<d", value)  # double_value (4), fixed64
-    return _string(b"\x0a", value)  # string_value (1)
+    text = value if isinstance(value, str) else str(value)
+    return _string(b"\x0a", text[:MAX_VALUE_CHARS])  # string_value (1)
 
 
 def _string(tag: bytes, text: str) -> bytes:

@@ -149,6 +149,12 @@ class GatewayMetrics:
             Counter("llm_retries", "Attempts after a request's first, by pool.", ["pool"], registry=r)
         )
         self.replays = Counter("llm_idempotent_replays", "Answers replayed for a repeated Idempotency-Key.", registry=r)
+        self.trace_spans = _Family(
+            Counter(
+                "llm_trace_spans", "Recorded server spans, by outcome: exported or dropped.", ["outcome"], registry=r
+            ),
+            siblings=("exported", "dropped"),
+        )
         self.queue_depth = Gauge("llm_queue_depth", "Requests waiting for an engine (admission queue).",
                                  registry=r, multiprocess_mode="livesum")  # fmt: skip
         self.breaker_state = Gauge(

@@ -14,8 +14,9 @@ headers that pass the trace on to the engine:
 - none (or a malformed one): a new trace, recorded at the configured ratio; one sampled out
   still gets a new not-sampled `traceparent`, so the engine records nothing either.
 
-The caller's `tracestate` and `baggage` are passed on. A request on another route (health,
-metrics, the model list, ...) costs a set lookup.
+The caller's `tracestate` and `baggage` are passed on (W3C's; other propagation formats, such
+as B3, are not read here). A request on another route (health, metrics, the model list, ...)
+costs a set lookup.
 """
 
 import random
@@ -35,6 +36,7 @@ __all__ = ["TraceRequests", "parse_traceparent"]
 # Span names are "METHOD route": a made-up method must not make a name of its own.
 _METHODS = frozenset({"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"})
 _PROPAGATED = frozenset({b"traceparent", b"tracestate", b"baggage"})
+_MAX_TRACESTATE = 512
 # version-trace_id-parent_id-flags; a later version may add fields after a dash.
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?", re.ASCII | re.DOTALL)
 
@@ -54,6 +56,30 @@ def parse_traceparent(header: str) -> tuple[int, int, bool] | None:
     return trace, parent, bool(int(flags, 16) & 1)
 
 
+def _carried(headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The trace context a caller sent: `traceparent` (dropped when sent twice, which W3C makes
+        invalid), and `tracestate` and `baggage`, each sent twice or more joined as one list (as
+        both specifications say). A `tracestate` over W3C's 512 characters is dropped, as it allows,
+    and so is a value that is not ASCII."""
+    carried: dict[str, str] = {}
+    parents = 0
+    for name, value in headers:
+        if name in _PROPAGATED:
+            if not value.isascii():  # W3C's are ASCII (baggage percent-encodes): not passed on garbled
+                continue
+            key, text = name.decode("latin-1"), value.decode("latin-1")
+            if key == "traceparent":
+                parents += 1
+                carried[key] = text
+            else:
+                carried[key] = f"{carried[key]},{text}" if key in carried else text
+    if parents > 1:
+        del carried["traceparent"]
+    if len(carried.get("tracestate", "")) > _MAX_TRACESTATE:
+        del carried["tracestate"]
+    return carried
+
+
 class TraceRequests:
     """ASGI middleware: the server span of each request to one of `routes` (exact paths, no
     parameters: a route is its path) whose trace is sampled, handed to `spans` as it ends;
@@ -69,10 +95,7 @@ class TraceRequests:
         if scope["type"] != "http" or scope["path"] not in self.routes:
             await self.app(scope, receive, send)
             return
-        carried: dict[str, str] = {}
-        for name, value in scope["headers"]:
-            if name in _PROPAGATED:  # of a header sent twice, the first counts
-                carried.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+        carried = _carried(scope["headers"])
         request = context_of(scope)
         caller = parse_traceparent(carried["traceparent"]) if "traceparent" in carried else None
         if caller is not None and not caller[2]:

@@ -1,12 +1,14 @@
 """The hand-written OTLP/protobuf encoding (protocol/otlp.py), read back with the classes that
 opentelemetry-proto generates from the specification's .proto files."""
 
+from typing import Any
+
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from protocol.otlp import Attribute, ServerSpan, encode_request, encode_span
+from protocol.otlp import MAX_VALUE_CHARS, Attribute, ServerSpan, encode_request, encode_span
 
 TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
 PARENT = 0x00F067AA0BA902B7
@@ -93,7 +95,7 @@ def test_a_root_has_no_parent_and_an_unset_status() -> None:
         "ascii",
         "é ✓ 日本",
         "x" * 200,  # a length over 127: two bytes of varint
-        "y" * 70_000,  # three
+        "y" * 1024,  # the longest kept whole
     ],
 )
 def test_attribute_values_keep_their_type_and_value(value: Attribute) -> None:
@@ -103,6 +105,19 @@ def test_attribute_values_keep_their_type_and_value(value: Attribute) -> None:
     kind = {bool: "bool_value", int: "int_value", float: "double_value", str: "string_value"}[type(value)]
     assert kv.value.WhichOneof("value") == kind
     assert _value(kv.value) == value
+
+
+def test_values_that_would_not_encode_are_sent_as_text_and_long_ones_cut() -> None:
+    attributes: dict[str, Any] = {"long": "é" * 5000, "huge": 2**70, "low": -(2**63) - 1, "none": None, "bytes": b"x"}
+    [read] = _decoded(_span(attributes=attributes)).resource_spans[0].scope_spans[0].spans
+    values = {kv.key: _value(kv.value) for kv in read.attributes}
+    assert values == {
+        "long": "é" * MAX_VALUE_CHARS,
+        "huge": str(2**70),
+        "low": str(-(2**63) - 1),
+        "none": "None",
+        "bytes": "b'x'",
+    }
 
 
 def test_a_lone_surrogate_is_replaced_not_encoded_as_invalid_utf8() -> None:

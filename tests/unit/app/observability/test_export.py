@@ -13,7 +13,7 @@ from app.observability.export import OtlpExporter
 from harness.collector import Collector
 from harness.collector import collector as running_collector
 from harness.servers import free_port
-from protocol.otlp import ServerSpan, encode_request
+from protocol.otlp import ServerSpan, encode_request, encode_span
 
 
 @pytest.fixture
@@ -71,6 +71,64 @@ def test_headers_and_gzip_come_from_the_environment(collector: Collector, monkey
     assert resource["deployment.environment"] == "test"
 
 
+def test_a_kept_alive_connection_the_collector_closed_is_replaced_at_once(collector: Collector) -> None:
+    collector.hang_up = True
+    counted: list[tuple[str, int]] = []
+    exporter = OtlpExporter(
+        collector.url,
+        {},
+        delay_s=60,
+        max_batch=1,
+        backoff_s=(30,),
+        counted=lambda outcome, n: counted.append((outcome, n)),
+    )
+    exporter.export(_span(1))
+    _eventually(lambda: collector.span_ids() == [1])
+    started = time.monotonic()
+    exporter.export(_span(2))  # on the connection the collector closed: found out, and sent on a new one
+    _eventually(lambda: collector.span_ids() == [1, 2])
+    assert time.monotonic() - started < 5  # at once, not after the 30 s backoff of a failed try
+    exporter.close()
+    assert collector.span_ids() == [1, 2]
+    assert counted == [("exported", 1), ("exported", 1)]
+
+
+def test_the_service_is_named_by_the_environment_when_it_says(
+    collector: Collector, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "gateway-eu")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "soon")
+    exporter = OtlpExporter.from_environment(collector.url, "switchyard-gateway")
+    assert "OTEL_EXPORTER_OTLP_TIMEOUT='soon' is no number of seconds" in caplog.text
+    exporter.export(_span(1))
+    exporter.close()
+    [(_, _, request)] = collector.received
+    resource = {kv.key: kv.value.string_value for kv in request.resource_spans[0].resource.attributes}
+    assert resource["service.name"] == "gateway-eu"
+
+
+def _big(n: int) -> ServerSpan:
+    return ServerSpan("POST /v1/chat/completions", 7, n, 0, "", {f"k{key}": "x" * 1000 for key in range(10)})
+
+
+def test_batches_are_bounded_in_bytes(collector: Collector) -> None:
+    exporter = OtlpExporter(collector.url, {}, delay_s=60, max_batch_bytes=3 * len(encode_span(_big(1))))
+    for n in range(1, 10):
+        exporter.export(_big(n))
+    exporter.close()
+    assert [len(request.resource_spans[0].scope_spans[0].spans) for _, _, request in collector.received] == [3, 3, 3]
+    assert collector.span_ids() == list(range(1, 10))
+
+
+def test_what_waits_is_bounded_in_bytes(collector: Collector) -> None:
+    exporter = OtlpExporter(collector.url, {}, delay_s=60, max_held_bytes=7 * len(encode_span(_big(1))))
+    for n in range(1, 10):
+        exporter.export(_big(n))
+    assert exporter.dropped == 2
+    exporter.close()
+    assert collector.span_ids() == list(range(1, 8))
+
+
 def test_a_batch_the_collector_may_take_later_is_retried(collector: Collector) -> None:
     collector.statuses = [503, 429]
     exporter = OtlpExporter(collector.url, {}, delay_s=0.05, backoff_s=(0.01, 0.01))
@@ -106,10 +164,10 @@ def test_a_collector_that_is_down_never_blocks_export() -> None:
 
 def test_a_slow_collector_fills_the_buffer_then_new_spans_are_dropped(collector: Collector) -> None:
     collector.delay_s = 0.5
-    exporter = OtlpExporter(collector.url, {}, delay_s=0.01, max_batch=2, max_held=3)
+    exporter = OtlpExporter(collector.url, {}, delay_s=60, max_batch=2, max_held=3)
     exporter.export(_span(1))
     exporter.export(_span(2))
-    time.sleep(0.1)  # the thread took both and waits on the collector
+    _eventually(lambda: collector.started == 1)  # the thread took both and waits on the collector
     for n in range(3, 10):
         exporter.export(_span(n))
     assert exporter.dropped == 4  # 3, 4, 5 held; 6 to 9 dropped
@@ -125,9 +183,11 @@ def test_nothing_is_taken_after_close(collector: Collector) -> None:
     assert collector.received == []
 
 
-@pytest.mark.parametrize("endpoint", ["collector:4318", "ftp://collector", "http://collector:port", "http://"])
+@pytest.mark.parametrize(
+    "endpoint", ["collector:4318", "ftp://collector", "http://collector:port", "http://", "http://c:4318/?k=v#f"]
+)
 def test_an_endpoint_that_is_no_http_url_is_refused_at_start(endpoint: str) -> None:
-    with pytest.raises(ValueError, match="an OTLP endpoint is an http"):
+    with pytest.raises(ValueError, match=r"OTLP/HTTP collector|not a number"):
         OtlpExporter(endpoint, {})
 
 

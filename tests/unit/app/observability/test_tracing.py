@@ -225,14 +225,44 @@ def test_a_later_versions_traceparent_is_read_for_its_known_fields() -> None:
     assert parse_traceparent(SAMPLED) == (int(TRACE_ID, 16), int(CLIENT_SPAN, 16), True)
 
 
-async def test_of_a_header_sent_twice_the_first_counts() -> None:
+async def test_a_traceparent_sent_twice_starts_a_new_trace_and_lists_sent_twice_are_joined() -> None:
     seen, spans = _Seen(), MemorySpans()
     transport = httpx.ASGITransport(app=_app(seen, spans))
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-        headers = [("traceparent", UNSAMPLED), ("traceparent", SAMPLED), ("baggage", "a=1"), ("baggage", "b=2")]
+        headers = [("traceparent", SAMPLED), ("traceparent", SAMPLED), ("baggage", "a=1"), ("baggage", "b=2")]
         assert (await client.post(CHAT, headers=headers)).status_code == 200
-    assert spans.spans == []
-    assert seen.sent == {"traceparent": UNSAMPLED, "baggage": "a=1"}
+    [server] = spans.spans
+    assert (server.parent_id, f"{server.trace_id:032x}" != TRACE_ID) == (0, True)
+    assert seen.sent == {"traceparent": server.traceparent, "baggage": "a=1,b=2"}
+    seen, spans = _Seen(), MemorySpans()
+    transport = httpx.ASGITransport(app=_app(seen, spans))
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+        headers = [("traceparent", SAMPLED), ("tracestate", "a=1"), ("tracestate", "b=2")]
+        assert (await client.post(CHAT, headers=headers)).status_code == 200
+    [server] = spans.spans
+    assert server.trace_state == "a=1,b=2"
+    assert seen.sent["tracestate"] == "a=1,b=2"
+
+
+async def test_a_tracestate_too_long_or_values_not_ascii_are_not_passed_on() -> None:
+    seen, spans = _Seen(), MemorySpans()
+    headers = [
+        (b"traceparent", SAMPLED.encode()),
+        (b"tracestate", b"v=" + b"x" * 511),
+        (b"baggage", "k=é".encode()),  # raw UTF-8, where W3C baggage percent-encodes
+    ]
+    app = _app(seen, spans)
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Message) -> None:
+        return None
+
+    await app({"type": "http", "method": "POST", "path": CHAT, "headers": headers, "query_string": b""}, receive, send)
+    [server] = spans.spans
+    assert server.trace_state == ""
+    assert seen.sent == {"traceparent": server.traceparent}
 
 
 @pytest.mark.parametrize("path", ["/health", "/metrics", "/v1/models"])
