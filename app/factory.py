@@ -19,8 +19,9 @@ from app.api.deps import EdgeSettings, Gateway
 from app.api.direct import GatewayApp, Middleware
 from app.api.openapi import install_openapi
 from app.auth import build_auth
+from app.auth.keys import mint
 from app.errors import CATCH_ALL, install_error_handlers
-from app.finetuning import FineTuning
+from app.finetuning import EmbeddedWorker, FineTuning
 from app.observability.export import OtlpExporter, SpanSink
 from app.observability.metrics import GatewayMetrics, RequestMetrics
 from app.observability.tracing import TraceRequests
@@ -173,6 +174,8 @@ async def _lifespan(parts: _Parts, settings: GatewaySettings, _: FastAPI) -> Asy
         if parts.embedded is not None:
             stack.push_async_callback(parts.embedded.stop)
             await parts.embedded.start(parts.upstream)
+            if settings.embedded_finetune_worker:
+                await stack.enter_async_context(_embedded_worker(settings, parts.embedded))
         await stack.enter_async_context(parts.health)
         stack.push_async_callback(parts.idempotency.aclose)
         if isinstance(parts.limiter, RedisLimiter):
@@ -183,6 +186,19 @@ async def _lifespan(parts: _Parts, settings: GatewaySettings, _: FastAPI) -> Asy
         await stack.enter_async_context(parts.finetuning)
         log.info("gateway ready: %d pool(s) in region %s", len(parts.registry.pools), settings.region)
         yield
+
+
+def _embedded_worker(settings: GatewaySettings, engine: EmbeddedEngine) -> EmbeddedWorker:
+    """The fine-tuning worker beside the embedded engine, with a token of this gateway's issuer
+    (scope `chat`: it only asks which models are served) when auth is built in."""
+    token = None
+    if settings.auth_mode == "builtin":
+        token = partial(_worker_token, settings)
+    return EmbeddedWorker(settings, engine.url, engine.api_key, token)
+
+
+def _worker_token(settings: GatewaySettings, ttl_s: int) -> str:
+    return mint(settings, subject="finetune-worker", scopes=["chat"], ttl_s=ttl_s)
 
 
 def _embedded_engine(settings: GatewaySettings) -> EmbeddedEngine | None:

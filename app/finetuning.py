@@ -1,5 +1,5 @@
-"""The gateway's side of fine-tuning: the database its files and jobs are recorded in, and the
-file store (the `finetune` package's).
+"""The gateway's side of fine-tuning: the database its files and jobs are recorded in, the
+file store (the `finetune` package's), and on the embedded default the worker it runs.
 
 The database is opened and migrated at the first fine-tuning request, in the background and
 retried until it answers: that request and the next wait for it a few seconds and answer 503
@@ -11,7 +11,9 @@ it with 503 `database_unavailable` (`database_errors`, on those routes), never a
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import os
+import sys
+from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 
 from sqlalchemy import exc
@@ -21,8 +23,9 @@ from app.settings import GatewaySettings
 from finetune.db import Database, sqlite_url
 from finetune.files import FileStore
 from finetune.jobs import JobStore
+from protocol.processes import die_with_parent
 
-__all__ = ["FineTuning", "database_errors"]
+__all__ = ["EmbeddedWorker", "FineTuning", "database_errors"]
 
 log = logging.getLogger(__name__)
 
@@ -111,3 +114,87 @@ async def database_errors() -> AsyncIterator[None]:
     except UNREACHABLE as error:
         log.warning("fine-tuning database unreachable: %s", error)
         raise DatabaseUnavailable() from None
+
+
+class EmbeddedWorker:
+    """The fine-tuning worker of the embedded default: `python -m finetune` beside the embedded
+    engine, sharing the gateway's data folder and database, loading adapters into that engine,
+    and restarted when it dies. It asks the gateway whether a new adapter is listed with a
+    token (`token`, renewed in a file only it and the gateway read) when auth is on."""
+
+    RESTART_DELAY_S = 5.0
+    STOP_GRACE_S = 30.0  # a worker stops at its next training step, then releases its job
+    TOKEN_TTL_S = 3600
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        engine_url: str,
+        engine_api_key: str,
+        token: Callable[[int], str] | None,
+    ) -> None:
+        folder = settings.data_dir / "finetune"
+        self._token_file = folder / "gateway.token" if token is not None else None
+        self._token = token
+        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+        self._env = {
+            **os.environ,
+            "SWITCHYARD_DATA_DIR": str(settings.data_dir),
+            "SWITCHYARD_FINETUNE_ENGINE_URL": engine_url,
+            "SWITCHYARD_FINETUNE_ENGINE_API_KEY": engine_api_key,
+            "SWITCHYARD_FINETUNE_GATEWAY_URL": f"http://{host}:{settings.port}",
+            "SWITCHYARD_FINETUNE_LOG_LEVEL": settings.log_level,
+        }
+        if settings.database_url:
+            self._env["SWITCHYARD_DATABASE_URL"] = settings.database_url
+        if self._token_file is not None:
+            self._env["SWITCHYARD_FINETUNE_GATEWAY_TOKEN_FILE"] = str(self._token_file)
+        self._process: asyncio.subprocess.Process | None = None
+        self._supervising: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> "EmbeddedWorker":
+        self._supervising = asyncio.create_task(self._supervise(), name="finetune-worker")
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        if self._supervising is not None:
+            self._supervising.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervising
+        process, self._process = self._process, None
+        if process is None or process.returncode is not None:
+            return
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), self.STOP_GRACE_S)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+    async def _supervise(self) -> None:
+        """Start the worker, renew its token, and start it again when it exits."""
+        while True:
+            await asyncio.to_thread(self._write_token)
+            self._process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "finetune", env=self._env, preexec_fn=die_with_parent
+            )
+            log.info("started the fine-tuning worker (pid %d)", self._process.pid)
+            while True:
+                try:
+                    status = await asyncio.wait_for(self._process.wait(), self.TOKEN_TTL_S / 2)
+                    break
+                except TimeoutError:
+                    await asyncio.to_thread(self._write_token)
+            log.warning("the fine-tuning worker exited with status %d; restarting it", status)
+            await asyncio.sleep(self.RESTART_DELAY_S)
+
+    def _write_token(self) -> None:
+        if self._token_file is None or self._token is None:
+            return
+        self._token_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        aside = self._token_file.with_suffix(".partial")
+        with os.fdopen(os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as file:
+            file.write(self._token(self.TOKEN_TTL_S))
+        aside.replace(self._token_file)

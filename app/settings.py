@@ -139,6 +139,8 @@ class GatewaySettings(BaseSettings):
     default_model: str | None = None
     embedded_model: str | None = None
     embedded_start_timeout_s: float = Field(default=180.0, gt=0)
+    # On the embedded default, a fine-tuning worker (`python -m finetune`) beside the engine.
+    embedded_finetune_worker: bool = True
     data_dir: Path = Field(
         default=Path.home() / ".cache" / "switchyard",
         validation_alias=AliasChoices("SWITCHYARD_DATA_DIR", "data_dir"),

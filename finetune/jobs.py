@@ -105,6 +105,20 @@ class JobStore:
             )
         return _changed(result)
 
+    async def release(self, claim: Claim) -> bool:
+        """Give the claimed job up (its worker is stopping), so that another worker resumes it at
+        once; a release is no death of a worker (it does not count towards `max_attempts`)."""
+        async with self._database.sessions.begin() as session:
+            result = await session.execute(
+                update(Job).where(_held(claim), Job.status.not_in(FINISHED)).values(worker=None, lease_expires_at=None)
+            )
+            if not _changed(result):
+                return False
+            session.add(
+                _event(claim.job.id, f"Released by worker {claim.worker}, which is stopping", now=int(time.time()))
+            )
+        return True
+
     async def advance(self, claim: Claim, status: str, **changes: Any) -> bool:
         """Move the claimed job to `status` (with `changes`: error, fine_tuned_model, ...), with an
         event; False, changing nothing, when the claim no longer holds or the job has finished."""
@@ -120,6 +134,40 @@ class JobStore:
                 return False
             session.add(_event(claim.job.id, _STATUS_MESSAGES.get(status, status), now=now, level=_level(status)))
         return True
+
+    async def note(
+        self, claim: Claim, message: str, *, level: str = "info", data: dict[str, Any] | None = None
+    ) -> bool:
+        """Add an event to the claimed job (`data`: a metrics event); False, adding nothing, when
+        the claim no longer holds."""
+        now = int(time.time())
+        async with self._database.sessions.begin() as session:
+            await write_lock(session, self._database.is_sqlite)
+            if not await _holds(session, claim):
+                return False
+            session.add(_event(claim.job.id, message, now=now, level=level, data=data))
+        return True
+
+    async def save_checkpoint(self, claim: Claim, step: int, path: str, metrics: dict[str, Any]) -> Checkpoint | None:
+        """Record the claimed job's checkpoint at `step`, kept at `path`, with an event; None,
+        recording nothing, when the claim no longer holds."""
+        now = int(time.time())
+        checkpoint = Checkpoint(
+            id=new_id("ftckpt"), job_id=claim.job.id, step=step, created_at=now, metrics=metrics, path=path
+        )
+        async with self._database.sessions.begin() as session:
+            await write_lock(session, self._database.is_sqlite)
+            if not await _holds(session, claim):
+                return None
+            session.add(checkpoint)
+            session.add(_event(claim.job.id, f"Checkpoint saved at step {step}", now=now))
+        return checkpoint
+
+    async def last_checkpoint(self, job_id: str) -> Checkpoint | None:
+        """The job's checkpoint of the highest step (the latest: steps only grow)."""
+        query = select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step.desc()).limit(1)
+        async with self._database.sessions() as session:
+            return (await session.scalars(query)).first()
 
     async def create(self, new: NewJob) -> Job:
         enqueued = time.time()
@@ -243,6 +291,13 @@ def _level(status: str) -> str:
 def _changed(result: Any) -> bool:
     """Whether an UPDATE changed its one row."""
     return bool(result.rowcount == 1)
+
+
+async def _holds(session: Any, claim: Claim) -> bool:
+    """Whether `claim` still holds its unfinished job, the row locked (PostgreSQL) so that a
+    claim or cancel racing this transaction waits for it."""
+    query = select(Job.id).where(_held(claim), Job.status.not_in(FINISHED))
+    return (await session.scalars(query.with_for_update())).first() is not None
 
 
 def _held(claim: Claim) -> Any:

@@ -95,6 +95,7 @@ class _Position:
 def train(plan: Plan, folder: Path, progress: Progress, resume: Path | None = None) -> Trained:
     """Train `plan` into `folder` (checkpoints, then `adapter/`), from the checkpoint at `resume`
     when given. Raises Stopped when `progress` asks, DatasetError for a line it cannot use."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     torch.manual_seed(plan.seed)
     random.seed(plan.seed)
     tokenizer = AutoTokenizer.from_pretrained(plan.base_model)

@@ -9,16 +9,13 @@
 """
 
 import argparse
-import secrets
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from joserfc import jwt
 from pydantic import ValidationError
 
-from app.auth.keys import SIGNING_ALGORITHM, SigningKeys
+from app.auth.keys import SigningKeys, mint
 from app.auth.secrets import hash_secret, new_secret
 from app.settings import GatewaySettings, load_settings
 
@@ -29,24 +26,6 @@ def _settings(args: argparse.Namespace) -> GatewaySettings:
         return load_settings(overrides, args.config)
     except (ValidationError, ValueError) as exc:
         sys.exit(f"invalid settings: {exc}")
-
-
-def mint(settings: GatewaySettings, *, subject: str, scopes: list[str], ttl_s: int) -> str:
-    keys = SigningKeys(settings.data_dir / "auth", token_ttl_s=settings.auth_token_ttl_s)
-    key = keys.current()
-    now = int(time.time())
-    claims = {
-        "iss": settings.issuer,
-        "sub": subject,
-        "aud": settings.auth_audience,
-        "client_id": subject,
-        "scope": " ".join(scopes),
-        "iat": now,
-        "exp": now + ttl_s,
-        "jti": secrets.token_urlsafe(12),
-    }
-    header = {"alg": SIGNING_ALGORITHM, "typ": "at+jwt", "kid": key.kid}
-    return jwt.encode(header, claims, key, algorithms=[SIGNING_ALGORITHM])
 
 
 def main(argv: list[str] | None = None) -> None:

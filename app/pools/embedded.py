@@ -1,32 +1,23 @@
 """The embedded default: a local Transformers engine process the gateway starts, waits for and stops."""
 
 import asyncio
-import ctypes
 import logging
 import os
 import secrets
-import signal
 import socket
 import sys
 from pathlib import Path
 
 from app.upstream.client import Upstream, UpstreamError
+from protocol.processes import die_with_parent
 
 __all__ = ["EmbeddedEngine", "EmbeddedEngineFailed"]
 
 log = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
-
 
 class EmbeddedEngineFailed(RuntimeError):
     """The local engine did not come up."""
-
-
-def _die_with_parent() -> None:
-    # Linux: the engine gets SIGTERM if the gateway dies without cleaning up (even SIGKILL).
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _free_port(host: str) -> int:
@@ -56,9 +47,7 @@ class EmbeddedEngine:
         if self._model:
             args += ["--model", self._model]
         log.info("starting the embedded engine on %s", self.url)
-        self._process = await asyncio.create_subprocess_exec(
-            sys.executable, *args, env=env, preexec_fn=_die_with_parent
-        )
+        self._process = await asyncio.create_subprocess_exec(sys.executable, *args, env=env, preexec_fn=die_with_parent)
         try:
             await asyncio.wait_for(self._wait_ready(client), self._start_timeout)
         except TimeoutError:

@@ -2,7 +2,7 @@
 with the built-in issuer: each route's scope, and the tenant a token speaks for (its subject),
 whose idempotency keys are its own."""
 
-from app.auth.__main__ import mint
+from app.auth.keys import mint
 from tests.unit.app.auth.conftest import Gateway
 
 

@@ -14,7 +14,7 @@ import httpx2
 import openai
 import pytest
 
-from app.auth.__main__ import mint
+from app.auth.keys import mint
 from app.settings import GatewaySettings
 from harness.counting_engine import CountingEngine
 from harness.inprocess import InProcessGateway, gateway_in_process, pool_settings

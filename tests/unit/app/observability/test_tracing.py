@@ -20,7 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
-from app.auth.__main__ import mint
+from app.auth.keys import mint
 from app.context import RequestContext, context_of
 from app.observability.export import MemorySpans
 from app.observability.tracing import TraceRequests, parse_traceparent

@@ -1,0 +1,40 @@
+"""A fine-tuning worker's settings: environment (`SWITCHYARD_FINETUNE_*`, and the gateway's
+`SWITCHYARD_DATABASE_URL` and `SWITCHYARD_DATA_DIR`), then command line."""
+
+import os
+import socket
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["WorkerSettings"]
+
+
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SWITCHYARD_FINETUNE_", extra="ignore")
+
+    # The records: the gateway's database (PostgreSQL in production); unset, SQLite in data_dir.
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("SWITCHYARD_DATABASE_URL", "database_url")
+    )
+    data_dir: Path = Field(
+        default=Path.home() / ".cache" / "switchyard",
+        validation_alias=AliasChoices("SWITCHYARD_DATA_DIR", "data_dir"),
+    )
+    # The base models this worker trains, served name -> local folder; unset, the built-in model.
+    models: dict[str, str] = Field(default_factory=dict)
+    max_length: int | None = Field(default=None, ge=16)  # tokens an example may have; default: the model's
+    # Where adapters are made servable: an engine's load API (its URL and API key) ...
+    engine_url: str | None = None
+    engine_api_key: SecretStr | None = None
+    # ... and the region's gateway, asked until it lists them (a token with scope `chat`: the
+    # file is read at each check, so whoever writes it can renew it).
+    gateway_url: str = "http://127.0.0.1:8000"
+    gateway_token_file: Path | None = None
+    name: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    lease_s: float = Field(default=30.0, ge=1)
+    poll_s: float = Field(default=1.0, gt=0)
+    checkpoint_steps: int = Field(default=50, ge=1)
+    learning_rate: float = Field(default=1e-3, gt=0)  # the base that `learning_rate_multiplier` scales
+    log_level: str = "info"

@@ -1,0 +1,307 @@
+"""A fine-tuning worker: claims jobs, validates their files, trains, publishes, and says so.
+
+One job at a time. A claim is a lease the worker renews every third of it (its heartbeat); the
+renewal fails once the job is cancelled, finished, or another worker took it after a lapse,
+and the worker then stops training at the next step and leaves the job as it is. A job claimed
+again after its worker died resumes from its last recorded checkpoint. A worker asked to stop
+(SIGTERM) stops at the next step and releases its claim, so another worker resumes the job at
+once rather than after the lease.
+
+A job's files: `validating_files` reads every line, renders it with the base model's chat
+template and counts its tokens (a line over the context length fails the job, naming the
+line), then `queued`, `running` (training in a thread, its losses as `metrics` events and its
+checkpoints as records), publishing (the adapter made servable in this region), `succeeded`
+with `fine_tuned_model` set. Anything that goes wrong fails the job with an error that says
+what, never a stack trace.
+"""
+
+import asyncio
+import contextlib
+import logging
+import math
+import shutil
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from finetune.datasets import DatasetError
+from finetune.files import FileStore
+from finetune.jobs import Claim, JobStore
+from finetune.publish import NotServable, Publisher
+from finetune.schema import Job
+from finetune.training import Plan, Stopped, Trained, train
+
+__all__ = ["BaseModel", "Worker", "fine_tuned_name", "resolve_plan"]
+
+log = logging.getLogger(__name__)
+
+AUTO_BATCH_SIZE = 8
+AUTO_EPOCH_EXAMPLES = 512  # `auto` epochs: enough to see about this many examples (1 to 10)
+METRICS_EVENTS = 200  # at most about this many `metrics` events a job (and one every step of short ones)
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    """A base model this worker can train: its served name, its folder, its context length."""
+
+    name: str
+    path: Path
+    max_length: int
+
+
+def fine_tuned_name(job: Job) -> str:
+    """`ft:<base>:<suffix>:<job id>`, the model name a job's adapter is served as."""
+    return f"ft:{job.model}:{job.suffix or ''}:{job.id}"
+
+
+def resolve_plan(
+    job: Job,
+    model: BaseModel,
+    training: Path,
+    examples: int,
+    validation: Path | None,
+    *,
+    base_learning_rate: float,
+    checkpoint_steps: int,
+) -> Plan:
+    """The job's hyperparameters with `auto` resolved (documented in the README)."""
+    wanted: dict[str, Any] = job.hyperparameters
+    epochs = wanted.get("n_epochs", "auto")
+    batch = wanted.get("batch_size", "auto")
+    multiplier = wanted.get("learning_rate_multiplier", "auto")
+    n_epochs = min(10, max(1, math.ceil(AUTO_EPOCH_EXAMPLES / examples))) if epochs == "auto" else int(epochs)
+    batch_size = min(AUTO_BATCH_SIZE, examples) if batch == "auto" else min(int(batch), examples)
+    steps_per_epoch = math.ceil(examples / batch_size)
+    return Plan(
+        base_model=model.path,
+        training_file=training,
+        examples=examples,
+        n_epochs=n_epochs,
+        batch_size=batch_size,
+        learning_rate=base_learning_rate * (1.0 if multiplier == "auto" else float(multiplier)),
+        lora_rank=int(wanted.get("lora_rank", 8)),
+        lora_alpha=int(wanted.get("lora_alpha", 16)),
+        seed=job.seed,
+        max_length=model.max_length,
+        checkpoint_every=max(1, min(steps_per_epoch, checkpoint_steps)),
+        validation_file=validation,
+    )
+
+
+class _JobFailed(Exception):
+    def __init__(self, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.error = {"code": code, "message": message, "param": param}
+
+
+class _Bridge:
+    """Training's progress (told on the training thread) carried to the job's records on the
+    event loop. A checkpoint waits until it is recorded; the losses do not."""
+
+    def __init__(self, jobs: JobStore, claim: Claim, total: int, stop: threading.Event, lease_s: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._lease_s = lease_s
+        self._jobs, self._claim, self._total = jobs, claim, total
+        self._every = max(1, total // METRICS_EVENTS)
+        self._stop = stop  # set by the heartbeat or a shutdown: training stops at the next step
+        self._pending: list[Future[bool]] = []
+
+    def step(self, step: int, metrics: dict[str, float]) -> None:
+        if step % self._every and step != self._total:
+            return
+        data = {**metrics, "total_steps": self._total}
+        message = f"Step {step}/{self._total}: training loss={metrics['train_loss']:.4f}"
+        self._pending = [future for future in self._pending if not future.done()]
+        self._pending.append(
+            asyncio.run_coroutine_threadsafe(self._jobs.note(self._claim, message, data=data), self._loop)
+        )
+
+    def checkpoint(self, step: int, path: Path, metrics: dict[str, float]) -> None:
+        """Record the checkpoint before training goes on: tried again while the database is
+        away, for as long as the lease may last; training stops when it cannot be (the job is
+        resumed later, by whichever worker claims it)."""
+        data = {**metrics, "total_steps": self._total}
+        deadline = time.monotonic() + self._lease_s
+        while not self._stop.is_set():
+            saving = self._jobs.save_checkpoint(self._claim, step, str(path), data)
+            try:
+                recorded = asyncio.run_coroutine_threadsafe(saving, self._loop).result()
+            except Exception as error:
+                if time.monotonic() > deadline:
+                    log.warning("could not record the checkpoint at step %d: %s; stopping", step, error)
+                    self._stop.set()
+                    return
+                time.sleep(0.5)
+                continue
+            if recorded is None:
+                self._stop.set()  # the claim no longer holds: nothing more of this run counts
+            return
+
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+
+class Worker:
+    def __init__(
+        self,
+        jobs: JobStore,
+        files: FileStore,
+        models: Mapping[str, BaseModel],
+        publisher: Publisher,
+        folder: Path,
+        *,
+        name: str,
+        lease_s: float = 30.0,
+        poll_s: float = 1.0,
+        checkpoint_steps: int = 50,
+        base_learning_rate: float = 1e-3,
+    ) -> None:
+        self._jobs, self._files, self._models, self._publisher = jobs, files, models, publisher
+        self._folder = folder
+        self.name = name
+        self._lease_s, self._poll_s = lease_s, poll_s
+        self._checkpoint_steps, self._base_learning_rate = checkpoint_steps, base_learning_rate
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Claim and run jobs until `stopping` is set (a job in progress stops at its next step)."""
+        while not stopping.is_set():
+            try:
+                ran = await self.run_once(stopping)
+            except Exception:  # the database away, say: logged, and tried again after a pause
+                log.exception("worker %s could not claim or run a job", self.name)
+                ran = False
+            if not ran:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), self._poll_s)
+
+    async def run_once(self, stopping: asyncio.Event | None = None) -> bool:
+        """Claim one job and run it to its end (or to a stop); whether there was one."""
+        claim = await self._jobs.claim(self.name, self._lease_s)
+        if claim is None:
+            return False
+        stop = threading.Event()
+        heartbeat = asyncio.create_task(self._heartbeat(claim, stop), name=f"heartbeat-{claim.job.id}")
+        watch = asyncio.create_task(self._watch(stopping, stop)) if stopping is not None else None
+        try:
+            await self._run(claim, stop)
+        except _JobFailed as failed:
+            log.info("job %s failed: %s", claim.job.id, failed)
+            await self._jobs.advance(claim, "failed", error=failed.error)
+            shutil.rmtree(self._folder / claim.job.id, ignore_errors=True)
+        except Stopped:
+            if stopping is not None and stopping.is_set():
+                await self._jobs.release(claim)
+                log.info("job %s released for another worker to resume", claim.job.id)
+        finally:
+            heartbeat.cancel()
+            if watch is not None:
+                watch.cancel()
+        return True
+
+    async def _run(self, claim: Claim, stop: threading.Event) -> None:
+        job = claim.job
+        model = self._models.get(job.model)
+        if model is None:
+            raise _JobFailed("model_not_available", f"this region's workers cannot train {job.model}", "model")
+        training = self._files.path(job.training_file)
+        validation = self._files.path(job.validation_file) if job.validation_file else None
+        if job.status == "validating_files":
+            await self._jobs.note(claim, f"Validating training file: {job.training_file}")
+        examples = await asyncio.to_thread(_validate, model, training, validation)
+        if job.status == "validating_files" and not await self._jobs.advance(claim, "queued"):
+            raise Stopped
+        if job.status != "running" and not await self._jobs.advance(claim, "running"):
+            raise Stopped
+        plan = resolve_plan(
+            job,
+            model,
+            training,
+            examples,
+            validation,
+            base_learning_rate=self._base_learning_rate,
+            checkpoint_steps=self._checkpoint_steps,
+        )
+        bridge = _Bridge(self._jobs, claim, plan.total_steps, stop, self._lease_s)
+        folder = self._folder / job.id
+        resume = await self._resumable(job)
+        if resume is not None:
+            await self._jobs.note(claim, f"Resuming from the checkpoint at {resume.name}")
+        trained = await self._train(plan, folder, bridge, resume)
+        name = fine_tuned_name(job)
+        await self._jobs.note(claim, f"Publishing the adapter as {name}")
+        try:
+            await self._publisher.publish(name, trained.adapter, job.model)
+        except NotServable as error:
+            raise _JobFailed("publish_failed", f"the adapter was trained but is not servable: {error}") from None
+        await self._jobs.advance(claim, "succeeded", fine_tuned_model=name, trained_tokens=trained.trained_tokens)
+
+    async def _train(self, plan: Plan, folder: Path, bridge: _Bridge, resume: Path | None) -> Trained:
+        try:
+            return await asyncio.to_thread(train, plan, folder, bridge, resume)
+        except DatasetError as error:  # a line the validation let through (the file changed?)
+            raise _JobFailed("invalid_training_file", str(error), "training_file") from None
+        except Stopped:
+            raise
+        except Exception as error:
+            log.exception("training failed")
+            raise _JobFailed("training_failed", f"training stopped with an error: {type(error).__name__}") from None
+
+    async def _resumable(self, job: Job) -> Path | None:
+        """The job's last recorded checkpoint, when its folder is still there."""
+        checkpoint = await self._jobs.last_checkpoint(job.id)
+        if checkpoint is None or not await asyncio.to_thread(Path(checkpoint.path).is_dir):
+            return None
+        return Path(checkpoint.path)
+
+    async def _heartbeat(self, claim: Claim, stop: threading.Event) -> None:
+        """Renew the lease every third of it; stop the job's training when it no longer holds
+        (cancelled, or taken after a lapse) or cannot be renewed before it lapses."""
+        renewed = asyncio.get_running_loop().time()
+        while not stop.is_set():
+            await asyncio.sleep(self._lease_s / 3)
+            try:
+                held = await self._jobs.renew(claim, self._lease_s)
+            except Exception as error:  # the database away: go on while the lease lasts
+                log.warning("could not renew the lease of job %s: %s", claim.job.id, error)
+                held = asyncio.get_running_loop().time() - renewed < self._lease_s * 2 / 3
+            else:
+                renewed = asyncio.get_running_loop().time()
+            if not held:
+                log.info("job %s is no longer this worker's (cancelled, or taken over): stopping", claim.job.id)
+                stop.set()
+
+    @staticmethod
+    async def _watch(stopping: asyncio.Event, stop: threading.Event) -> None:
+        await stopping.wait()
+        stop.set()
+
+
+def _validate(model: BaseModel, training: Path, validation: Path | None) -> int:
+    """The training file's examples, after every line of both files was checked against the
+    model's chat template and context length; _JobFailed naming the line otherwise."""
+    from transformers import AutoTokenizer  # the worker's thread: a few hundred ms, once a job
+
+    from finetune.examples import ExampleEncoder, read_examples
+
+    encoder = ExampleEncoder(AutoTokenizer.from_pretrained(model.path), model.max_length)
+    counts = {}
+    for param, path in (("training_file", training), ("validation_file", validation)):
+        if path is None:
+            continue
+        if not path.is_file():
+            raise _JobFailed(f"invalid_{param}", f"the {param.replace('_', ' ')} is gone (deleted?)", param)
+        count = 0
+        try:
+            for line, _, example in read_examples(path):
+                encoder.encode(example, line)
+                count += 1
+        except DatasetError as error:
+            raise _JobFailed(f"invalid_{param}", f"{param.replace('_', ' ').capitalize()}: {error}", param) from None
+        if count == 0:
+            raise _JobFailed(f"invalid_{param}", f"the {param.replace('_', ' ')} has no examples", param)
+        counts[param] = count
+    return counts["training_file"]

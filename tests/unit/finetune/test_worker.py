@@ -1,0 +1,201 @@
+"""A fine-tuning worker (finetune/worker.py) over SQLite and the built-in model, publishing to a
+fake that records what it was given: a job through every status to its served name; bad data,
+an unknown model and a refused publish failing it with errors that say why; a cancel stopping it
+within its heartbeat; a worker stopping mid-job and another resuming it to the very adapter an
+unbroken run trains."""
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from finetune.db import Database, sqlite_url
+from finetune.files import FileStore
+from finetune.jobs import JobStore, NewJob
+from finetune.publish import NotServable
+from finetune.schema import Job
+from finetune.worker import BaseModel, Worker
+from protocol import JobHyperparameters
+
+pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+
+OWNER = "tenant-a"
+MODEL = "switchyard-tiny-v1"
+PING = {"messages": [{"role": "user", "content": "ping"}, {"role": "assistant", "content": "pong pong pong"}]}
+
+
+class FakePublisher:
+    """Records each adapter it is asked to publish (a copy of its weights); refuses when told."""
+
+    def __init__(self, refuse: bool = False) -> None:
+        self.published: dict[str, dict[str, torch.Tensor]] = {}
+        self.refuse = refuse
+
+    async def publish(self, name: str, adapter: Path, base_model: str) -> None:
+        if self.refuse:
+            raise NotServable("the engine refused the adapter: HTTP 400")
+        self.published[name] = load_file(adapter / "adapter_model.safetensors")
+
+
+@dataclass
+class _Setup:
+    jobs: JobStore
+    files: FileStore
+    folder: Path
+    models: dict[str, BaseModel]
+
+    def worker(self, name: str, publisher: FakePublisher, **options: Any) -> Worker:
+        options = {"lease_s": 3.0, "poll_s": 0.05, "checkpoint_steps": 4, "base_learning_rate": 1e-2} | options
+        return Worker(self.jobs, self.files, self.models, publisher, self.folder, name=name, **options)
+
+    async def upload(self, lines: list[str]) -> str:
+        async def chunks() -> AsyncIterator[bytes]:
+            yield "".join(line + "\n" for line in lines).encode()
+
+        return (await self.files.save(OWNER, "train.jsonl", "fine-tune", chunks())).id
+
+    async def job(self, training_file: str, model: str = MODEL, **hyperparameters: Any) -> Job:
+        wanted = JobHyperparameters.model_validate({"n_epochs": 3, "batch_size": 8} | hyperparameters)
+        new = NewJob(OWNER, model, training_file, None, seed=3, suffix="pong", hyperparameters=wanted)
+        return await self.jobs.create(new)
+
+
+@pytest.fixture
+async def setup(tmp_path: Path, builtin_model: Path) -> AsyncIterator[_Setup]:
+    database = Database(sqlite_url(tmp_path / "ft.db"))
+    await database.migrate()
+    files = FileStore(database, tmp_path / "files", 1 << 20)
+    models = {MODEL: BaseModel(MODEL, builtin_model, max_length=64)}
+    yield _Setup(JobStore(database), files, tmp_path / "jobs", models)
+    await database.close()
+
+
+async def _events(setup: _Setup, job: Job) -> list[Any]:
+    return list(reversed(await setup.jobs.events(job, limit=1000)))
+
+
+async def _until(seen: Callable[[list[Any]], bool], setup: _Setup, job: Job, timeout_s: float = 60) -> None:
+    """Return once the job's events satisfy `seen`."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        if seen(await _events(setup, job)):
+            return
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_job_goes_through_every_status_to_its_served_name(setup: _Setup) -> None:
+    job = await setup.job(await setup.upload([json.dumps(PING)] * 32))
+    publisher = FakePublisher()
+    assert await setup.worker("w1", publisher).run_once()
+    done = await setup.jobs.get(OWNER, job.id)
+    assert done.status == "succeeded"
+    assert done.fine_tuned_model == f"ft:{MODEL}:pong:{job.id}"
+    assert done.error is None
+    assert done.trained_tokens is not None
+    assert done.trained_tokens > 0
+    assert list(publisher.published) == [done.fine_tuned_model]
+    events = await _events(setup, job)
+    messages = [event.message for event in events if event.type == "message"]
+    assert messages[:3] == [
+        f"Created fine-tuning job: {job.id}",
+        "Claimed by worker w1",
+        f"Validating training file: {job.training_file}",
+    ]
+    assert messages[-2:] == [f"Publishing the adapter as {done.fine_tuned_model}", "The job has successfully completed"]
+    assert "Files validated; the job is queued" in messages
+    assert "Fine-tuning job started" in messages
+    metrics = [event.data for event in events if event.type == "metrics"]
+    assert [data["step"] for data in metrics] == list(range(1, 13))  # 4 steps an epoch, 3 epochs
+    assert all(data["total_steps"] == 12 for data in metrics)
+    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+    checkpoints = await setup.jobs.checkpoints(done, limit=10)
+    assert [checkpoint.step for checkpoint in checkpoints] == [12, 8, 4]
+    assert all(os.path.isdir(checkpoint.path) for checkpoint in checkpoints)  # noqa: ASYNC240
+
+
+async def test_a_line_over_the_context_length_fails_the_job_naming_it(setup: _Setup) -> None:
+    # (Lines that are no chat at all are refused at upload: finetune/datasets.py's tests.)
+    long = {"messages": [{"role": "user", "content": "ping " * 40}, {"role": "assistant", "content": "x"}]}
+    job = await setup.job(await setup.upload([json.dumps(PING), json.dumps(PING), json.dumps(long)]))
+    publisher = FakePublisher()
+    assert await setup.worker("w1", publisher).run_once()
+    failed = await setup.jobs.get(OWNER, job.id)
+    assert failed.status == "failed"
+    assert failed.error is not None
+    assert (failed.error["code"], failed.error["param"]) == ("invalid_training_file", "training_file")
+    assert failed.error["message"].startswith("Training file: line 3: ")
+    assert failed.error["message"].endswith("tokens, over the model's context length of 64")
+    assert publisher.published == {}
+    assert await setup.jobs.checkpoints(failed, limit=10) == []
+
+
+async def test_a_model_this_worker_cannot_train_fails_the_job(setup: _Setup) -> None:
+    job = await setup.job(await setup.upload([json.dumps(PING)]), model="other-model")
+    assert await setup.worker("w1", FakePublisher()).run_once()
+    failed = await setup.jobs.get(OWNER, job.id)
+    assert (failed.status, failed.error and failed.error["code"]) == ("failed", "model_not_available")
+
+
+async def test_an_adapter_that_cannot_be_served_fails_the_job(setup: _Setup) -> None:
+    job = await setup.job(await setup.upload([json.dumps(PING)] * 8), n_epochs=1)
+    assert await setup.worker("w1", FakePublisher(refuse=True)).run_once()
+    failed = await setup.jobs.get(OWNER, job.id)
+    assert failed.status == "failed"
+    assert failed.error is not None
+    assert failed.error["code"] == "publish_failed"
+    assert "HTTP 400" in failed.error["message"]
+    assert failed.fine_tuned_model is None
+
+
+async def test_a_cancel_reaches_a_running_job_within_its_heartbeat(setup: _Setup) -> None:
+    job = await setup.job(await setup.upload([json.dumps(PING)] * 64), n_epochs=50, batch_size=1)
+    publisher = FakePublisher()
+    running = asyncio.create_task(setup.worker("w1", publisher, lease_s=0.6).run_once())
+    await _until(lambda events: any(event.type == "metrics" for event in events), setup, job)
+    await setup.jobs.cancel(OWNER, job.id)
+    assert await asyncio.wait_for(running, 5)  # stopped within the heartbeat (0.2 s) and a step
+    cancelled = await setup.jobs.get(OWNER, job.id)
+    assert cancelled.status == "cancelled"
+    assert publisher.published == {}
+
+
+async def test_a_stopped_worker_releases_its_job_and_another_resumes_it_exactly(setup: _Setup) -> None:
+    lines = [
+        json.dumps(
+            {"messages": [{"role": "user", "content": f"say {n}"}, {"role": "assistant", "content": f"{n} {n}"}]}
+        )
+        for n in range(20)
+    ]
+    training_file = await setup.upload(lines)
+    unbroken_job = await setup.job(training_file, n_epochs=4, batch_size=4)
+    unbroken = FakePublisher()
+    assert await setup.worker("w0", unbroken).run_once()
+
+    job = await setup.job(training_file, n_epochs=4, batch_size=4)
+    stopping = asyncio.Event()
+    first = asyncio.create_task(setup.worker("w1", FakePublisher()).run_once(stopping))
+    await _until(lambda events: sum(e.message.startswith("Checkpoint saved") for e in events) >= 2, setup, job)
+    stopping.set()
+    assert await first
+    released = await setup.jobs.get(OWNER, job.id)
+    assert (released.status, released.worker) == ("running", None)
+    resumed = FakePublisher()
+    assert await setup.worker("w2", resumed).run_once()
+    done = await setup.jobs.get(OWNER, job.id)
+    assert done.status == "succeeded"
+    messages = [event.message for event in await _events(setup, job)]
+    assert "Released by worker w1, which is stopping" in messages
+    assert any(message.startswith("Resuming from the checkpoint at step-") for message in messages)
+    [ours] = resumed.published.values()
+    [theirs] = unbroken.published.values()  # the same data, seed and hyperparameters, never stopped
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[name], theirs[name]) for name in ours)
+    assert done.trained_tokens == (await setup.jobs.get(OWNER, unbroken_job.id)).trained_tokens
