@@ -122,7 +122,8 @@ class EmbeddedWorker:
     and restarted when it dies. It asks the gateway whether a new adapter is listed with a
     token (`token`, renewed in a file only it and the gateway read) when auth is on."""
 
-    RESTART_DELAY_S = 5.0
+    RESTART_DELAY_S = 5.0  # doubled after each quick exit (a worker that cannot start), to 5 minutes
+    HEALTHY_RUN_S = 600.0  # a worker that ran this long starts again at the first delay
     STOP_GRACE_S = 30.0  # a worker stops at its next training step, then releases its job
     TOKEN_TTL_S = 3600
 
@@ -137,8 +138,11 @@ class EmbeddedWorker:
         self._token_file = folder / "gateway.token" if token is not None else None
         self._token = token
         host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+        host = f"[{host}]" if ":" in host else host
+        # Not the gateway's own settings (pool keys, the Redis URL, auth secrets): only its own.
+        inherited = {name: value for name, value in os.environ.items() if not name.startswith("SWITCHYARD_")}
         self._env = {
-            **os.environ,
+            **inherited,
             "SWITCHYARD_DATA_DIR": str(settings.data_dir),
             "SWITCHYARD_FINETUNE_ENGINE_URL": engine_url,
             "SWITCHYARD_FINETUNE_ENGINE_API_KEY": engine_api_key,
@@ -174,21 +178,32 @@ class EmbeddedWorker:
             await process.wait()
 
     async def _supervise(self) -> None:
-        """Start the worker, renew its token, and start it again when it exits."""
+        """Start the worker, renew its token, and start it again when it exits (or could not
+        start), waiting longer after each quick exit."""
+        delay = self.RESTART_DELAY_S
         while True:
-            await asyncio.to_thread(self._write_token)
-            self._process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "finetune", env=self._env, preexec_fn=die_with_parent
-            )
-            log.info("started the fine-tuning worker (pid %d)", self._process.pid)
-            while True:
-                try:
-                    status = await asyncio.wait_for(self._process.wait(), self.TOKEN_TTL_S / 2)
-                    break
-                except TimeoutError:
-                    await asyncio.to_thread(self._write_token)
-            log.warning("the fine-tuning worker exited with status %d; restarting it", status)
-            await asyncio.sleep(self.RESTART_DELAY_S)
+            started = asyncio.get_running_loop().time()
+            try:
+                status = await self._run_once()
+                log.warning("the fine-tuning worker exited with status %d; restarting it in %.0f s", status, delay)
+            except Exception:
+                log.exception("could not start the fine-tuning worker; trying again in %.0f s", delay)
+            ran = asyncio.get_running_loop().time() - started
+            delay = self.RESTART_DELAY_S if ran >= self.HEALTHY_RUN_S else min(delay * 2, 300.0)
+            await asyncio.sleep(delay)
+
+    async def _run_once(self) -> int:
+        """Run the worker until it exits, renewing its token; its exit status."""
+        await asyncio.to_thread(self._write_token)
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "finetune", env=self._env, preexec_fn=die_with_parent
+        )
+        log.info("started the fine-tuning worker (pid %d)", self._process.pid)
+        while True:
+            try:
+                return await asyncio.wait_for(self._process.wait(), self.TOKEN_TTL_S / 2)
+            except TimeoutError:
+                await asyncio.to_thread(self._write_token)
 
     def _write_token(self) -> None:
         if self._token_file is None or self._token is None:

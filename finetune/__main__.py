@@ -5,6 +5,7 @@ training step, releasing its job for another worker to resume."""
 import argparse
 import asyncio
 import logging
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,7 @@ async def _migrated(database: Database, stopping: asyncio.Event, backoff_s: floa
 
 def main(argv: list[str] | None = None) -> None:
     settings = parse_args(argv)
+    os.nice(settings.nice)  # training yields the CPU to the engine and gateway it may share a host with
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     asyncio.run(serve(settings))
 

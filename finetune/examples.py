@@ -4,8 +4,10 @@ assistant turns it is to learn (weight 1, the default) count in the loss.
 Which tokens are an assistant turn's is found from the template itself, whatever it looks like:
 the turn's text is what rendering the chat through that turn adds to rendering it up to the
 turn with the generation prompt (`<|im_start|>assistant\\n` and the like, which the model is
-given, not taught). A token belongs to the turn when its characters do, by the tokenizer's
-offsets. The end-of-turn marker is part of the turn: the model learns to stop.
+given, not taught); a chat that opens with the assistant learns from its content on. A token
+belongs to the turn when all its characters do, by the tokenizer's offsets. The end-of-turn
+marker is part of the turn: the model learns to stop. A line over the context length is
+refused after one render, before the turn-by-turn ones.
 """
 
 from collections.abc import Iterator, Sequence
@@ -48,34 +50,46 @@ class ExampleEncoder:
             {"role": message["role"], "content": message["content"]} for message in example["messages"]
         ]
         text = self._render(messages, generation_prompt=False)
+        encoding = self._tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        input_ids: list[int] = encoding["input_ids"]
+        if len(input_ids) > self.max_length:  # before the turn-by-turn renders: a long line costs one
+            raise DatasetError(line, f"{len(input_ids)} tokens, over the model's context length of {self.max_length}")
         spans: list[tuple[int, int]] = []
         for index, message in enumerate(example["messages"]):
             if message["role"] != "assistant" or message.get("weight", 1) == 0:
                 continue
-            before = self._render(messages[:index], generation_prompt=True)
             through = self._render(messages[: index + 1], generation_prompt=False)
-            if not (text.startswith(through) and through.startswith(before)):
+            if index:
+                before = self._render(messages[:index], generation_prompt=True)
+                start, rendered_in_turn = len(before), through.startswith(before)
+            else:  # a chat that opens with the assistant: no prompt to render before it
+                start = through.find(message["content"]) if message["content"] else len(through)
+                rendered_in_turn = start >= 0
+            if not (text.startswith(through) and rendered_in_turn):
                 raise DatasetError(line, "the chat template does not render the conversation turn by turn")
-            spans.append((len(before), len(through)))
-        encoding = self._tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        input_ids: list[int] = encoding["input_ids"]
-        if len(input_ids) > self.max_length:
-            raise DatasetError(line, f"{len(input_ids)} tokens, over the model's context length of {self.max_length}")
-        labels = [
-            token if any(start <= begin < end for start, end in spans) else IGNORE
-            for token, (begin, _) in zip(input_ids, encoding["offset_mapping"], strict=True)
-        ]
+            spans.append((start, len(through)))
+        labels = _labels(input_ids, encoding["offset_mapping"], spans)
         if all(label == IGNORE for label in labels):
             raise DatasetError(line, "no assistant token to learn from once rendered")
         return Encoded(input_ids, labels)
 
     def _render(self, messages: Sequence[dict[str, Any]], *, generation_prompt: bool) -> str:
-        if not messages:
-            return ""
         rendered: str = self._tokenizer.apply_chat_template(
             list(messages), tokenize=False, add_generation_prompt=generation_prompt
         )
         return rendered
+
+
+def _labels(input_ids: list[int], offsets: Sequence[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
+    """Each token where all its characters lie in one of `spans` (in order, not overlapping),
+    IGNORE elsewhere: one sweep over both."""
+    labels, span = [], 0
+    for token, (begin, end) in zip(input_ids, offsets, strict=True):
+        while span < len(spans) and spans[span][1] <= begin:
+            span += 1
+        inside = span < len(spans) and spans[span][0] <= begin and end <= spans[span][1]
+        labels.append(token if inside else IGNORE)
+    return labels
 
 
 def read_examples(path: Path, start: int = 0) -> Iterator[tuple[int, int, dict[str, Any]]]:

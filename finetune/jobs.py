@@ -7,10 +7,12 @@ moment, and a worker running it sees so at its next heartbeat and stops.
 """
 
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import aliased
 
 from finetune.db import Database, write_lock
 from finetune.records import UnknownCursor, is_id, new_id, owned, paged
@@ -60,25 +62,40 @@ class JobStore:
     def __init__(self, database: Database) -> None:
         self._database = database
 
-    async def claim(self, worker: str, lease_s: float, max_attempts: int = 3) -> Claim | None:
-        """The oldest job that waits, or whose worker's lease lapsed (it died), now `worker`'s
-        for `lease_s`; None when there is none. Two workers never get the same job: PostgreSQL
-        skips the rows another claim has locked, SQLite takes its write lock as it begins.
+    async def claim(
+        self, worker: str, lease_s: float, max_attempts: int = 3, models: Collection[str] | None = None
+    ) -> Claim | None:
+        """The next job that waits, or whose worker's lease lapsed (it died), now `worker`'s for
+        `lease_s`; None when there is none. Only jobs on `models` (the ones this worker can
+        train), when given. Two workers never get the same job: PostgreSQL skips the rows
+        another claim has locked, SQLite takes its write lock as it begins.
 
-        A job whose workers died `max_attempts` times fails (`worker_lost`) instead of being
-        claimed again: one that kills every worker it runs on must not take them all down."""
+        Fair between tenants: a job whose owner has no other job running comes first, then the
+        oldest. A job whose workers died `max_attempts` times fails (`worker_lost`) instead of
+        being claimed again: one that kills every worker it runs on must not take them all down
+        (a worker that stops and releases its job is no death)."""
         now = time.time()
         unheld = or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now)
-        query = select(Job).where(Job.status.in_(UNFINISHED), unheld).order_by(Job.enqueued_at, Job.id).limit(1)
+        other = aliased(Job)
+        owner_busy = (
+            select(other.id)
+            .where(other.owner == Job.owner, other.id != Job.id, other.status == "running")
+            .where(other.lease_expires_at >= now)
+            .exists()
+        )
+        query = select(Job).where(Job.status.in_(UNFINISHED), unheld)
+        if models is not None:
+            query = query.where(Job.model.in_(sorted(models)))
+        query = query.order_by(owner_busy, Job.enqueued_at, Job.id).limit(1)
         if not self._database.is_sqlite:
             query = query.with_for_update(skip_locked=True)
         async with self._database.sessions.begin() as session:
             await write_lock(session, self._database.is_sqlite)
             while (job := (await session.scalars(query)).first()) is not None:
-                resumed = job.worker is not None
-                if not (resumed and job.attempts >= max_attempts):
+                resumed = job.worker is not None  # a lapsed lease: its worker died
+                if not (resumed and job.lost + 1 >= max_attempts):
                     break
-                message = f"The job's worker stopped {job.attempts} times; it is not tried again"
+                message = f"The job's worker stopped {job.lost + 1} times; it is not tried again"
                 job.status, job.finished_at, job.lease_expires_at = "failed", int(now), None
                 job.error = {"code": "worker_lost", "message": message, "param": None}
                 session.add(_event(job.id, message, now=int(now), level="error"))
@@ -86,6 +103,7 @@ class JobStore:
             if job is None:
                 return None
             job.worker, job.lease_expires_at, job.attempts = worker, now + lease_s, job.attempts + 1
+            job.lost += int(resumed)
             message = (
                 f"Resumed by worker {worker} after its last worker stopped"
                 if resumed
@@ -163,6 +181,11 @@ class JobStore:
             session.add(_event(claim.job.id, f"Checkpoint saved at step {step}", now=now))
         return checkpoint
 
+    async def status(self, job_id: str) -> str | None:
+        """The job's status now (None when there is no such job)."""
+        async with self._database.sessions() as session:
+            return (await session.scalars(select(Job.status).where(Job.id == job_id))).first()
+
     async def last_checkpoint(self, job_id: str) -> Checkpoint | None:
         """The job's checkpoint of the highest step (the latest: steps only grow)."""
         query = select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step.desc()).limit(1)
@@ -192,6 +215,7 @@ class JobStore:
             worker=None,
             lease_expires_at=None,
             attempts=0,
+            lost=0,
             job_metadata=new.metadata,
         )
         async with self._database.sessions.begin() as session:

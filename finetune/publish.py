@@ -17,12 +17,20 @@ __all__ = ["EnginePublisher", "NotServable", "Publisher", "Serving"]
 
 
 class NotServable(RuntimeError):
-    """The adapter could not be made servable (refused, or not listed in time)."""
+    """The adapter could not be made servable. `reason` is for the job's owner (no address, no
+    path); the message, with the details, is for the worker's log."""
+
+    def __init__(self, reason: str, details: str = "") -> None:
+        super().__init__(f"{reason}: {details}" if details else reason)
+        self.reason = reason
 
 
 class Publisher(Protocol):
     async def publish(self, name: str, adapter: Path, base_model: str) -> None:
         """Make the adapter at `adapter` servable as `name`; NotServable when it cannot be."""
+
+    async def unpublish(self, name: str) -> None:
+        """Take `name` back (its job was cancelled as it was published); NotServable on failure."""
 
 
 class Serving:
@@ -57,7 +65,9 @@ class Serving:
                 except (httpx.HTTPError, ValueError, KeyError, TypeError) as error:
                     last = f"{type(error).__name__}: {error}"
                 await asyncio.sleep(self._poll_s)
-        raise NotServable(f"the gateway at {self._url} did not list {name} within {self._timeout_s:.0f} s ({last})")
+        raise NotServable(
+            f"the gateway did not list it within {self._timeout_s:.0f} s", f"{self._url}/v1/models: {last}"
+        )
 
 
 class EnginePublisher:
@@ -74,7 +84,19 @@ class EnginePublisher:
             try:
                 response = await client.post(f"{self._url}/v1/load_lora_adapter", json=body, headers=self._headers)
             except httpx.HTTPError as error:
-                raise NotServable(f"the engine at {self._url} could not be reached: {error}") from error
+                raise NotServable("the engine could not be reached", f"{self._url}: {error}") from error
         if response.status_code != 200:
-            raise NotServable(f"the engine refused the adapter: HTTP {response.status_code} {response.text[:500]}")
+            details = f"{self._url}: HTTP {response.status_code} {response.text[:500]}"
+            raise NotServable(f"the engine refused it (HTTP {response.status_code})", details)
         await self._serving.wait_listed(name)
+
+    async def unpublish(self, name: str) -> None:
+        async with httpx.AsyncClient(timeout=60) as client:
+            try:
+                response = await client.post(
+                    f"{self._url}/v1/unload_lora_adapter", json={"lora_name": name}, headers=self._headers
+                )
+            except httpx.HTTPError as error:
+                raise NotServable("the engine could not be reached", f"{self._url}: {error}") from error
+        if response.status_code not in (200, 404):
+            raise NotServable(f"the engine refused to unload it (HTTP {response.status_code})")

@@ -67,7 +67,8 @@ class Job(Base):
     # The worker's claim: who runs it, until when (renewed by its heartbeat); how often claimed.
     worker: Mapped[str | None] = mapped_column(String(256))
     lease_expires_at: Mapped[float | None]
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # claims: the fence
+    lost: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # claims that found its worker dead
     # The client's key-value pairs (OpenAI's `metadata`; `metadata` itself is SQLAlchemy's).
     job_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
 

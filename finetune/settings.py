@@ -37,4 +37,5 @@ class WorkerSettings(BaseSettings):
     poll_s: float = Field(default=1.0, gt=0)
     checkpoint_steps: int = Field(default=50, ge=1)
     learning_rate: float = Field(default=1e-3, gt=0)  # the base that `learning_rate_multiplier` scales
+    nice: int = Field(default=10, ge=0, le=19)  # added to the worker's niceness: serving goes first
     log_level: str = "info"

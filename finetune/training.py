@@ -136,6 +136,8 @@ def train(plan: Plan, folder: Path, progress: Progress, resume: Path | None = No
             metrics = {"step": step, "train_loss": float(loss.detach()), "epoch": position.epoch + 1}
             progress.step(step, metrics)
             if step % plan.checkpoint_every == 0 or step == total:
+                if progress.stopped():  # no files written for a run that no longer counts
+                    raise Stopped
                 metrics |= _validation(plan, encoder, model, pad, VALIDATION_EXAMPLES)
                 path = _save(folder, model, optimizer, schedule, step, tokens, position)
                 progress.checkpoint(step, path, metrics)
@@ -231,7 +233,7 @@ def _save(
     torch.save(state, aside / _STATE)
     shutil.rmtree(final, ignore_errors=True)  # one a killed run wrote but never recorded
     aside.rename(final)
-    for old in sorted(folder.glob("step-*"))[:-KEEP_CHECKPOINTS]:
+    for old in sorted(folder.glob("step-*"), key=lambda path: int(path.name.removeprefix("step-")))[:-KEEP_CHECKPOINTS]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 

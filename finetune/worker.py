@@ -159,12 +159,15 @@ class Worker:
         poll_s: float = 1.0,
         checkpoint_steps: int = 50,
         base_learning_rate: float = 1e-3,
+        publish_attempts: int = 3,
+        publish_backoff_s: float = 5.0,
     ) -> None:
         self._jobs, self._files, self._models, self._publisher = jobs, files, models, publisher
         self._folder = folder
         self.name = name
         self._lease_s, self._poll_s = lease_s, poll_s
         self._checkpoint_steps, self._base_learning_rate = checkpoint_steps, base_learning_rate
+        self._publish_attempts, self._publish_backoff_s = publish_attempts, publish_backoff_s
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Claim and run jobs until `stopping` is set (a job in progress stops at its next step)."""
@@ -180,7 +183,7 @@ class Worker:
 
     async def run_once(self, stopping: asyncio.Event | None = None) -> bool:
         """Claim one job and run it to its end (or to a stop); whether there was one."""
-        claim = await self._jobs.claim(self.name, self._lease_s)
+        claim = await self._jobs.claim(self.name, self._lease_s, models=frozenset(self._models))
         if claim is None:
             return False
         stop = threading.Event()
@@ -190,12 +193,20 @@ class Worker:
             await self._run(claim, stop)
         except _JobFailed as failed:
             log.info("job %s failed: %s", claim.job.id, failed)
-            await self._jobs.advance(claim, "failed", error=failed.error)
-            shutil.rmtree(self._folder / claim.job.id, ignore_errors=True)
+            if await self._jobs.advance(claim, "failed", error=failed.error):  # still ours: its files go
+                await asyncio.to_thread(shutil.rmtree, self._folder / claim.job.id, True)
         except Stopped:
             if stopping is not None and stopping.is_set():
                 await self._jobs.release(claim)
                 log.info("job %s released for another worker to resume", claim.job.id)
+            elif await self._jobs.status(claim.job.id) == "cancelled":
+                await asyncio.to_thread(shutil.rmtree, self._folder / claim.job.id, True)
+        except Exception:
+            # The database away, say: the job goes back for any worker to resume, not left to
+            # its lease (where it would count as this worker's death).
+            with contextlib.suppress(Exception):
+                await self._jobs.release(claim)
+            raise
         finally:
             heartbeat.cancel()
             if watch is not None:
@@ -211,11 +222,7 @@ class Worker:
         validation = self._files.path(job.validation_file) if job.validation_file else None
         if job.status == "validating_files":
             await self._jobs.note(claim, f"Validating training file: {job.training_file}")
-        examples = await asyncio.to_thread(_validate, model, training, validation)
-        if job.status == "validating_files" and not await self._jobs.advance(claim, "queued"):
-            raise Stopped
-        if job.status != "running" and not await self._jobs.advance(claim, "running"):
-            raise Stopped
+        examples = await asyncio.to_thread(_validate, model, training, validation, stop)
         plan = resolve_plan(
             job,
             model,
@@ -225,19 +232,50 @@ class Worker:
             base_learning_rate=self._base_learning_rate,
             checkpoint_steps=self._checkpoint_steps,
         )
+        if job.status == "validating_files" and not await self._jobs.advance(claim, "queued"):
+            raise Stopped
+        # The hyperparameters as resolved (`auto` no more): what the job shows, and what a resume uses.
+        resolved = dict(job.hyperparameters) | {
+            "n_epochs": plan.n_epochs,
+            "batch_size": plan.batch_size,
+            "learning_rate_multiplier": plan.learning_rate / self._base_learning_rate,
+        }
+        if job.status != "running" and not await self._jobs.advance(claim, "running", hyperparameters=resolved):
+            raise Stopped
         bridge = _Bridge(self._jobs, claim, plan.total_steps, stop, self._lease_s)
-        folder = self._folder / job.id
+        # A folder of this claim's own: a worker whose lease lapsed unnoticed never writes
+        # over the files of the one that took the job (a resume reads the recorded path).
+        folder = self._folder / job.id / f"attempt-{claim.attempt}"
         resume = await self._resumable(job)
         if resume is not None:
             await self._jobs.note(claim, f"Resuming from the checkpoint at {resume.name}")
         trained = await self._train(plan, folder, bridge, resume)
-        name = fine_tuned_name(job)
+        await self._publish(claim, trained)
+
+    async def _publish(self, claim: Claim, trained: Trained) -> None:
+        """Make the adapter servable, tried again while that may pass, then say the job
+        succeeded; a job cancelled meanwhile has its adapter taken back."""
+        job, name = claim.job, fine_tuned_name(claim.job)
+        if not await self._jobs.renew(claim, self._lease_s):
+            raise Stopped  # cancelled while it trained its last steps
         await self._jobs.note(claim, f"Publishing the adapter as {name}")
-        try:
-            await self._publisher.publish(name, trained.adapter, job.model)
-        except NotServable as error:
-            raise _JobFailed("publish_failed", f"the adapter was trained but is not servable: {error}") from None
-        await self._jobs.advance(claim, "succeeded", fine_tuned_model=name, trained_tokens=trained.trained_tokens)
+        for attempt in range(self._publish_attempts):
+            try:
+                await self._publisher.publish(name, trained.adapter, job.model)
+                break
+            except NotServable as error:
+                log.warning("publishing %s failed (try %d): %s", name, attempt + 1, error)
+                if attempt + 1 == self._publish_attempts:
+                    raise _JobFailed(
+                        "publish_failed", f"the adapter was trained but could not be served: {error.reason}"
+                    ) from None
+                await asyncio.sleep(self._publish_backoff_s * 2**attempt)
+        if not await self._jobs.advance(
+            claim, "succeeded", fine_tuned_model=name, trained_tokens=trained.trained_tokens
+        ):
+            with contextlib.suppress(NotServable):
+                await self._publisher.unpublish(name)
+            raise Stopped
 
     async def _train(self, plan: Plan, folder: Path, bridge: _Bridge, resume: Path | None) -> Trained:
         try:
@@ -263,8 +301,9 @@ class Worker:
         renewed = asyncio.get_running_loop().time()
         while not stop.is_set():
             await asyncio.sleep(self._lease_s / 3)
-            try:
-                held = await self._jobs.renew(claim, self._lease_s)
+            left = self._lease_s - (asyncio.get_running_loop().time() - renewed)
+            try:  # a renewal that hangs must not outlast the lease it renews
+                held = await asyncio.wait_for(self._jobs.renew(claim, self._lease_s), max(left, 0.1))
             except Exception as error:  # the database away: go on while the lease lasts
                 log.warning("could not renew the lease of job %s: %s", claim.job.id, error)
                 held = asyncio.get_running_loop().time() - renewed < self._lease_s * 2 / 3
@@ -280,9 +319,10 @@ class Worker:
         stop.set()
 
 
-def _validate(model: BaseModel, training: Path, validation: Path | None) -> int:
+def _validate(model: BaseModel, training: Path, validation: Path | None, stop: threading.Event) -> int:
     """The training file's examples, after every line of both files was checked against the
-    model's chat template and context length; _JobFailed naming the line otherwise."""
+    model's chat template and context length; _JobFailed naming the line otherwise, Stopped
+    when `stop` is set."""
     from transformers import AutoTokenizer  # the worker's thread: a few hundred ms, once a job
 
     from finetune.examples import ExampleEncoder, read_examples
@@ -294,13 +334,20 @@ def _validate(model: BaseModel, training: Path, validation: Path | None) -> int:
             continue
         if not path.is_file():
             raise _JobFailed(f"invalid_{param}", f"the {param.replace('_', ' ')} is gone (deleted?)", param)
-        count = 0
+        count, line, title = 0, 0, param.replace("_", " ").capitalize()
         try:
             for line, _, example in read_examples(path):
+                if stop.is_set():
+                    raise Stopped
                 encoder.encode(example, line)
                 count += 1
         except DatasetError as error:
-            raise _JobFailed(f"invalid_{param}", f"{param.replace('_', ' ').capitalize()}: {error}", param) from None
+            raise _JobFailed(f"invalid_{param}", f"{title}: {error}", param) from None
+        except (Stopped, _JobFailed):
+            raise
+        except Exception as error:  # the template refused the chat (roles that do not alternate, say)
+            reason = f"the base model's chat template could not render it ({type(error).__name__}: {error})"
+            raise _JobFailed(f"invalid_{param}", f"{title}: line {line}: {reason[:500]}", param) from None
         if count == 0:
             raise _JobFailed(f"invalid_{param}", f"the {param.replace('_', ' ')} has no examples", param)
         counts[param] = count

@@ -60,14 +60,14 @@ class _Setup:
     region: _Region
     log_dir: Path
 
-    def worker(self, name: str, database_url: str | None = None) -> ServerProcess:
+    def worker(self, name: str, database_url: str | None = None, lease_s: float = 3) -> ServerProcess:
         env = {
             "SWITCHYARD_DATA_DIR": str(self.data_dir),
             "SWITCHYARD_DATABASE_URL": database_url or self.database_url,
             "SWITCHYARD_FINETUNE_ENGINE_URL": self.region.engine.url,
             "SWITCHYARD_FINETUNE_GATEWAY_URL": self.region.gateway.url,
             "SWITCHYARD_FINETUNE_NAME": name,
-            "SWITCHYARD_FINETUNE_LEASE_S": "3",
+            "SWITCHYARD_FINETUNE_LEASE_S": str(lease_s),
             "SWITCHYARD_FINETUNE_POLL_S": "0.2",
             "SWITCHYARD_FINETUNE_CHECKPOINT_STEPS": "8",
             "SWITCHYARD_FINETUNE_LEARNING_RATE": "0.01",
@@ -90,6 +90,17 @@ class _Setup:
         wanted = JobHyperparameters.model_validate({"n_epochs": 4, "batch_size": 2} | hyperparameters)
         return await self.jobs.create(NewJob(OWNER, MODEL, training_file, None, 5, "w", wanted))
 
+    @staticmethod
+    async def ready(worker: ServerProcess, timeout_s: float = 120) -> None:
+        """Return once the worker says it is ready to claim."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if "ready" in worker.output():
+                return
+            assert worker.process.poll() is None, worker.output()
+            assert time.monotonic() < deadline, "the worker did not start"
+            await asyncio.sleep(0.1)
+
     async def finished(self, job: Job, timeout_s: float = 240) -> Job:
         deadline = time.monotonic() + timeout_s
         while (current := await self.jobs.get(OWNER, job.id)).status not in ("succeeded", "failed", "cancelled"):
@@ -106,8 +117,11 @@ class _Setup:
             assert time.monotonic() < deadline, f"{job.id} has no checkpoint at step {step}"
             await asyncio.sleep(0.05)
 
-    def adapter(self, job: Job) -> dict[str, torch.Tensor]:
-        return load_file(self.data_dir / "finetune" / job.id / "adapter" / "adapter_model.safetensors")
+    async def adapter(self, job: Job) -> dict[str, torch.Tensor]:
+        """The adapter the job's last claim trained."""
+        attempts = (await self.jobs.get(OWNER, job.id)).attempts
+        folder = self.data_dir / "finetune" / job.id / f"attempt-{attempts}" / "adapter"
+        return load_file(folder / "adapter_model.safetensors")
 
 
 @pytest.fixture
@@ -146,10 +160,11 @@ async def test_a_job_whose_worker_is_killed_is_resumed_to_the_same_adapter(setup
     finally:
         first.stop()
     assert done.status == "succeeded", done.error
+    assert (done.attempts, done.lost) == (2, 1)
     messages = _messages(await setup.jobs.events(done, limit=1000))
     assert "Resumed by worker second after its last worker stopped" in messages
     assert any(message.startswith("Resuming from the checkpoint at step-") for message in messages)
-    ours, theirs = setup.adapter(done), setup.adapter(unbroken)
+    ours, theirs = await setup.adapter(done), await setup.adapter(unbroken)
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[name], theirs[name]) for name in ours)
     assert done.trained_tokens == (await setup.jobs.get(OWNER, unbroken.id)).trained_tokens
@@ -157,15 +172,17 @@ async def test_a_job_whose_worker_is_killed_is_resumed_to_the_same_adapter(setup
 
 async def test_two_workers_share_ten_jobs_and_run_each_once(setup: _Setup) -> None:
     training_file = await setup.upload(8)
-    jobs = [await setup.job(training_file, n_epochs=1, batch_size=4) for _ in range(10)]
     workers = [setup.worker("one"), setup.worker("two")]
     try:
+        for worker in workers:
+            await setup.ready(worker)
+        jobs = [await setup.job(training_file, n_epochs=1, batch_size=4) for _ in range(10)]
         done = [await setup.finished(job) for job in jobs]
     finally:
         for worker in workers:
             worker.stop()
     assert [job.status for job in done] == ["succeeded"] * 10
-    assert all(job.attempts == 1 for job in done)
+    assert all((job.attempts, job.lost) == (1, 0) for job in done)
     runners = set()
     for job in done:
         claims = [m for m in _messages(await setup.jobs.events(job, limit=100)) if m.startswith("Claimed by worker")]
@@ -180,7 +197,7 @@ async def test_a_database_that_goes_away_mid_job_costs_the_job_nothing(setup: _S
     training_file = await setup.upload(64)
     unbroken = await setup.job(training_file)
     job = await setup.job(training_file)
-    worker = setup.worker("flaky", database_url=url)
+    worker = setup.worker("flaky", database_url=url, lease_s=10)
     try:
         assert (await setup.finished(unbroken)).status == "succeeded"
         await setup.checkpointed(job, 1)
@@ -192,5 +209,6 @@ async def test_a_database_that_goes_away_mid_job_costs_the_job_nothing(setup: _S
         worker.stop()
         proxy.close()
     assert done.status == "succeeded", done.error
-    ours, theirs = setup.adapter(done), setup.adapter(unbroken)
+    assert (done.attempts, done.lost) == (1, 0)  # the lease outlasted the outage: never claimed again
+    ours, theirs = await setup.adapter(done), await setup.adapter(unbroken)
     assert all(torch.equal(ours[name], theirs[name]) for name in ours)

@@ -39,7 +39,7 @@ async def test_migrating_again_or_at_once_changes_nothing(tmp_path: Path) -> Non
         await databases[0].migrate()
         async with databases[0].engine.connect() as connection:
             assert (await connection.execute(text("SELECT version_num FROM alembic_version"))).scalars().all() == [
-                "0004"
+                "0005"
             ]
     finally:
         for database in databases:

@@ -7,6 +7,7 @@ unbroken run trains."""
 import asyncio
 import json
 import os
+import shutil
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import AutoTokenizer
 
 from finetune.db import Database, sqlite_url
 from finetune.files import FileStore
@@ -32,16 +34,25 @@ PING = {"messages": [{"role": "user", "content": "ping"}, {"role": "assistant", 
 
 
 class FakePublisher:
-    """Records each adapter it is asked to publish (a copy of its weights); refuses when told."""
+    """Records each adapter it is asked to publish (a copy of its weights) and each it is asked
+    to take back; refuses the first `refusals` (all: None), and waits for `gate` when given."""
 
-    def __init__(self, refuse: bool = False) -> None:
+    def __init__(self, refusals: int | None = 0, gate: asyncio.Event | None = None) -> None:
         self.published: dict[str, dict[str, torch.Tensor]] = {}
-        self.refuse = refuse
+        self.unpublished: list[str] = []
+        self.refusals, self.tries = refusals, 0
+        self.gate = gate
 
     async def publish(self, name: str, adapter: Path, base_model: str) -> None:
-        if self.refuse:
-            raise NotServable("the engine refused the adapter: HTTP 400")
+        self.tries += 1
+        if self.refusals is None or self.tries <= self.refusals:
+            raise NotServable("the engine refused it (HTTP 400)", "http://10.0.0.7:8100: No adapter at /srv/x")
         self.published[name] = load_file(adapter / "adapter_model.safetensors")
+        if self.gate is not None:
+            await self.gate.wait()
+
+    async def unpublish(self, name: str) -> None:
+        self.unpublished.append(name)
 
 
 @dataclass
@@ -53,6 +64,7 @@ class _Setup:
 
     def worker(self, name: str, publisher: FakePublisher, **options: Any) -> Worker:
         options = {"lease_s": 3.0, "poll_s": 0.05, "checkpoint_steps": 4, "base_learning_rate": 1e-2} | options
+        options.setdefault("publish_backoff_s", 0.01)
         return Worker(self.jobs, self.files, self.models, publisher, self.folder, name=name, **options)
 
     async def upload(self, lines: list[str]) -> str:
@@ -61,9 +73,9 @@ class _Setup:
 
         return (await self.files.save(OWNER, "train.jsonl", "fine-tune", chunks())).id
 
-    async def job(self, training_file: str, model: str = MODEL, **hyperparameters: Any) -> Job:
+    async def job(self, training_file: str, model: str = MODEL, owner: str = OWNER, **hyperparameters: Any) -> Job:
         wanted = JobHyperparameters.model_validate({"n_epochs": 3, "batch_size": 8} | hyperparameters)
-        new = NewJob(OWNER, model, training_file, None, seed=3, suffix="pong", hyperparameters=wanted)
+        new = NewJob(owner, model, training_file, None, seed=3, suffix="pong", hyperparameters=wanted)
         return await self.jobs.create(new)
 
 
@@ -118,6 +130,14 @@ async def test_a_job_goes_through_every_status_to_its_served_name(setup: _Setup)
     assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
     checkpoints = await setup.jobs.checkpoints(done, limit=10)
     assert [checkpoint.step for checkpoint in checkpoints] == [12, 8, 4]
+    # What `auto` and the base rate came to, as the job now shows them.
+    assert done.hyperparameters == {
+        "n_epochs": 3,
+        "batch_size": 8,
+        "learning_rate_multiplier": 1.0,
+        "lora_rank": 8,
+        "lora_alpha": 16,
+    }
     assert all(os.path.isdir(checkpoint.path) for checkpoint in checkpoints)  # noqa: ASYNC240
 
 
@@ -137,22 +157,91 @@ async def test_a_line_over_the_context_length_fails_the_job_naming_it(setup: _Se
     assert await setup.jobs.checkpoints(failed, limit=10) == []
 
 
-async def test_a_model_this_worker_cannot_train_fails_the_job(setup: _Setup) -> None:
+async def test_a_job_on_a_model_this_worker_cannot_train_is_left_for_one_that_can(setup: _Setup) -> None:
     job = await setup.job(await setup.upload([json.dumps(PING)]), model="other-model")
+    assert not await setup.worker("w1", FakePublisher()).run_once()
+    left = await setup.jobs.get(OWNER, job.id)
+    assert (left.status, left.worker) == ("validating_files", None)
+
+
+async def test_a_chat_the_template_refuses_fails_the_job_naming_its_line(setup: _Setup, tmp_path: Path) -> None:
+    strict = tmp_path / "strict-model"
+    shutil.copytree(setup.models[MODEL].path, strict)
+    tokenizer = AutoTokenizer.from_pretrained(strict)
+    refusal = (
+        "{% if messages[0]['role'] != 'user' %}{{ raise_exception('Conversations start with a user turn') }}{% endif %}"
+    )
+    tokenizer.chat_template = refusal + tokenizer.chat_template
+    tokenizer.save_pretrained(strict)
+    setup.models[MODEL] = BaseModel(MODEL, strict, max_length=64)
+    system_first = {"messages": [{"role": "system", "content": "Be brief."}, *PING["messages"]]}
+    job = await setup.job(await setup.upload([json.dumps(PING), json.dumps(system_first)]))
     assert await setup.worker("w1", FakePublisher()).run_once()
     failed = await setup.jobs.get(OWNER, job.id)
-    assert (failed.status, failed.error and failed.error["code"]) == ("failed", "model_not_available")
+    assert failed.error is not None
+    assert failed.error["code"] == "invalid_training_file"
+    assert failed.error["message"].startswith(
+        "Training file: line 2: the base model's chat template could not render it"
+    )
+    assert "Conversations start with a user turn" in failed.error["message"]
 
 
-async def test_an_adapter_that_cannot_be_served_fails_the_job(setup: _Setup) -> None:
-    job = await setup.job(await setup.upload([json.dumps(PING)] * 8), n_epochs=1)
-    assert await setup.worker("w1", FakePublisher(refuse=True)).run_once()
+async def test_a_refused_publish_is_tried_again_and_then_fails_without_internals(setup: _Setup) -> None:
+    lines = [json.dumps(PING)] * 8
+    flaky = FakePublisher(refusals=2)
+    job = await setup.job(await setup.upload(lines), n_epochs=1)
+    assert await setup.worker("w1", flaky).run_once()
+    assert (await setup.jobs.get(OWNER, job.id)).status == "succeeded"
+    assert flaky.tries == 3
+    job = await setup.job(await setup.upload(lines), n_epochs=1)
+    assert await setup.worker("w1", FakePublisher(refusals=None)).run_once()
     failed = await setup.jobs.get(OWNER, job.id)
     assert failed.status == "failed"
-    assert failed.error is not None
-    assert failed.error["code"] == "publish_failed"
-    assert "HTTP 400" in failed.error["message"]
+    assert failed.error == {
+        "code": "publish_failed",
+        "message": "the adapter was trained but could not be served: the engine refused it (HTTP 400)",
+        "param": None,
+    }  # no engine address, no path
     assert failed.fine_tuned_model is None
+
+
+async def test_a_job_cancelled_while_it_is_published_has_its_adapter_taken_back(setup: _Setup) -> None:
+    gate = asyncio.Event()
+    publisher = FakePublisher(gate=gate)
+    job = await setup.job(await setup.upload([json.dumps(PING)] * 8), n_epochs=1)
+    running = asyncio.create_task(setup.worker("w1", publisher).run_once())
+    await _until(lambda events: any(e.message.startswith("Publishing the adapter") for e in events), setup, job)
+    await setup.jobs.cancel(OWNER, job.id)
+    gate.set()
+    assert await running
+    cancelled = await setup.jobs.get(OWNER, job.id)
+    assert (cancelled.status, cancelled.fine_tuned_model) == ("cancelled", None)
+    assert publisher.unpublished == list(publisher.published)
+
+
+async def test_a_tenant_with_nothing_running_goes_before_older_jobs_of_a_busy_one(setup: _Setup) -> None:
+    training_file = await setup.upload([json.dumps(PING)])
+    first = await setup.job(training_file)
+    await setup.job(training_file)  # the same tenant's second job: older than the other tenant's
+    other = await setup.job(training_file, owner="tenant-b")
+    held = await setup.jobs.claim("w1", 60)
+    assert held is not None
+    assert held.job.id == first.id
+    assert await setup.jobs.advance(held, "running")
+    taken = await setup.jobs.claim("w2", 60)
+    assert taken is not None
+    assert taken.job.id == other.id
+
+
+async def test_releases_are_no_deaths(setup: _Setup) -> None:
+    job = await setup.job(await setup.upload([json.dumps(PING)]))
+    for n in range(4):  # more than max_attempts
+        claim = await setup.jobs.claim(f"w{n}", 60)
+        assert claim is not None
+        assert claim.job.id == job.id
+        assert await setup.jobs.release(claim)
+    released = await setup.jobs.get(OWNER, job.id)
+    assert (released.status, released.attempts, released.lost) == ("validating_files", 4, 0)
 
 
 async def test_a_cancel_reaches_a_running_job_within_its_heartbeat(setup: _Setup) -> None:
@@ -165,6 +254,7 @@ async def test_a_cancel_reaches_a_running_job_within_its_heartbeat(setup: _Setup
     cancelled = await setup.jobs.get(OWNER, job.id)
     assert cancelled.status == "cancelled"
     assert publisher.published == {}
+    assert not (setup.folder / job.id).exists()  # its checkpoints are gone with it
 
 
 async def test_a_stopped_worker_releases_its_job_and_another_resumes_it_exactly(setup: _Setup) -> None:
@@ -181,10 +271,17 @@ async def test_a_stopped_worker_releases_its_job_and_another_resumes_it_exactly(
 
     job = await setup.job(training_file, n_epochs=4, batch_size=4)
     stopping = asyncio.Event()
-    first = asyncio.create_task(setup.worker("w1", FakePublisher()).run_once(stopping))
-    await _until(lambda events: sum(e.message.startswith("Checkpoint saved") for e in events) >= 2, setup, job)
-    stopping.set()
-    assert await first
+    recorded = setup.jobs.save_checkpoint
+
+    async def stopping_after_step_8(claim: Any, step: int, path: str, metrics: dict[str, Any]) -> Any:
+        saved = await recorded(claim, step, path, metrics)
+        if step == 8:
+            stopping.set()  # as a SIGTERM would, while step 9 trains
+        return saved
+
+    setup.jobs.save_checkpoint = stopping_after_step_8  # type: ignore[method-assign]
+    assert await setup.worker("w1", FakePublisher()).run_once(stopping)
+    setup.jobs.save_checkpoint = recorded  # type: ignore[method-assign]
     released = await setup.jobs.get(OWNER, job.id)
     assert (released.status, released.worker) == ("running", None)
     resumed = FakePublisher()
