@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from starlette.types import Scope
 
+from protocol.fine_tuning import is_fine_tuned
 from protocol.otlp import Attribute, ServerSpan
 
 __all__ = ["RequestContext", "StreamEnd", "begin", "context_of", "request_id"]
@@ -46,8 +47,9 @@ class RequestContext:
     _stream_ends: list[StreamEnd] | None = None
 
     def label(self, model: str, known: frozenset[str], tenant: str) -> None:
-        """The request's model (bounded to the served ones, for metric labels) and its tenant."""
-        self.model = model if model in known else "other"
+        """The request's model (bounded to the served ones, for metric labels: a fine-tuned
+        model's name, which only its owner should learn, is `fine-tuned`) and its tenant."""
+        self.model = "fine-tuned" if is_fine_tuned(model) else model if model in known else "other"
         self.tenant = tenant
 
     def annotate(self, attributes: Mapping[str, Attribute]) -> None:

@@ -190,7 +190,7 @@ async def _lifespan(parts: _Parts, settings: GatewaySettings, _: FastAPI) -> Asy
 
 def _embedded_worker(settings: GatewaySettings, engine: EmbeddedEngine) -> EmbeddedWorker:
     """The fine-tuning worker beside the embedded engine, with a token of this gateway's issuer
-    (scope `chat`: it only asks which models are served) when auth is built in."""
+    when auth is built in: it asks which models are served, every tenant's (scope `admin`)."""
     token = None
     if settings.auth_mode == "builtin":
         token = partial(_worker_token, settings)
@@ -198,7 +198,7 @@ def _embedded_worker(settings: GatewaySettings, engine: EmbeddedEngine) -> Embed
 
 
 def _worker_token(settings: GatewaySettings, ttl_s: int) -> str:
-    return mint(settings, subject="finetune-worker", scopes=["chat"], ttl_s=ttl_s)
+    return mint(settings, subject="finetune-worker", scopes=["chat", "admin"], ttl_s=ttl_s)
 
 
 def _embedded_engine(settings: GatewaySettings) -> EmbeddedEngine | None:

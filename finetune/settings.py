@@ -28,8 +28,9 @@ class WorkerSettings(BaseSettings):
     # Where adapters are made servable: an engine's load API (its URL and API key) ...
     engine_url: str | None = None
     engine_api_key: SecretStr | None = None
-    # ... and the region's gateway, asked until it lists them (a token with scope `chat`: the
-    # file is read at each check, so whoever writes it can renew it).
+    # ... and the region's gateway, asked until it lists them, with a token (scopes `chat` and
+    # `admin`: every tenant's models are listed to it) read from a file at each ask, so that
+    # whoever writes the file can renew it.
     gateway_url: str = "http://127.0.0.1:8000"
     gateway_token_file: Path | None = None
     name: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")

@@ -34,6 +34,7 @@ from finetune.jobs import Claim, JobStore
 from finetune.publish import NotServable, Publisher
 from finetune.schema import Job
 from finetune.training import Plan, Stopped, Trained, train
+from protocol.fine_tuning import fine_tuned_name as protocol_fine_tuned_name
 
 __all__ = ["BaseModel", "Worker", "fine_tuned_name", "resolve_plan"]
 
@@ -54,8 +55,8 @@ class BaseModel:
 
 
 def fine_tuned_name(job: Job) -> str:
-    """`ft:<base>:<suffix>:<job id>`, the model name a job's adapter is served as."""
-    return f"ft:{job.model}:{job.suffix or ''}:{job.id}"
+    """The model name a job's adapter is served as (protocol's `ft:<base>:<suffix>:<job id>`)."""
+    return protocol_fine_tuned_name(job.model, job.suffix, job.id)
 
 
 def resolve_plan(

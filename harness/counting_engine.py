@@ -46,6 +46,7 @@ class CountingEngine:
         self._slots = asyncio.Semaphore(slots) if slots else None
         self._log = log
         self._name = name
+        self.adapters: list[str] = []  # listed as LoRA adapters of the model (each answers as it)
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self.chat, methods=["POST"]),
@@ -103,7 +104,8 @@ class CountingEngine:
             self._slots.release()
 
     async def models(self, _: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [{"id": MODEL, "object": "model"}]})
+        adapters = [{"id": name, "object": "model", "parent": MODEL} for name in self.adapters]
+        return JSONResponse({"object": "list", "data": [{"id": MODEL, "object": "model"}, *adapters]})
 
     async def health(self, _: Request) -> Response:
         return Response()

@@ -13,9 +13,23 @@ __all__ = [
     "JobError",
     "JobHyperparameters",
     "Page",
+    "fine_tuned_name",
+    "is_fine_tuned",
 ]
 
 Auto = Literal["auto"]
+
+FINE_TUNED_PREFIX = "ft:"
+
+
+def fine_tuned_name(base: str, suffix: str | None, job_id: str) -> str:
+    """`ft:<base>:<suffix>:<job id>`: the model name a fine-tuning job's adapter is served as."""
+    return f"{FINE_TUNED_PREFIX}{base}:{suffix or ''}:{job_id}"
+
+
+def is_fine_tuned(model: str) -> bool:
+    """Whether `model` names a fine-tuning job's adapter (which only its owner may use)."""
+    return model.startswith(FINE_TUNED_PREFIX)
 
 
 class JobHyperparameters(BaseModel):

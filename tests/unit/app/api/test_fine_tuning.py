@@ -2,6 +2,7 @@
 SQLite: the stock OpenAI SDK's calls; jobs refused with the field named when their model,
 files or hyperparameters are wrong, and nothing recorded; cancel; each tenant sees only its own."""
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -150,6 +151,46 @@ async def test_a_tenant_sees_only_its_own_jobs_and_trains_only_its_own_files(tmp
             await bob.fine_tuning.jobs.create(model=BASE, training_file=training)  # alice's file
         assert refused.value.param == "training_file"
         assert (await alice.fine_tuning.jobs.retrieve(job.id)).status == "validating_files"
+
+
+async def test_a_fine_tuned_model_is_listed_to_and_usable_by_its_owner_only(tmp_path: Path) -> None:
+    settings = pool_settings([ENGINE], data_dir=tmp_path, auth_mode="builtin", health_interval_s=0.05)
+    engine = CountingEngine()
+    async with gateway_in_process(settings, {ENGINE: engine.app}) as gateway:
+        await gateway.client.get("/ready")
+
+        def token(subject: str, *scopes: str) -> str:
+            return mint(settings, subject=subject, scopes=list(scopes), ttl_s=60)
+
+        alice, bob = (_sdk(gateway, token(s, "finetune", "chat")) for s in ("alice", "bob"))
+        operator = _sdk(gateway, token("ops", "chat", "admin"))
+        job = await alice.fine_tuning.jobs.create(model=BASE, training_file=await _dataset(alice), suffix="mine")
+        name = f"ft:{BASE}:mine:{job.id}"
+        store = gateway.app.state.gateway.finetuning.jobs
+        claim = await store.claim("worker", 60)
+        assert await store.advance(claim, "succeeded", fine_tuned_model=name)  # as a worker would
+        engine.adapters = [name]
+        for _ in range(500):  # until the next health probe has read the engine's list
+            if name in [m.id async for m in operator.models.list()]:
+                break
+            await asyncio.sleep(0.02)
+        assert name in [m.id async for m in alice.models.list()]
+        assert (await alice.models.retrieve(name)).id == name
+        assert [m.id async for m in bob.models.list()] == [BASE]
+        with pytest.raises(openai.NotFoundError):
+            await bob.models.retrieve(name)
+        chat = {"model": name, "messages": [{"role": "user", "content": "ping"}]}
+        for path, body in (("/v1/chat/completions", chat), ("/predict", {"model": name, "text": "ping"})):
+            refused = await gateway.client.post(
+                path, json=body, headers={"authorization": f"Bearer {token('bob', 'chat')}"}
+            )
+            assert refused.status_code == 404
+            assert refused.json()["error"]["code"] == "model_not_found"
+        answered = await alice.chat.completions.create(model=name, messages=[{"role": "user", "content": "ping"}])
+        assert answered.choices
+        scraped = (await gateway.client.get("/metrics")).text
+        assert name not in scraped  # a metric label says `fine-tuned`, not whose model it is
+        assert 'model="fine-tuned"' in scraped
 
 
 async def test_a_cursor_that_is_not_the_jobs_is_400_and_an_unknown_job_404(gateway: InProcessGateway) -> None:
