@@ -182,7 +182,7 @@ class EmbeddedWorker:
         if settings.database_url:
             self._env["SWITCHYARD_DATABASE_URL"] = settings.database_url
         if self._token_file is not None:
-            self._env["SWITCHYARD_FINETUNE_GATEWAY_TOKEN_FILE"] = str(self._token_file)
+            self._env["SWITCHYARD_FINETUNE_TOKEN_FILE"] = str(self._token_file)
         self._process: asyncio.subprocess.Process | None = None
         self._supervising: asyncio.Task[None] | None = None
 

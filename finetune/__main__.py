@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from finetune.db import Database, sqlite_url
 from finetune.files import FileStore
 from finetune.jobs import JobStore
-from finetune.publish import EnginePublisher, Serving
+from finetune.publish import Credentials, EnginePublisher, Publisher, Serving, SidecarPublisher
 from finetune.settings import WorkerSettings
 from finetune.worker import BaseModel, Worker
 
@@ -56,8 +56,11 @@ def base_models(settings: WorkerSettings) -> dict[str, BaseModel]:
 
 
 async def serve(settings: WorkerSettings) -> None:
-    if settings.engine_url is None:
-        raise SystemExit("a worker needs an engine to load adapters into: SWITCHYARD_FINETUNE_ENGINE_URL")
+    if settings.sync_url is None and settings.engine_url is None:
+        raise SystemExit(
+            "a worker needs somewhere to publish adapters: SWITCHYARD_FINETUNE_SYNC_URL (the region's sync "
+            "sidecar) or SWITCHYARD_FINETUNE_ENGINE_URL (one engine)"
+        )
     url = settings.database_url or sqlite_url(settings.data_dir / "finetune.db")
     database = Database(url)
     stopping = asyncio.Event()
@@ -66,10 +69,7 @@ async def serve(settings: WorkerSettings) -> None:
         loop.add_signal_handler(signum, stopping.set)
     try:
         await _migrated(database, stopping)
-        key = settings.engine_api_key.get_secret_value() if settings.engine_api_key else None
-        publisher = EnginePublisher(
-            settings.engine_url, key, Serving(settings.gateway_url, settings.gateway_token_file)
-        )
+        publisher = _publisher(settings)
         files = FileStore(database, settings.data_dir / "files", max_bytes=1)  # reads only
         worker = Worker(
             JobStore(database),
@@ -87,6 +87,16 @@ async def serve(settings: WorkerSettings) -> None:
         await worker.run(stopping)
     finally:
         await database.close()
+
+
+def _publisher(settings: WorkerSettings) -> Publisher:
+    secret = settings.client_secret.get_secret_value() if settings.client_secret else None
+    credentials = Credentials(settings.token_file, settings.token_url, settings.client_id, secret)
+    serving = Serving(settings.gateway_url, credentials)
+    if settings.sync_url is not None:
+        return SidecarPublisher(settings.sync_url, credentials, serving)
+    key = settings.engine_api_key.get_secret_value() if settings.engine_api_key else None
+    return EnginePublisher(str(settings.engine_url), key, serving)
 
 
 async def _migrated(database: Database, stopping: asyncio.Event, backoff_s: float = 0.5) -> None:

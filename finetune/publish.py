@@ -1,19 +1,28 @@
 """Making a trained adapter servable, and knowing when it is.
 
+`SidecarPublisher` publishes it to the region's sync sidecar as this region's contribution
+(an upload of its files, with a token of scope `adapters`): the sidecar loads it into every
+engine of the region and gossips it to the other regions, whose sidecars load it too.
 `EnginePublisher` loads it into one engine with the engine's own API (`/v1/load_lora_adapter`,
 vLLM's and ours): the embedded default, where the gateway's one local engine is the region.
 Either way the job is told the adapter is servable only once the region's gateway lists it
 (`GET /v1/models`), so a client that reads `fine_tuned_model` can use it at once.
+
+The worker's credential (`Credentials`): a token read from a file at each use (whoever writes
+the file renews it: the embedded gateway does), or one got from an OAuth2 issuer with the
+client-credentials grant and kept until shortly before it expires.
 """
 
 import asyncio
+import io
+import tarfile
 import time
 from pathlib import Path
 from typing import Protocol
 
 import httpx
 
-__all__ = ["EnginePublisher", "NotServable", "Publisher", "Serving"]
+__all__ = ["Credentials", "EnginePublisher", "NotServable", "Publisher", "Serving", "SidecarPublisher"]
 
 
 class NotServable(RuntimeError):
@@ -33,23 +42,62 @@ class Publisher(Protocol):
         """Take `name` back (its job was cancelled as it was published); NotServable on failure."""
 
 
-class Serving:
-    """The region's gateway, asked which models it serves, with the token in `token_file`
-    (read at each ask: whoever writes it renews it) when there is one."""
+class Credentials:
+    """The worker's bearer token: none, the one in `token_file` (read at each use), or one from
+    `token_url` for `client_id` and `client_secret` (client credentials, HTTP Basic), asking
+    for `scopes`, renewed a minute before it expires."""
 
-    def __init__(self, url: str, token_file: Path | None = None, timeout_s: float = 120.0, poll_s: float = 0.5) -> None:
-        self._url = url.rstrip("/")
-        self._token_file = token_file
-        self._timeout_s, self._poll_s = timeout_s, poll_s
+    def __init__(
+        self,
+        token_file: Path | None = None,
+        token_url: str | None = None,
+        client_id: str | None = None,
+        client_secret: str | None = None,
+        scopes: str = "chat admin adapters",
+    ) -> None:
+        self._token_file, self._token_url = token_file, token_url
+        self._client = (client_id, client_secret) if client_id and client_secret else None
+        self._scopes = scopes
+        self._token, self._expires = "", 0.0
 
-    def _headers(self) -> dict[str, str]:
-        if self._token_file is None:
-            return {}
-        try:
-            token = self._token_file.read_text().strip()
-        except OSError:
-            return {}
+    async def headers(self) -> dict[str, str]:
+        token = await self._current()
         return {"Authorization": f"Bearer {token}"} if token else {}
+
+    async def _current(self) -> str:
+        if self._token_file is not None:
+            try:
+                return (await asyncio.to_thread(self._token_file.read_text)).strip()
+            except OSError:
+                return ""
+        if self._token_url is None or self._client is None:
+            return ""
+        if time.monotonic() < self._expires - 60:
+            return self._token
+        async with httpx.AsyncClient(timeout=30) as client:
+            try:
+                response = await client.post(
+                    self._token_url,
+                    data={"grant_type": "client_credentials", "scope": self._scopes},
+                    auth=self._client,
+                )
+                answer = response.json()
+                token, lifetime = str(answer["access_token"]), float(answer.get("expires_in", 300))
+            except (httpx.HTTPError, ValueError, KeyError, TypeError) as error:
+                raise NotServable("the worker could not get a token", f"{self._token_url}: {error}") from error
+        self._token, self._expires = token, time.monotonic() + lifetime
+        return token
+
+
+class Serving:
+    """The region's gateway, asked which models it serves, with `credentials`."""
+
+    def __init__(
+        self, url: str, credentials: Credentials | None = None, timeout_s: float = 120.0, poll_s: float = 0.5
+    ) -> None:
+        self._url = url.rstrip("/")
+        self._credentials = credentials or Credentials()
+        self._timeout_s, self._poll_s = timeout_s, poll_s
 
     async def wait_listed(self, name: str) -> None:
         """Return once the gateway lists `name`; NotServable after the timeout."""
@@ -58,7 +106,8 @@ class Serving:
         async with httpx.AsyncClient(timeout=10) as client:
             while time.monotonic() < deadline:
                 try:
-                    response = await client.get(f"{self._url}/v1/models", headers=self._headers())
+                    headers = await self._credentials.headers()
+                    response = await client.get(f"{self._url}/v1/models", headers=headers)
                     if response.status_code == 200 and any(m.get("id") == name for m in response.json()["data"]):
                         return
                     last = f"HTTP {response.status_code}"
@@ -100,3 +149,46 @@ class EnginePublisher:
                 raise NotServable("the engine could not be reached", f"{self._url}: {error}") from error
         if response.status_code not in (200, 404):
             raise NotServable(f"the engine refused to unload it (HTTP {response.status_code})")
+
+
+class SidecarPublisher:
+    """Publishes adapters to the region's sync sidecar (an upload, this region's contribution),
+    then waits for the gateway to list them."""
+
+    def __init__(self, sync_url: str, credentials: Credentials, serving: Serving) -> None:
+        self._url = sync_url.rstrip("/")
+        self._credentials, self._serving = credentials, serving
+
+    async def publish(self, name: str, adapter: Path, base_model: str) -> None:
+        archive = await asyncio.to_thread(_tar, adapter)
+        headers = await self._credentials.headers() | {"Content-Type": "application/x-tar"}
+        params = {"name": name, "base_model": base_model}
+        async with httpx.AsyncClient(timeout=300) as client:
+            try:
+                response = await client.post(f"{self._url}/adapters", params=params, content=archive, headers=headers)
+            except httpx.HTTPError as error:
+                raise NotServable("the sync sidecar could not be reached", f"{self._url}: {error}") from error
+        if response.status_code != 201:
+            details = f"{self._url}: HTTP {response.status_code} {response.text[:500]}"
+            raise NotServable(f"the sync sidecar refused it (HTTP {response.status_code})", details)
+        await self._serving.wait_listed(name)
+
+    async def unpublish(self, name: str) -> None:
+        headers = await self._credentials.headers()
+        async with httpx.AsyncClient(timeout=60) as client:
+            try:
+                response = await client.delete(f"{self._url}/adapters/{name}", headers=headers)
+            except httpx.HTTPError as error:
+                raise NotServable("the sync sidecar could not be reached", f"{self._url}: {error}") from error
+        if response.status_code not in (200, 404):
+            raise NotServable(f"the sync sidecar refused to retire it (HTTP {response.status_code})")
+
+
+def _tar(folder: Path) -> bytes:
+    """The adapter's files, flat, as the sidecar's upload takes them (PEFT writes a few MB)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for path in sorted(folder.iterdir()):
+            if path.is_file() and not path.name.startswith("."):
+                tar.add(path, arcname=path.name)
+    return buffer.getvalue()

@@ -25,14 +25,20 @@ class WorkerSettings(BaseSettings):
     # The base models this worker trains, served name -> local folder; unset, the built-in model.
     models: dict[str, str] = Field(default_factory=dict)
     max_length: int | None = Field(default=None, ge=16)  # tokens an example may have; default: the model's
-    # Where adapters are made servable: an engine's load API (its URL and API key) ...
+    # Where adapters are made servable: the region's sync sidecar (every region then serves
+    # them), or else one engine's load API (its URL and API key: the embedded default) ...
+    sync_url: str | None = None
     engine_url: str | None = None
     engine_api_key: SecretStr | None = None
-    # ... and the region's gateway, asked until it lists them, with a token (scopes `chat` and
-    # `admin`: every tenant's models are listed to it) read from a file at each ask, so that
-    # whoever writes the file can renew it.
+    # ... and the region's gateway, asked until it lists them.
     gateway_url: str = "http://127.0.0.1:8000"
-    gateway_token_file: Path | None = None
+    # The worker's credential, for the gateway (scopes `chat` and `admin`: every tenant's models
+    # are listed to it) and the sidecar (scope `adapters`): a token read from a file at each
+    # use (whoever writes it renews it), or the client-credentials grant at `token_url`.
+    token_file: Path | None = None
+    token_url: str | None = None
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
     name: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     lease_s: float = Field(default=30.0, ge=1)
     poll_s: float = Field(default=1.0, gt=0)
