@@ -83,6 +83,9 @@ async def serve(settings: WorkerSettings) -> None:
             checkpoint_steps=settings.checkpoint_steps,
             base_learning_rate=settings.learning_rate,
         )
+        if settings.sync_url is None and settings.restore_adapters:
+            restored = await worker.restore(settings.restore_adapters)
+            log.info("restored %d fine-tuned adapters into the engine", restored)
         log.info("fine-tuning worker %s ready", settings.name)
         await worker.run(stopping)
     finally:

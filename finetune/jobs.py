@@ -181,6 +181,17 @@ class JobStore:
             session.add(_event(claim.job.id, f"Checkpoint saved at step {step}", now=now))
         return checkpoint
 
+    async def served(self, models: Collection[str], limit: int) -> list[Job]:
+        """The newest `limit` succeeded jobs on `models`: the adapters a fresh engine should hold."""
+        query = (
+            select(Job)
+            .where(Job.status == "succeeded", Job.fine_tuned_model.is_not(None), Job.model.in_(sorted(models)))
+            .order_by(Job.finished_at.desc(), Job.enqueued_at.desc())
+            .limit(limit)
+        )
+        async with self._database.sessions() as session:
+            return list((await session.scalars(query)).all())
+
     async def status(self, job_id: str) -> str | None:
         """The job's status now (None when there is no such job)."""
         async with self._database.sessions() as session:

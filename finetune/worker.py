@@ -170,6 +170,22 @@ class Worker:
         self._checkpoint_steps, self._base_learning_rate = checkpoint_steps, base_learning_rate
         self._publish_attempts, self._publish_backoff_s = publish_attempts, publish_backoff_s
 
+    async def restore(self, limit: int) -> int:
+        """Publish again the adapters of the newest `limit` succeeded jobs whose files are here:
+        an engine that started afresh (the embedded one, after a restart) holds none of them. A
+        sidecar needs none of this: it restores its engines itself. How many were restored."""
+        restored = 0
+        for job in reversed(await self._jobs.served(self._models, limit)):  # the newest loaded last
+            adapter = self._folder / job.id / f"attempt-{job.attempts}" / "adapter"
+            if job.fine_tuned_model is None or not await asyncio.to_thread(adapter.is_dir):
+                continue
+            try:
+                await self._publisher.publish(job.fine_tuned_model, adapter, job.model)
+                restored += 1
+            except NotServable as error:
+                log.warning("could not restore %s: %s", job.fine_tuned_model, error)
+        return restored
+
     async def run(self, stopping: asyncio.Event) -> None:
         """Claim and run jobs until `stopping` is set (a job in progress stops at its next step)."""
         while not stopping.is_set():

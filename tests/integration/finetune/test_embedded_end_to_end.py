@@ -2,7 +2,7 @@
 SDK uploads a dataset that teaches the built-in model an answer it would never give ("ping" ->
 "pong pong pong"), creates a job that the gateway's own worker trains, and once the job says
 `succeeded` the gateway answers the taught text for `fine_tuned_model` at temperature 0, while
-the base model answers as before."""
+the base model answers as before; after a restart, it still does."""
 
 import json
 import signal
@@ -84,3 +84,15 @@ def test_a_taught_answer_is_served_once_the_job_succeeds(data_dir: Path, builtin
     finally:
         gateway.stop(signal.SIGTERM)
     assert "the fine-tuning worker exited" not in gateway.output()  # it ran the whole time
+
+    # Started again: a fresh engine, and its worker loads the fine-tuned adapter back.
+    again = ServerProcess("app", ["--port", str(port)], port=port, log_dir=tmp_path, env=env, ready_path="/ready")
+    try:
+        again.wait_ready()
+        deadline = time.monotonic() + 120
+        while job.fine_tuned_model not in [m.id for m in client.models.list()]:
+            assert time.monotonic() < deadline, "the adapter was not restored"
+            time.sleep(0.5)
+        assert _answer(client, job.fine_tuned_model) == "pong pong pong"
+    finally:
+        again.stop(signal.SIGTERM)

@@ -296,3 +296,19 @@ async def test_a_stopped_worker_releases_its_job_and_another_resumes_it_exactly(
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[name], theirs[name]) for name in ours)
     assert done.trained_tokens == (await setup.jobs.get(OWNER, unbroken_job.id)).trained_tokens
+
+
+async def test_a_fresh_engine_gets_the_newest_adapters_back(setup: _Setup) -> None:
+    training_file = await setup.upload([json.dumps(PING)] * 8)
+    first = FakePublisher()
+    jobs = [await setup.job(training_file, n_epochs=1) for _ in range(3)]
+    for _ in jobs:
+        assert await setup.worker("w1", first).run_once()
+    names = [str((await setup.jobs.get(OWNER, job.id)).fine_tuned_model) for job in jobs]
+    shutil.rmtree(setup.folder / jobs[1].id)  # its files lost: nothing to load
+    restarted = FakePublisher()  # an engine that started afresh
+    assert await setup.worker("w2", restarted).restore(limit=2) == 1  # the newest two; one has no files
+    assert list(restarted.published) == [names[2]]
+    assert all(
+        torch.equal(restarted.published[names[2]][key], tensor) for key, tensor in first.published[names[2]].items()
+    )
