@@ -180,6 +180,32 @@ class PayloadTooLarge(GatewayError):
     code = "request_too_large"
 
 
+class StorageLimitReached(GatewayError):
+    """A tenant's files would hold more than its share of storage (`max_stored_bytes_per_tenant`)."""
+
+    status = 413
+    type = "invalid_request_error"
+    code = "storage_limit_reached"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"Your files would hold more than your storage limit of {limit} bytes; delete some first.", param="file"
+        )
+
+
+class TooManyJobs(GatewayError):
+    """A tenant already has its limit of unfinished fine-tuning jobs."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "too_many_jobs"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"You have {limit} fine-tuning jobs in progress, your limit; wait for one to finish or cancel one."
+        )
+
+
 class UnsupportedMediaType(GatewayError):
     status = 415
     type = "invalid_request_error"

@@ -149,6 +149,9 @@ class GatewaySettings(BaseSettings):
     # (`postgresql+asyncpg://user@host/db`); unset, SQLite in data_dir (the embedded default).
     database_url: str | None = None
     max_upload_bytes: int = Field(default=2 * 1024**3, ge=1024)  # one uploaded dataset
+    # A tenant's share: the bytes of its files together, and its unfinished fine-tuning jobs.
+    max_stored_bytes_per_tenant: int = Field(default=20 * 1024**3, ge=1024)
+    max_active_jobs_per_tenant: int = Field(default=4, ge=1)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     log_format: Literal["text", "json"] = "text"  # json: one object a line, with the request's fields
     # Traces: exported over OTLP/HTTP to this collector (e.g. http://127.0.0.1:4318) when set.

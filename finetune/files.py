@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from finetune.datasets import LineChecker
 from finetune.db import Database, write_lock
@@ -97,15 +97,22 @@ class FileStore:
                     swept += 1
         return swept
 
+    async def stored_bytes(self, owner: str) -> int:
+        """The bytes of the owner's files together."""
+        async with self._database.sessions() as session:
+            total = await session.scalar(select(func.coalesce(func.sum(File.bytes), 0)).where(File.owner == owner))
+        return int(total or 0)
+
     @asynccontextmanager
-    async def receiving(self) -> AsyncIterator[Upload]:
-        """A new upload: write its chunks, then `keep` it. Whatever was not kept when the block
-        ends (a refusal, a client gone mid-upload, a failure to record it) is deleted."""
+    async def receiving(self, limit: int | None = None) -> AsyncIterator[Upload]:
+        """A new upload of at most `limit` bytes (and `max_bytes`): write its chunks, then `keep`
+        it. Whatever was not kept when the block ends (a refusal, a client gone mid-upload, a
+        failure to record it) is deleted."""
         self._folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         partial = self._folder / f".{new_id('upload')}.part"
         try:
             with await asyncio.to_thread(_create_private, partial) as out:
-                yield Upload(partial, out, self.max_bytes)
+                yield Upload(partial, out, self.max_bytes if limit is None else min(limit, self.max_bytes))
         finally:
             partial.unlink(missing_ok=True)
 

@@ -11,7 +11,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import aliased
 
 from finetune.db import Database, write_lock
@@ -191,6 +191,12 @@ class JobStore:
         )
         async with self._database.sessions() as session:
             return list((await session.scalars(query)).all())
+
+    async def unfinished(self, owner: str) -> int:
+        """How many of the owner's jobs have not finished."""
+        query = select(func.count()).select_from(Job).where(Job.owner == owner, Job.status.in_(UNFINISHED))
+        async with self._database.sessions() as session:
+            return int(await session.scalar(query) or 0)
 
     async def status(self, job_id: str) -> str | None:
         """The job's status now (None when there is no such job)."""

@@ -33,6 +33,8 @@ class EdgeSettings:
     request_timeout_s: float  # a request's deadline when its client sends none
     max_request_timeout_s: float
     default_model: str | None
+    max_stored_bytes_per_tenant: int  # a tenant's files together
+    max_active_jobs_per_tenant: int  # a tenant's unfinished fine-tuning jobs
 
     @classmethod
     def of(cls, settings: GatewaySettings) -> "EdgeSettings":
@@ -43,6 +45,8 @@ class EdgeSettings:
             settings.request_timeout_s,
             settings.max_request_timeout_s,
             settings.default_model,
+            settings.max_stored_bytes_per_tenant,
+            settings.max_active_jobs_per_tenant,
         )
 
 

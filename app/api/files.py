@@ -15,7 +15,7 @@ from starlette.requests import ClientDisconnect
 from app.api.deps import GatewayDep, scoped, tenant_of
 from app.api.multipart import read_form
 from app.auth import Principal
-from app.errors import InvalidRequest, NotFound, PayloadTooLarge
+from app.errors import InvalidRequest, NotFound, PayloadTooLarge, StorageLimitReached
 from app.finetuning import database_errors
 from finetune.datasets import DatasetError
 from finetune.files import FILE_PURPOSES, FileTooLarge, UnknownFile
@@ -44,8 +44,12 @@ async def upload(request: Request, gateway: GatewayDep, caller: Caller) -> JSONR
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > store.max_bytes + _MULTIPART_OVERHEAD:
         raise _too_large(store.max_bytes)
+    owner, quota = tenant_of(caller, None), gateway.settings.max_stored_bytes_per_tenant
+    room = quota - await store.stored_bytes(owner)
+    if room <= 0:
+        raise StorageLimitReached(quota)
     try:
-        async with store.receiving() as received:
+        async with store.receiving(limit=room) as received:
             form = await read_form(request.headers.get("content-type", ""), request.stream(), "file", received.write)
             purpose = form.fields.get("purpose")
             if purpose is None:
@@ -54,11 +58,11 @@ async def upload(request: Request, gateway: GatewayDep, caller: Caller) -> JSONR
                 raise InvalidRequest(f"`purpose` must be one of: {', '.join(sorted(FILE_PURPOSES))}.", param="purpose")
             if form.filename is None:
                 raise InvalidRequest("`file` is required.", param="file")
-            record = await store.keep(received, tenant_of(caller, None), form.filename, purpose)
+            record = await store.keep(received, owner, form.filename, purpose)
     except DatasetError as refused:
         raise InvalidRequest(f"The file is not a valid fine-tuning dataset: {refused}.", param="file") from None
     except FileTooLarge as refused:
-        raise _too_large(refused.limit) from None
+        raise (_too_large(refused.limit) if refused.limit == store.max_bytes else StorageLimitReached(quota)) from None
     except ClientDisconnect:
         return JSONResponse({}, status_code=499)  # nobody reads it; nothing was kept
     return JSONResponse(file_object(record).model_dump())

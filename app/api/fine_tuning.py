@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from app.api.body import parse_body, read_json_body
 from app.api.deps import GatewayDep, scoped, tenant_of
 from app.auth import Principal
-from app.errors import InvalidRequest, NotFound
+from app.errors import InvalidRequest, NotFound, TooManyJobs
 from app.finetuning import database_errors
 from finetune.files import UnknownFile
 from finetune.jobs import NewJob, NotCancellable, UnknownJob
@@ -106,6 +106,9 @@ async def create(request: Request, gateway: GatewayDep, caller: Caller) -> FineT
             raise InvalidRequest(f"No such file: `{file_id}`.", param=param) from None
         if record.purpose != "fine-tune":
             raise InvalidRequest(f"`{file_id}` was not uploaded with purpose `fine-tune`.", param=param)
+    limit = gateway.settings.max_active_jobs_per_tenant
+    if await finetuning.jobs.unfinished(owner) >= limit:
+        raise TooManyJobs(limit)
     new = NewJob(
         owner=owner,
         model=ask.model,

@@ -188,3 +188,21 @@ async def test_hostile_forms_and_ids_are_refused_not_500(gateway: InProcessGatew
     kept_name = named.json()["filename"]
     assert (len(kept_name), kept_name.isprintable(), kept_name.endswith("ccc")) == (512, True, True)
     assert _kept(tmp_path) == [f"{named.json()['id']}.jsonl"]
+
+
+async def test_a_tenant_cannot_store_more_than_its_share(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, auth_mode="builtin", max_stored_bytes_per_tenant=len(DATASET) * 2 + 10)
+    async with gateway_in_process(settings, {ENGINE: CountingEngine().app}) as gateway:
+        alice, bob = (_sdk(gateway, mint(settings, subject=s, scopes=["finetune"], ttl_s=60)) for s in ("alice", "bob"))
+        first = await alice.files.create(file=("a.jsonl", DATASET), purpose="fine-tune")
+        await alice.files.create(file=("b.jsonl", DATASET), purpose="fine-tune")
+        kept = _kept(tmp_path)
+        for refused_upload in (DATASET, DATASET[: len(DATASET) // 2]):  # over the share, and none left at all
+            with pytest.raises(openai.APIStatusError) as refused:
+                await alice.files.create(file=("c.jsonl", refused_upload), purpose="fine-tune")
+            assert refused.value.status_code == 413
+            assert refused.value.code == "storage_limit_reached"
+        assert _kept(tmp_path) == kept  # nothing of the refused uploads kept
+        await bob.files.create(file=("b.jsonl", DATASET), purpose="fine-tune")  # bob's share is his own
+        await alice.files.delete(first.id)
+        await alice.files.create(file=("c.jsonl", DATASET), purpose="fine-tune")  # room again

@@ -193,6 +193,23 @@ async def test_a_fine_tuned_model_is_listed_to_and_usable_by_its_owner_only(tmp_
         assert 'model="fine-tuned"' in scraped
 
 
+async def test_a_tenant_has_at_most_its_share_of_unfinished_jobs(tmp_path: Path) -> None:
+    settings = pool_settings([ENGINE], data_dir=tmp_path, auth_mode="builtin", max_active_jobs_per_tenant=2)
+    async with gateway_in_process(settings, {ENGINE: CountingEngine().app}) as gateway:
+        await gateway.client.get("/ready")
+        alice, bob = (_sdk(gateway, mint(settings, subject=s, scopes=["finetune"], ttl_s=60)) for s in ("alice", "bob"))
+        training = await _dataset(alice)
+        first = await alice.fine_tuning.jobs.create(model=BASE, training_file=training)
+        await alice.fine_tuning.jobs.create(model=BASE, training_file=training)
+        with pytest.raises(openai.RateLimitError) as refused:
+            await alice.fine_tuning.jobs.create(model=BASE, training_file=training)
+        assert refused.value.code == "too_many_jobs"
+        assert len([j async for j in alice.fine_tuning.jobs.list()]) == 2  # nothing recorded
+        await bob.fine_tuning.jobs.create(model=BASE, training_file=await _dataset(bob))  # his own share
+        await alice.fine_tuning.jobs.cancel(first.id)
+        await alice.fine_tuning.jobs.create(model=BASE, training_file=training)  # a cancelled job is finished
+
+
 async def test_a_cursor_that_is_not_the_jobs_is_400_and_an_unknown_job_404(gateway: InProcessGateway) -> None:
     training = await _dataset(_sdk(gateway))
     job = (await gateway.client.post("/v1/fine_tuning/jobs", json={"model": BASE, "training_file": training})).json()
