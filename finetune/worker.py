@@ -23,7 +23,6 @@ import shutil
 import threading
 import time
 from collections.abc import Mapping
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,7 +100,8 @@ class _JobFailed(Exception):
 
 class _Bridge:
     """Training's progress (told on the training thread) carried to the job's records on the
-    event loop. A checkpoint waits until it is recorded; the losses do not."""
+    event loop. A checkpoint waits until it is recorded; the losses do not: one writer records
+    them in order (at most about `METRICS_EVENTS` a job), and `drained` waits for it."""
 
     def __init__(self, jobs: JobStore, claim: Claim, total: int, stop: threading.Event, lease_s: float) -> None:
         self._loop = asyncio.get_running_loop()
@@ -109,17 +109,28 @@ class _Bridge:
         self._jobs, self._claim, self._total = jobs, claim, total
         self._every = max(1, total // METRICS_EVENTS)
         self._stop = stop  # set by the heartbeat or a shutdown: training stops at the next step
-        self._pending: list[Future[bool]] = []
+        self._losses: asyncio.Queue[tuple[str, dict[str, float]] | None] = asyncio.Queue()
+        self._writer = asyncio.create_task(self._write(), name=f"metrics-{claim.job.id}")
 
     def step(self, step: int, metrics: dict[str, float]) -> None:
         if step % self._every and step != self._total:
             return
         data = {**metrics, "total_steps": self._total}
         message = f"Step {step}/{self._total}: training loss={metrics['train_loss']:.4f}"
-        self._pending = [future for future in self._pending if not future.done()]
-        self._pending.append(
-            asyncio.run_coroutine_threadsafe(self._jobs.note(self._claim, message, data=data), self._loop)
-        )
+        self._loop.call_soon_threadsafe(self._losses.put_nowait, (message, data))
+
+    async def drained(self) -> None:
+        """Return once every loss told so far is recorded (or could not be)."""
+        await self._losses.put(None)
+        await self._writer
+
+    async def _write(self) -> None:
+        while (item := await self._losses.get()) is not None:
+            message, data = item
+            try:
+                await self._jobs.note(self._claim, message, data=data)
+            except Exception as error:  # the database away: a lost point on a loss chart
+                log.warning("could not record a metrics event of job %s: %s", self._claim.job.id, error)
 
     def checkpoint(self, step: int, path: Path, metrics: dict[str, float]) -> None:
         """Record the checkpoint before training goes on: tried again while the database is
@@ -266,7 +277,10 @@ class Worker:
         resume = await self._resumable(job)
         if resume is not None:
             await self._jobs.note(claim, f"Resuming from the checkpoint at {resume.name}")
-        trained = await self._train(plan, folder, bridge, resume)
+        try:
+            trained = await self._train(plan, folder, bridge, resume)
+        finally:
+            await bridge.drained()
         await self._publish(claim, trained)
 
     async def _publish(self, claim: Claim, trained: Trained) -> None:
