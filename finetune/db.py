@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-__all__ = ["Database", "sqlite_url", "write_lock"]
+__all__ = ["Database", "database_now", "sqlite_url", "write_lock"]
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
 _LOCK_ID = 0x5357_4654  # PostgreSQL advisory lock held while migrating ("SWFT")
@@ -119,6 +119,13 @@ def _sqlite_begin(connection: Connection) -> None:
     # BEGIN IMMEDIATE (execution option `sqlite_begin`) takes the write lock at once, for a
     # transaction that reads and then writes what it read.
     connection.exec_driver_sql(connection.get_execution_options().get("sqlite_begin", "BEGIN"))
+
+
+async def database_now(session: AsyncSession, sqlite: bool) -> float:
+    """The database's clock in Unix seconds: leases are timed on this one clock, so a worker
+    whose own clock is off can neither take a job whose lease still runs nor lose its own."""
+    now = "(julianday('now') - 2440587.5) * 86400.0" if sqlite else "extract(epoch from clock_timestamp())"
+    return float(await session.scalar(text(f"SELECT {now}")))
 
 
 async def write_lock(session: AsyncSession, sqlite: bool) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import aliased
 
-from finetune.db import Database, write_lock
+from finetune.db import Database, database_now, write_lock
 from finetune.records import UnknownCursor, is_id, new_id, owned, paged
 from finetune.schema import Checkpoint, Event, Job
 from protocol import JobHyperparameters
@@ -74,23 +74,11 @@ class JobStore:
         oldest. A job whose workers died `max_attempts` times fails (`worker_lost`) instead of
         being claimed again: one that kills every worker it runs on must not take them all down
         (a worker that stops and releases its job is no death)."""
-        now = time.time()
-        unheld = or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now)
-        other = aliased(Job)
-        owner_busy = (
-            select(other.id)
-            .where(other.owner == Job.owner, other.id != Job.id, other.status == "running")
-            .where(other.lease_expires_at >= now)
-            .exists()
-        )
-        query = select(Job).where(Job.status.in_(UNFINISHED), unheld)
-        if models is not None:
-            query = query.where(Job.model.in_(sorted(models)))
-        query = query.order_by(owner_busy, Job.enqueued_at, Job.id).limit(1)
-        if not self._database.is_sqlite:
-            query = query.with_for_update(skip_locked=True)
+        sqlite = self._database.is_sqlite
         async with self._database.sessions.begin() as session:
-            await write_lock(session, self._database.is_sqlite)
+            await write_lock(session, sqlite)
+            now = await database_now(session, sqlite)
+            query = _claimable(now, models, sqlite)
             while (job := (await session.scalars(query)).first()) is not None:
                 resumed = job.worker is not None  # a lapsed lease: its worker died
                 if not (resumed and job.lost + 1 >= max_attempts):
@@ -116,10 +104,9 @@ class JobStore:
         """Extend the claim's lease (the worker's heartbeat); False when the job is no longer
         this claim's to run: cancelled, finished, or taken by another worker."""
         async with self._database.sessions.begin() as session:
+            now = await database_now(session, self._database.is_sqlite)
             result = await session.execute(
-                update(Job)
-                .where(_held(claim), Job.status.not_in(FINISHED))
-                .values(lease_expires_at=time.time() + lease_s)
+                update(Job).where(_held(claim), Job.status.not_in(FINISHED)).values(lease_expires_at=now + lease_s)
             )
         return _changed(result)
 
@@ -303,6 +290,25 @@ class JobStore:
             query = query.where(Checkpoint.step < cursor.step)
         async with self._database.sessions() as session:
             return list((await session.scalars(query.order_by(Checkpoint.step.desc()).limit(limit))).all())
+
+
+def _claimable(now: float, models: Collection[str] | None, sqlite: bool) -> Any:
+    """The next job a claim at `now` (the database's clock) may take: unfinished, its lease free
+    (none, or lapsed), on one of `models`; first a job whose owner has nothing else running,
+    then the oldest."""
+    unheld = or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now)
+    other = aliased(Job)
+    owner_busy = (
+        select(other.id)
+        .where(other.owner == Job.owner, other.id != Job.id, other.status == "running")
+        .where(other.lease_expires_at >= now)
+        .exists()
+    )
+    query = select(Job).where(Job.status.in_(UNFINISHED), unheld)
+    if models is not None:
+        query = query.where(Job.model.in_(sorted(models)))
+    query = query.order_by(owner_busy, Job.enqueued_at, Job.id).limit(1)
+    return query if sqlite else query.with_for_update(skip_locked=True)
 
 
 def _event(job_id: str, message: str, *, now: int, level: str = "info", data: dict[str, Any] | None = None) -> Event:

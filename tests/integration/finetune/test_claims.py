@@ -4,11 +4,14 @@ job taken over once its lease lapses, and the dead claim fenced off; a cancel se
 heartbeat."""
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+import finetune.jobs as jobs_module
 from finetune.db import Database, sqlite_url
 from finetune.jobs import Claim, JobStore, NewJob
 from protocol import JobHyperparameters
@@ -129,3 +132,20 @@ async def test_a_job_whose_workers_keep_dying_fails_instead_of_taking_them_all(d
     assert failed.status == "failed"
     assert failed.error is not None
     assert failed.error["code"] == "worker_lost"
+
+
+async def test_leases_are_timed_on_the_databases_clock(
+    databases: list[Database], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = JobStore(databases[0])
+    [job_id] = await _jobs(store, 1)
+    held = await store.claim("w1", lease_s=60)
+    assert held is not None
+    real = time.time
+    # A worker whose clock runs an hour ahead: to it, every lease has lapsed.
+    monkeypatch.setattr(jobs_module, "time", SimpleNamespace(time=lambda: real() + 3600))
+    assert await store.claim("w2", lease_s=60) is None
+    assert await store.renew(held, lease_s=60)  # and one whose clock is behind keeps its own
+    monkeypatch.setattr(jobs_module, "time", SimpleNamespace(time=lambda: real() - 3600))
+    assert await store.claim("w3", lease_s=60) is None
+    assert (await store.get("alice", job_id)).worker == "w1"
