@@ -18,7 +18,7 @@ import io
 import tarfile
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 
@@ -129,26 +129,13 @@ class EnginePublisher:
 
     async def publish(self, name: str, adapter: Path, base_model: str) -> None:
         body = {"lora_name": name, "lora_path": str(adapter), "load_inplace": True}
-        async with httpx.AsyncClient(timeout=120) as client:
-            try:
-                response = await client.post(f"{self._url}/v1/load_lora_adapter", json=body, headers=self._headers)
-            except httpx.HTTPError as error:
-                raise NotServable("the engine could not be reached", f"{self._url}: {error}") from error
-        if response.status_code != 200:
-            details = f"{self._url}: HTTP {response.status_code} {response.text[:500]}"
-            raise NotServable(f"the engine refused it (HTTP {response.status_code})", details)
+        url = f"{self._url}/v1/load_lora_adapter"
+        await _send("POST", url, "the engine", (200,), json=body, headers=self._headers, within_s=120)
         await self._serving.wait_listed(name)
 
     async def unpublish(self, name: str) -> None:
-        async with httpx.AsyncClient(timeout=60) as client:
-            try:
-                response = await client.post(
-                    f"{self._url}/v1/unload_lora_adapter", json={"lora_name": name}, headers=self._headers
-                )
-            except httpx.HTTPError as error:
-                raise NotServable("the engine could not be reached", f"{self._url}: {error}") from error
-        if response.status_code not in (200, 404):
-            raise NotServable(f"the engine refused to unload it (HTTP {response.status_code})")
+        url, body = f"{self._url}/v1/unload_lora_adapter", {"lora_name": name}
+        await _send("POST", url, "the engine", (200, 404), json=body, headers=self._headers, within_s=60)
 
 
 class SidecarPublisher:
@@ -163,25 +150,29 @@ class SidecarPublisher:
         archive = await asyncio.to_thread(_tar, adapter)
         headers = await self._credentials.headers() | {"Content-Type": "application/x-tar"}
         params = {"name": name, "base_model": base_model}
-        async with httpx.AsyncClient(timeout=300) as client:
-            try:
-                response = await client.post(f"{self._url}/adapters", params=params, content=archive, headers=headers)
-            except httpx.HTTPError as error:
-                raise NotServable("the sync sidecar could not be reached", f"{self._url}: {error}") from error
-        if response.status_code != 201:
-            details = f"{self._url}: HTTP {response.status_code} {response.text[:500]}"
-            raise NotServable(f"the sync sidecar refused it (HTTP {response.status_code})", details)
+        url = f"{self._url}/adapters"
+        await _send(
+            "POST", url, "the sync sidecar", (201,), params=params, content=archive, headers=headers, within_s=300
+        )
         await self._serving.wait_listed(name)
 
     async def unpublish(self, name: str) -> None:
         headers = await self._credentials.headers()
-        async with httpx.AsyncClient(timeout=60) as client:
-            try:
-                response = await client.delete(f"{self._url}/adapters/{name}", headers=headers)
-            except httpx.HTTPError as error:
-                raise NotServable("the sync sidecar could not be reached", f"{self._url}: {error}") from error
-        if response.status_code not in (200, 404):
-            raise NotServable(f"the sync sidecar refused to retire it (HTTP {response.status_code})")
+        url = f"{self._url}/adapters/{name}"
+        await _send("DELETE", url, "the sync sidecar", (200, 404), headers=headers, within_s=60)
+
+
+async def _send(method: str, url: str, who: str, accepted: tuple[int, ...], *, within_s: float, **request: Any) -> None:
+    """One call to an engine or a sidecar; NotServable naming `who` (no address: that goes in
+    the details, for the log) when it cannot be reached or answers other than `accepted`."""
+    async with httpx.AsyncClient(timeout=within_s) as client:
+        try:
+            response = await client.request(method, url, **request)
+        except httpx.HTTPError as error:
+            raise NotServable(f"{who} could not be reached", f"{url}: {error}") from error
+    if response.status_code not in accepted:
+        details = f"{url}: HTTP {response.status_code} {response.text[:500]}"
+        raise NotServable(f"{who} refused it (HTTP {response.status_code})", details)
 
 
 def _tar(folder: Path) -> bytes:
