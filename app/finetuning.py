@@ -22,7 +22,7 @@ from app.errors import DatabaseUnavailable
 from app.settings import GatewaySettings
 from finetune.db import Database, sqlite_url
 from finetune.files import FileStore
-from finetune.jobs import JobStore, UnknownJob
+from finetune.jobs import JobStore
 from protocol.processes import die_with_parent
 
 __all__ = ["EmbeddedWorker", "FineTuning", "database_errors"]
@@ -43,8 +43,6 @@ UNREACHABLE = (
 
 class FineTuning:
     READY_WAIT_S = 5.0  # how long a request waits for the database before its 503
-    OWNERS_KEPT = 4096  # (tenant, model) pairs remembered, each way
-    NOT_OWNED_S = 5.0  # how long "not this tenant's" is remembered (a job may just have succeeded)
 
     def __init__(self, database: Database, files: FileStore) -> None:
         self.database = database
@@ -53,8 +51,6 @@ class FineTuning:
         self._migrated = asyncio.Event()
         self._migrating: asyncio.Task[None] | None = None
         self._attempt: asyncio.Future[None] | None = None  # a migration in flight
-        self._owned: set[tuple[str, str]] = set()
-        self._not_owned: dict[tuple[str, str], float] = {}
 
     @classmethod
     def of(cls, settings: GatewaySettings) -> "FineTuning":
@@ -90,32 +86,6 @@ class FineTuning:
             await asyncio.wait_for(self._migrated.wait(), self.READY_WAIT_S)
         except TimeoutError:
             raise DatabaseUnavailable() from None
-
-    async def owns(self, tenant: str, model: str) -> bool:
-        """Whether `model`, a fine-tuned model's name (`ft:<base>:<suffix>:<job id>`), is one of
-        `tenant`'s jobs' (who else may use it: nobody). Remembered, so that a tenant's chats
-        with its model cost no database read; DatabaseUnavailable while it cannot be told."""
-        key = (tenant, model)
-        if key in self._owned:
-            return True
-        now = asyncio.get_running_loop().time()
-        if self._not_owned.get(key, 0.0) > now:
-            return False
-        await self.ready()
-        try:
-            job = await self.jobs.get(tenant, model.rsplit(":", 1)[-1])
-        except UnknownJob:
-            job = None
-        owned = job is not None and job.fine_tuned_model == model
-        if owned:
-            if len(self._owned) >= self.OWNERS_KEPT:
-                self._owned.clear()
-            self._owned.add(key)
-        else:
-            if len(self._not_owned) >= self.OWNERS_KEPT:
-                self._not_owned.clear()
-            self._not_owned[key] = now + self.NOT_OWNED_S
-        return owned
 
     async def _migrate(self, backoff_s: float = 0.5, max_backoff_s: float = 30.0) -> None:
         while True:

@@ -19,6 +19,7 @@ import tarfile
 import time
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import httpx
 
@@ -35,11 +36,16 @@ class NotServable(RuntimeError):
 
 
 class Publisher(Protocol):
-    async def publish(self, name: str, adapter: Path, base_model: str) -> None:
-        """Make the adapter at `adapter` servable as `name`; NotServable when it cannot be."""
+    async def publish(self, name: str, adapter: Path, base_model: str) -> str:
+        """Make the adapter at `adapter` this region's contribution to `name`, and return once
+        `name` is servable; the version published (for `withdraw`). NotServable when it cannot be."""
 
     async def unpublish(self, name: str) -> None:
         """Take `name` back (its job was cancelled as it was published); NotServable on failure."""
+
+    async def withdraw(self, name: str, version: str) -> None:
+        """Take back this region's contribution to `name` while it is still `version` (the
+        other regions' stay served); NotServable on failure."""
 
 
 class Credentials:
@@ -126,16 +132,25 @@ class EnginePublisher:
         self._url = engine_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._serving = serving
+        self._loaded: dict[str, str] = {}  # name -> the folder this publisher last loaded as it
 
-    async def publish(self, name: str, adapter: Path, base_model: str) -> None:
+    async def publish(self, name: str, adapter: Path, base_model: str) -> str:
+        """Loaded in place: the one engine is the region, so its contribution is the adapter."""
         body = {"lora_name": name, "lora_path": str(adapter), "load_inplace": True}
         url = f"{self._url}/v1/load_lora_adapter"
         await _send("POST", url, "the engine", (200,), json=body, headers=self._headers, within_s=120)
+        self._loaded[name] = str(adapter)
         await self._serving.wait_listed(name)
+        return str(adapter)
 
     async def unpublish(self, name: str) -> None:
         url, body = f"{self._url}/v1/unload_lora_adapter", {"lora_name": name}
         await _send("POST", url, "the engine", (200, 404), json=body, headers=self._headers, within_s=60)
+        self._loaded.pop(name, None)
+
+    async def withdraw(self, name: str, version: str) -> None:
+        if self._loaded.get(name) == version:
+            await self.unpublish(name)
 
 
 class SidecarPublisher:
@@ -146,23 +161,37 @@ class SidecarPublisher:
         self._url = sync_url.rstrip("/")
         self._credentials, self._serving = credentials, serving
 
-    async def publish(self, name: str, adapter: Path, base_model: str) -> None:
+    async def publish(self, name: str, adapter: Path, base_model: str) -> str:
         archive = await asyncio.to_thread(_tar, adapter)
         headers = await self._credentials.headers() | {"Content-Type": "application/x-tar"}
         params = {"name": name, "base_model": base_model}
         url = f"{self._url}/adapters"
-        await _send(
+        response = await _send(
             "POST", url, "the sync sidecar", (201,), params=params, content=archive, headers=headers, within_s=300
         )
+        try:
+            version = str(response.json()["published"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise NotServable("the sync sidecar's answer was not understood", f"{url}: {error}") from error
         await self._serving.wait_listed(name)
+        return version
 
     async def unpublish(self, name: str) -> None:
         headers = await self._credentials.headers()
-        url = f"{self._url}/adapters/{name}"
+        url = f"{self._url}/adapters/{quote(name, safe='')}"
         await _send("DELETE", url, "the sync sidecar", (200, 404), headers=headers, within_s=60)
 
+    async def withdraw(self, name: str, version: str) -> None:
+        """409: a newer contribution of this region replaced it, which stays."""
+        headers = await self._credentials.headers()
+        url = f"{self._url}/adapters/{quote(name, safe='')}/contribution"
+        params = {"version": version}
+        await _send("DELETE", url, "the sync sidecar", (200, 404, 409), params=params, headers=headers, within_s=60)
 
-async def _send(method: str, url: str, who: str, accepted: tuple[int, ...], *, within_s: float, **request: Any) -> None:
+
+async def _send(
+    method: str, url: str, who: str, accepted: tuple[int, ...], *, within_s: float, **request: Any
+) -> httpx.Response:
     """One call to an engine or a sidecar; NotServable naming `who` (no address: that goes in
     the details, for the log) when it cannot be reached or answers other than `accepted`."""
     async with httpx.AsyncClient(timeout=within_s) as client:
@@ -173,6 +202,7 @@ async def _send(method: str, url: str, who: str, accepted: tuple[int, ...], *, w
     if response.status_code not in accepted:
         details = f"{url}: HTTP {response.status_code} {response.text[:500]}"
         raise NotServable(f"{who} refused it (HTTP {response.status_code})", details)
+    return response
 
 
 def _tar(folder: Path) -> bytes:

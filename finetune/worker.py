@@ -33,9 +33,9 @@ from finetune.jobs import Claim, JobStore
 from finetune.publish import NotServable, Publisher
 from finetune.schema import Job
 from finetune.training import Plan, Stopped, Trained, train
-from protocol.fine_tuning import fine_tuned_name as protocol_fine_tuned_name
+from protocol import fine_tuning
 
-__all__ = ["BaseModel", "Worker", "fine_tuned_name", "resolve_plan"]
+__all__ = ["BaseModel", "Worker", "fine_tuned_name", "resolve_plan", "stacked_name"]
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,14 @@ class BaseModel:
 
 
 def fine_tuned_name(job: Job) -> str:
-    """The model name a job's adapter is served as (protocol's `ft:<base>:<suffix>:<job id>`)."""
-    return protocol_fine_tuned_name(job.model, job.suffix, job.id)
+    """The model name a job's adapter alone is served as: `ft:<base>:<owner tag>:<suffix>:<job id>`."""
+    return fine_tuning.fine_tuned_name(job.model, job.owner, job.suffix, job.id)
+
+
+def stacked_name(job: Job) -> str | None:
+    """The name the job's adapter is also this region's contribution to, with the other
+    regions' stacked on it: `ft:<base>:<owner tag>:<suffix>`; None for a job with no suffix."""
+    return fine_tuning.stacked_name(job.model, job.owner, job.suffix)
 
 
 def resolve_plan(
@@ -182,16 +188,18 @@ class Worker:
         self._publish_attempts, self._publish_backoff_s = publish_attempts, publish_backoff_s
 
     async def restore(self, limit: int) -> int:
-        """Publish again the adapters of the newest `limit` succeeded jobs whose files are here:
-        an engine that started afresh (the embedded one, after a restart) holds none of them. A
-        sidecar needs none of this: it restores its engines itself. How many were restored."""
+        """Publish again the adapters of the newest `limit` succeeded jobs whose files are here,
+        each under its stacked name too: an engine that started afresh (the embedded one, after
+        a restart) holds none of them. A sidecar needs none of this: it restores its engines
+        itself. How many jobs were restored."""
         restored = 0
         for job in reversed(await self._jobs.served(self._models, limit)):  # the newest loaded last
             adapter = self._folder / job.id / f"attempt-{job.attempts}" / "adapter"
             if job.fine_tuned_model is None or not await asyncio.to_thread(adapter.is_dir):
                 continue
             try:
-                await self._publisher.publish(job.fine_tuned_model, adapter, job.model)
+                for name in _names(job):
+                    await self._publisher.publish(name, adapter, job.model)
                 restored += 1
             except NotServable as error:
                 log.warning("could not restore %s: %s", job.fine_tuned_model, error)
@@ -284,28 +292,33 @@ class Worker:
         await self._publish(claim, trained)
 
     async def _publish(self, claim: Claim, trained: Trained) -> None:
-        """Make the adapter servable, tried again while that may pass, then say the job
-        succeeded; a job cancelled meanwhile has its adapter taken back."""
-        job, name = claim.job, fine_tuned_name(claim.job)
+        """Make the adapter servable under the job's name and its stacked name, tried again
+        while that may pass, then say the job succeeded; a job cancelled meanwhile has its
+        adapter taken back (its name, and its part of the stacked name if nothing replaced it)."""
+        job, names = claim.job, _names(claim.job)
         if not await self._jobs.renew(claim, self._lease_s):
             raise Stopped  # cancelled while it trained its last steps
-        await self._jobs.note(claim, f"Publishing the adapter as {name}")
+        await self._jobs.note(claim, f"Publishing the adapter as {' and '.join(names)}")
+        versions: list[str] = []
         for attempt in range(self._publish_attempts):
             try:
-                await self._publisher.publish(name, trained.adapter, job.model)
+                versions = [await self._publisher.publish(name, trained.adapter, job.model) for name in names]
                 break
             except NotServable as error:
-                log.warning("publishing %s failed (try %d): %s", name, attempt + 1, error)
+                log.warning("publishing %s failed (try %d): %s", names[0], attempt + 1, error)
                 if attempt + 1 == self._publish_attempts:
                     raise _JobFailed(
                         "publish_failed", f"the adapter was trained but could not be served: {error.reason}"
                     ) from None
                 await asyncio.sleep(self._publish_backoff_s * 2**attempt)
         if not await self._jobs.advance(
-            claim, "succeeded", fine_tuned_model=name, trained_tokens=trained.trained_tokens
+            claim, "succeeded", fine_tuned_model=names[0], trained_tokens=trained.trained_tokens
         ):
             with contextlib.suppress(NotServable):
-                await self._publisher.unpublish(name)
+                await self._publisher.unpublish(names[0])
+            for name, version in zip(names[1:], versions[1:], strict=True):
+                with contextlib.suppress(NotServable):
+                    await self._publisher.withdraw(name, version)
             raise Stopped
 
     async def _train(self, plan: Plan, folder: Path, bridge: _Bridge, resume: Path | None) -> Trained:
@@ -348,6 +361,12 @@ class Worker:
     async def _watch(stopping: asyncio.Event, stop: threading.Event) -> None:
         await stopping.wait()
         stop.set()
+
+
+def _names(job: Job) -> list[str]:
+    """The job's own name, then its stacked name when it has one."""
+    stacked = stacked_name(job)
+    return [fine_tuned_name(job)] + ([stacked] if stacked else [])
 
 
 def _validate(model: BaseModel, training: Path, validation: Path | None, stop: threading.Event) -> int:

@@ -35,8 +35,15 @@ MODEL = "counting"
 
 class CountingEngine:
     def __init__(
-        self, *, slots: int = 0, chunk_delay_s: float = 0.0, log: TextIO | None = None, name: str = ""
+        self,
+        *,
+        slots: int = 0,
+        chunk_delay_s: float = 0.0,
+        log: TextIO | None = None,
+        name: str = "",
+        model: str = MODEL,
     ) -> None:
+        self.model = model  # the base model it serves (`counting`)
         self.behaviour: dict[str, Any] = {"chunk_delay_s": chunk_delay_s} if chunk_delay_s else {}
         self.executed: Counter[str] = Counter()
         self.traceparents: dict[str, str] = {}  # the W3C trace context each request came with
@@ -89,9 +96,9 @@ class CountingEngine:
                 await asyncio.sleep(delay * chunks)
             finally:
                 self._free()
-            return JSONResponse(_completion(chunks, self._answer_id()))
+            return JSONResponse(_completion(chunks, self._answer_id(), self.model))
         usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        stream = _stream(chunks, delay, self._free, usage, self._answer_id())
+        stream = _stream(chunks, delay, self._free, usage, self._answer_id(), self.model)
         return StreamingResponse(stream, media_type="text/event-stream")
 
     def _answer_id(self) -> str:
@@ -104,8 +111,8 @@ class CountingEngine:
             self._slots.release()
 
     async def models(self, _: Request) -> Response:
-        adapters = [{"id": name, "object": "model", "parent": MODEL} for name in self.adapters]
-        return JSONResponse({"object": "list", "data": [{"id": MODEL, "object": "model"}, *adapters]})
+        adapters = [{"id": name, "object": "model", "parent": self.model} for name in self.adapters]
+        return JSONResponse({"object": "list", "data": [{"id": self.model, "object": "model"}, *adapters]})
 
     async def health(self, _: Request) -> Response:
         return Response()
@@ -135,12 +142,12 @@ class CountingEngine:
         )
 
 
-def _completion(chunks: int, answer_id: str) -> dict[str, Any]:
+def _completion(chunks: int, answer_id: str, model: str) -> dict[str, Any]:
     return {
         "id": answer_id,
         "object": "chat.completion",
         "created": 1700000000,
-        "model": MODEL,
+        "model": model,
         "choices": [
             {"index": 0, "message": {"role": "assistant", "content": "tok " * chunks}, "finish_reason": "length"}
         ],
@@ -148,9 +155,9 @@ def _completion(chunks: int, answer_id: str) -> dict[str, Any]:
     }
 
 
-async def _stream(chunks: int, delay: float, done: Callable[[], None], usage: bool, answer_id: str) -> Any:
+async def _stream(chunks: int, delay: float, done: Callable[[], None], usage: bool, answer_id: str, model: str) -> Any:
     try:
-        chunk = {"id": answer_id, "object": "chat.completion.chunk", "model": MODEL}
+        chunk = {"id": answer_id, "object": "chat.completion.chunk", "model": model}
         for i in range(chunks):
             if delay:
                 await asyncio.sleep(delay)

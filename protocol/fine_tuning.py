@@ -1,6 +1,9 @@
 """`/v1/fine_tuning/jobs` wire models, as OpenAI's API has them (LoRA's rank and alpha are
 this gateway's extensions of `hyperparameters`)."""
 
+import base64
+import hashlib
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -13,23 +16,58 @@ __all__ = [
     "JobError",
     "JobHyperparameters",
     "Page",
+    "MAX_MODEL_NAME",
     "fine_tuned_name",
     "is_fine_tuned",
+    "owned_by",
+    "owner_tag",
+    "stacked_name",
 ]
 
 Auto = Literal["auto"]
 
 FINE_TUNED_PREFIX = "ft:"
+MAX_MODEL_NAME = 128  # what a sync sidecar accepts as an adapter's name
+_NAME_PART = re.compile(r"[^A-Za-z0-9_.-]")
 
 
-def fine_tuned_name(base: str, suffix: str | None, job_id: str) -> str:
-    """`ft:<base>:<suffix>:<job id>`: the model name a fine-tuning job's adapter is served as."""
-    return f"{FINE_TUNED_PREFIX}{base}:{suffix or ''}:{job_id}"
+def owner_tag(tenant: str) -> str:
+    """The tenant as a fine-tuned model's name carries it: 16 characters of a hash (80 bits),
+    the same in every region, that reveal nothing of the tenant and that no other tenant's
+    subject hashes to. Whose a model is can so be told from its name alone, with no database."""
+    digest = hashlib.sha256(b"fine-tuned-model-owner\0" + tenant.encode("utf-8", "surrogatepass")).digest()
+    return base64.b32encode(digest[:10]).decode("ascii").lower()
+
+
+def _base_part(base: str) -> str:
+    """The base model as a name part: its last path segment (`Qwen/Qwen2.5-0.5B-Instruct` gives
+    `Qwen2.5-0.5B-Instruct`), other characters than letters, digits, `_`, `.` and `-` made `-`."""
+    return _NAME_PART.sub("-", base.rstrip("/").rsplit("/", 1)[-1] or base)
+
+
+def fine_tuned_name(base: str, owner: str, suffix: str | None, job_id: str) -> str:
+    """`ft:<base>:<owner tag>:<suffix>:<job id>` (OpenAI's shape, the organization being the
+    owner's tag): the model name a fine-tuning job's adapter alone is served as."""
+    return f"{FINE_TUNED_PREFIX}{_base_part(base)}:{owner_tag(owner)}:{suffix or ''}:{job_id}"
+
+
+def stacked_name(base: str, owner: str, suffix: str | None) -> str | None:
+    """`ft:<base>:<owner tag>:<suffix>`: the name every job of `owner` on `base` with `suffix`
+    contributes to, in its region; it serves the stacked merge of every region's latest
+    contribution. None without a suffix (such a job shares nothing)."""
+    return f"{FINE_TUNED_PREFIX}{_base_part(base)}:{owner_tag(owner)}:{suffix}" if suffix else None
 
 
 def is_fine_tuned(model: str) -> bool:
-    """Whether `model` names a fine-tuning job's adapter (which only its owner may use)."""
+    """Whether `model` names a fine-tuned adapter (which only its owner may use)."""
     return model.startswith(FINE_TUNED_PREFIX)
+
+
+def owned_by(model: str, tenant: str) -> bool:
+    """Whether `model` is one of `tenant`'s fine-tuned models (a job's or a stacked name): its
+    owner's tag is `tenant`'s. Any other `ft:` name is nobody's."""
+    parts = model.split(":")
+    return len(parts) in (4, 5) and parts[0] + ":" == FINE_TUNED_PREFIX and parts[2] == owner_tag(tenant)
 
 
 class JobHyperparameters(BaseModel):

@@ -4,8 +4,8 @@ SidecarError                    the status, `code` and `param` a route refuses w
 ├── BadRequest          400     invalid_request (the code names the check, `param` the field)
 ├── Refused             400/401/403, with an RFC 6750 challenge (sync/auth.py)
 ├── Forbidden           403     edge_cannot_publish
-├── NotFound            404     adapter_not_found, version_not_found, blob_not_found
-├── Conflict            409     clock_skew
+├── NotFound            404     adapter_not_found, version_not_found, contribution_not_found, blob_not_found
+├── Conflict            409     clock_skew, contribution_changed
 ├── TooLarge            413     request_too_large
 └── RangeNotSatisfiable 416     range_not_satisfiable
 

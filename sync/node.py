@@ -89,6 +89,21 @@ class SyncNode:
         self._apply(crdt.publish(self.state, name, version, weight, self.region, self.clock.now()), local=True)
         log.info("published %s version %s (weight %s)", name, version.digest[:12], weight)
 
+    def withdraw(self, name: str, version: str | None = None) -> bool:
+        """This region stops contributing to `name` (the other regions' parts stay served):
+        only while its contribution is `version`, when given (False when it is not: a newer
+        publish here replaced it). crdt.Unknown when this region contributes nothing to it."""
+        self._writable()
+        entry = self.state.entries.get(name)
+        mine = entry.contributions.get(self.region) if entry is not None else None
+        if entry is None or mine is None or mine.version is None or mine.dot in entry.removes:
+            raise crdt.Unknown(name)
+        if version is not None and mine.version != version:
+            return False
+        self._apply(crdt.withdraw(self.state, name, self.region, self.clock.now()), local=True)
+        log.info("withdrew this region's contribution to %s", name)
+        return True
+
     def retire(self, name: str) -> None:
         self._writable()
         self._apply(crdt.retire(self.state, name, self.region, self.clock.now()), local=True)

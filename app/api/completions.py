@@ -31,7 +31,7 @@ def _endpoint(
         parsed = parse_body(body, wire)
         key = routing_key_of(request.headers, parsed)
         tokens = estimate_tokens(body, parsed.token_limit())
-        await gateway.check_model(principal, parsed.model)
+        gateway.check_model(principal, parsed.model)
         call = gateway.call(
             request, principal, path, body, parsed, path=path, body=body, routing_key=key, tokens=tokens
         )

@@ -9,7 +9,7 @@ from starlette.datastructures import Headers
 from app.auth import Guard, Principal
 from app.auth.issuer import Issuer
 from app.context import context_of
-from app.errors import DatabaseUnavailable, ModelNotFound
+from app.errors import ModelNotFound
 from app.finetuning import FineTuning
 from app.observability.metrics import GatewayMetrics
 from app.pipeline.call import Call, Handler
@@ -18,7 +18,7 @@ from app.pools.registry import PoolRegistry
 from app.reliability.deadlines import Deadline
 from app.settings import GatewaySettings
 from protocol import ChatCompletionRequest, CompletionRequest
-from protocol.fine_tuning import is_fine_tuned
+from protocol.fine_tuning import is_fine_tuned, owned_by
 
 __all__ = ["EdgeSettings", "Gateway", "GatewayDep", "gateway_of", "guard_of", "scoped"]
 
@@ -86,27 +86,20 @@ class Gateway:
         deadline = self.deadline(request.headers)
         return Call(request, context, route, raw, path, body, wire.model, routing_key, tenant, tokens, deadline)
 
-    async def check_model(self, principal: Principal | None, model: str) -> None:
+    def check_model(self, principal: Principal | None, model: str) -> None:
         """ModelNotFound for a fine-tuned model that is not the caller's: one tenant's trained
         adapter is neither listed to nor usable by another (with authentication off, there is
-        no other to keep it from)."""
-        if principal is not None and is_fine_tuned(model) and not await self.finetuning.owns(principal.subject, model):
+        no other to keep it from). Told from the name alone: no database is asked."""
+        if principal is not None and is_fine_tuned(model) and not owned_by(model, principal.subject):
             raise ModelNotFound(model)
 
-    async def visible_cards(self, principal: Principal | None) -> list[dict[str, Any]]:
+    def visible_cards(self, principal: Principal | None) -> list[dict[str, Any]]:
         """The model cards the caller may see: every base model, and its own fine-tuned ones
-        (an operator's token, scope `admin`, sees all; while the records cannot be read, a
-        fine-tuned model is left out, not the whole list failed)."""
+        (an operator's token, scope `admin`, sees all)."""
         cards = self.registry.model_cards()
         if principal is None or "admin" in principal.scopes:
             return cards
-        return [card for card in cards if not is_fine_tuned(card["id"]) or await self._owns(principal, card["id"])]
-
-    async def _owns(self, principal: Principal, model: str) -> bool:
-        try:
-            return await self.finetuning.owns(principal.subject, model)
-        except DatabaseUnavailable:
-            return False
+        return [card for card in cards if not is_fine_tuned(card["id"]) or owned_by(card["id"], principal.subject)]
 
     def deadline(self, headers: Headers) -> Deadline:
         return Deadline.from_headers(

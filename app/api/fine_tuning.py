@@ -18,7 +18,7 @@ from app.errors import InvalidRequest, NotFound, TooManyJobs
 from app.finetuning import database_errors
 from finetune.files import UnknownFile
 from finetune.jobs import NewJob, NotCancellable, UnknownJob
-from finetune.records import UnknownCursor
+from finetune.records import UnknownCursor, new_id
 from finetune.schema import Checkpoint, Event, Job
 from protocol import (
     FineTuningJob,
@@ -29,6 +29,7 @@ from protocol import (
     JobHyperparameters,
     Page,
 )
+from protocol.fine_tuning import MAX_MODEL_NAME, fine_tuned_name
 
 __all__ = ["job_object", "router"]
 
@@ -97,6 +98,7 @@ async def create(request: Request, gateway: GatewayDep, caller: Caller) -> FineT
             f"`{ask.model}` is not a base model served here; fine-tune one of: {', '.join(sorted(bases)[:5])}.",
             param="model",
         )
+    _check_name_length(ask.model, owner, ask.suffix)
     for param, file_id in (("training_file", ask.training_file), ("validation_file", ask.validation_file)):
         if file_id is None:
             continue
@@ -120,6 +122,21 @@ async def create(request: Request, gateway: GatewayDep, caller: Caller) -> FineT
         metadata=ask.metadata,
     )
     return job_object(await finetuning.jobs.create(new))
+
+
+def _check_name_length(model: str, owner: str, suffix: str | None) -> None:
+    """InvalidRequest when the job's model name would be longer than a sidecar takes: a job
+    that trained for hours must not fail as it is published."""
+    length = len(fine_tuned_name(model, owner, suffix, new_id("ftjob")))
+    if length > MAX_MODEL_NAME:
+        room = len(suffix or "") - (length - MAX_MODEL_NAME)
+        advice = (
+            f"a suffix of at most {room} characters" if room > 0 else "no suffix, or a base model of a shorter name"
+        )
+        raise InvalidRequest(
+            f"The fine-tuned model's name would be {length} characters, over {MAX_MODEL_NAME}: choose {advice}.",
+            param="suffix" if room > 0 else "model",
+        )
 
 
 @router.get("/v1/fine_tuning/jobs")

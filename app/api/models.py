@@ -16,7 +16,7 @@ router = APIRouter()
 @router.get("/v1/models")
 async def models(gateway: GatewayDep, principal: Annotated[Principal | None, scoped("chat")]) -> dict[str, Any]:
     """The base models, and the caller's own fine-tuned ones."""
-    return {"object": "list", "data": await gateway.visible_cards(principal)}
+    return {"object": "list", "data": gateway.visible_cards(principal)}
 
 
 @router.get("/v1/models/{model:path}")
@@ -24,7 +24,7 @@ async def model(
     model: str, gateway: GatewayDep, principal: Annotated[Principal | None, scoped("chat")]
 ) -> dict[str, Any]:
     """One model's card (the SDK's `models.retrieve`); ids may hold `/` (hub ids) and `:`."""
-    card = next((card for card in await gateway.visible_cards(principal) if card["id"] == model), None)
+    card = next((card for card in gateway.visible_cards(principal) if card["id"] == model), None)
     if card is None:
         raise ModelNotFound(model)
     return card

@@ -52,7 +52,7 @@ async def predict(request: Request) -> Response:
     fields |= {k: v for k, v in (("max_tokens", ask.max_tokens), ("temperature", ask.temperature)) if v is not None}
     chat_body = json.dumps(fields).encode()
     chat = parse_body(chat_body, ChatCompletionRequest)
-    await gateway.check_model(principal, model)
+    gateway.check_model(principal, model)
     key = routing_key_of(request.headers, chat)
     tokens = estimate_tokens(chat_body, chat.token_limit())
     # Keyed by `/predict` and its own body: a retry of the same prediction replays its answer.

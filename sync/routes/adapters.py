@@ -17,7 +17,7 @@ from sync.adapters import AdapterRefused
 from sync.body import json_body, number, receive_file
 from sync.crdt import Version
 from sync.deps import WRITER, NodeDep, ReconcilerDep, SettingsDep
-from sync.errors import BadRequest, Forbidden, NotFound
+from sync.errors import BadRequest, Conflict, Forbidden, NotFound
 from sync.node import EdgeCannotPublish, SyncNode
 from sync.reconcile import STAGING_SEPARATOR, Reconciler
 from sync.settings import SyncSettings
@@ -140,6 +140,23 @@ async def revoke(name: str, digest: str, node: NodeDep) -> JSONResponse:
     except crdt.Unknown:
         raise NotFound(f"{name!r} has no version {digest[:64]!r}.", code="version_not_found", param="digest") from None
     return JSONResponse({"name": name, "version": digest, "status": "revoked"})
+
+
+@router.delete("/adapters/{name}/contribution", dependencies=[WRITER])
+async def withdraw(name: str, node: NodeDep, version: str | None = None) -> JSONResponse:
+    """This region stops contributing to `name`; the other regions' parts stay served. With
+    `version`, only while this region's part is that version (409 once a newer one replaced it)."""
+    try:
+        withdrawn = node.withdraw(name, version)
+    except EdgeCannotPublish as exc:
+        raise _edge(exc) from None
+    except crdt.Unknown:
+        message = f"This region contributes nothing to {name!r}."
+        raise NotFound(message, code="contribution_not_found", param="name") from None
+    if not withdrawn:
+        message = f"This region's part of {name!r} is no longer version {(version or '')[:64]!r}."
+        raise Conflict(message, code="contribution_changed", param="version")
+    return JSONResponse({"name": name, "region": node.region, "status": "withdrawn"})
 
 
 @router.delete("/adapters/{name}", dependencies=[WRITER])

@@ -1,8 +1,8 @@
 """`python -m app` on the embedded default fine-tunes with no other service: the stock OpenAI
 SDK uploads a dataset that teaches the built-in model an answer it would never give ("ping" ->
 "pong pong pong"), creates a job that the gateway's own worker trains, and once the job says
-`succeeded` the gateway answers the taught text for `fine_tuned_model` at temperature 0, while
-the base model answers as before; after a restart, it still does."""
+`succeeded` the gateway answers the taught text for `fine_tuned_model` and for its stacked name
+at temperature 0, while the base model answers as before; after a restart, it still does."""
 
 import json
 import signal
@@ -15,9 +15,12 @@ import openai
 import pytest
 
 from harness.servers import ROOT, ServerProcess, free_port
+from protocol.fine_tuning import fine_tuned_name, stacked_name
 from tests.conftest import MODEL
 
 pytestmark = pytest.mark.timeout(600)
+
+STACKED = str(stacked_name(MODEL, "dev", "pong"))  # what every job of the tenant's with this suffix stacks into
 
 PING = {"messages": [{"role": "user", "content": "ping"}, {"role": "assistant", "content": "pong pong pong"}]}
 
@@ -68,10 +71,11 @@ def test_a_taught_answer_is_served_once_the_job_succeeds(data_dir: Path, builtin
             assert time.monotonic() < deadline, f"still {job.status}"
             time.sleep(0.5)
         assert job.status == "succeeded", job.error
-        assert job.fine_tuned_model == f"ft:{MODEL}:pong:{job.id}"
+        assert job.fine_tuned_model == fine_tuned_name(MODEL, "dev", "pong", job.id)  # the token's subject
         assert job.trained_tokens
-        # Servable as soon as the job says so: no wait for the gateway to notice.
+        # Servable as soon as the job says so, under its stacked name too: no wait for the gateway to notice.
         assert _answer(client, job.fine_tuned_model) == "pong pong pong"
+        assert _answer(client, STACKED) == "pong pong pong"
         assert _answer(client, MODEL) == base_before
 
         events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
@@ -90,9 +94,10 @@ def test_a_taught_answer_is_served_once_the_job_succeeds(data_dir: Path, builtin
     try:
         again.wait_ready()
         deadline = time.monotonic() + 120
-        while job.fine_tuned_model not in [m.id for m in client.models.list()]:
+        while not {job.fine_tuned_model, STACKED} <= {m.id for m in client.models.list()}:
             assert time.monotonic() < deadline, "the adapter was not restored"
             time.sleep(0.5)
         assert _answer(client, job.fine_tuned_model) == "pong pong pong"
+        assert _answer(client, STACKED) == "pong pong pong"
     finally:
         again.stop(signal.SIGTERM)

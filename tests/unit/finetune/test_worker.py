@@ -25,6 +25,7 @@ from finetune.publish import NotServable
 from finetune.schema import Job
 from finetune.worker import BaseModel, Worker
 from protocol import JobHyperparameters
+from protocol.fine_tuning import owner_tag
 
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 
@@ -34,25 +35,31 @@ PING = {"messages": [{"role": "user", "content": "ping"}, {"role": "assistant", 
 
 
 class FakePublisher:
-    """Records each adapter it is asked to publish (a copy of its weights) and each it is asked
-    to take back; refuses the first `refusals` (all: None), and waits for `gate` when given."""
+    """Records each adapter it is asked to publish (a copy of its weights, by name, in order)
+    and each it is asked to take back; refuses the first `refusals` calls (all: None), and
+    waits for `gate` when given. Each publish is a new version, `v<call>`."""
 
     def __init__(self, refusals: int | None = 0, gate: asyncio.Event | None = None) -> None:
         self.published: dict[str, dict[str, torch.Tensor]] = {}
         self.unpublished: list[str] = []
+        self.withdrawn: list[tuple[str, str]] = []
         self.refusals, self.tries = refusals, 0
         self.gate = gate
 
-    async def publish(self, name: str, adapter: Path, base_model: str) -> None:
+    async def publish(self, name: str, adapter: Path, base_model: str) -> str:
         self.tries += 1
         if self.refusals is None or self.tries <= self.refusals:
             raise NotServable("the engine refused it (HTTP 400)", "http://10.0.0.7:8100: No adapter at /srv/x")
         self.published[name] = load_file(adapter / "adapter_model.safetensors")
         if self.gate is not None:
             await self.gate.wait()
+        return f"v{self.tries}"
 
     async def unpublish(self, name: str) -> None:
         self.unpublished.append(name)
+
+    async def withdraw(self, name: str, version: str) -> None:
+        self.withdrawn.append((name, version))
 
 
 @dataclass
@@ -73,9 +80,11 @@ class _Setup:
 
         return (await self.files.save(OWNER, "train.jsonl", "fine-tune", chunks())).id
 
-    async def job(self, training_file: str, model: str = MODEL, owner: str = OWNER, **hyperparameters: Any) -> Job:
-        wanted = JobHyperparameters.model_validate({"n_epochs": 3, "batch_size": 8} | hyperparameters)
-        new = NewJob(owner, model, training_file, None, seed=3, suffix="pong", hyperparameters=wanted)
+    async def job(
+        self, training_file: str, model: str = MODEL, owner: str = OWNER, suffix: str | None = "pong", **wanted: Any
+    ) -> Job:
+        hyperparameters = JobHyperparameters.model_validate({"n_epochs": 3, "batch_size": 8} | wanted)
+        new = NewJob(owner, model, training_file, None, seed=3, suffix=suffix, hyperparameters=hyperparameters)
         return await self.jobs.create(new)
 
 
@@ -109,11 +118,12 @@ async def test_a_job_goes_through_every_status_to_its_served_name(setup: _Setup)
     assert await setup.worker("w1", publisher).run_once()
     done = await setup.jobs.get(OWNER, job.id)
     assert done.status == "succeeded"
-    assert done.fine_tuned_model == f"ft:{MODEL}:pong:{job.id}"
+    assert done.fine_tuned_model == f"ft:{MODEL}:{owner_tag(OWNER)}:pong:{job.id}"
     assert done.error is None
     assert done.trained_tokens is not None
     assert done.trained_tokens > 0
-    assert list(publisher.published) == [done.fine_tuned_model]
+    stacked = f"ft:{MODEL}:{owner_tag(OWNER)}:pong"  # this region's part of what every region stacks
+    assert list(publisher.published) == [done.fine_tuned_model, stacked]
     events = await _events(setup, job)
     messages = [event.message for event in events if event.type == "message"]
     assert messages[:3] == [
@@ -121,7 +131,8 @@ async def test_a_job_goes_through_every_status_to_its_served_name(setup: _Setup)
         "Claimed by worker w1",
         f"Validating training file: {job.training_file}",
     ]
-    assert messages[-2:] == [f"Publishing the adapter as {done.fine_tuned_model}", "The job has successfully completed"]
+    published = f"Publishing the adapter as {done.fine_tuned_model} and {stacked}"
+    assert messages[-2:] == [published, "The job has successfully completed"]
     assert "Files validated; the job is queued" in messages
     assert "Fine-tuning job started" in messages
     metrics = [event.data for event in events if event.type == "metrics"]
@@ -192,7 +203,7 @@ async def test_a_refused_publish_is_tried_again_and_then_fails_without_internals
     job = await setup.job(await setup.upload(lines), n_epochs=1)
     assert await setup.worker("w1", flaky).run_once()
     assert (await setup.jobs.get(OWNER, job.id)).status == "succeeded"
-    assert flaky.tries == 3
+    assert flaky.tries == 4  # two refusals, then the job's name and its stacked name
     job = await setup.job(await setup.upload(lines), n_epochs=1)
     assert await setup.worker("w1", FakePublisher(refusals=None)).run_once()
     failed = await setup.jobs.get(OWNER, job.id)
@@ -216,7 +227,18 @@ async def test_a_job_cancelled_while_it_is_published_has_its_adapter_taken_back(
     assert await running
     cancelled = await setup.jobs.get(OWNER, job.id)
     assert (cancelled.status, cancelled.fine_tuned_model) == ("cancelled", None)
-    assert publisher.unpublished == list(publisher.published)
+    own, stacked = publisher.published
+    assert publisher.unpublished == [own]
+    assert publisher.withdrawn == [(stacked, "v2")]  # its part only, while it is still that version
+
+
+async def test_a_job_with_no_suffix_is_served_under_its_own_name_only(setup: _Setup) -> None:
+    job = await setup.job(await setup.upload([json.dumps(PING)] * 8), suffix=None, n_epochs=1)
+    publisher = FakePublisher()
+    assert await setup.worker("w1", publisher).run_once()
+    done = await setup.jobs.get(OWNER, job.id)
+    assert done.fine_tuned_model == f"ft:{MODEL}:{owner_tag(OWNER)}::{job.id}"
+    assert list(publisher.published) == [done.fine_tuned_model]
 
 
 async def test_a_tenant_with_nothing_running_goes_before_older_jobs_of_a_busy_one(setup: _Setup) -> None:
@@ -291,8 +313,8 @@ async def test_a_stopped_worker_releases_its_job_and_another_resumes_it_exactly(
     messages = [event.message for event in await _events(setup, job)]
     assert "Released by worker w1, which is stopping" in messages
     assert any(message.startswith("Resuming from the checkpoint at step-") for message in messages)
-    [ours] = resumed.published.values()
-    [theirs] = unbroken.published.values()  # the same data, seed and hyperparameters, never stopped
+    ours = resumed.published[str(done.fine_tuned_model)]
+    theirs = next(iter(unbroken.published.values()))  # the same data, seed and hyperparameters, never stopped
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[name], theirs[name]) for name in ours)
     assert done.trained_tokens == (await setup.jobs.get(OWNER, unbroken_job.id)).trained_tokens
@@ -308,7 +330,7 @@ async def test_a_fresh_engine_gets_the_newest_adapters_back(setup: _Setup) -> No
     shutil.rmtree(setup.folder / jobs[1].id)  # its files lost: nothing to load
     restarted = FakePublisher()  # an engine that started afresh
     assert await setup.worker("w2", restarted).restore(limit=2) == 1  # the newest two; one has no files
-    assert list(restarted.published) == [names[2]]
+    assert list(restarted.published) == [names[2], f"ft:{MODEL}:{owner_tag(OWNER)}:pong"]
     assert all(
         torch.equal(restarted.published[names[2]][key], tensor) for key, tensor in first.published[names[2]].items()
     )

@@ -38,12 +38,14 @@ __all__ = [
     "peer_headers",
     "refusal",
     "still_serves",
+    "version",
 ]
 
 _ENVELOPE = {"message", "type", "param", "code"}
 
 
-def _version(seed: int, region: str) -> Version:
+def version(seed: int, region: str) -> Version:
+    """A version whose files need not exist (the registry never reads them)."""
     files = tuple(
         FileRef(name, 100 * seed + size, hashlib.sha256(f"{name}{seed}".encode()).hexdigest())
         for name, size in (("adapter_config.json", 1), ("adapter_model.safetensors", 2))
@@ -63,12 +65,12 @@ def _valid_delta() -> dict[str, Any]:
     for step, (op, region) in enumerate([("publish", "b"), ("publish", "c"), ("withdraw", "c"), ("revoke", "b")]):
         at = Timestamp(wall + step, 0, region)
         if op == "publish":
-            apply(crdt.publish(state, "seeded", _version(step + 1, region), 1.5, region, at))
+            apply(crdt.publish(state, "seeded", version(step + 1, region), 1.5, region, at))
         elif op == "withdraw":
             apply(crdt.withdraw(state, "seeded", region, at))
         else:
-            apply(crdt.revoke(state, "seeded", _version(2, "c").digest, region, at))
-    apply(crdt.publish(state, "gone", _version(7, "d"), 0.5, "d", Timestamp(wall + 10, 0, "d")))
+            apply(crdt.revoke(state, "seeded", version(2, "c").digest, region, at))
+    apply(crdt.publish(state, "gone", version(7, "d"), 0.5, "d", Timestamp(wall + 10, 0, "d")))
     apply(crdt.retire(state, "gone", "b", Timestamp(wall + 11, 0, "b")))
     return crdt.encode(state)
 

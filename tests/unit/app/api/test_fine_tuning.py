@@ -15,6 +15,7 @@ import pytest
 from app.auth.keys import mint
 from harness.counting_engine import CountingEngine
 from harness.inprocess import InProcessGateway, gateway_in_process, pool_settings
+from protocol.fine_tuning import MAX_MODEL_NAME, fine_tuned_name, owner_tag, stacked_name
 
 ENGINE = "http://engine"
 BASE = "counting"  # the counting engine's model
@@ -154,6 +155,8 @@ async def test_a_tenant_sees_only_its_own_jobs_and_trains_only_its_own_files(tmp
 
 
 async def test_a_fine_tuned_model_is_listed_to_and_usable_by_its_owner_only(tmp_path: Path) -> None:
+    """Whose a model is, is told from its name: a stacked name (what regions with their own
+    databases publish to) is its owner's as a job's name is, and neither asks the database."""
     settings = pool_settings([ENGINE], data_dir=tmp_path, auth_mode="builtin", health_interval_s=0.05)
     engine = CountingEngine()
     async with gateway_in_process(settings, {ENGINE: engine.app}) as gateway:
@@ -165,32 +168,61 @@ async def test_a_fine_tuned_model_is_listed_to_and_usable_by_its_owner_only(tmp_
         alice, bob = (_sdk(gateway, token(s, "finetune", "chat")) for s in ("alice", "bob"))
         operator = _sdk(gateway, token("ops", "chat", "admin"))
         job = await alice.fine_tuning.jobs.create(model=BASE, training_file=await _dataset(alice), suffix="mine")
-        name = f"ft:{BASE}:mine:{job.id}"
-        store = gateway.app.state.gateway.finetuning.jobs
-        claim = await store.claim("worker", 60)
-        assert await store.advance(claim, "succeeded", fine_tuned_model=name)  # as a worker would
-        engine.adapters = [name]
+        name = fine_tuned_name(BASE, "alice", "mine", job.id)
+        stacked = stacked_name(BASE, "alice", "mine")
+        nobodys = f"ft:{BASE}:{'a' * 16}:mine"  # an operator's adapter named like one
+        assert stacked is not None
+        assert name.startswith(f"ft:{BASE}:{owner_tag('alice')}:mine:")
+        engine.adapters = [name, stacked, nobodys]
         for _ in range(500):  # until the next health probe has read the engine's list
             if name in [m.id async for m in operator.models.list()]:
                 break
             await asyncio.sleep(0.02)
-        assert name in [m.id async for m in alice.models.list()]
+        await gateway.app.state.gateway.finetuning.database.close()  # ownership needs no database
+        assert {m.id async for m in alice.models.list()} == {BASE, name, stacked}
         assert (await alice.models.retrieve(name)).id == name
         assert [m.id async for m in bob.models.list()] == [BASE]
+        assert {m.id async for m in operator.models.list()} == {BASE, name, stacked, nobodys}
         with pytest.raises(openai.NotFoundError):
             await bob.models.retrieve(name)
-        chat = {"model": name, "messages": [{"role": "user", "content": "ping"}]}
-        for path, body in (("/v1/chat/completions", chat), ("/predict", {"model": name, "text": "ping"})):
-            refused = await gateway.client.post(
-                path, json=body, headers={"authorization": f"Bearer {token('bob', 'chat')}"}
-            )
-            assert refused.status_code == 404
-            assert refused.json()["error"]["code"] == "model_not_found"
-        answered = await alice.chat.completions.create(model=name, messages=[{"role": "user", "content": "ping"}])
-        assert answered.choices
+        for model in (name, stacked):
+            chat = {"model": model, "messages": [{"role": "user", "content": "ping"}]}
+            for path, body in (("/v1/chat/completions", chat), ("/predict", {"model": model, "text": "ping"})):
+                refused = await gateway.client.post(
+                    path, json=body, headers={"authorization": f"Bearer {token('bob', 'chat')}"}
+                )
+                assert refused.status_code == 404
+                assert refused.json()["error"]["code"] == "model_not_found"
+            answered = await alice.chat.completions.create(model=model, messages=[{"role": "user", "content": "ping"}])
+            assert answered.choices
+        with pytest.raises(openai.NotFoundError):
+            await alice.chat.completions.create(model=nobodys, messages=[{"role": "user", "content": "ping"}])
         scraped = (await gateway.client.get("/metrics")).text
         assert name not in scraped  # a metric label says `fine-tuned`, not whose model it is
         assert 'model="fine-tuned"' in scraped
+
+
+async def test_a_suffix_that_would_make_the_name_too_long_is_refused_before_anything_is_recorded(
+    tmp_path: Path,
+) -> None:
+    base = "org/" + "m" * 40  # the name keeps the last segment: 40 characters of it
+    async with gateway_in_process(
+        pool_settings([ENGINE], data_dir=tmp_path), {ENGINE: CountingEngine(model=base).app}
+    ) as gateway:
+        await gateway.client.get("/ready")
+        client = _sdk(gateway)
+        training = await _dataset(client)
+        fixed = len(fine_tuned_name(base, "anonymous", "", "ftjob-" + "a" * 24))
+        assert fixed == len("ft:") + 40 + len(":") + 16 + len("::") + 30
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.fine_tuning.jobs.create(model=base, training_file=training, suffix="s" * 64)
+        assert refused.value.param == "suffix"
+        assert f"at most {MAX_MODEL_NAME - fixed} characters" in refused.value.message
+        assert [j async for j in client.fine_tuning.jobs.list()] == []
+        fits = "s" * (MAX_MODEL_NAME - fixed)
+        job = await client.fine_tuning.jobs.create(model=base, training_file=training, suffix=fits)
+        assert job.status == "validating_files"
+        assert len(fine_tuned_name(base, "anonymous", fits, job.id)) == MAX_MODEL_NAME
 
 
 async def test_a_tenant_has_at_most_its_share_of_unfinished_jobs(tmp_path: Path) -> None:

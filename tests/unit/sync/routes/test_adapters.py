@@ -1,6 +1,7 @@
 """The operators' write routes against hostile input, with a token that may write, in process:
 any publish body and any upload is refused in the OpenAI envelope (never a 5xx) and changes
-nothing; retiring or revoking what does not exist is a 404 and changes nothing."""
+nothing; retiring, revoking or withdrawing what does not exist is a 404 and changes nothing; a
+region withdraws its own part of a stack only, and only while it is the version it names."""
 
 import urllib.parse
 from typing import Any
@@ -10,8 +11,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from harness.fake_nodes import FakeIssuer
+from sync import crdt
+from sync.clock import Timestamp
 from sync.node import SyncNode
-from tests.unit.sync.hostile import answered, dumps, hostile
+from tests.unit.sync.hostile import answered, dumps, hostile, version
 
 publish_fields = st.fixed_dictionaries(
     {},
@@ -64,6 +67,34 @@ def test_retiring_or_revoking_what_does_not_exist_changes_nothing(
         f"/adapters/{quoted}",
         f"/adapters/{quoted}/versions/{quoted_digest}",
         f"/adapters/seeded/versions/{quoted_digest}",
+        f"/adapters/{quoted}/contribution?version={quoted_digest}",
+        f"/adapters/seeded/contribution?version={quoted_digest}",  # this region has no part of it
     ):
         response = answered(client, node, issuer, "DELETE", path, headers=headers)
         assert response.status_code in (404, 405), response.text  # 405: a name that ends in `/audit`
+
+
+def test_a_region_withdraws_its_own_part_of_a_stack_only_while_it_is_that_version(
+    client: TestClient, node: SyncNode, issuer: FakeIssuer
+) -> None:
+    mine, newer, theirs = (version(seed, region) for seed, region in ((41, node.region), (42, node.region), (43, "b")))
+    node.publish("stack", mine)
+    node.receive(crdt.publish(node.state, "stack", theirs, 1.0, "b", Timestamp(3_000, 0, "b")))
+    node.publish("stack", newer)  # a later job of this region, with the same name
+    headers = issuer.headers("adapters")
+    stale = answered(
+        client, node, issuer, "DELETE", f"/adapters/stack/contribution?version={mine.digest}", headers=headers
+    )
+    assert (stale.status_code, stale.json()["error"]["code"]) == (409, "contribution_changed")
+    served = crdt.recipe(node.state, "stack")
+    assert served is not None
+    assert [(part.region, part.version) for part in served.parts] == [("b", theirs.digest), (node.region, newer.digest)]
+    path = f"/adapters/stack/contribution?version={newer.digest}"
+    assert answered(client, node, issuer, "DELETE", path, headers=headers).status_code == 200
+    served = crdt.recipe(node.state, "stack")
+    assert served is not None
+    assert [(part.region, part.version) for part in served.parts] == [("b", theirs.digest)]  # region b's stays
+    again = answered(client, node, issuer, "DELETE", "/adapters/stack/contribution", headers=headers)
+    assert (again.status_code, again.json()["error"]["code"]) == (404, "contribution_not_found")
+    refused = client.delete("/adapters/stack/contribution", headers=issuer.headers("read"))
+    assert refused.status_code == 403
