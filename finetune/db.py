@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-__all__ = ["Database", "database_now", "sqlite_url", "write_lock"]
+__all__ = ["Database", "database_now", "owner_lock", "sqlite_url", "write_lock"]
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
 _LOCK_ID = 0x5357_4654  # PostgreSQL advisory lock held while migrating ("SWFT")
@@ -134,3 +134,14 @@ async def write_lock(session: AsyncSession, sqlite: bool) -> None:
     locked") when another write committed in between. PostgreSQL locks the rows it selects."""
     if sqlite:
         await session.connection(execution_options={"sqlite_begin": "BEGIN IMMEDIATE"})
+
+
+async def owner_lock(session: AsyncSession, sqlite: bool, owner: str) -> None:
+    """Hold, until the session's transaction ends, a lock of `owner`'s: a check of the
+    owner's share and the write it allows are one step, so two requests at once cannot both
+    pass it (PostgreSQL: a transaction-scoped advisory lock on the owner's hash; SQLite: the
+    database's write lock)."""
+    if sqlite:
+        await write_lock(session, sqlite)
+    else:
+        await session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:owner, 0))"), {"owner": owner})

@@ -17,14 +17,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 
 from finetune.datasets import LineChecker
-from finetune.db import Database, write_lock
+from finetune.db import Database, owner_lock, write_lock
 from finetune.records import UnknownCursor, is_id, new_id, owned, paged
 from finetune.schema import File
 
-__all__ = ["FILE_PURPOSES", "FileStore", "FileTooLarge", "UnknownFile", "Upload", "clean_filename"]
+__all__ = ["FILE_PURPOSES", "FileStore", "FileTooLarge", "OverShare", "UnknownFile", "Upload", "clean_filename"]
 
 FILE_PURPOSES = frozenset({"fine-tune"})
 
@@ -38,6 +38,14 @@ class FileTooLarge(ValueError):
     def __init__(self, limit: int) -> None:
         super().__init__(f"the file is larger than the limit of {limit} bytes")
         self.limit = limit
+
+
+class OverShare(ValueError):
+    """The upload would take the owner's files past its share of storage."""
+
+    def __init__(self, share: int) -> None:
+        super().__init__(f"the owner's files would be larger than its share of {share} bytes")
+        self.share = share
 
 
 class UnknownFile(LookupError):
@@ -100,8 +108,7 @@ class FileStore:
     async def stored_bytes(self, owner: str) -> int:
         """The bytes of the owner's files together."""
         async with self._database.sessions() as session:
-            total = await session.scalar(select(func.coalesce(func.sum(File.bytes), 0)).where(File.owner == owner))
-        return int(total or 0)
+            return int(await session.scalar(_stored_bytes(owner)) or 0)
 
     @asynccontextmanager
     async def receiving(self, limit: int | None = None) -> AsyncIterator[Upload]:
@@ -116,9 +123,10 @@ class FileStore:
         finally:
             partial.unlink(missing_ok=True)
 
-    async def keep(self, upload: Upload, owner: str, filename: str, purpose: str) -> File:
+    async def keep(self, upload: Upload, owner: str, filename: str, purpose: str, share: int | None = None) -> File:
         """The whole upload, checked to its end (DatasetError if it is not a dataset), renamed
-        into place and recorded."""
+        into place and recorded; OverShare when the owner's files, with it, would pass `share`
+        bytes (checked as it is recorded, under the owner's lock: uploads at once add up)."""
         await asyncio.to_thread(upload.finish)
         file_id = new_id("file")
         record = File(
@@ -134,6 +142,11 @@ class FileStore:
         upload.path.rename(self.path(file_id))
         try:
             async with self._database.sessions.begin() as session:
+                if share is not None:
+                    await owner_lock(session, self._database.is_sqlite, owner)
+                    stored = await session.scalar(_stored_bytes(owner))
+                    if int(stored or 0) + upload.size > share:
+                        raise OverShare(share)
                 session.add(record)
         except BaseException:
             self.path(file_id).unlink(missing_ok=True)
@@ -184,6 +197,10 @@ class FileStore:
                 raise UnknownFile(file_id)
             await session.delete(record)
         self.path(file_id).unlink(missing_ok=True)
+
+
+def _stored_bytes(owner: str) -> Select[int]:
+    return select(func.coalesce(func.sum(File.bytes), 0)).where(File.owner == owner)
 
 
 def _create_private(path: Path) -> BinaryIO:

@@ -11,15 +11,15 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import Select, and_, func, or_, select, update
 from sqlalchemy.orm import aliased
 
-from finetune.db import Database, database_now, write_lock
+from finetune.db import Database, database_now, owner_lock, write_lock
 from finetune.records import UnknownCursor, is_id, new_id, owned, paged
 from finetune.schema import Checkpoint, Event, Job
 from protocol import JobHyperparameters
 
-__all__ = ["FINISHED", "Claim", "JobStore", "NewJob", "NotCancellable", "UnknownJob"]
+__all__ = ["FINISHED", "Claim", "JobStore", "NewJob", "NotCancellable", "TooManyUnfinished", "UnknownJob"]
 
 UNFINISHED = ("validating_files", "queued", "running")
 
@@ -28,6 +28,10 @@ FINISHED = frozenset({"succeeded", "failed", "cancelled"})
 
 class UnknownJob(LookupError):
     """No such job for this owner (another owner's job is unknown too)."""
+
+
+class TooManyUnfinished(ValueError):
+    """The owner already has as many unfinished jobs as it may."""
 
 
 class NotCancellable(ValueError):
@@ -179,12 +183,6 @@ class JobStore:
         async with self._database.sessions() as session:
             return list((await session.scalars(query)).all())
 
-    async def unfinished(self, owner: str) -> int:
-        """How many of the owner's jobs have not finished."""
-        query = select(func.count()).select_from(Job).where(Job.owner == owner, Job.status.in_(UNFINISHED))
-        async with self._database.sessions() as session:
-            return int(await session.scalar(query) or 0)
-
     async def status(self, job_id: str) -> str | None:
         """The job's status now (None when there is no such job)."""
         async with self._database.sessions() as session:
@@ -196,7 +194,9 @@ class JobStore:
         async with self._database.sessions() as session:
             return (await session.scalars(query)).first()
 
-    async def create(self, new: NewJob) -> Job:
+    async def create(self, new: NewJob, most_unfinished: int | None = None) -> Job:
+        """Record a new job; TooManyUnfinished when the owner has `most_unfinished` unfinished
+        jobs already (counted as it is recorded, under the owner's lock: creations at once add up)."""
         enqueued = time.time()
         now = int(enqueued)
         job = Job(
@@ -223,6 +223,10 @@ class JobStore:
             job_metadata=new.metadata,
         )
         async with self._database.sessions.begin() as session:
+            if most_unfinished is not None:
+                await owner_lock(session, self._database.is_sqlite, new.owner)
+                if int(await session.scalar(_unfinished(new.owner)) or 0) >= most_unfinished:
+                    raise TooManyUnfinished(new.owner)
             session.add(job)
             await session.flush()
             session.add(_event(job.id, f"Created fine-tuning job: {job.id}", now=now))
@@ -349,3 +353,7 @@ async def _holds(session: Any, claim: Claim) -> bool:
 
 def _held(claim: Claim) -> Any:
     return and_(Job.id == claim.job.id, Job.worker == claim.worker, Job.attempts == claim.attempt)
+
+
+def _unfinished(owner: str) -> Select[int]:
+    return select(func.count()).select_from(Job).where(Job.owner == owner, Job.status.in_(UNFINISHED))

@@ -18,7 +18,7 @@ from app.auth import Principal
 from app.errors import InvalidRequest, NotFound, PayloadTooLarge, StorageLimitReached
 from app.finetuning import database_errors
 from finetune.datasets import DatasetError
-from finetune.files import FILE_PURPOSES, FileTooLarge, UnknownFile
+from finetune.files import FILE_PURPOSES, FileTooLarge, OverShare, UnknownFile
 from finetune.records import UnknownCursor
 from finetune.schema import File
 from protocol import FileDeleted, FileList, FileObject
@@ -58,11 +58,13 @@ async def upload(request: Request, gateway: GatewayDep, caller: Caller) -> JSONR
                 raise InvalidRequest(f"`purpose` must be one of: {', '.join(sorted(FILE_PURPOSES))}.", param="purpose")
             if form.filename is None:
                 raise InvalidRequest("`file` is required.", param="file")
-            record = await store.keep(received, owner, form.filename, purpose)
+            record = await store.keep(received, owner, form.filename, purpose, share=quota)
     except DatasetError as refused:
         raise InvalidRequest(f"The file is not a valid fine-tuning dataset: {refused}.", param="file") from None
     except FileTooLarge as refused:
         raise (_too_large(refused.limit) if refused.limit == store.max_bytes else StorageLimitReached(quota)) from None
+    except OverShare:  # another upload of the tenant's was kept meanwhile
+        raise StorageLimitReached(quota) from None
     except ClientDisconnect:
         return JSONResponse({}, status_code=499)  # nobody reads it; nothing was kept
     return JSONResponse(file_object(record).model_dump())

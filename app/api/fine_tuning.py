@@ -17,7 +17,7 @@ from app.auth import Principal
 from app.errors import InvalidRequest, NotFound, TooManyJobs
 from app.finetuning import database_errors
 from finetune.files import UnknownFile
-from finetune.jobs import NewJob, NotCancellable, UnknownJob
+from finetune.jobs import NewJob, NotCancellable, TooManyUnfinished, UnknownJob
 from finetune.records import UnknownCursor, new_id
 from finetune.schema import Checkpoint, Event, Job
 from protocol import (
@@ -108,9 +108,6 @@ async def create(request: Request, gateway: GatewayDep, caller: Caller) -> FineT
             raise InvalidRequest(f"No such file: `{file_id}`.", param=param) from None
         if record.purpose != "fine-tune":
             raise InvalidRequest(f"`{file_id}` was not uploaded with purpose `fine-tune`.", param=param)
-    limit = gateway.settings.max_active_jobs_per_tenant
-    if await finetuning.jobs.unfinished(owner) >= limit:
-        raise TooManyJobs(limit)
     new = NewJob(
         owner=owner,
         model=ask.model,
@@ -121,7 +118,11 @@ async def create(request: Request, gateway: GatewayDep, caller: Caller) -> FineT
         hyperparameters=chosen or JobHyperparameters(),
         metadata=ask.metadata,
     )
-    return job_object(await finetuning.jobs.create(new))
+    limit = gateway.settings.max_active_jobs_per_tenant
+    try:
+        return job_object(await finetuning.jobs.create(new, most_unfinished=limit))
+    except TooManyUnfinished:
+        raise TooManyJobs(limit) from None
 
 
 def _check_name_length(model: str, owner: str, suffix: str | None) -> None:

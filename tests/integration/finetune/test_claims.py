@@ -1,7 +1,7 @@
 """Workers' claims on jobs (finetune/jobs.py), on SQLite and on a real PostgreSQL: the oldest
 waiting job first; never one job to two workers, however many claim at once; a dead worker's
 job taken over once its lease lapses, and the dead claim fenced off; a cancel seen at the next
-heartbeat."""
+heartbeat; a tenant's shares of jobs and storage holding against writers at once."""
 
 import asyncio
 import time
@@ -13,8 +13,12 @@ import pytest
 
 import finetune.jobs as jobs_module
 from finetune.db import Database, sqlite_url
-from finetune.jobs import Claim, JobStore, NewJob
+from finetune.files import FileStore, OverShare
+from finetune.jobs import Claim, JobStore, NewJob, TooManyUnfinished
+from finetune.schema import File, Job
 from protocol import JobHyperparameters
+
+LINE = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -149,3 +153,31 @@ async def test_leases_are_timed_on_the_databases_clock(
     monkeypatch.setattr(jobs_module, "time", SimpleNamespace(time=lambda: real() - 3600))
     assert await store.claim("w3", lease_s=60) is None
     assert (await store.get("alice", job_id)).worker == "w1"
+
+
+async def test_a_tenants_shares_hold_against_writers_at_once(databases: list[Database], tmp_path: Path) -> None:
+    """Four processes' connections recording at once: at most `most_unfinished` jobs and
+    `share` bytes of files of one owner get in (another owner's lock is not the same one)."""
+    new = NewJob("alice", "base", "file-x", None, 1, None, JobHyperparameters())
+    made = await asyncio.gather(
+        *(JobStore(databases[n % 4]).create(new, most_unfinished=3) for n in range(12)), return_exceptions=True
+    )
+    assert sum(isinstance(job, Job) for job in made) == 3
+    assert all(isinstance(job, (Job, TooManyUnfinished)) for job in made), made
+    await JobStore(databases[0]).create(NewJob("bob", "base", "f", None, 1, None, JobHyperparameters()), 3)
+
+    assert 500 // 6 < len(LINE) <= 500 // 4
+
+    async def upload(n: int) -> File | OverShare:
+        store = FileStore(databases[n % 4], tmp_path / "files", 1 << 20)
+        async with store.receiving() as upload:
+            await upload.write(LINE * 2)
+            try:
+                return await store.keep(upload, "alice", f"{n}.jsonl", "fine-tune", share=500)
+            except OverShare as refused:
+                return refused
+
+    kept = await asyncio.gather(*(upload(n) for n in range(8)))
+    assert sum(isinstance(file, File) for file in kept) == 2  # a third would pass 500 bytes
+    assert await FileStore(databases[0], tmp_path / "files", 1 << 20).stored_bytes("alice") == 4 * len(LINE)
+    assert len(list((tmp_path / "files").glob("*.jsonl"))) == 2  # the refused ones left nothing

@@ -3,6 +3,7 @@ the stock OpenAI SDK's calls; bad datasets and bad forms refused with the line o
 nothing kept; each tenant sees only its own files; an unreachable database is a 503, and the
 chat routes never wait for it."""
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -206,3 +207,18 @@ async def test_a_tenant_cannot_store_more_than_its_share(tmp_path: Path) -> None
         await bob.files.create(file=("b.jsonl", DATASET), purpose="fine-tune")  # bob's share is his own
         await alice.files.delete(first.id)
         await alice.files.create(file=("c.jsonl", DATASET), purpose="fine-tune")  # room again
+
+
+async def test_uploads_at_once_cannot_together_pass_a_tenants_share(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, max_stored_bytes_per_tenant=len(DATASET) * 2 + 10)
+    async with gateway_in_process(settings, {ENGINE: CountingEngine().app}) as gateway:
+        client = _sdk(gateway)
+        answers = await asyncio.gather(
+            *(client.files.create(file=(f"{n}.jsonl", DATASET), purpose="fine-tune") for n in range(5)),
+            return_exceptions=True,
+        )
+        refused = [a for a in answers if isinstance(a, openai.APIStatusError)]
+        assert len(refused) == 3, answers  # each passed the check at its start: none had been kept yet
+        assert {(a.status_code, a.code) for a in refused} == {(413, "storage_limit_reached")}
+        assert len(_kept(tmp_path)) == 2
+        assert sum([f.bytes async for f in client.files.list()]) == len(DATASET) * 2

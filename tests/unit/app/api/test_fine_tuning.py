@@ -242,6 +242,22 @@ async def test_a_tenant_has_at_most_its_share_of_unfinished_jobs(tmp_path: Path)
         await alice.fine_tuning.jobs.create(model=BASE, training_file=training)  # a cancelled job is finished
 
 
+async def test_jobs_created_at_once_cannot_together_pass_a_tenants_share(tmp_path: Path) -> None:
+    settings = pool_settings([ENGINE], data_dir=tmp_path, max_active_jobs_per_tenant=2)
+    async with gateway_in_process(settings, {ENGINE: CountingEngine().app}) as gateway:
+        await gateway.client.get("/ready")
+        client = _sdk(gateway)
+        training = await _dataset(client)
+        answers = await asyncio.gather(
+            *(client.fine_tuning.jobs.create(model=BASE, training_file=training) for _ in range(6)),
+            return_exceptions=True,
+        )
+        refused = [a for a in answers if isinstance(a, openai.APIStatusError)]
+        assert len(refused) == 4, answers
+        assert {(a.status_code, a.code) for a in refused} == {(429, "too_many_jobs")}
+        assert len([j async for j in client.fine_tuning.jobs.list()]) == 2
+
+
 async def test_a_cursor_that_is_not_the_jobs_is_400_and_an_unknown_job_404(gateway: InProcessGateway) -> None:
     training = await _dataset(_sdk(gateway))
     job = (await gateway.client.post("/v1/fine_tuning/jobs", json={"model": BASE, "training_file": training})).json()
