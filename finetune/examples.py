@@ -1,5 +1,7 @@
 """One chat example as a training sequence: the model's chat template renders it, and only the
-assistant turns it is to learn (weight 1, the default) count in the loss.
+assistant turns it is to learn (weight 1, the default) count in the loss. Tool calls and the
+tools offered are rendered as the template writes them (the model learns to call tools as it
+will be asked to at serving); a template that leaves them out refuses the line.
 
 Which tokens are an assistant turn's is found from the template itself, whatever it looks like:
 the turn's text is what rendering the chat through that turn adds to rendering it up to the
@@ -17,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from finetune.datasets import DatasetError, check_example
+from finetune.datasets import DatasetError, check_example, text_of
 
 __all__ = ["IGNORE", "Encoded", "ExampleEncoder", "read_examples"]
 
@@ -46,38 +48,73 @@ class ExampleEncoder:
         self.max_length = max_length
 
     def encode(self, example: dict[str, Any], line: int) -> Encoded:
-        messages: Sequence[dict[str, Any]] = [
-            {"role": message["role"], "content": message["content"]} for message in example["messages"]
-        ]
-        text = self._render(messages, generation_prompt=False)
+        messages = [_template_message(message) for message in example["messages"]]
+        tools: list[dict[str, Any]] | None = example.get("tools") or None
+        text = self._render(messages, tools, generation_prompt=False)
         encoding = self._tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         input_ids: list[int] = encoding["input_ids"]
         if len(input_ids) > self.max_length:  # before the turn-by-turn renders: a long line costs one
             raise DatasetError(line, f"{len(input_ids)} tokens, over the model's context length of {self.max_length}")
+        if tools and text == self._render(messages, None, generation_prompt=False):
+            raise DatasetError(line, "the base model's chat template does not render `tools`")
         spans: list[tuple[int, int]] = []
-        for index, message in enumerate(example["messages"]):
-            if message["role"] != "assistant" or message.get("weight", 1) == 0:
+        for index, message in enumerate(messages):
+            if message["role"] != "assistant" or example["messages"][index].get("weight", 1) == 0:
                 continue
-            through = self._render(messages[: index + 1], generation_prompt=False)
+            through = self._render(messages[: index + 1], tools, generation_prompt=False)
             if index:
-                before = self._render(messages[:index], generation_prompt=True)
+                before = self._render(messages[:index], tools, generation_prompt=True)
                 start, rendered_in_turn = len(before), through.startswith(before)
             else:  # a chat that opens with the assistant: no prompt to render before it
                 start = through.find(message["content"]) if message["content"] else len(through)
                 rendered_in_turn = start >= 0
             if not (text.startswith(through) and rendered_in_turn):
                 raise DatasetError(line, "the chat template does not render the conversation turn by turn")
+            if "tool_calls" in message:  # a template that leaves them out would teach the turn without its calls
+                plain = {key: value for key, value in message.items() if key != "tool_calls"}
+                if through == self._render([*messages[:index], plain], tools, generation_prompt=False):
+                    raise DatasetError(
+                        line, f"messages[{index}]: the base model's chat template does not render tool calls"
+                    )
             spans.append((start, len(through)))
         labels = _labels(input_ids, encoding["offset_mapping"], spans)
         if all(label == IGNORE for label in labels):
             raise DatasetError(line, "no assistant token to learn from once rendered")
         return Encoded(input_ids, labels)
 
-    def _render(self, messages: Sequence[dict[str, Any]], *, generation_prompt: bool) -> str:
+    def _render(
+        self, messages: Sequence[dict[str, Any]], tools: list[dict[str, Any]] | None, *, generation_prompt: bool
+    ) -> str:
         rendered: str = self._tokenizer.apply_chat_template(
-            list(messages), tokenize=False, add_generation_prompt=generation_prompt
+            list(messages), tools=tools, tokenize=False, add_generation_prompt=generation_prompt
         )
         return rendered
+
+
+def _template_message(message: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI chat message (checked) as chat templates take it: content as text (`""` for
+    an assistant turn that only calls tools), `developer` as `system`, and each tool call's
+    arguments as an object when they are one (templates write them out with `tojson`)."""
+    role = "system" if message["role"] == "developer" else message["role"]
+    rendered: dict[str, Any] = {"role": role, "content": text_of(message.get("content")) or ""}
+    if message.get("tool_calls"):
+        rendered["tool_calls"] = [_template_call(call) for call in message["tool_calls"]]
+    if role == "tool" and message.get("tool_call_id"):
+        rendered["tool_call_id"] = message["tool_call_id"]
+    return rendered
+
+
+def _template_call(call: dict[str, Any]) -> dict[str, Any]:
+    function = call["function"]
+    try:
+        parsed = orjson.loads(function["arguments"])
+    except orjson.JSONDecodeError:
+        parsed = None
+    arguments = parsed if isinstance(parsed, dict) else function["arguments"]
+    shaped: dict[str, Any] = {"type": "function", "function": {"name": function["name"], "arguments": arguments}}
+    if call.get("id"):
+        shaped["id"] = call["id"]
+    return shaped
 
 
 def _labels(input_ids: list[int], offsets: Sequence[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:

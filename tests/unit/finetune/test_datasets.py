@@ -2,6 +2,7 @@
 is cut into chunks, and a line is never held past the limit."""
 
 import json
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -17,6 +18,35 @@ def _example(answer: str = "pong pong pong") -> bytes:
 
 
 GOOD = b"\n".join(_example(f"answer {n}") for n in range(5)) + b"\n"
+_ask = {"role": "user", "content": "weather in Paris?"}
+_answer = {"role": "assistant", "content": "Sunny."}
+_CALL = {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}
+_TOOL = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}
+
+
+def _line(*messages: dict[str, Any], **fields: Any) -> bytes:
+    return json.dumps({"messages": list(messages), **fields}).encode() + b"\n"
+
+
+def test_openais_whole_chat_format_is_taken() -> None:
+    """Developer turns, content as text parts, an assistant turn that only calls tools (content
+    null or absent), the tool's answer, the tools offered."""
+    calling = {"role": "assistant", "content": None, "tool_calls": [_CALL]}
+    lines = [
+        _line(
+            {"role": "developer", "content": "Be brief."},
+            _ask,
+            calling,
+            {"role": "tool", "tool_call_id": "call_1", "content": "sun"},
+            _answer,
+            tools=[_TOOL],
+        ),
+        _line(
+            {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+            {"role": "assistant", "tool_calls": [_CALL]},
+        ),
+    ]
+    assert _check(b"".join(lines)).lines == 2
 
 
 def _check(data: bytes, chunk: int = 7) -> LineChecker:
@@ -58,6 +88,21 @@ def test_a_last_line_without_a_newline_and_trailing_blank_lines_are_fine() -> No
         (json.dumps({"messages": [{"role": "assistant", "content": "a", "weight": 0}]}).encode(), 1, "no assistant"),
         (json.dumps({"messages": [{"role": "user", "content": "a", "weight": 1}]}).encode(), 1, "weight must be"),
         (_example() + b"\n\n" + _example(), 2, "empty line between examples"),
+        (_line(_ask, {"role": "assistant", "content": None}), 1, "content must be a string or a list of text parts"),
+        (_line(_ask, {"role": "assistant", "content": [{"type": "image_url"}]}), 1, "list of text parts"),
+        (_line(_ask, {"role": "user", "content": "x", "tool_calls": [_CALL]}, _answer), 1, "only an assistant turn"),
+        (_line(_ask, {"role": "assistant", "tool_calls": []}), 1, "tool_calls must be a non-empty list"),
+        (_line(_ask, {"role": "assistant", "tool_calls": [{"function": {"name": "f"}}]}), 1, "tool_calls[0] must be"),
+        (
+            _line(_ask, {"role": "assistant", "tool_calls": [{"type": "x", "function": _CALL["function"]}]}),
+            1,
+            "must be",
+        ),
+        (_line(_ask, {"role": "assistant", "content": "a", "function_call": {}}), 1, "older form of `tool_calls`"),
+        (_line(_ask, {"role": "tool", "content": "r", "tool_call_id": 3}, _answer), 1, "tool_call_id must be"),
+        (_line(_ask, _answer, tools=[{"type": "function", "function": {}}]), 1, "tools[0] must be"),
+        (_line(_ask, _answer, tools={"type": "function"}), 1, "`tools` must be a list"),
+        (_line(_ask, _answer, functions=[]), 1, "older form of `tools`"),
     ],
 )
 def test_a_bad_line_is_named_with_its_reason(data: bytes, line: int, reason: str) -> None:

@@ -90,6 +90,60 @@ def test_only_assistant_turns_with_weight_are_learned(builtin_model: Path) -> No
     )
 
 
+# A fake of a tool-aware chat template (the shape of Qwen2.5's, shortened): tools listed in the
+# system turn, calls written as <tool_call> JSON, tools' answers as their own turns.
+FAKE_TOOL_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\n# Tools{% for tool in tools %}\n{{ tool['function'] | tojson }}{% endfor %}"
+    "<|im_end|>\n{% endif %}"
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
+    "{% for call in message.get('tool_calls', []) %}<tool_call>{\"name\": \"{{ call['function']['name'] }}\", "
+    "\"arguments\": {{ call['function']['arguments'] | tojson }}}</tool_call>{% endfor %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+CALLING = {
+    "tools": [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}],
+    "messages": [
+        {"role": "developer", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "weather in "}, {"type": "text", "text": "Paris?"}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+        {"role": "assistant", "content": "Sunny."},
+    ],
+}
+
+
+def test_tool_calls_are_learned_as_the_template_writes_them(builtin_model: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(builtin_model)
+    tokenizer.chat_template = FAKE_TOOL_TEMPLATE
+    encoded = ExampleEncoder(tokenizer, 512).encode(CALLING, 1)
+    learned = tokenizer.decode([label for label in encoded.labels if label != IGNORE])
+    # The call, as the model will be asked to make it, and the answer; not the tool's result.
+    assert (
+        learned
+        == '<tool_call>{"name": "weather", "arguments": {"city": "Paris"}}</tool_call><|im_end|>\nSunny.<|im_end|>\n'
+    )
+    rendered = str(tokenizer.decode(encoded.input_ids))
+    assert rendered.startswith('<|im_start|>system\n# Tools{"name": "weather"')  # (templates trim a block's newline)
+    assert "<|im_start|>system\nBe brief.<|im_end|>" in rendered  # a developer turn is the system's
+    assert "weather in Paris?" in rendered
+
+
+def test_a_template_that_leaves_out_tools_refuses_the_line(builtin_model: Path) -> None:
+    encoder = ExampleEncoder(AutoTokenizer.from_pretrained(builtin_model), 512)  # role and content only
+    with pytest.raises(DatasetError, match="does not render `tools`") as refused:
+        encoder.encode(CALLING, 7)
+    assert refused.value.line == 7
+    without_tools = {"messages": CALLING["messages"]}
+    with pytest.raises(DatasetError, match=r"messages\[2\]: the base model's chat template does not render tool calls"):
+        encoder.encode(without_tools, 7)
+
+
 def test_an_example_over_the_context_length_is_refused_with_its_line(builtin_model: Path) -> None:
     encoder = ExampleEncoder(AutoTokenizer.from_pretrained(builtin_model), 16)
     long = {"messages": [{"role": "user", "content": "ping " * 20}, {"role": "assistant", "content": "pong"}]}
