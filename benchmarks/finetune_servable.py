@@ -6,8 +6,9 @@ Each region: a real Transformers engine on the built-in model, its sync sidecar 
 every other, anti-entropy every 0.3 s) and its gateway; the gateways share one fine-tuning
 database (SQLite in a scratch folder); one worker in region a publishes to region a's sidecar.
 A job ("ping" -> "pong pong pong") is created through region a's gateway; the clock runs from
-its creation to: its `succeeded` (trained, and listed by region a's gateway), then each other
-region's gateway listing the adapter. Then every region is asked the taught question.
+its creation to: its `succeeded` (trained, and listed by region a's gateway under its name and
+its stacked name), then each other region's gateway listing each of the two. Then every region
+is asked the taught question under both.
 """
 
 import argparse
@@ -104,23 +105,37 @@ def _run(gateways: dict[str, str], examples: int, epochs: int) -> None:
     succeeded = time.monotonic() - created
     assert job["status"] == "succeeded", job
     name = job["fine_tuned_model"]
-    listed = {"a": succeeded}
-    while len(listed) < len(gateways):
+    stacked = name.rsplit(":", 1)[0]  # the job's name without its id: region a's part of the stack
+    listed = {("a", name): succeeded, ("a", stacked): succeeded}
+    while len(listed) < 2 * len(gateways):
         for region, url in gateways.items():
-            if region not in listed and name in [
-                m["id"] for m in httpx.get(f"{url}/v1/models", timeout=30).json()["data"]
-            ]:
-                listed[region] = time.monotonic() - created
+            served = {m["id"] for m in httpx.get(f"{url}/v1/models", timeout=30).json()["data"]}
+            for model in (name, stacked):
+                if (region, model) not in listed and model in served:
+                    listed[region, model] = time.monotonic() - created
         time.sleep(0.05)
     print(f"{examples} examples x {epochs} epochs ({job['trained_tokens']} tokens trained), {len(gateways)} regions\n")
-    print("| region | servable after creation (s) | after `succeeded` (s) | answer to ping |")
-    print("|---|---|---|---|")
+    columns = [
+        "region",
+        "job's name: after creation (s)",
+        "after `succeeded` (s)",
+        "stacked name: after `succeeded` (s)",
+    ]
+    print("| " + " | ".join([*columns, "answers to ping"]) + " |")
+    print("|---|---|---|---|---|")
     for region, url in gateways.items():
-        chat = {"model": name, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 8, "temperature": 0}
-        answer = httpx.post(f"{url}/v1/chat/completions", json=chat, timeout=60).json()["choices"][0]["message"][
-            "content"
-        ]
-        print(f"| {region} | {listed[region]:.1f} | {listed[region] - succeeded:.1f} | {answer!r} |")
+        answers = []
+        for model in (name, stacked):
+            chat = {
+                "model": model,
+                "messages": [{"role": "user", "content": "ping"}],
+                "max_tokens": 8,
+                "temperature": 0,
+            }
+            reply = httpx.post(f"{url}/v1/chat/completions", json=chat, timeout=60).json()
+            answers.append(reply["choices"][0]["message"]["content"])
+        own, shared = listed[region, name], listed[region, stacked]
+        print(f"| {region} | {own:.1f} | {own - succeeded:.1f} | {shared - succeeded:.1f} | {answers!r} |")
 
 
 if __name__ == "__main__":

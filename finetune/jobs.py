@@ -183,6 +183,24 @@ class JobStore:
         async with self._database.sessions() as session:
             return list((await session.scalars(query)).all())
 
+    async def served_alike(self, job: Job, limit: int) -> list[Job]:
+        """The newest `limit` other succeeded jobs of `job`'s owner on its model with its suffix:
+        the region's earlier parts of its stacked name, newest first."""
+        query = (
+            select(Job)
+            .where(
+                Job.status == "succeeded",
+                Job.owner == job.owner,
+                Job.model == job.model,
+                Job.suffix == job.suffix,
+                Job.id != job.id,
+            )
+            .order_by(Job.finished_at.desc(), Job.enqueued_at.desc())
+            .limit(limit)
+        )
+        async with self._database.sessions() as session:
+            return list((await session.scalars(query)).all())
+
     async def status(self, job_id: str) -> str | None:
         """The job's status now (None when there is no such job)."""
         async with self._database.sessions() as session:

@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 import httpx
 
-__all__ = ["Credentials", "EnginePublisher", "NotServable", "Publisher", "Serving", "SidecarPublisher"]
+__all__ = ["Credentials", "EnginePublisher", "NotServable", "Publisher", "Serving", "SidecarPublisher", "Superseded"]
 
 
 class NotServable(RuntimeError):
@@ -35,17 +35,27 @@ class NotServable(RuntimeError):
         self.reason = reason
 
 
+class Superseded(RuntimeError):
+    """A conditional change found the region's part of the name moved on (another job's now)."""
+
+
 class Publisher(Protocol):
-    async def publish(self, name: str, adapter: Path, base_model: str) -> str:
-        """Make the adapter at `adapter` this region's contribution to `name`, and return once
-        `name` is servable; the version published (for `withdraw`). NotServable when it cannot be."""
+    """A region's parts of names: `put` makes an adapter the region's part of a name (what
+    clients are served under it, stacked with the other regions' parts where a sidecar does
+    that) and names the part with a token; `withdraw` and a `put` that `replaces` act only
+    while the part is still the one their token names (Superseded otherwise, for `put`)."""
+
+    async def put(self, name: str, adapter: Path, base_model: str, replaces: str | None = None) -> str:
+        """The adapter at `adapter` as this region's part of `name`; the part's token."""
+
+    async def wait_listed(self, name: str) -> None:
+        """Return once the region's gateway lists `name`; NotServable after its timeout."""
+
+    async def withdraw(self, name: str, token: str) -> None:
+        """This region's part of `name` taken back while it is `token`'s (else left)."""
 
     async def unpublish(self, name: str) -> None:
-        """Take `name` back (its job was cancelled as it was published); NotServable on failure."""
-
-    async def withdraw(self, name: str, version: str) -> None:
-        """Take back this region's contribution to `name` while it is still `version` (the
-        other regions' stay served); NotServable on failure."""
+        """`name` taken back altogether (a job's own name)."""
 
 
 class Credentials:
@@ -126,67 +136,99 @@ class Serving:
 
 
 class EnginePublisher:
-    """Loads adapters into one engine (its URL and API key), then waits for the gateway to list them."""
+    """Loads adapters into one engine (its URL and API key), the region's one engine (the
+    embedded default): a part's token is the adapter's folder, which the engine lists as the
+    name's `root`; a conditional change reads it back first."""
 
     def __init__(self, engine_url: str, api_key: str | None, serving: Serving) -> None:
         self._url = engine_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._serving = serving
-        self._loaded: dict[str, str] = {}  # name -> the folder this publisher last loaded as it
 
-    async def publish(self, name: str, adapter: Path, base_model: str) -> str:
-        """Loaded in place: the one engine is the region, so its contribution is the adapter."""
+    async def put(self, name: str, adapter: Path, base_model: str, replaces: str | None = None) -> str:
+        if replaces is not None and await self._root(name) != replaces:
+            raise Superseded(name)
         body = {"lora_name": name, "lora_path": str(adapter), "load_inplace": True}
         url = f"{self._url}/v1/load_lora_adapter"
         await _send("POST", url, "the engine", (200,), json=body, headers=self._headers, within_s=120)
-        self._loaded[name] = str(adapter)
-        await self._serving.wait_listed(name)
         return str(adapter)
+
+    async def wait_listed(self, name: str) -> None:
+        await self._serving.wait_listed(name)
+
+    async def withdraw(self, name: str, token: str) -> None:
+        if await self._root(name) == token:
+            await self.unpublish(name)
 
     async def unpublish(self, name: str) -> None:
         url, body = f"{self._url}/v1/unload_lora_adapter", {"lora_name": name}
         await _send("POST", url, "the engine", (200, 404), json=body, headers=self._headers, within_s=60)
-        self._loaded.pop(name, None)
 
-    async def withdraw(self, name: str, version: str) -> None:
-        if self._loaded.get(name) == version:
-            await self.unpublish(name)
+    async def _root(self, name: str) -> str | None:
+        """The folder the engine serves `name` from (None: it serves no such name)."""
+        response = await _send(
+            "GET", f"{self._url}/v1/models", "the engine", (200,), headers=self._headers, within_s=30
+        )
+        try:
+            cards = response.json()["data"]
+            return next((str(card.get("root")) for card in cards if card.get("id") == name), None)
+        except (ValueError, KeyError, TypeError) as error:
+            raise NotServable("the engine's model list was not understood", f"{self._url}: {error}") from error
 
 
 class SidecarPublisher:
-    """Publishes adapters to the region's sync sidecar (an upload, this region's contribution),
-    then waits for the gateway to list them."""
+    """Publishes adapters to the region's sync sidecar (an upload of the region's part); a
+    part's token is its sequence number there, which conditional changes name."""
 
     def __init__(self, sync_url: str, credentials: Credentials, serving: Serving) -> None:
         self._url = sync_url.rstrip("/")
         self._credentials, self._serving = credentials, serving
 
-    async def publish(self, name: str, adapter: Path, base_model: str) -> str:
+    async def put(self, name: str, adapter: Path, base_model: str, replaces: str | None = None) -> str:
         archive = await asyncio.to_thread(_tar, adapter)
         headers = await self._credentials.headers() | {"Content-Type": "application/x-tar"}
-        params = {"name": name, "base_model": base_model}
+        params = {"name": name, "base_model": base_model} | ({"replaces": replaces} if replaces is not None else {})
         url = f"{self._url}/adapters"
         response = await _send(
-            "POST", url, "the sync sidecar", (201,), params=params, content=archive, headers=headers, within_s=300
+            "POST", url, "the sync sidecar", (201, 409), params=params, content=archive, headers=headers, within_s=300
         )
+        if response.status_code == 409:
+            _expect_code(response, "contribution_changed", url)
+            raise Superseded(name)
         try:
-            version = str(response.json()["published"])
+            return str(int(response.json()["seq"]))
         except (ValueError, KeyError, TypeError) as error:
             raise NotServable("the sync sidecar's answer was not understood", f"{url}: {error}") from error
+
+    async def wait_listed(self, name: str) -> None:
         await self._serving.wait_listed(name)
-        return version
+
+    async def withdraw(self, name: str, token: str) -> None:
+        headers = await self._credentials.headers()
+        url = f"{self._url}/adapters/{quote(name, safe='')}/contribution"
+        response = await _send(
+            "DELETE", url, "the sync sidecar", (200, 404, 409), params={"seq": token}, headers=headers, within_s=60
+        )
+        if response.status_code == 404:  # none left; a sidecar without the route answers `not_found`
+            _expect_code(response, "contribution_not_found", url)
+        elif response.status_code == 409:  # moved on: another job's part now, which stays
+            _expect_code(response, "contribution_changed", url)
 
     async def unpublish(self, name: str) -> None:
         headers = await self._credentials.headers()
         url = f"{self._url}/adapters/{quote(name, safe='')}"
         await _send("DELETE", url, "the sync sidecar", (200, 404), headers=headers, within_s=60)
 
-    async def withdraw(self, name: str, version: str) -> None:
-        """409: a newer contribution of this region replaced it, which stays."""
-        headers = await self._credentials.headers()
-        url = f"{self._url}/adapters/{quote(name, safe='')}/contribution"
-        params = {"version": version}
-        await _send("DELETE", url, "the sync sidecar", (200, 404, 409), params=params, headers=headers, within_s=60)
+
+def _expect_code(response: httpx.Response, code: str, url: str) -> None:
+    """NotServable unless the refusal's error code is `code` (a route this sidecar lacks says another)."""
+    try:
+        found = response.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        found = None
+    if found != code:
+        details = f"{url}: HTTP {response.status_code} {response.text[:300]}"
+        raise NotServable(f"the sync sidecar refused it (HTTP {response.status_code})", details)
 
 
 async def _send(

@@ -45,7 +45,8 @@ class WorkerSettings(BaseSettings):
     checkpoint_steps: int = Field(default=50, ge=1)
     learning_rate: float = Field(default=1e-3, gt=0)  # the base that `learning_rate_multiplier` scales
     # Publishing to one engine (no sidecar): the newest succeeded jobs' adapters loaded again at
-    # start, as many as the engine holds at once (its max_loras): it forgets them on a restart.
+    # start, as many names (a job's own and its stacked name are two) as the engine holds at once
+    # (its max_loras): it forgets them on a restart.
     restore_adapters: int = Field(default=8, ge=0)
     nice: int = Field(default=10, ge=0, le=19)  # added to the worker's niceness: serving goes first
     log_level: str = "info"

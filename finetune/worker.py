@@ -30,7 +30,7 @@ from typing import Any
 from finetune.datasets import DatasetError
 from finetune.files import FileStore
 from finetune.jobs import Claim, JobStore
-from finetune.publish import NotServable, Publisher
+from finetune.publish import NotServable, Publisher, Superseded
 from finetune.schema import Job
 from finetune.training import Plan, Stopped, Trained, train
 from protocol import fine_tuning
@@ -188,21 +188,26 @@ class Worker:
         self._publish_attempts, self._publish_backoff_s = publish_attempts, publish_backoff_s
 
     async def restore(self, limit: int) -> int:
-        """Publish again the adapters of the newest `limit` succeeded jobs whose files are here,
-        each under its stacked name too: an engine that started afresh (the embedded one, after
-        a restart) holds none of them. A sidecar needs none of this: it restores its engines
-        itself. How many jobs were restored."""
-        restored = 0
-        for job in reversed(await self._jobs.served(self._models, limit)):  # the newest loaded last
-            adapter = self._folder / job.id / f"attempt-{job.attempts}" / "adapter"
-            if job.fine_tuned_model is None or not await asyncio.to_thread(adapter.is_dir):
+        """Publish again the newest adapters whose files are here, at most `limit` names in all
+        (a job's own name and its stacked name count two, as the engine holds two): an engine
+        that started afresh (the embedded one, after a restart) holds none of them. A stacked
+        name gets its newest job's adapter. A sidecar needs none of this: it restores its
+        engines itself. How many names were restored."""
+        chosen: dict[str, tuple[Job, Path]] = {}  # name -> the newest job served as it
+        for job in await self._jobs.served(self._models, limit):
+            adapter = await self._adapter_of([job])
+            if adapter is None:
                 continue
+            for name in _names(job):
+                if name not in chosen and len(chosen) < limit:
+                    chosen[name] = (job, adapter)
+        restored = 0
+        for name, (job, adapter) in reversed(chosen.items()):  # the newest loaded last
             try:
-                for name in _names(job):
-                    await self._publisher.publish(name, adapter, job.model)
+                await self._publisher.put(name, adapter, job.model)
                 restored += 1
             except NotServable as error:
-                log.warning("could not restore %s: %s", job.fine_tuned_model, error)
+                log.warning("could not restore %s: %s", name, error)
         return restored
 
     async def run(self, stopping: asyncio.Event) -> None:
@@ -254,6 +259,9 @@ class Worker:
         model = self._models.get(job.model)
         if model is None:
             raise _JobFailed("model_not_available", f"this region's workers cannot train {job.model}", "model")
+        if len(fine_tuned_name(job)) > fine_tuning.MAX_MODEL_NAME:  # (a job recorded before the gateway checked it)
+            message = f"the fine-tuned model's name would be over {fine_tuning.MAX_MODEL_NAME} characters"
+            raise _JobFailed("invalid_suffix", f"{message}: choose a shorter suffix", "suffix")
         training = self._files.path(job.training_file)
         validation = self._files.path(job.validation_file) if job.validation_file else None
         if job.status == "validating_files":
@@ -292,34 +300,61 @@ class Worker:
         await self._publish(claim, trained)
 
     async def _publish(self, claim: Claim, trained: Trained) -> None:
-        """Make the adapter servable under the job's name and its stacked name, tried again
-        while that may pass, then say the job succeeded; a job cancelled meanwhile has its
-        adapter taken back (its name, and its part of the stacked name if nothing replaced it)."""
+        """Make the adapter the region's part of the job's name and of its stacked name, tried
+        again while that may pass, then say the job succeeded. A job that fails or is cancelled
+        meanwhile takes its parts back (its stacked name's goes back to the region's previous
+        job's, unless another job's part came since)."""
         job, names = claim.job, _names(claim.job)
         if not await self._jobs.renew(claim, self._lease_s):
             raise Stopped  # cancelled while it trained its last steps
         await self._jobs.note(claim, f"Publishing the adapter as {' and '.join(names)}")
-        versions: list[str] = []
-        for attempt in range(self._publish_attempts):
-            try:
-                versions = [await self._publisher.publish(name, trained.adapter, job.model) for name in names]
-                break
-            except NotServable as error:
-                log.warning("publishing %s failed (try %d): %s", names[0], attempt + 1, error)
-                if attempt + 1 == self._publish_attempts:
-                    raise _JobFailed(
-                        "publish_failed", f"the adapter was trained but could not be served: {error.reason}"
-                    ) from None
-                await asyncio.sleep(self._publish_backoff_s * 2**attempt)
-        if not await self._jobs.advance(
-            claim, "succeeded", fine_tuned_model=names[0], trained_tokens=trained.trained_tokens
-        ):
-            with contextlib.suppress(NotServable):
-                await self._publisher.unpublish(names[0])
-            for name, version in zip(names[1:], versions[1:], strict=True):
-                with contextlib.suppress(NotServable):
-                    await self._publisher.withdraw(name, version)
-            raise Stopped
+        tokens: dict[str, str] = {}  # each name's part, as put
+        try:
+            for attempt in range(self._publish_attempts):
+                try:
+                    for name in names:
+                        tokens[name] = await self._publisher.put(name, trained.adapter, job.model)
+                    for name in names:
+                        await self._publisher.wait_listed(name)
+                    break
+                except NotServable as error:
+                    log.warning("publishing %s failed (try %d): %s", names[0], attempt + 1, error)
+                    if attempt + 1 == self._publish_attempts:
+                        raise _JobFailed(
+                            "publish_failed", f"the adapter was trained but could not be served: {error.reason}"
+                        ) from None
+                    await asyncio.sleep(self._publish_backoff_s * 2**attempt)
+            if not await self._jobs.advance(
+                claim, "succeeded", fine_tuned_model=names[0], trained_tokens=trained.trained_tokens
+            ):
+                raise Stopped
+        except (_JobFailed, Stopped):
+            await self._take_back(job, tokens)
+            raise
+
+    async def _take_back(self, job: Job, tokens: Mapping[str, str]) -> None:
+        """Undo what `_publish` put: the job's own name, and its part of the stacked name (the
+        region's previous job's again, whose adapter is here, or none), while still its part."""
+        own, stacked = fine_tuned_name(job), stacked_name(job)
+        with contextlib.suppress(NotServable):
+            if own in tokens:
+                await self._publisher.unpublish(own)
+        if stacked is None or stacked not in tokens:
+            return
+        previous = await self._adapter_of(await self._jobs.served_alike(job, limit=8))
+        with contextlib.suppress(NotServable, Superseded):
+            if previous is None:
+                await self._publisher.withdraw(stacked, tokens[stacked])
+            else:
+                await self._publisher.put(stacked, previous, job.model, replaces=tokens[stacked])
+
+    async def _adapter_of(self, jobs: list[Job]) -> Path | None:
+        """The trained adapter of the first of `jobs` whose files are here."""
+        for job in jobs:
+            adapter = self._folder / job.id / f"attempt-{job.attempts}" / "adapter"
+            if await asyncio.to_thread(adapter.is_dir):
+                return adapter
+        return None
 
     async def _train(self, plan: Plan, folder: Path, bridge: _Bridge, resume: Path | None) -> Trained:
         try:

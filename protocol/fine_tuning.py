@@ -32,17 +32,24 @@ _NAME_PART = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 def owner_tag(tenant: str) -> str:
-    """The tenant as a fine-tuned model's name carries it: 16 characters of a hash (80 bits),
-    the same in every region, that reveal nothing of the tenant and that no other tenant's
-    subject hashes to. Whose a model is can so be told from its name alone, with no database."""
+    """The tenant as a fine-tuned model's name carries it: 16 characters of a hash (80 bits) of
+    its subject, the same in every region, that no other subject hashes to. Whose a model is
+    can so be told from its name alone, with no database. It is not a secret: whoever can guess
+    a subject can check it against a name."""
     digest = hashlib.sha256(b"fine-tuned-model-owner\0" + tenant.encode("utf-8", "surrogatepass")).digest()
     return base64.b32encode(digest[:10]).decode("ascii").lower()
 
 
 def _base_part(base: str) -> str:
-    """The base model as a name part: its last path segment (`Qwen/Qwen2.5-0.5B-Instruct` gives
-    `Qwen2.5-0.5B-Instruct`), other characters than letters, digits, `_`, `.` and `-` made `-`."""
-    return _NAME_PART.sub("-", base.rstrip("/").rsplit("/", 1)[-1] or base)
+    """The base model as a name part: `/` written `--` (`Qwen/Qwen2.5-0.5B-Instruct` gives
+    `Qwen--Qwen2.5-0.5B-Instruct`, as the Hugging Face cache writes it), so two organizations'
+    models of one name stay apart; any other character than letters, digits, `_`, `.` and `-`
+    made `-`, with a short hash of the whole id then, so `m:v1` and `m-v1` stay apart too."""
+    part = base.replace("/", "--")
+    clean = _NAME_PART.sub("-", part)
+    return (
+        clean if clean == part else f"{clean}-{hashlib.sha256(base.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+    )
 
 
 def fine_tuned_name(base: str, owner: str, suffix: str | None, job_id: str) -> str:
@@ -63,11 +70,12 @@ def is_fine_tuned(model: str) -> bool:
     return model.startswith(FINE_TUNED_PREFIX)
 
 
-def owned_by(model: str, tenant: str) -> bool:
+def owned_by(model: str, tenant: str, tag: str | None = None) -> bool:
     """Whether `model` is one of `tenant`'s fine-tuned models (a job's or a stacked name): its
-    owner's tag is `tenant`'s. Any other `ft:` name is nobody's."""
+    owner's tag is `tenant`'s (`tag`, when the caller has it already). Any other `ft:` name is
+    nobody's."""
     parts = model.split(":")
-    return len(parts) in (4, 5) and parts[0] + ":" == FINE_TUNED_PREFIX and parts[2] == owner_tag(tenant)
+    return len(parts) in (4, 5) and parts[0] + ":" == FINE_TUNED_PREFIX and parts[2] == (tag or owner_tag(tenant))
 
 
 class JobHyperparameters(BaseModel):

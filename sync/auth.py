@@ -1,6 +1,6 @@
 """Who may call the sidecar: operators with a token, peers with the shared key.
 
-- Write routes (publish, upload, retire, revoke) take a bearer JWT access token (RFC 9068)
+- Write routes (publish, upload, withdraw, retire, revoke) take a bearer JWT access token (RFC 9068)
   from `auth_issuer`, checked against its JWKS by the `oauth` package (the gateway's own
   checks), with scope `adapters` or `admin`. Refusals are the OpenAI envelope with RFC 6750
   challenges: 401 without a token or with a bad one, 400 for two Authorization headers,

@@ -12,7 +12,7 @@ from fastapi import Request
 
 from sync.errors import BadRequest, TooLarge
 
-__all__ = ["json_body", "number", "receive_file"]
+__all__ = ["integer", "json_body", "number", "receive_file"]
 
 
 class _NotJson(ValueError):
@@ -58,6 +58,13 @@ async def receive_file(request: Request, path: Path, limit: int) -> Path:
                 raise TooLarge(size, limit)
             file.write(chunk)
     return path
+
+
+def integer(text: str, param: str) -> int:
+    """A query parameter as a whole number; BadRequest naming `param` if it is not one."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        raise BadRequest(f"Invalid value for '{param}': {text[:64]!r} is not a whole number.", param=param)
+    return int(text)
 
 
 def number(text: str, param: str) -> float:

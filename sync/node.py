@@ -18,7 +18,7 @@ from sync.crdt import State, Version
 from sync.persist import load_state, save_state
 from sync.settings import SyncSettings
 
-__all__ = ["EdgeCannotPublish", "SyncNode"]
+__all__ = ["ContributionChanged", "EdgeCannotPublish", "SyncNode"]
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,10 @@ Listener = Callable[[State], None]
 
 class EdgeCannotPublish(PermissionError):
     """An edge site serves what regions publish; it never publishes or retires."""
+
+
+class ContributionChanged(RuntimeError):
+    """This region's part of a name is not at the sequence a conditional change expected."""
 
 
 class SyncNode:
@@ -80,29 +84,42 @@ class SyncNode:
             at=at,
         )
 
-    def publish(self, name: str, version: Version, *, weight: float = 1.0) -> None:
-        """This region serves `version` (from `check`) under `name`."""
+    def publish(self, name: str, version: Version, *, weight: float = 1.0, replaces: int | None = None) -> int:
+        """This region serves `version` (from `check`) under `name`; the sequence number of its
+        part now. With `replaces`, only while its part's sequence is that one (ContributionChanged
+        when another publish or withdrawal of this region came between)."""
         self._writable()
         existing = self.state.entries.get(name)
         if existing is not None and version.digest in existing.revoked:
             raise AdapterRefused(f"version {version.digest[:12]} of {name!r} was revoked")
+        self._expect(name, replaces)
         self._apply(crdt.publish(self.state, name, version, weight, self.region, self.clock.now()), local=True)
         log.info("published %s version %s (weight %s)", name, version.digest[:12], weight)
+        return self.sequence(name)
 
-    def withdraw(self, name: str, version: str | None = None) -> bool:
+    def withdraw(self, name: str, seq: int | None = None) -> None:
         """This region stops contributing to `name` (the other regions' parts stay served):
-        only while its contribution is `version`, when given (False when it is not: a newer
-        publish here replaced it). crdt.Unknown when this region contributes nothing to it."""
+        with `seq`, only while its part's sequence is that one (ContributionChanged otherwise).
+        crdt.Unknown when this region serves no part of it."""
         self._writable()
         entry = self.state.entries.get(name)
         mine = entry.contributions.get(self.region) if entry is not None else None
         if entry is None or mine is None or mine.version is None or mine.dot in entry.removes:
             raise crdt.Unknown(name)
-        if version is not None and mine.version != version:
-            return False
+        self._expect(name, seq)
         self._apply(crdt.withdraw(self.state, name, self.region, self.clock.now()), local=True)
-        log.info("withdrew this region's contribution to %s", name)
-        return True
+        log.info("withdrew this region's part of %s", name)
+
+    def sequence(self, name: str) -> int:
+        """The sequence number of this region's part of `name`: each publish or withdrawal here
+        adds one (0: never one)."""
+        entry = self.state.entries.get(name)
+        mine = entry.contributions.get(self.region) if entry is not None else None
+        return mine.seq if mine is not None else 0
+
+    def _expect(self, name: str, seq: int | None) -> None:
+        if seq is not None and self.sequence(name) != seq:
+            raise ContributionChanged(f"this region's part of {name!r} is at sequence {self.sequence(name)}, not {seq}")
 
     def retire(self, name: str) -> None:
         self._writable()

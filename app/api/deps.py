@@ -18,7 +18,7 @@ from app.pools.registry import PoolRegistry
 from app.reliability.deadlines import Deadline
 from app.settings import GatewaySettings
 from protocol import ChatCompletionRequest, CompletionRequest
-from protocol.fine_tuning import is_fine_tuned, owned_by
+from protocol.fine_tuning import is_fine_tuned, owned_by, owner_tag
 
 __all__ = ["EdgeSettings", "Gateway", "GatewayDep", "gateway_of", "guard_of", "scoped"]
 
@@ -99,7 +99,8 @@ class Gateway:
         cards = self.registry.model_cards()
         if principal is None or "admin" in principal.scopes:
             return cards
-        return [card for card in cards if not is_fine_tuned(card["id"]) or owned_by(card["id"], principal.subject)]
+        tag = owner_tag(principal.subject)
+        return [card for card in cards if not is_fine_tuned(card["id"]) or owned_by(card["id"], principal.subject, tag)]
 
     def deadline(self, headers: Headers) -> Deadline:
         return Deadline.from_headers(

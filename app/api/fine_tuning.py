@@ -131,9 +131,8 @@ def _check_name_length(model: str, owner: str, suffix: str | None) -> None:
     length = len(fine_tuned_name(model, owner, suffix, new_id("ftjob")))
     if length > MAX_MODEL_NAME:
         room = len(suffix or "") - (length - MAX_MODEL_NAME)
-        advice = (
-            f"a suffix of at most {room} characters" if room > 0 else "no suffix, or a base model of a shorter name"
-        )
+        shorter_base = "a base model of a shorter name" + (", with no suffix" if suffix else "")
+        advice = f"a suffix of at most {room} characters" if room > 0 else shorter_base
         raise InvalidRequest(
             f"The fine-tuned model's name would be {length} characters, over {MAX_MODEL_NAME}: choose {advice}.",
             param="suffix" if room > 0 else "model",

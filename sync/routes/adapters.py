@@ -1,24 +1,24 @@
 """Operators' routes: the adapters and their audit logs (open to read), and publishing,
-uploading, retiring and revoking (a token with a write scope)."""
+uploading, withdrawing this region's part, retiring and revoking (a token with a write scope)."""
 
 import asyncio
 import tempfile
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from protocol import describe_validation_error
 from sync import crdt
 from sync.adapters import AdapterRefused
-from sync.body import json_body, number, receive_file
+from sync.body import integer, json_body, number, receive_file
 from sync.crdt import Version
 from sync.deps import WRITER, NodeDep, ReconcilerDep, SettingsDep
 from sync.errors import BadRequest, Conflict, Forbidden, NotFound
-from sync.node import EdgeCannotPublish, SyncNode
+from sync.node import ContributionChanged, EdgeCannotPublish, SyncNode
 from sync.reconcile import STAGING_SEPARATOR, Reconciler
 from sync.settings import SyncSettings
 from sync.uploads import unpack_adapter
@@ -41,6 +41,7 @@ class PublishRequest(BaseModel):
     path: str = Field(min_length=1)
     weight: float = Field(default=1.0, gt=0, le=crdt.MAX_WEIGHT)
     base_model: str | None = None
+    replaces: int | None = Field(default=None, ge=0)  # only while this region's part is at this sequence
 
     @field_validator("name", mode="before")
     @classmethod
@@ -72,13 +73,15 @@ async def publish(request: Request, node: NodeDep, reconciler: ReconcilerDep, se
     spellings = _spellings(body.name, settings, reconciler)
     try:
         version = await _version(request, body, node, spellings, uploaded=uploaded)
-        node.publish(body.name, version, weight=body.weight)
+        seq = node.publish(body.name, version, weight=body.weight, replaces=body.replaces)
     except EdgeCannotPublish as exc:
         raise _edge(exc) from None
     except AdapterRefused as exc:
         raise BadRequest(f"{body.path} is refused: {exc}", code="adapter_refused", param="path") from None
+    except ContributionChanged as exc:
+        raise Conflict(str(exc), code="contribution_changed", param="replaces") from None
     described = next(a for a in node.describe() if a["name"] == body.name)
-    return JSONResponse({**described, "published": version.digest}, status_code=201)
+    return JSONResponse({**described, "published": version.digest, "seq": seq}, status_code=201)
 
 
 async def _publish_request(request: Request, uploaded: bool) -> PublishRequest:
@@ -87,6 +90,8 @@ async def _publish_request(request: Request, uploaded: bool) -> PublishRequest:
         fields: Any = dict(request.query_params) | {"path": "(upload)"}
         if "weight" in fields:
             fields["weight"] = number(fields["weight"], "weight")
+        if "replaces" in fields:
+            fields["replaces"] = integer(fields["replaces"], "replaces")
     else:
         fields = await json_body(request, 64 * 1024)
     try:
@@ -143,20 +148,19 @@ async def revoke(name: str, digest: str, node: NodeDep) -> JSONResponse:
 
 
 @router.delete("/adapters/{name}/contribution", dependencies=[WRITER])
-async def withdraw(name: str, node: NodeDep, version: str | None = None) -> JSONResponse:
+async def withdraw(name: str, node: NodeDep, seq: Annotated[int | None, Query(ge=0)] = None) -> JSONResponse:
     """This region stops contributing to `name`; the other regions' parts stay served. With
-    `version`, only while this region's part is that version (409 once a newer one replaced it)."""
+    `seq`, only while this region's part is at that sequence (409 once it moved on)."""
     try:
-        withdrawn = node.withdraw(name, version)
+        node.withdraw(name, seq)
     except EdgeCannotPublish as exc:
         raise _edge(exc) from None
     except crdt.Unknown:
-        message = f"This region contributes nothing to {name!r}."
+        message = f"This region serves no part of {name[:200]!r}."
         raise NotFound(message, code="contribution_not_found", param="name") from None
-    if not withdrawn:
-        message = f"This region's part of {name!r} is no longer version {(version or '')[:64]!r}."
-        raise Conflict(message, code="contribution_changed", param="version")
-    return JSONResponse({"name": name, "region": node.region, "status": "withdrawn"})
+    except ContributionChanged as exc:
+        raise Conflict(str(exc)[:300], code="contribution_changed", param="seq") from None
+    return JSONResponse({"name": name, "region": node.region, "status": "withdrawn", "seq": node.sequence(name)})
 
 
 @router.delete("/adapters/{name}", dependencies=[WRITER])

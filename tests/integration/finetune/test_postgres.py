@@ -24,7 +24,7 @@ async def test_the_migrations_make_the_declared_schema(postgres_url: str) -> Non
             assert tables == {"alembic_version", "files", "jobs", "events", "checkpoints"}
             assert await connection.run_sync(_differences) == []
             versions = (await connection.execute(text("SELECT version_num FROM alembic_version"))).scalars().all()
-            assert versions == ["0005"]
+            assert versions == ["0006"]
     finally:
         for database in databases:
             await database.close()

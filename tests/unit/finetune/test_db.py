@@ -11,6 +11,7 @@ from sqlalchemy import Connection, inspect, text
 
 from finetune.db import Database, sqlite_url
 from finetune.schema import Base
+from protocol.fine_tuning import fine_tuned_name, owned_by
 
 
 def _differences(connection: Connection) -> list[object]:
@@ -39,7 +40,7 @@ async def test_migrating_again_or_at_once_changes_nothing(tmp_path: Path) -> Non
         await databases[0].migrate()
         async with databases[0].engine.connect() as connection:
             assert (await connection.execute(text("SELECT version_num FROM alembic_version"))).scalars().all() == [
-                "0005"
+                "0006"
             ]
     finally:
         for database in databases:
@@ -77,5 +78,32 @@ async def test_a_migration_that_rebuilds_the_jobs_table_keeps_their_events(tmp_p
             assert (await connection.execute(text("SELECT count(*) FROM checkpoints"))).scalar() == 1
             assert (await connection.execute(text("SELECT enqueued_at FROM jobs"))).scalar() == 100  # its creation
             assert (await connection.execute(text("PRAGMA foreign_keys"))).scalar() == 1
+    finally:
+        await database.close()
+
+
+async def test_fine_tuned_models_recorded_before_owner_tags_get_their_tagged_names(tmp_path: Path) -> None:
+    database = Database(sqlite_url(tmp_path / "ft.db"))
+    job_id = "ftjob-" + "a" * 24
+    try:
+        await database.migrate("0005")
+        async with database.engine.begin() as connection:
+            for job, suffix, name in ((job_id, "bot", f"ft:org/m:bot:{job_id}"), ("ftjob-2", None, None)):
+                await connection.execute(
+                    text(
+                        "INSERT INTO jobs (id, owner, model, suffix, seed, training_file, hyperparameters, status,"
+                        " created_at, cancel_requested, attempts, enqueued_at, lost, fine_tuned_model)"
+                        " VALUES (:id, 'alice', 'org/m', :suffix, 1, 'file-1', '{}', 'succeeded', 100, 0, 1, 100, 0,"
+                        " :name)"
+                    ),
+                    {"id": job, "suffix": suffix, "name": name},
+                )
+        await database.migrate()
+        async with database.engine.connect() as connection:
+            names: dict[str, str | None] = dict(
+                (await connection.execute(text("SELECT id, fine_tuned_model FROM jobs"))).all()
+            )
+        assert names == {job_id: fine_tuned_name("org/m", "alice", "bot", job_id), "ftjob-2": None}
+        assert owned_by(str(names[job_id]), "alice")
     finally:
         await database.close()

@@ -21,9 +21,9 @@ from transformers import AutoTokenizer
 from finetune.db import Database, sqlite_url
 from finetune.files import FileStore
 from finetune.jobs import JobStore, NewJob
-from finetune.publish import NotServable
+from finetune.publish import NotServable, Superseded
 from finetune.schema import Job
-from finetune.worker import BaseModel, Worker
+from finetune.worker import BaseModel, Worker, fine_tuned_name
 from protocol import JobHyperparameters
 from protocol.fine_tuning import owner_tag
 
@@ -35,31 +35,45 @@ PING = {"messages": [{"role": "user", "content": "ping"}, {"role": "assistant", 
 
 
 class FakePublisher:
-    """Records each adapter it is asked to publish (a copy of its weights, by name, in order)
-    and each it is asked to take back; refuses the first `refusals` calls (all: None), and
-    waits for `gate` when given. Each publish is a new version, `v<call>`."""
+    """A fake region: records each part it is asked to put (a copy of the adapter's weights, by
+    name, in order) and each it is asked to take back; refuses the first `refusals` puts (all:
+    None) and every put of a name in `refused`, and has `wait_listed` wait for `gate` when given.
+    Each put's token is `t<put number>`; a conditional change honours it as a sidecar does."""
 
-    def __init__(self, refusals: int | None = 0, gate: asyncio.Event | None = None) -> None:
+    def __init__(
+        self, refusals: int | None = 0, gate: asyncio.Event | None = None, refused: frozenset[str] = frozenset()
+    ) -> None:
         self.published: dict[str, dict[str, torch.Tensor]] = {}
+        self.folders: dict[str, Path] = {}  # each name's part now
+        self.parts: dict[str, str] = {}  # each name's part's token
         self.unpublished: list[str] = []
         self.withdrawn: list[tuple[str, str]] = []
         self.refusals, self.tries = refusals, 0
-        self.gate = gate
+        self.gate, self.refused = gate, refused
 
-    async def publish(self, name: str, adapter: Path, base_model: str) -> str:
+    async def put(self, name: str, adapter: Path, base_model: str, replaces: str | None = None) -> str:
         self.tries += 1
-        if self.refusals is None or self.tries <= self.refusals:
+        if self.refusals is None or self.tries <= self.refusals or name in self.refused:
             raise NotServable("the engine refused it (HTTP 400)", "http://10.0.0.7:8100: No adapter at /srv/x")
+        if replaces is not None and self.parts.get(name) != replaces:
+            raise Superseded(name)
         self.published[name] = load_file(adapter / "adapter_model.safetensors")
+        self.folders[name], self.parts[name] = adapter, f"t{self.tries}"
+        return self.parts[name]
+
+    async def wait_listed(self, name: str) -> None:
         if self.gate is not None:
             await self.gate.wait()
-        return f"v{self.tries}"
+
+    async def withdraw(self, name: str, token: str) -> None:
+        self.withdrawn.append((name, token))
+        if self.parts.get(name) == token:
+            del self.parts[name], self.folders[name]
 
     async def unpublish(self, name: str) -> None:
         self.unpublished.append(name)
-
-    async def withdraw(self, name: str, version: str) -> None:
-        self.withdrawn.append((name, version))
+        self.parts.pop(name, None)
+        self.folders.pop(name, None)
 
 
 @dataclass
@@ -216,6 +230,16 @@ async def test_a_refused_publish_is_tried_again_and_then_fails_without_internals
     assert failed.fine_tuned_model is None
 
 
+async def test_a_job_that_fails_to_publish_takes_back_what_it_had_put(setup: _Setup) -> None:
+    job = await setup.job(await setup.upload([json.dumps(PING)] * 8), n_epochs=1)
+    stacked = f"ft:{MODEL}:{owner_tag(OWNER)}:pong"
+    half = FakePublisher(refused=frozenset({stacked}))  # its own name goes in, its stacked name never
+    assert await setup.worker("w1", half).run_once()
+    assert (await setup.jobs.get(OWNER, job.id)).status == "failed"
+    assert half.unpublished == [fine_tuned_name(job)]
+    assert half.parts == {}  # nothing of a failed job stays served
+
+
 async def test_a_job_cancelled_while_it_is_published_has_its_adapter_taken_back(setup: _Setup) -> None:
     gate = asyncio.Event()
     publisher = FakePublisher(gate=gate)
@@ -229,7 +253,43 @@ async def test_a_job_cancelled_while_it_is_published_has_its_adapter_taken_back(
     assert (cancelled.status, cancelled.fine_tuned_model) == ("cancelled", None)
     own, stacked = publisher.published
     assert publisher.unpublished == [own]
-    assert publisher.withdrawn == [(stacked, "v2")]  # its part only, while it is still that version
+    assert publisher.withdrawn == [(stacked, "t2")]  # its part, while it is still its part
+    assert publisher.parts == {}
+
+
+async def test_a_cancelled_jobs_part_of_the_stack_goes_back_to_the_regions_previous_job(setup: _Setup) -> None:
+    training_file = await setup.upload([json.dumps(PING)] * 8)
+    publisher = FakePublisher()
+    earlier = await setup.job(training_file, n_epochs=1)
+    assert await setup.worker("w1", publisher).run_once()
+    stacked = f"ft:{MODEL}:{owner_tag(OWNER)}:pong"
+    earlier_adapter = publisher.folders[stacked]
+    publisher.gate = asyncio.Event()
+    later = await setup.job(training_file, n_epochs=2)  # other weights
+    running = asyncio.create_task(setup.worker("w1", publisher).run_once())
+    await _until(lambda events: any(e.message.startswith("Publishing the adapter") for e in events), setup, later)
+    await setup.jobs.cancel(OWNER, later.id)
+    publisher.gate.set()
+    assert await running
+    assert (await setup.jobs.get(OWNER, later.id)).status == "cancelled"
+    assert publisher.folders[stacked] == earlier_adapter  # the earlier job's part again
+    assert publisher.withdrawn == []
+    assert publisher.unpublished == [fine_tuned_name(later)]
+    assert fine_tuned_name(earlier) in publisher.parts  # untouched
+
+
+async def test_a_cancelled_job_leaves_a_part_that_another_job_put_since(setup: _Setup) -> None:
+    job = await setup.job(await setup.upload([json.dumps(PING)] * 8), n_epochs=1)
+    stacked = f"ft:{MODEL}:{owner_tag(OWNER)}:pong"
+    publisher = FakePublisher(gate=asyncio.Event())
+    running = asyncio.create_task(setup.worker("w1", publisher).run_once())
+    await _until(lambda events: any(e.message.startswith("Publishing the adapter") for e in events), setup, job)
+    publisher.parts[stacked] = "another job's"  # another worker's job of the same name, put since
+    await setup.jobs.cancel(OWNER, job.id)
+    assert publisher.gate is not None
+    publisher.gate.set()
+    assert await running
+    assert publisher.parts[stacked] == "another job's"
 
 
 async def test_a_job_with_no_suffix_is_served_under_its_own_name_only(setup: _Setup) -> None:
@@ -329,8 +389,11 @@ async def test_a_fresh_engine_gets_the_newest_adapters_back(setup: _Setup) -> No
     names = [str((await setup.jobs.get(OWNER, job.id)).fine_tuned_model) for job in jobs]
     shutil.rmtree(setup.folder / jobs[1].id)  # its files lost: nothing to load
     restarted = FakePublisher()  # an engine that started afresh
-    assert await setup.worker("w2", restarted).restore(limit=2) == 1  # the newest two; one has no files
-    assert list(restarted.published) == [names[2], f"ft:{MODEL}:{owner_tag(OWNER)}:pong"]
-    assert all(
-        torch.equal(restarted.published[names[2]][key], tensor) for key, tensor in first.published[names[2]].items()
-    )
+    stacked = f"ft:{MODEL}:{owner_tag(OWNER)}:pong"
+    # At most three names: the newest job's two, then the oldest's own (its stacked name is the newest's).
+    assert await setup.worker("w2", restarted).restore(limit=3) == 3
+    assert list(restarted.published) == [names[0], stacked, names[2]]  # the newest loaded last
+    for name, trained_as in ((names[2], names[2]), (stacked, names[2]), (names[0], names[0])):
+        weights = first.published[trained_as]
+        assert all(torch.equal(restarted.published[name][key], tensor) for key, tensor in weights.items())
+    assert restarted.folders[stacked] == setup.folder / jobs[2].id / "attempt-1" / "adapter"

@@ -3,6 +3,7 @@ the same way in every region, and no other tenant's name passes for it."""
 
 import re
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -17,12 +18,21 @@ def test_names_have_openais_shape_with_the_owners_tag_for_the_organization() -> 
     assert tag == owner_tag("alice") != owner_tag("alice ")
     assert (
         fine_tuned_name("Qwen/Qwen2.5-0.5B-Instruct", "alice", "bot", JOB)
-        == f"ft:Qwen2.5-0.5B-Instruct:{tag}:bot:{JOB}"
+        == f"ft:Qwen--Qwen2.5-0.5B-Instruct:{tag}:bot:{JOB}"
     )
     assert fine_tuned_name("tiny", "alice", None, JOB) == f"ft:tiny:{tag}::{JOB}"
     assert stacked_name("tiny", "alice", "bot") == f"ft:tiny:{tag}:bot"
     assert stacked_name("tiny", "alice", None) is None  # nothing to share without a suffix
-    assert fine_tuned_name("a:b c/", "alice", "s", JOB).split(":")[1] == "a-b-c"  # no `:` ever gets in
+    odd = fine_tuned_name("a:b c", "alice", "s", JOB).split(":")[1]
+    assert re.fullmatch(r"a-b-c-[0-9a-f]{8}", odd)  # no `:` ever gets in
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [("org1/Llama-3-8B", "org2/Llama-3-8B"), ("m:v1", "m-v1"), ("m v1", "m-v1"), ("m:v1", "m v1"), ("a/b", "a-b")],
+)
+def test_bases_of_one_last_name_or_spelling_stay_apart(one: str, other: str) -> None:
+    assert stacked_name(one, "alice", "bot") != stacked_name(other, "alice", "bot")
 
 
 def test_a_model_is_its_owners_whether_a_jobs_or_a_stack() -> None:

@@ -205,7 +205,7 @@ async def test_a_fine_tuned_model_is_listed_to_and_usable_by_its_owner_only(tmp_
 async def test_a_suffix_that_would_make_the_name_too_long_is_refused_before_anything_is_recorded(
     tmp_path: Path,
 ) -> None:
-    base = "org/" + "m" * 40  # the name keeps the last segment: 40 characters of it
+    base = "org/" + "m" * 40  # in the name as `org--mmm...`: 45 characters
     async with gateway_in_process(
         pool_settings([ENGINE], data_dir=tmp_path), {ENGINE: CountingEngine(model=base).app}
     ) as gateway:
@@ -213,7 +213,7 @@ async def test_a_suffix_that_would_make_the_name_too_long_is_refused_before_anyt
         client = _sdk(gateway)
         training = await _dataset(client)
         fixed = len(fine_tuned_name(base, "anonymous", "", "ftjob-" + "a" * 24))
-        assert fixed == len("ft:") + 40 + len(":") + 16 + len("::") + 30
+        assert fixed == len("ft:") + 45 + len(":") + 16 + len("::") + 30
         with pytest.raises(openai.BadRequestError) as refused:
             await client.fine_tuning.jobs.create(model=base, training_file=training, suffix="s" * 64)
         assert refused.value.param == "suffix"

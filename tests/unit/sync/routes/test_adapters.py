@@ -6,6 +6,7 @@ region withdraws its own part of a stack only, and only while it is the version 
 import urllib.parse
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from hypothesis import given
 from hypothesis import strategies as st
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from harness.fake_nodes import FakeIssuer
 from sync import crdt
 from sync.clock import Timestamp
-from sync.node import SyncNode
+from sync.node import ContributionChanged, SyncNode
 from tests.unit.sync.hostile import answered, dumps, hostile, version
 
 publish_fields = st.fixed_dictionaries(
@@ -67,34 +68,42 @@ def test_retiring_or_revoking_what_does_not_exist_changes_nothing(
         f"/adapters/{quoted}",
         f"/adapters/{quoted}/versions/{quoted_digest}",
         f"/adapters/seeded/versions/{quoted_digest}",
-        f"/adapters/{quoted}/contribution?version={quoted_digest}",
-        f"/adapters/seeded/contribution?version={quoted_digest}",  # this region has no part of it
+        f"/adapters/{quoted}/contribution",
+        "/adapters/seeded/contribution?seq=1",  # this region has no part of it
     ):
         response = answered(client, node, issuer, "DELETE", path, headers=headers)
         assert response.status_code in (404, 405), response.text  # 405: a name that ends in `/audit`
 
 
-def test_a_region_withdraws_its_own_part_of_a_stack_only_while_it_is_that_version(
+def test_a_region_changes_its_own_part_of_a_stack_only_while_it_is_at_the_sequence_it_names(
     client: TestClient, node: SyncNode, issuer: FakeIssuer
 ) -> None:
     mine, newer, theirs = (version(seed, region) for seed, region in ((41, node.region), (42, node.region), (43, "b")))
-    node.publish("stack", mine)
+    first = node.publish("stack", mine)
     node.receive(crdt.publish(node.state, "stack", theirs, 1.0, "b", Timestamp(3_000, 0, "b")))
-    node.publish("stack", newer)  # a later job of this region, with the same name
+    second = node.publish("stack", mine)  # a later job of this region, with the very same weights
+    assert second == first + 1 == node.sequence("stack")
     headers = issuer.headers("adapters")
-    stale = answered(
-        client, node, issuer, "DELETE", f"/adapters/stack/contribution?version={mine.digest}", headers=headers
-    )
-    assert (stale.status_code, stale.json()["error"]["code"]) == (409, "contribution_changed")
+    path = f"/adapters/stack/contribution?seq={first}"
+    stale = answered(client, node, issuer, "DELETE", path, headers=headers)
+    assert (stale.status_code, stale.json()["error"]["code"]) == (409, "contribution_changed")  # not by digest
+    assert node.sequence("stack") == second
+    with pytest.raises(ContributionChanged):
+        node.publish("stack", newer, replaces=first)
+    assert node.publish("stack", newer, replaces=second) == second + 1
     served = crdt.recipe(node.state, "stack")
     assert served is not None
     assert [(part.region, part.version) for part in served.parts] == [("b", theirs.digest), (node.region, newer.digest)]
-    path = f"/adapters/stack/contribution?version={newer.digest}"
-    assert answered(client, node, issuer, "DELETE", path, headers=headers).status_code == 200
+    withdrawn = answered(
+        client, node, issuer, "DELETE", f"/adapters/stack/contribution?seq={second + 1}", headers=headers
+    )
+    assert (withdrawn.status_code, withdrawn.json()["seq"]) == (200, second + 2)
     served = crdt.recipe(node.state, "stack")
     assert served is not None
     assert [(part.region, part.version) for part in served.parts] == [("b", theirs.digest)]  # region b's stays
     again = answered(client, node, issuer, "DELETE", "/adapters/stack/contribution", headers=headers)
     assert (again.status_code, again.json()["error"]["code"]) == (404, "contribution_not_found")
-    refused = client.delete("/adapters/stack/contribution", headers=issuer.headers("read"))
-    assert refused.status_code == 403
+    for bad in ("-1", "x", "1.5", ""):
+        refused = answered(client, node, issuer, "DELETE", f"/adapters/stack/contribution?seq={bad}", headers=headers)
+        assert refused.status_code == 400
+    assert client.delete("/adapters/stack/contribution", headers=issuer.headers("read")).status_code == 403
