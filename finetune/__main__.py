@@ -82,6 +82,7 @@ async def serve(settings: WorkerSettings) -> None:
             poll_s=settings.poll_s,
             checkpoint_steps=settings.checkpoint_steps,
             base_learning_rate=settings.learning_rate,
+            publish_timeout_s=settings.publish_timeout_s,
         )
         if settings.sync_url is None and settings.restore_adapters:
             restored = await worker.restore(settings.restore_adapters)

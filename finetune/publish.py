@@ -28,11 +28,13 @@ __all__ = ["Credentials", "EnginePublisher", "NotServable", "Publisher", "Servin
 
 class NotServable(RuntimeError):
     """The adapter could not be made servable. `reason` is for the job's owner (no address, no
-    path); the message, with the details, is for the worker's log."""
+    path); the message, with the details, is for the worker's log. `lasting`: asking again
+    will not help (a refusal of the adapter itself), unlike an engine or sidecar away."""
 
-    def __init__(self, reason: str, details: str = "") -> None:
+    def __init__(self, reason: str, details: str = "", *, lasting: bool = False) -> None:
         super().__init__(f"{reason}: {details}" if details else reason)
         self.reason = reason
+        self.lasting = lasting
 
 
 class Superseded(RuntimeError):
@@ -228,7 +230,7 @@ def _expect_code(response: httpx.Response, code: str, url: str) -> None:
         found = None
     if found != code:
         details = f"{url}: HTTP {response.status_code} {response.text[:300]}"
-        raise NotServable(f"the sync sidecar refused it (HTTP {response.status_code})", details)
+        raise NotServable(f"the sync sidecar refused it (HTTP {response.status_code})", details, lasting=True)
 
 
 async def _send(
@@ -243,7 +245,8 @@ async def _send(
             raise NotServable(f"{who} could not be reached", f"{url}: {error}") from error
     if response.status_code not in accepted:
         details = f"{url}: HTTP {response.status_code} {response.text[:500]}"
-        raise NotServable(f"{who} refused it (HTTP {response.status_code})", details)
+        lasting = 400 <= response.status_code < 500 and response.status_code not in (408, 425, 429)
+        raise NotServable(f"{who} refused it (HTTP {response.status_code})", details, lasting=lasting)
     return response
 
 

@@ -44,6 +44,9 @@ class WorkerSettings(BaseSettings):
     poll_s: float = Field(default=1.0, gt=0)
     checkpoint_steps: int = Field(default=50, ge=1)
     learning_rate: float = Field(default=1e-3, gt=0)  # the base that `learning_rate_multiplier` scales
+    # How long a trained adapter's publishing is tried again while the engine or sidecar is away
+    # (backing off from 5 s to a minute); a refusal of the adapter itself fails the job at once.
+    publish_timeout_s: float = Field(default=600.0, ge=0)
     # Publishing to one engine (no sidecar): the newest succeeded jobs' adapters loaded again at
     # start, as many names (a job's own and its stacked name are two) as the engine holds at once
     # (its max_loras): it forgets them on a restart.

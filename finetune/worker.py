@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 AUTO_BATCH_SIZE = 8
 AUTO_EPOCH_EXAMPLES = 512  # `auto` epochs: enough to see about this many examples (1 to 10)
+PUBLISH_BACKOFF_MAX_S = 60.0
 METRICS_EVENTS = 200  # at most about this many `metrics` events a job (and one every step of short ones)
 
 
@@ -177,7 +178,7 @@ class Worker:
         poll_s: float = 1.0,
         checkpoint_steps: int = 50,
         base_learning_rate: float = 1e-3,
-        publish_attempts: int = 3,
+        publish_timeout_s: float = 600.0,
         publish_backoff_s: float = 5.0,
     ) -> None:
         self._jobs, self._files, self._models, self._publisher = jobs, files, models, publisher
@@ -185,7 +186,7 @@ class Worker:
         self.name = name
         self._lease_s, self._poll_s = lease_s, poll_s
         self._checkpoint_steps, self._base_learning_rate = checkpoint_steps, base_learning_rate
-        self._publish_attempts, self._publish_backoff_s = publish_attempts, publish_backoff_s
+        self._publish_timeout_s, self._publish_backoff_s = publish_timeout_s, publish_backoff_s
 
     async def restore(self, limit: int) -> int:
         """Publish again the newest adapters whose files are here, at most `limit` names in all
@@ -297,20 +298,22 @@ class Worker:
             trained = await self._train(plan, folder, bridge, resume)
         finally:
             await bridge.drained()
-        await self._publish(claim, trained)
+        await self._publish(claim, trained, stop)
 
-    async def _publish(self, claim: Claim, trained: Trained) -> None:
-        """Make the adapter the region's part of the job's name and of its stacked name, tried
-        again while that may pass, then say the job succeeded. A job that fails or is cancelled
-        meanwhile takes its parts back (its stacked name's goes back to the region's previous
-        job's, unless another job's part came since)."""
+    async def _publish(self, claim: Claim, trained: Trained, stop: threading.Event) -> None:
+        """Make the adapter the region's part of the job's name and of its stacked name, then
+        say the job succeeded. While the engine or sidecar is away it is tried again, backing
+        off, for `publish_timeout_s` (a refusal of the adapter fails the job at once). A job that
+        fails or is cancelled meanwhile takes its parts back (its stacked name's goes back to
+        the region's previous job's, unless another job's part came since)."""
         job, names = claim.job, _names(claim.job)
         if not await self._jobs.renew(claim, self._lease_s):
             raise Stopped  # cancelled while it trained its last steps
         await self._jobs.note(claim, f"Publishing the adapter as {' and '.join(names)}")
         tokens: dict[str, str] = {}  # each name's part, as put
+        deadline, delay = time.monotonic() + self._publish_timeout_s, self._publish_backoff_s
         try:
-            for attempt in range(self._publish_attempts):
+            while True:
                 try:
                     for name in names:
                         tokens[name] = await self._publisher.put(name, trained.adapter, job.model)
@@ -318,12 +321,14 @@ class Worker:
                         await self._publisher.wait_listed(name)
                     break
                 except NotServable as error:
-                    log.warning("publishing %s failed (try %d): %s", names[0], attempt + 1, error)
-                    if attempt + 1 == self._publish_attempts:
+                    log.warning("publishing %s failed: %s", names[0], error)
+                    if error.lasting or time.monotonic() + delay > deadline:
                         raise _JobFailed(
                             "publish_failed", f"the adapter was trained but could not be served: {error.reason}"
                         ) from None
-                    await asyncio.sleep(self._publish_backoff_s * 2**attempt)
+                if await asyncio.to_thread(stop.wait, delay):  # cancelled, or the worker is stopping
+                    raise Stopped
+                delay = min(delay * 2, PUBLISH_BACKOFF_MAX_S)
             if not await self._jobs.advance(
                 claim, "succeeded", fine_tuned_model=names[0], trained_tokens=trained.trained_tokens
             ):

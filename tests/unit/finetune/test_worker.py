@@ -41,7 +41,11 @@ class FakePublisher:
     Each put's token is `t<put number>`; a conditional change honours it as a sidecar does."""
 
     def __init__(
-        self, refusals: int | None = 0, gate: asyncio.Event | None = None, refused: frozenset[str] = frozenset()
+        self,
+        refusals: int | None = 0,
+        gate: asyncio.Event | None = None,
+        refused: frozenset[str] = frozenset(),
+        lasting: bool = False,
     ) -> None:
         self.published: dict[str, dict[str, torch.Tensor]] = {}
         self.folders: dict[str, Path] = {}  # each name's part now
@@ -49,12 +53,13 @@ class FakePublisher:
         self.unpublished: list[str] = []
         self.withdrawn: list[tuple[str, str]] = []
         self.refusals, self.tries = refusals, 0
-        self.gate, self.refused = gate, refused
+        self.gate, self.refused, self.lasting = gate, refused, lasting
 
     async def put(self, name: str, adapter: Path, base_model: str, replaces: str | None = None) -> str:
         self.tries += 1
         if self.refusals is None or self.tries <= self.refusals or name in self.refused:
-            raise NotServable("the engine refused it (HTTP 400)", "http://10.0.0.7:8100: No adapter at /srv/x")
+            reason = "the engine refused it (HTTP 400)" if self.lasting else "the engine could not be reached"
+            raise NotServable(reason, "http://10.0.0.7:8100: No adapter at /srv/x", lasting=self.lasting)
         if replaces is not None and self.parts.get(name) != replaces:
             raise Superseded(name)
         self.published[name] = load_file(adapter / "adapter_model.safetensors")
@@ -86,6 +91,7 @@ class _Setup:
     def worker(self, name: str, publisher: FakePublisher, **options: Any) -> Worker:
         options = {"lease_s": 3.0, "poll_s": 0.05, "checkpoint_steps": 4, "base_learning_rate": 1e-2} | options
         options.setdefault("publish_backoff_s", 0.01)
+        options.setdefault("publish_timeout_s", 0.3)
         return Worker(self.jobs, self.files, self.models, publisher, self.folder, name=name, **options)
 
     async def upload(self, lines: list[str]) -> str:
@@ -219,15 +225,37 @@ async def test_a_refused_publish_is_tried_again_and_then_fails_without_internals
     assert (await setup.jobs.get(OWNER, job.id)).status == "succeeded"
     assert flaky.tries == 4  # two refusals, then the job's name and its stacked name
     job = await setup.job(await setup.upload(lines), n_epochs=1)
-    assert await setup.worker("w1", FakePublisher(refusals=None)).run_once()
+    away = FakePublisher(refusals=None)  # never reached: tried again, backing off, until publish_timeout_s
+    assert await setup.worker("w1", away).run_once()
     failed = await setup.jobs.get(OWNER, job.id)
     assert failed.status == "failed"
     assert failed.error == {
         "code": "publish_failed",
-        "message": "the adapter was trained but could not be served: the engine refused it (HTTP 400)",
+        "message": "the adapter was trained but could not be served: the engine could not be reached",
         "param": None,
     }  # no engine address, no path
     assert failed.fine_tuned_model is None
+    assert 4 <= away.tries <= 6  # 0.01 s, doubling, within 0.3 s
+    job = await setup.job(await setup.upload(lines), n_epochs=1)
+    refusing = FakePublisher(refusals=None, lasting=True)  # the adapter itself refused: asking again won't help
+    assert await setup.worker("w1", refusing, publish_timeout_s=60).run_once()
+    error = (await setup.jobs.get(OWNER, job.id)).error
+    assert error is not None
+    assert error["message"].endswith("the engine refused it (HTTP 400)")
+    assert refusing.tries == 1
+
+
+async def test_a_job_cancelled_while_its_publishing_waits_to_try_again_stops_at_once(setup: _Setup) -> None:
+    job = await setup.job(await setup.upload([json.dumps(PING)] * 8), n_epochs=1)
+    away = FakePublisher(refusals=None)
+    running = asyncio.create_task(
+        setup.worker("w1", away, lease_s=0.6, publish_backoff_s=30, publish_timeout_s=600).run_once()
+    )
+    await _until(lambda events: any(e.message.startswith("Publishing the adapter") for e in events), setup, job)
+    await setup.jobs.cancel(OWNER, job.id)
+    assert await asyncio.wait_for(running, 5)  # within the heartbeat, not after the 30 s backoff
+    assert (await setup.jobs.get(OWNER, job.id)).status == "cancelled"
+    assert away.tries == 1
 
 
 async def test_a_job_that_fails_to_publish_takes_back_what_it_had_put(setup: _Setup) -> None:
