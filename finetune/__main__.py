@@ -84,9 +84,12 @@ async def serve(settings: WorkerSettings) -> None:
             base_learning_rate=settings.learning_rate,
             publish_timeout_s=settings.publish_timeout_s,
         )
-        if settings.sync_url is None and settings.restore_adapters:
-            restored = await worker.restore(settings.restore_adapters)
-            log.info("restored %d fine-tuned adapters into the engine", restored)
+        if settings.restore_adapters:
+            try:
+                restored = await worker.restore(settings.restore_adapters)
+                log.info("published again %d fine-tuned adapters' names the region lacked", restored)
+            except Exception as error:  # the engine, sidecar or database away: the jobs come first
+                log.warning("could not restore fine-tuned adapters: %s", error)
         log.info("fine-tuning worker %s ready", settings.name)
         await worker.run(stopping)
     finally:

@@ -59,6 +59,9 @@ class Publisher(Protocol):
     async def unpublish(self, name: str) -> None:
         """`name` taken back altogether (a job's own name)."""
 
+    async def known(self) -> set[str]:
+        """The names the region's engine or sidecar has now (what a restore need not put)."""
+
 
 class Credentials:
     """The worker's bearer token: none, the one in `token_file` (read at each use), or one from
@@ -166,14 +169,19 @@ class EnginePublisher:
         url, body = f"{self._url}/v1/unload_lora_adapter", {"lora_name": name}
         await _send("POST", url, "the engine", (200, 404), json=body, headers=self._headers, within_s=60)
 
+    async def known(self) -> set[str]:
+        return set(await self._cards())
+
     async def _root(self, name: str) -> str | None:
         """The folder the engine serves `name` from (None: it serves no such name)."""
-        response = await _send(
-            "GET", f"{self._url}/v1/models", "the engine", (200,), headers=self._headers, within_s=30
-        )
+        return (await self._cards()).get(name)
+
+    async def _cards(self) -> dict[str, str]:
+        """The engine's models: each name and the folder it serves it from."""
+        url = f"{self._url}/v1/models"
+        response = await _send("GET", url, "the engine", (200,), headers=self._headers, within_s=30)
         try:
-            cards = response.json()["data"]
-            return next((str(card.get("root")) for card in cards if card.get("id") == name), None)
+            return {str(card["id"]): str(card.get("root")) for card in response.json()["data"]}
         except (ValueError, KeyError, TypeError) as error:
             raise NotServable("the engine's model list was not understood", f"{self._url}: {error}") from error
 
@@ -220,6 +228,15 @@ class SidecarPublisher:
         headers = await self._credentials.headers()
         url = f"{self._url}/adapters/{quote(name, safe='')}"
         await _send("DELETE", url, "the sync sidecar", (200, 404), headers=headers, within_s=60)
+
+    async def known(self) -> set[str]:
+        """The names the registry holds (live or retired: a retired one is not put back)."""
+        url = f"{self._url}/adapters"
+        response = await _send("GET", url, "the sync sidecar", (200,), within_s=30)
+        try:
+            return {str(adapter["name"]) for adapter in response.json()["adapters"]}
+        except (ValueError, KeyError, TypeError) as error:
+            raise NotServable("the sync sidecar's list was not understood", f"{url}: {error}") from error
 
 
 def _expect_code(response: httpx.Response, code: str, url: str) -> None:

@@ -47,9 +47,10 @@ class WorkerSettings(BaseSettings):
     # How long a trained adapter's publishing is tried again while the engine or sidecar is away
     # (backing off from 5 s to a minute); a refusal of the adapter itself fails the job at once.
     publish_timeout_s: float = Field(default=600.0, ge=0)
-    # Publishing to one engine (no sidecar): the newest succeeded jobs' adapters loaded again at
-    # start, as many names (a job's own and its stacked name are two) as the engine holds at once
-    # (its max_loras): it forgets them on a restart.
+    # At start, the names the region's engine or sidecar lacks of the newest succeeded jobs'
+    # adapters (whose files are here) published again, at most this many names (a job's own and
+    # its stacked name are two): an engine forgets them on a restart, so at most what it holds
+    # at once (its max_loras).
     restore_adapters: int = Field(default=8, ge=0)
     nice: int = Field(default=10, ge=0, le=19)  # added to the worker's niceness: serving goes first
     log_level: str = "info"

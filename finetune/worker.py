@@ -99,6 +99,11 @@ def resolve_plan(
     )
 
 
+class _Unsettled(Exception):
+    """The database failed as the job's success was written and cannot tell whether it was:
+    the job is released (its next claim publishes again), its parts left in place."""
+
+
 class _JobFailed(Exception):
     def __init__(self, code: str, message: str, param: str | None = None) -> None:
         super().__init__(message)
@@ -189,11 +194,13 @@ class Worker:
         self._publish_timeout_s, self._publish_backoff_s = publish_timeout_s, publish_backoff_s
 
     async def restore(self, limit: int) -> int:
-        """Publish again the newest adapters whose files are here, at most `limit` names in all
-        (a job's own name and its stacked name count two, as the engine holds two): an engine
-        that started afresh (the embedded one, after a restart) holds none of them. A stacked
-        name gets its newest job's adapter. A sidecar needs none of this: it restores its
-        engines itself. How many names were restored."""
+        """Publish again what the region's engine or sidecar lacks of the newest succeeded jobs
+        whose files are here, at most `limit` names in all (a job's own name and its stacked
+        name count two, as an engine holds two): an engine that started afresh (the embedded
+        one, after a restart) holds none of them, and a sidecar none of the names a rename
+        (migration 0006) gave. A stacked name gets its newest job's adapter. How many names
+        were put."""
+        known = await self._publisher.known()
         chosen: dict[str, tuple[Job, Path]] = {}  # name -> the newest job served as it
         for job in await self._jobs.served(self._models, limit):
             adapter = await self._adapter_of([job])
@@ -204,6 +211,8 @@ class Worker:
                     chosen[name] = (job, adapter)
         restored = 0
         for name, (job, adapter) in reversed(chosen.items()):  # the newest loaded last
+            if name in known:
+                continue
             try:
                 await self._publisher.put(name, adapter, job.model)
                 restored += 1
@@ -262,7 +271,7 @@ class Worker:
             raise _JobFailed("model_not_available", f"this region's workers cannot train {job.model}", "model")
         if len(fine_tuned_name(job)) > fine_tuning.MAX_MODEL_NAME:  # (a job recorded before the gateway checked it)
             message = f"the fine-tuned model's name would be over {fine_tuning.MAX_MODEL_NAME} characters"
-            raise _JobFailed("invalid_suffix", f"{message}: choose a shorter suffix", "suffix")
+            raise _JobFailed("invalid_suffix", f"{message} (its base model's and its suffix together)", "suffix")
         training = self._files.path(job.training_file)
         validation = self._files.path(job.validation_file) if job.validation_file else None
         if job.status == "validating_files":
@@ -304,54 +313,94 @@ class Worker:
         """Make the adapter the region's part of the job's name and of its stacked name, then
         say the job succeeded. While the engine or sidecar is away it is tried again, backing
         off, for `publish_timeout_s` (a refusal of the adapter fails the job at once). A job that
-        fails or is cancelled meanwhile takes its parts back (its stacked name's goes back to
-        the region's previous job's, unless another job's part came since)."""
+        fails, is cancelled or meets any error meanwhile takes its parts back (its stacked
+        name's goes back to the region's previous job's, unless another job's part came since);
+        one whose success the database could not confirm keeps them for its next claim."""
         job, names = claim.job, _names(claim.job)
         if not await self._jobs.renew(claim, self._lease_s):
             raise Stopped  # cancelled while it trained its last steps
         await self._jobs.note(claim, f"Publishing the adapter as {' and '.join(names)}")
         tokens: dict[str, str] = {}  # each name's part, as put
-        deadline, delay = time.monotonic() + self._publish_timeout_s, self._publish_backoff_s
         try:
-            while True:
-                try:
-                    for name in names:
-                        tokens[name] = await self._publisher.put(name, trained.adapter, job.model)
-                    for name in names:
-                        await self._publisher.wait_listed(name)
-                    break
-                except NotServable as error:
-                    log.warning("publishing %s failed: %s", names[0], error)
-                    if error.lasting or time.monotonic() + delay > deadline:
-                        raise _JobFailed(
-                            "publish_failed", f"the adapter was trained but could not be served: {error.reason}"
-                        ) from None
-                if await asyncio.to_thread(stop.wait, delay):  # cancelled, or the worker is stopping
-                    raise Stopped
-                delay = min(delay * 2, PUBLISH_BACKOFF_MAX_S)
-            if not await self._jobs.advance(
-                claim, "succeeded", fine_tuned_model=names[0], trained_tokens=trained.trained_tokens
-            ):
-                raise Stopped
-        except (_JobFailed, Stopped):
-            await self._take_back(job, tokens)
+            await self._put(job, names, trained.adapter, stop, tokens)
+            succeeded = await self._succeed(claim, names[0], trained)
+        except _Unsettled:
             raise
+        except Exception:
+            await self._take_back(claim, tokens)
+            raise
+        if not succeeded:
+            await self._take_back(claim, tokens)
+            raise Stopped
 
-    async def _take_back(self, job: Job, tokens: Mapping[str, str]) -> None:
-        """Undo what `_publish` put: the job's own name, and its part of the stacked name (the
-        region's previous job's again, whose adapter is here, or none), while still its part."""
+    async def _put(
+        self, job: Job, names: list[str], adapter: Path, stop: threading.Event, tokens: dict[str, str]
+    ) -> None:
+        """Every name's part put and listed, tried again while that may pass; each part's token
+        into `tokens` as it is put."""
+        deadline, delay = time.monotonic() + self._publish_timeout_s, self._publish_backoff_s
+        while True:
+            try:
+                for name in names:
+                    tokens[name] = await self._publisher.put(name, adapter, job.model)
+                for name in names:
+                    await self._publisher.wait_listed(name)
+                return
+            except NotServable as error:
+                log.warning("publishing %s failed: %s", names[0], error)
+                if error.lasting or time.monotonic() + delay > deadline:
+                    reason = f"the adapter was trained but could not be served: {error.reason}"
+                    raise _JobFailed("publish_failed", reason) from None
+            if await asyncio.to_thread(stop.wait, delay):  # cancelled, or the worker is stopping
+                raise Stopped
+            delay = min(delay * 2, PUBLISH_BACKOFF_MAX_S)
+
+    async def _succeed(self, claim: Claim, name: str, trained: Trained) -> bool:
+        """Say the job succeeded; whether it did (False: cancelled, or no longer this claim's).
+        _Unsettled when the database failed and cannot tell whether the write was made."""
+        try:
+            return await self._jobs.advance(
+                claim, "succeeded", fine_tuned_model=name, trained_tokens=trained.trained_tokens
+            )
+        except Exception as error:
+            try:
+                status = await self._jobs.status(claim.job.id)
+            except Exception:
+                raise _Unsettled(claim.job.id) from error
+            if status in ("running", None):
+                raise _Unsettled(claim.job.id) from error
+            return status == "succeeded"
+
+    async def _take_back(self, claim: Claim, tokens: Mapping[str, str]) -> None:
+        """Undo what `_publish` put, each step on its own (a failure is logged, never raised:
+        the job's own outcome is what counts): the job's own name, while it is the part put
+        (or, its put's answer lost, while the claim holds), and its part of the stacked name,
+        made the region's previous job's again (whose adapter is here) or none, while still its."""
+        job = claim.job
         own, stacked = fine_tuned_name(job), stacked_name(job)
-        with contextlib.suppress(NotServable):
+        try:
             if own in tokens:
+                await self._publisher.withdraw(own, tokens[own])
+            elif await self._jobs.renew(claim, self._lease_s):
                 await self._publisher.unpublish(own)
+        except Exception as error:
+            log.warning("could not take back %s: %s", own, error)
         if stacked is None or stacked not in tokens:
             return
-        previous = await self._adapter_of(await self._jobs.served_alike(job, limit=8))
-        with contextlib.suppress(NotServable, Superseded):
+        try:
+            previous = await self._adapter_of(await self._jobs.served_alike(job, limit=8))
+        except Exception as error:
+            log.warning("could not find the region's previous part of %s: %s", stacked, error)
+            previous = None
+        try:
             if previous is None:
                 await self._publisher.withdraw(stacked, tokens[stacked])
             else:
                 await self._publisher.put(stacked, previous, job.model, replaces=tokens[stacked])
+        except Superseded:
+            pass  # another job's part since: it stays
+        except Exception as error:
+            log.warning("could not take back this job's part of %s: %s", stacked, error)
 
     async def _adapter_of(self, jobs: list[Job]) -> Path | None:
         """The trained adapter of the first of `jobs` whose files are here."""

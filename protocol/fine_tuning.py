@@ -44,12 +44,13 @@ def _base_part(base: str) -> str:
     """The base model as a name part: `/` written `--` (`Qwen/Qwen2.5-0.5B-Instruct` gives
     `Qwen--Qwen2.5-0.5B-Instruct`, as the Hugging Face cache writes it), so two organizations'
     models of one name stay apart; any other character than letters, digits, `_`, `.` and `-`
-    made `-`, with a short hash of the whole id then, so `m:v1` and `m-v1` stay apart too."""
+    made `-`, with a short hash of the whole id then (and for an id with a `--` of its own), so
+    `m:v1` and `m-v1`, `a/b` and `a--b` stay apart too."""
     part = base.replace("/", "--")
     clean = _NAME_PART.sub("-", part)
-    return (
-        clean if clean == part else f"{clean}-{hashlib.sha256(base.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
-    )
+    if clean == part and "--" not in base:  # (an id with a `--` of its own could be another's `/`)
+        return clean
+    return f"{clean}-{hashlib.sha256(base.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
 
 
 def fine_tuned_name(base: str, owner: str, suffix: str | None, job_id: str) -> str:

@@ -118,8 +118,18 @@ class SyncNode:
         return mine.seq if mine is not None else 0
 
     def _expect(self, name: str, seq: int | None) -> None:
-        if seq is not None and self.sequence(name) != seq:
-            raise ContributionChanged(f"this region's part of {name!r} is at sequence {self.sequence(name)}, not {seq}")
+        """ContributionChanged unless this region's part is at `seq` and no retire removed it
+        (a retire keeps the sequence: a change conditional on it must not bring the name back)."""
+        if seq is None:
+            return
+        entry = self.state.entries.get(name)
+        mine = entry.contributions.get(self.region) if entry is not None else None
+        if entry is not None and mine is not None and mine.dot in entry.removes:
+            raise ContributionChanged(f"this region's part of {name[:200]!r} was retired")
+        if self.sequence(name) != seq:
+            raise ContributionChanged(
+                f"this region's part of {name[:200]!r} is at sequence {self.sequence(name)}, not {seq}"
+            )
 
     def retire(self, name: str) -> None:
         self._writable()

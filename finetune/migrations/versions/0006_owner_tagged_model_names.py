@@ -29,9 +29,9 @@ def _tag(owner: str) -> str:
 def _base(base: str) -> str:
     part = base.replace("/", "--")
     clean = _NAME_PART.sub("-", part)
-    return (
-        clean if clean == part else f"{clean}-{hashlib.sha256(base.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
-    )
+    if clean == part and "--" not in base:  # (an id with a `--` of its own could be another's `/`)
+        return clean
+    return f"{clean}-{hashlib.sha256(base.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
 
 
 def _rename(named: str) -> None:

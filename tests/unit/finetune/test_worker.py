@@ -75,6 +75,9 @@ class FakePublisher:
         if self.parts.get(name) == token:
             del self.parts[name], self.folders[name]
 
+    async def known(self) -> set[str]:
+        return set(self.parts)
+
     async def unpublish(self, name: str) -> None:
         self.unpublished.append(name)
         self.parts.pop(name, None)
@@ -264,7 +267,7 @@ async def test_a_job_that_fails_to_publish_takes_back_what_it_had_put(setup: _Se
     half = FakePublisher(refused=frozenset({stacked}))  # its own name goes in, its stacked name never
     assert await setup.worker("w1", half).run_once()
     assert (await setup.jobs.get(OWNER, job.id)).status == "failed"
-    assert half.unpublished == [fine_tuned_name(job)]
+    assert [name for name, _ in half.withdrawn] == [fine_tuned_name(job)]  # its last part, by its token
     assert half.parts == {}  # nothing of a failed job stays served
 
 
@@ -280,8 +283,7 @@ async def test_a_job_cancelled_while_it_is_published_has_its_adapter_taken_back(
     cancelled = await setup.jobs.get(OWNER, job.id)
     assert (cancelled.status, cancelled.fine_tuned_model) == ("cancelled", None)
     own, stacked = publisher.published
-    assert publisher.unpublished == [own]
-    assert publisher.withdrawn == [(stacked, "t2")]  # its part, while it is still its part
+    assert publisher.withdrawn == [(own, "t1"), (stacked, "t2")]  # its parts, while they are still its
     assert publisher.parts == {}
 
 
@@ -301,8 +303,7 @@ async def test_a_cancelled_jobs_part_of_the_stack_goes_back_to_the_regions_previ
     assert await running
     assert (await setup.jobs.get(OWNER, later.id)).status == "cancelled"
     assert publisher.folders[stacked] == earlier_adapter  # the earlier job's part again
-    assert publisher.withdrawn == []
-    assert publisher.unpublished == [fine_tuned_name(later)]
+    assert [name for name, _ in publisher.withdrawn] == [fine_tuned_name(later)]
     assert fine_tuned_name(earlier) in publisher.parts  # untouched
 
 
@@ -425,3 +426,44 @@ async def test_a_fresh_engine_gets_the_newest_adapters_back(setup: _Setup) -> No
         weights = first.published[trained_as]
         assert all(torch.equal(restarted.published[name][key], tensor) for key, tensor in weights.items())
     assert restarted.folders[stacked] == setup.folder / jobs[2].id / "attempt-1" / "adapter"
+    assert await setup.worker("w3", restarted).restore(limit=3) == 0  # what the region has is not put again
+
+
+async def test_a_success_the_database_cannot_confirm_leaves_the_parts_for_the_next_claim(setup: _Setup) -> None:
+    job = await setup.job(await setup.upload([json.dumps(PING)] * 8), n_epochs=1)
+    publisher = FakePublisher()
+    advance = setup.jobs.advance
+
+    async def database_gone_at_success(claim: Any, status: str, **fields: Any) -> bool:
+        if status == "succeeded":
+            raise ConnectionResetError("the database went away")
+        return await advance(claim, status, **fields)
+
+    setup.jobs.advance = database_gone_at_success  # type: ignore[method-assign]
+    with pytest.raises(Exception, match=job.id):  # released, and said why
+        await setup.worker("w1", publisher).run_once()
+    setup.jobs.advance = advance  # type: ignore[method-assign]
+    released = await setup.jobs.get(OWNER, job.id)
+    assert (released.status, released.worker) == ("running", None)
+    assert publisher.withdrawn == []  # whether it succeeded is not known: its parts stay
+    assert len(publisher.parts) == 2
+    assert await setup.worker("w2", publisher).run_once()  # its next claim publishes again
+    assert (await setup.jobs.get(OWNER, job.id)).status == "succeeded"
+
+
+async def test_a_take_back_that_meets_errors_still_leaves_the_job_as_it_ended(setup: _Setup) -> None:
+    job = await setup.job(await setup.upload([json.dumps(PING)] * 8), n_epochs=1)
+    publisher = FakePublisher(gate=asyncio.Event())
+
+    async def database_gone(job: Any, limit: int) -> Any:
+        raise ConnectionResetError("the database went away")
+
+    setup.jobs.served_alike = database_gone  # type: ignore[method-assign]
+    running = asyncio.create_task(setup.worker("w1", publisher).run_once())
+    await _until(lambda events: any(e.message.startswith("Publishing the adapter") for e in events), setup, job)
+    await setup.jobs.cancel(OWNER, job.id)
+    assert publisher.gate is not None
+    publisher.gate.set()
+    assert await running
+    assert (await setup.jobs.get(OWNER, job.id)).status == "cancelled"
+    assert publisher.parts == {}  # no previous part known: its own withdrawn

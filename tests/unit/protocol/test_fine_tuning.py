@@ -29,7 +29,15 @@ def test_names_have_openais_shape_with_the_owners_tag_for_the_organization() -> 
 
 @pytest.mark.parametrize(
     ("one", "other"),
-    [("org1/Llama-3-8B", "org2/Llama-3-8B"), ("m:v1", "m-v1"), ("m v1", "m-v1"), ("m:v1", "m v1"), ("a/b", "a-b")],
+    [
+        ("org1/Llama-3-8B", "org2/Llama-3-8B"),
+        ("m:v1", "m-v1"),
+        ("m v1", "m-v1"),
+        ("m:v1", "m v1"),
+        ("a/b", "a-b"),
+        ("a/b", "a--b"),
+        ("a/b/c", "a--b/c"),
+    ],
 )
 def test_bases_of_one_last_name_or_spelling_stay_apart(one: str, other: str) -> None:
     assert stacked_name(one, "alice", "bot") != stacked_name(other, "alice", "bot")

@@ -24,6 +24,7 @@ publish_fields = st.fixed_dictionaries(
         "path": st.sampled_from(["/", "/nonexistent", "/dev/null", "/proc/self", "a\x00b", "/" + "x" * 5000]) | hostile,
         "weight": hostile,
         "base_model": hostile,
+        "replaces": st.sampled_from([-1, 0, 3, 2**70, "1", 1.5, True]) | hostile,
         "extra": hostile,
     },
 )
@@ -42,7 +43,7 @@ def test_any_publish_body_is_refused_in_the_envelope(
 
 @given(
     params=st.dictionaries(
-        st.sampled_from(["name", "weight", "base_model", "path"]),
+        st.sampled_from(["name", "weight", "base_model", "path", "replaces"]),
         st.sampled_from(["nan", "inf", "-inf", "1e999", "-0", "", "abc", "0x10", "1_0", "\uff15"])
         | st.text(max_size=30),
     ),
@@ -107,3 +108,17 @@ def test_a_region_changes_its_own_part_of_a_stack_only_while_it_is_at_the_sequen
         refused = answered(client, node, issuer, "DELETE", f"/adapters/stack/contribution?seq={bad}", headers=headers)
         assert refused.status_code == 400
     assert client.delete("/adapters/stack/contribution", headers=issuer.headers("read")).status_code == 403
+
+
+def test_a_change_conditional_on_a_retired_part_does_not_bring_the_name_back(
+    client: TestClient, node: SyncNode, issuer: FakeIssuer
+) -> None:
+    part = node.publish("retired-stack", version(51, node.region))
+    node.retire("retired-stack")  # an operator, here or in another region
+    with pytest.raises(ContributionChanged, match="retired"):
+        node.publish("retired-stack", version(52, node.region), replaces=part)
+    assert crdt.recipe(node.state, "retired-stack") is None
+    headers = issuer.headers("adapters")
+    path = f"/adapters/retired-stack/contribution?seq={part}"
+    assert answered(client, node, issuer, "DELETE", path, headers=headers).status_code == 404
+    assert not node.state.entries["retired-stack"].live
