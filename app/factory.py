@@ -30,6 +30,7 @@ from app.pipeline.call import Handler
 from app.pipeline.layers import Admitted, Idempotent, Limited
 from app.pipeline.proxy import Proxy
 from app.pipeline.retries import Retrying, RetryPolicy
+from app.pools.discovery import Discoveries
 from app.pools.embedded import EmbeddedEngine
 from app.pools.health import HealthMonitor
 from app.pools.membership import NodeManager
@@ -65,6 +66,7 @@ class _Parts:
     limiter: InProcessLimiter | RedisLimiter | None
     health: HealthMonitor
     nodes: NodeManager
+    discoveries: Discoveries  # the pools whose replicas come from DNS
     finetuning: FineTuning
     spans: SpanSink | None  # where recorded server spans go; None: tracing is off
 
@@ -145,8 +147,21 @@ def _parts(settings: GatewaySettings, upstream: Upstream, spans: SpanSink | None
         spans = OtlpExporter.from_environment(
             settings.otlp_endpoint, "switchyard-gateway", lambda outcome, n: counted(outcome).inc(n)
         )
+    discoveries = Discoveries.of(pools, registry, nodes)
     return _Parts(
-        upstream, embedded, registry, admission, drain, metrics, idempotency, limiter, health, nodes, finetuning, spans
+        upstream,
+        embedded,
+        registry,
+        admission,
+        drain,
+        metrics,
+        idempotency,
+        limiter,
+        health,
+        nodes,
+        discoveries,
+        finetuning,
+        spans,
     )
 
 
@@ -183,6 +198,7 @@ async def _lifespan(parts: _Parts, settings: GatewaySettings, _: FastAPI) -> Asy
         if parts.metrics.multiprocess:
             await stack.enter_async_context(parts.metrics.refreshing(interval=settings.stats_interval_s))
         stack.push_async_callback(parts.nodes.aclose)
+        await stack.enter_async_context(parts.discoveries)
         await stack.enter_async_context(parts.finetuning)
         log.info("gateway ready: %d pool(s) in region %s", len(parts.registry.pools), settings.region)
         yield

@@ -3,6 +3,7 @@
 The only module of the gateway that reads the environment.
 """
 
+import ipaddress
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -26,7 +27,15 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-__all__ = ["AuthClientSettings", "GatewaySettings", "PoolSettings", "RateLimitSettings", "load_settings"]
+__all__ = [
+    "AuthClientSettings",
+    "DiscoverySettings",
+    "GatewaySettings",
+    "PoolSettings",
+    "RateLimitSettings",
+    "load_settings",
+    "nameserver_address",
+]
 
 PoolKind = Literal["transformers", "vllm"]
 # `adapters`: publishing and retiring adapters at the sync sidecars (which also take `admin`).
@@ -45,13 +54,56 @@ class AuthClientSettings(BaseModel):
     scopes: list[Scope] = ["chat"]
 
 
+class DiscoverySettings(BaseModel):
+    """Replicas found in DNS: every A and AAAA record of `dns` (a Kubernetes headless Service's
+    name) is a replica at `scheme://address:port`, resolved again every `interval_s`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dns: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_.])?$")
+    port: int = Field(default=8000, ge=1, le=65535)
+    scheme: Literal["http", "https"] = "http"
+    interval_s: float = Field(default=5.0, gt=0, le=3600)
+    # The DNS servers asked (`address` or `address:port`); empty: the system's (resolv.conf).
+    nameservers: list[str] = Field(default=[], max_length=8)
+
+    @field_validator("nameservers")
+    @classmethod
+    def _addresses(cls, servers: list[str]) -> list[str]:
+        for server in servers:
+            nameserver_address(server)
+        return servers
+
+
+def nameserver_address(server: str) -> tuple[str, int]:
+    """`address`, `address:port` or `[v6 address]:port` as (address, port); ValueError otherwise."""
+    host, port = server, "53"
+    if server.startswith("["):
+        host, _, rest = server[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"{server!r} is not an IP address with an optional :port")
+            port = rest[1:]
+    elif server.count(":") == 1:
+        host, port = server.split(":")
+    try:
+        address = str(ipaddress.ip_address(host))
+    except ValueError:
+        raise ValueError(f"{server!r} is not an IP address (with an optional :port)") from None
+    if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"{server!r} has no valid port")
+    return address, int(port)
+
+
 class PoolSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     region: str = "local"
     kind: PoolKind = "transformers"
-    replicas: list[HttpUrl] = Field(min_length=1)
+    # Fixed replicas, replicas found in DNS (`discover`), or both.
+    replicas: list[HttpUrl] = []
+    discover: DiscoverySettings | None = None
     # Models this pool serves; when empty they are read from each replica's /v1/models.
     models: list[str] = []
     # Load (requests in flight plus queued in the engine) at which a replica is saturated;
@@ -60,6 +112,12 @@ class PoolSettings(BaseModel):
     # The engines' API key (vLLM's --api-key, our engine's SWITCHYARD_ENGINE_API_KEY), sent as a
     # bearer token on every request to them.
     api_key: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _has_replicas(self) -> "PoolSettings":
+        if not self.replicas and self.discover is None:
+            raise ValueError(f"pool {self.name!r} needs `replicas`, `discover`, or both")
+        return self
 
 
 class RateLimitSettings(BaseModel):

@@ -175,13 +175,14 @@ async def _stream(chunks: int, delay: float, done: Callable[[], None], usage: bo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--host", default="127.0.0.1", help="any loopback address: replicas of one port")
     parser.add_argument("--slots", type=int, default=0, help="requests executed at once (0: no limit)")
     parser.add_argument("--chunk-delay-s", type=float, default=0.0)
     parser.add_argument("--log", type=Path, help="append a line per execution to this file")
     args = parser.parse_args()
     log = args.log.open("a") if args.log else None
     engine = CountingEngine(slots=args.slots, chunk_delay_s=args.chunk_delay_s, log=log, name=str(args.port))
-    uvicorn.run(engine.app, host="127.0.0.1", port=args.port, log_level="warning")
+    uvicorn.run(engine.app, host=args.host, port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":

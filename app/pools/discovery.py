@@ -1,0 +1,153 @@
+"""Replicas found in DNS: a pool's `discover` name (a Kubernetes headless Service) resolved
+again every few seconds, so scaling an engine Deployment changes the pool with no restart.
+
+Each A and AAAA record is a replica at `scheme://address:port`. One that joins is probed first
+(the node manager's health and model check) and takes traffic once it passes; one that leaves
+is drained: requests in flight run to their end, then it is removed. A name that does not exist
+or has no records (every pod unready) means no replicas; a resolver that fails (a timeout, no
+server answering) changes nothing, so a DNS blip never empties a pool. Replicas from the
+settings' `replicas` are never touched.
+"""
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+from types import TracebackType
+
+import dns.asyncresolver
+import dns.exception
+import dns.nameserver
+import dns.resolver
+
+from app.errors import Conflict, Unprocessable
+from app.pools.membership import NodeManager
+from app.pools.registry import Pool, PoolRegistry
+from app.settings import DiscoverySettings, PoolSettings, nameserver_address
+
+__all__ = ["DiscoveryFailed", "PoolDiscovery", "Discoveries"]
+
+log = logging.getLogger(__name__)
+
+
+class DiscoveryFailed(RuntimeError):
+    """The resolver could not say what the name's records are (not: that it has none)."""
+
+
+class PoolDiscovery:
+    """One pool's DNS name, resolved and applied to the pool: `refresh` once, `run` forever."""
+
+    def __init__(self, pool: Pool, settings: DiscoverySettings, registry: PoolRegistry, nodes: NodeManager) -> None:
+        self.pool, self.settings = pool, settings
+        self._registry, self._nodes = registry, nodes
+        self._found: set[str] = set()  # the URLs this discovery added
+        self._failing = False  # a failure was logged (once per outage)
+        self._refused: dict[str, str] = {}  # a URL that did not pass its check -> why (logged once)
+        self._resolver = _resolver(settings)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception:  # a bug: logged, and the next round tries again
+                log.exception("pool %s: discovery through %s failed", self.pool.name, self.settings.dns)
+            await asyncio.sleep(self.settings.interval_s)
+
+    async def refresh(self) -> None:
+        try:
+            urls = {self._url(address) for address in await self.resolve()}
+        except DiscoveryFailed as error:
+            if not self._failing:
+                log.warning(
+                    "pool %s: could not resolve %s (its replicas stay): %s", self.pool.name, self.settings.dns, error
+                )
+            self._failing = True
+            return
+        if self._failing:
+            log.info("pool %s: %s resolves again", self.pool.name, self.settings.dns)
+        self._failing = False
+        present = {replica.url for replica in self.pool.replicas}
+        await asyncio.gather(*(self._join(url) for url in sorted(urls - present)))
+        for url in sorted((self._found & present) - urls):
+            replica = self._registry.find_url(url)
+            if replica is not None:
+                log.info("pool %s: %s left %s: draining it", self.pool.name, url, self.settings.dns)
+                self._nodes.remove(replica)
+        self._found &= urls | {replica.url for replica in self.pool.replicas}
+
+    async def resolve(self) -> list[str]:
+        """The name's addresses (A and AAAA); DiscoveryFailed when the resolver cannot tell."""
+        addresses: list[str] = []
+        for kind in ("A", "AAAA"):
+            try:
+                answer = await self._resolver.resolve(self.settings.dns, kind, search=not self.settings.nameservers)
+            except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+                continue  # authoritative: none of this kind
+            except dns.exception.DNSException as error:
+                raise DiscoveryFailed(f"{type(error).__name__}: {error}") from error
+            addresses += [record.to_text() for record in answer]
+        return addresses
+
+    def _url(self, address: str) -> str:
+        host = f"[{address}]" if ipaddress.ip_address(address).version == 6 else address
+        return f"{self.settings.scheme}://{host}:{self.settings.port}"
+
+    async def _join(self, url: str) -> None:
+        """Probe `url` and add it (healthy) when it passes; tried again next round when not."""
+        try:
+            await self._nodes.add(self.pool.name, url)
+        except (Unprocessable, Conflict) as error:
+            if self._refused.get(url) != str(error):
+                log.warning("pool %s: %s from %s not added yet: %s", self.pool.name, url, self.settings.dns, error)
+            self._refused[url] = str(error)
+            return
+        self._refused.pop(url, None)
+        self._found.add(url)
+        log.info("pool %s: %s joined from %s", self.pool.name, url, self.settings.dns)
+
+
+class Discoveries:
+    """Every discovering pool's loop, started and stopped with the gateway."""
+
+    def __init__(self, discoveries: list[PoolDiscovery]) -> None:
+        self.discoveries = discoveries
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @classmethod
+    def of(cls, pools: list[PoolSettings], registry: PoolRegistry, nodes: NodeManager) -> "Discoveries":
+        return cls(
+            [
+                PoolDiscovery(registry.pools[config.name], config.discover, registry, nodes)
+                for config in pools
+                if config.discover is not None and config.name in registry.pools
+            ]
+        )
+
+    async def __aenter__(self) -> "Discoveries":
+        self._tasks = [
+            asyncio.create_task(discovery.run(), name=f"discover-{discovery.pool.name}")
+            for discovery in self.discoveries
+        ]
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def _resolver(settings: DiscoverySettings) -> dns.asyncresolver.Resolver:
+    """The system's resolver (its search domains too: a Service's short name works), or one
+    that asks `nameservers`; an answer is waited for at most a few seconds."""
+    resolver = dns.asyncresolver.Resolver(configure=not settings.nameservers)
+    if settings.nameservers:
+        resolver.nameservers = [
+            dns.nameserver.Do53Nameserver(address, port)
+            for address, port in (nameserver_address(server) for server in settings.nameservers)
+        ]
+    resolver.lifetime = min(5.0, settings.interval_s)
+    return resolver
