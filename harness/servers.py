@@ -42,10 +42,11 @@ class ServerProcess:
         log_dir: Path,
         env: Mapping[str, str] | None = None,
         ready_path: str = "/health",
+        host: str = "127.0.0.1",  # where it listens: any loopback address, for replicas of one port
     ) -> None:
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"http://{host}:{port}"
         self._ready_path = ready_path
-        self.log_path = log_dir / f"{module.replace('.', '_')}-{port}.log"
+        self.log_path = log_dir / f"{module.replace('.', '_')}-{host}-{port}.log"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
         if module in GATEWAY_MODULES:
             full_env["SWITCHYARD_AUTH_MODE"] = "disabled"
