@@ -3,7 +3,6 @@
 The only module of the gateway that reads the environment.
 """
 
-import ipaddress
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +25,8 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+
+from protocol.dns import nameserver_address
 
 __all__ = [
     "AuthClientSettings",
@@ -73,26 +74,6 @@ class DiscoverySettings(BaseModel):
         for server in servers:
             nameserver_address(server)
         return servers
-
-
-def nameserver_address(server: str) -> tuple[str, int]:
-    """`address`, `address:port` or `[v6 address]:port` as (address, port); ValueError otherwise."""
-    host, port = server, "53"
-    if server.startswith("["):
-        host, _, rest = server[1:].partition("]")
-        if rest:
-            if not rest.startswith(":"):
-                raise ValueError(f"{server!r} is not an IP address with an optional :port")
-            port = rest[1:]
-    elif server.count(":") == 1:
-        host, port = server.split(":")
-    try:
-        address = str(ipaddress.ip_address(host))
-    except ValueError:
-        raise ValueError(f"{server!r} is not an IP address (with an optional :port)") from None
-    if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
-        raise ValueError(f"{server!r} has no valid port")
-    return address, int(port)
 
 
 class PoolSettings(BaseModel):

@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from protocol.dns import ResolveFailed, addresses, resolver, url_of
 from sync import crdt
 from sync.adapters import materialize
 from sync.crdt import Recipe
@@ -68,6 +69,9 @@ class Reconciler:
         self.peers = peers
         self.client = client
         self.engines = [EngineView(str(url).rstrip("/")) for url in node.settings.engines]
+        settings = node.settings
+        self._resolver = resolver(settings.nameservers, 5.0) if settings.engines_dns else None
+        self._dns_failing = False  # a failure was logged (once per outage)
         self.root = node.settings.state
         self.problems: dict[str, str] = {}  # adapter name -> why it is not served here
         self.stacked: dict[str, Path] = {}  # adapter name -> its merged folder, ready for the engines
@@ -82,6 +86,7 @@ class Reconciler:
             await asyncio.sleep(self.node.settings.reconcile_interval_s)
 
     async def reconcile(self) -> None:
+        await self._discover()
         state = self.node.state
         desired: dict[str, Path] = {}
         for name in sorted(state.entries):
@@ -96,6 +101,30 @@ class Reconciler:
             await self._converge(engine, desired)
         self._collect(desired)
         self.passes += 1
+
+    async def _discover(self) -> None:
+        """The engines now: the settings' own and `engines_dns`'s records. An engine that joined
+        shows nothing loaded, so this pass loads everything into it; a resolver that fails
+        changes nothing."""
+        settings = self.node.settings
+        if self._resolver is None or settings.engines_dns is None:
+            return
+        try:
+            found = await addresses(self._resolver, settings.engines_dns, search=not settings.nameservers)
+        except ResolveFailed as error:
+            if not self._dns_failing:
+                log.warning("could not resolve %s (the engines stay as they were): %s", settings.engines_dns, error)
+            self._dns_failing = True
+            return
+        self._dns_failing = False
+        fixed = [str(url).rstrip("/") for url in settings.engines]
+        urls = fixed + sorted({url_of("http", address, settings.engines_port) for address in found} - set(fixed))
+        views = {engine.url: engine for engine in self.engines}
+        for url in sorted(set(urls) - set(views)):
+            log.info("engine %s joined from %s", url, settings.engines_dns)
+        for url in sorted(set(views) - set(urls)):
+            log.info("engine %s left %s", url, settings.engines_dns)
+        self.engines = [views.get(url) or EngineView(url) for url in urls]
 
     # --- the merged adapter, on disk -------------------------------------------------------------
 

@@ -11,27 +11,18 @@ settings' `replicas` are never touched.
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 from types import TracebackType
-
-import dns.asyncresolver
-import dns.exception
-import dns.nameserver
-import dns.resolver
 
 from app.errors import Conflict, Unprocessable
 from app.pools.membership import NodeManager
 from app.pools.registry import Pool, PoolRegistry
-from app.settings import DiscoverySettings, PoolSettings, nameserver_address
+from app.settings import DiscoverySettings, PoolSettings
+from protocol.dns import ResolveFailed, addresses, resolver, url_of
 
-__all__ = ["DiscoveryFailed", "PoolDiscovery", "Discoveries"]
+__all__ = ["Discoveries", "PoolDiscovery"]
 
 log = logging.getLogger(__name__)
-
-
-class DiscoveryFailed(RuntimeError):
-    """The resolver could not say what the name's records are (not: that it has none)."""
 
 
 class PoolDiscovery:
@@ -43,7 +34,7 @@ class PoolDiscovery:
         self._found: set[str] = set()  # the URLs this discovery added
         self._failing = False  # a failure was logged (once per outage)
         self._refused: dict[str, str] = {}  # a URL that did not pass its check -> why (logged once)
-        self._resolver = _resolver(settings)
+        self._resolver = resolver(settings.nameservers, min(5.0, settings.interval_s))
 
     async def run(self) -> None:
         while True:
@@ -55,8 +46,8 @@ class PoolDiscovery:
 
     async def refresh(self) -> None:
         try:
-            urls = {self._url(address) for address in await self.resolve()}
-        except DiscoveryFailed as error:
+            found = await addresses(self._resolver, self.settings.dns, search=not self.settings.nameservers)
+        except ResolveFailed as error:
             if not self._failing:
                 log.warning(
                     "pool %s: could not resolve %s (its replicas stay): %s", self.pool.name, self.settings.dns, error
@@ -66,6 +57,7 @@ class PoolDiscovery:
         if self._failing:
             log.info("pool %s: %s resolves again", self.pool.name, self.settings.dns)
         self._failing = False
+        urls = {url_of(self.settings.scheme, address, self.settings.port) for address in found}
         present = {replica.url for replica in self.pool.replicas}
         await asyncio.gather(*(self._join(url) for url in sorted(urls - present)))
         for url in sorted((self._found & present) - urls):
@@ -74,23 +66,6 @@ class PoolDiscovery:
                 log.info("pool %s: %s left %s: draining it", self.pool.name, url, self.settings.dns)
                 self._nodes.remove(replica)
         self._found &= urls | {replica.url for replica in self.pool.replicas}
-
-    async def resolve(self) -> list[str]:
-        """The name's addresses (A and AAAA); DiscoveryFailed when the resolver cannot tell."""
-        addresses: list[str] = []
-        for kind in ("A", "AAAA"):
-            try:
-                answer = await self._resolver.resolve(self.settings.dns, kind, search=not self.settings.nameservers)
-            except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-                continue  # authoritative: none of this kind
-            except dns.exception.DNSException as error:
-                raise DiscoveryFailed(f"{type(error).__name__}: {error}") from error
-            addresses += [record.to_text() for record in answer]
-        return addresses
-
-    def _url(self, address: str) -> str:
-        host = f"[{address}]" if ipaddress.ip_address(address).version == 6 else address
-        return f"{self.settings.scheme}://{host}:{self.settings.port}"
 
     async def _join(self, url: str) -> None:
         """Probe `url` and add it (healthy) when it passes; tried again next round when not."""
@@ -138,16 +113,3 @@ class Discoveries:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-
-def _resolver(settings: DiscoverySettings) -> dns.asyncresolver.Resolver:
-    """The system's resolver (its search domains too: a Service's short name works), or one
-    that asks `nameservers`; an answer is waited for at most a few seconds."""
-    resolver = dns.asyncresolver.Resolver(configure=not settings.nameservers)
-    if settings.nameservers:
-        resolver.nameservers = [
-            dns.nameserver.Do53Nameserver(address, port)
-            for address, port in (nameserver_address(server) for server in settings.nameservers)
-        ]
-    resolver.lifetime = min(5.0, settings.interval_s)
-    return resolver

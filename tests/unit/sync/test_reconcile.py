@@ -1,7 +1,8 @@
 """The hot-loading loop against the engine's own HTTP routes, in process, over a fake engine
 that refuses the names it is told to: a refused move leaves no staging name loaded and is
 tried again; staging names left behind are unloaded, also once their adapter is retired; a
-name the engine serves as a base model is never loaded."""
+name the engine serves as a base model is never loaded; engines found in DNS join (and get
+every adapter) and leave, and a failing resolver changes nothing."""
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ import pytest
 
 from engines.server.api import create_app as create_engine_app
 from harness.adapters import make_lora_adapter
+from harness.dns_server import DnsServer
 from harness.fake_nodes import RefusingEngine
 from sync import crdt
 from sync.node import SyncNode
@@ -114,3 +116,40 @@ async def test_a_staging_name_from_a_peer_is_never_loaded(site: Site, adapter: P
     await site.reconciler.reconcile()
     assert site.engine.loads == []
     assert "reserved for staging names" in site.reconciler.describe("tuned@0123456789ab")["problem"]
+
+
+async def test_engines_found_in_dns_join_and_leave_and_a_failing_resolver_changes_nothing(
+    tmp_path: Path, adapter: Path
+) -> None:
+    with DnsServer() as dns:
+        dns.set("engines.eu.svc.cluster.local", ["10.0.0.1", "fd00::2"])
+        settings = SyncSettings(
+            region="x",
+            engines=[ENGINE_URL],
+            engines_dns="engines.eu.svc.cluster.local",
+            nameservers=[dns.address],
+            data_dir=tmp_path,
+            base_models=[MODEL],
+        )
+        node = SyncNode(settings)
+        engine = RefusingEngine(model_name=MODEL)  # every URL reaches this one engine, in process
+        transport = httpx.ASGITransport(app=create_engine_app(engine, model_root="/models/tiny"))
+        async with httpx.AsyncClient(transport=transport, timeout=5) as client:
+            reconciler = Reconciler(node, Peers(node, client), client)
+            node.publish("tuned", node.check(adapter, at=node.clock.now(), base_model=MODEL))
+            await reconciler.reconcile()
+            found = [ENGINE_URL, "http://10.0.0.1:8100", "http://[fd00::2]:8100"]
+            assert [view.url for view in reconciler.engines] == found
+            assert all(view.loaded.get("tuned") for view in reconciler.engines)  # each got the adapter
+            kept = reconciler.engines[2]
+            dns.set("engines.eu.svc.cluster.local", ["fd00::2"])  # scaled in
+            await reconciler.reconcile()
+            assert [view.url for view in reconciler.engines] == [ENGINE_URL, "http://[fd00::2]:8100"]
+            assert reconciler.engines[1] is kept  # what it knew of an engine that stayed, kept
+            dns.failing = True
+            await reconciler.reconcile()
+            assert [view.url for view in reconciler.engines] == [ENGINE_URL, "http://[fd00::2]:8100"]
+            dns.failing = False
+            dns.records.clear()  # no pod is ready: only the settings' own engine
+            await reconciler.reconcile()
+            assert [view.url for view in reconciler.engines] == [ENGINE_URL]

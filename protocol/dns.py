@@ -1,0 +1,73 @@
+"""Engines found in DNS: a name's A and AAAA records (a Kubernetes headless Service's pods),
+for the gateway's pools and the sync sidecar's engines alike.
+
+`addresses` tells a name with no records (none: `[]`) from a resolver that cannot answer
+(ResolveFailed), so a caller can keep what it has through a DNS outage.
+"""
+
+import ipaddress
+
+import dns.asyncresolver
+import dns.exception
+import dns.nameserver
+import dns.resolver
+
+__all__ = ["ResolveFailed", "addresses", "nameserver_address", "resolver", "url_of"]
+
+
+class ResolveFailed(RuntimeError):
+    """The resolver could not say what the name's records are (not: that it has none)."""
+
+
+def nameserver_address(server: str) -> tuple[str, int]:
+    """`address`, `address:port` or `[v6 address]:port` as (address, port); ValueError otherwise."""
+    host, port = server, "53"
+    if server.startswith("["):
+        host, _, rest = server[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"{server!r} is not an IP address with an optional :port")
+            port = rest[1:]
+    elif server.count(":") == 1:
+        host, port = server.split(":")
+    try:
+        address = str(ipaddress.ip_address(host))
+    except ValueError:
+        raise ValueError(f"{server!r} is not an IP address (with an optional :port)") from None
+    if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"{server!r} has no valid port")
+    return address, int(port)
+
+
+def resolver(nameservers: list[str], lifetime_s: float) -> dns.asyncresolver.Resolver:
+    """The system's resolver (resolv.conf, its search domains too: a Service's short name
+    works), or one that asks `nameservers`; an answer waited for at most `lifetime_s`."""
+    chosen = dns.asyncresolver.Resolver(configure=not nameservers)
+    if nameservers:
+        chosen.nameservers = [
+            dns.nameserver.Do53Nameserver(address, port)
+            for address, port in (nameserver_address(server) for server in nameservers)
+        ]
+    chosen.lifetime = lifetime_s
+    return chosen
+
+
+async def addresses(chosen: dns.asyncresolver.Resolver, name: str, *, search: bool) -> list[str]:
+    """`name`'s addresses (A, then AAAA), each once, in order, with the resolver's search
+    domains when `search`; ResolveFailed when the resolver cannot tell (a timeout, SERVFAIL,
+    no server answering)."""
+    found: list[str] = []
+    for kind in ("A", "AAAA"):
+        try:
+            answer = await chosen.resolve(name, kind, search=search)
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            continue  # authoritative: none of this kind
+        except dns.exception.DNSException as error:
+            raise ResolveFailed(f"{type(error).__name__}: {error}") from error
+        found += [record.to_text() for record in answer if record.to_text() not in found]
+    return found
+
+
+def url_of(scheme: str, address: str, port: int) -> str:
+    host = f"[{address}]" if ipaddress.ip_address(address).version == 6 else address
+    return f"{scheme}://{host}:{port}"
