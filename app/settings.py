@@ -26,7 +26,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from protocol.dns import nameserver_address
+from protocol.dns import check_name, nameserver_address
 
 __all__ = [
     "AuthClientSettings",
@@ -61,7 +61,7 @@ class DiscoverySettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    dns: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_.])?$")
+    dns: str = Field(min_length=1, max_length=254, pattern=r"^[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_.])?$")
     port: int = Field(default=8000, ge=1, le=65535)
     scheme: Literal["http", "https"] = "http"
     interval_s: float = Field(default=5.0, gt=0, le=3600)
@@ -74,6 +74,11 @@ class DiscoverySettings(BaseModel):
         for server in servers:
             nameserver_address(server)
         return servers
+
+    @field_validator("dns")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        return check_name(name)
 
 
 class PoolSettings(BaseModel):

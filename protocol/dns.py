@@ -2,17 +2,20 @@
 for the gateway's pools and the sync sidecar's engines alike.
 
 `addresses` tells a name with no records (none: `[]`) from a resolver that cannot answer
-(ResolveFailed), so a caller can keep what it has through a DNS outage.
+(ResolveFailed), so a caller can keep what it has through a DNS outage. A name ending in `.`
+is absolute: the system resolver's search domains (Kubernetes' `ndots:5`) are not tried first.
 """
 
+import asyncio
 import ipaddress
 
 import dns.asyncresolver
 import dns.exception
+import dns.name
 import dns.nameserver
 import dns.resolver
 
-__all__ = ["ResolveFailed", "addresses", "nameserver_address", "resolver", "url_of"]
+__all__ = ["ResolveFailed", "addresses", "check_name", "nameserver_address", "resolver", "url_of"]
 
 
 class ResolveFailed(RuntimeError):
@@ -53,19 +56,33 @@ def resolver(nameservers: list[str], lifetime_s: float) -> dns.asyncresolver.Res
 
 
 async def addresses(chosen: dns.asyncresolver.Resolver, name: str, *, search: bool) -> list[str]:
-    """`name`'s addresses (A, then AAAA), each once, in order, with the resolver's search
-    domains when `search`; ResolveFailed when the resolver cannot tell (a timeout, SERVFAIL,
-    no server answering)."""
-    found: list[str] = []
-    for kind in ("A", "AAAA"):
-        try:
-            answer = await chosen.resolve(name, kind, search=search)
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-            continue  # authoritative: none of this kind
-        except dns.exception.DNSException as error:
-            raise ResolveFailed(f"{type(error).__name__}: {error}") from error
-        found += [record.to_text() for record in answer if record.to_text() not in found]
-    return found
+    """`name`'s addresses, each once, in order: its A records, or its AAAA records when it has
+    no A record (a dual-stack Service has both for each pod: one family, so each pod counts
+    once). With the resolver's search domains when `search`. ResolveFailed when the resolver
+    cannot tell (a timeout, SERVFAIL, no server answering)."""
+    v4, v6 = await asyncio.gather(_records(chosen, name, "A", search), _records(chosen, name, "AAAA", search))
+    return list(dict.fromkeys(v4 or v6))
+
+
+async def _records(chosen: dns.asyncresolver.Resolver, name: str, kind: str, search: bool) -> list[str]:
+    try:
+        answer = await chosen.resolve(name, kind, search=search)
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        return []  # authoritative: none of this kind
+    except dns.exception.DNSException as error:
+        raise ResolveFailed(f"{type(error).__name__}: {error}") from error
+    return [record.to_text() for record in answer]
+
+
+def check_name(name: str) -> str:
+    """`name` when it is a valid DNS name (labels of 1 to 63 characters, 253 in all); ValueError otherwise."""
+    try:
+        dns.name.from_text(name)
+    except dns.exception.DNSException as error:
+        raise ValueError(f"{name!r} is not a valid DNS name: {error}") from None
+    if not name.strip(".") or ".." in name:
+        raise ValueError(f"{name!r} is not a valid DNS name")
+    return name
 
 
 def url_of(scheme: str, address: str, port: int) -> str:

@@ -6,7 +6,9 @@ per process, so it is blake2b here.
 """
 
 import bisect
+import itertools
 from collections.abc import Iterable, Iterator
+from functools import lru_cache
 from hashlib import blake2b
 
 __all__ = ["DEFAULT_VNODES", "HashRing", "stable_hash"]
@@ -32,7 +34,7 @@ class HashRing:
         self.members: tuple[str, ...] = tuple(sorted(set(members)))
         # Ties between equal points (vanishingly rare) are broken by member name, so
         # the order never depends on insertion order.
-        placed = sorted((stable_hash(f"{member}#{i}"), member) for member in self.members for i in range(vnodes))
+        placed = sorted(itertools.chain.from_iterable(_points(member, vnodes) for member in self.members))
         self._points = [point for point, _ in placed]
         self._owners = [member for _, member in placed]
 
@@ -57,3 +59,10 @@ class HashRing:
 
     def owner(self, point: int) -> str | None:
         return next(self.walk(point), None)
+
+
+@lru_cache(maxsize=4096)
+def _points(member: str, vnodes: int) -> tuple[tuple[int, str], ...]:
+    """A member's points, sorted: hashed once, so a ring rebuilt as members come and go (pods
+    found in DNS) only merges sorted runs (Timsort), instead of hashing every member again."""
+    return tuple(sorted((stable_hash(f"{member}#{i}"), member) for i in range(vnodes)))

@@ -6,7 +6,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, HttpUrl, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from protocol.dns import nameserver_address
+from protocol.dns import check_name, nameserver_address
 
 __all__ = ["LOOPBACK_HOSTS", "SyncSettings"]
 
@@ -67,6 +67,11 @@ class SyncSettings(BaseSettings):
         for server in servers:
             nameserver_address(server)
         return servers
+
+    @field_validator("engines_dns")
+    @classmethod
+    def _name(cls, name: str | None) -> str | None:
+        return None if name is None else check_name(name)
 
     @model_validator(mode="after")
     def _is_safe(self) -> "SyncSettings":

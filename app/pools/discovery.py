@@ -11,6 +11,7 @@ settings' `replicas` are never touched.
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 from types import TracebackType
 
@@ -32,9 +33,10 @@ class PoolDiscovery:
         self.pool, self.settings = pool, settings
         self._registry, self._nodes = registry, nodes
         self._found: set[str] = set()  # the URLs this discovery added
+        self._joining: dict[str, asyncio.Task[None]] = {}  # URL -> its probe, in the background
         self._failing = False  # a failure was logged (once per outage)
         self._refused: dict[str, str] = {}  # a URL that did not pass its check -> why (logged once)
-        self._resolver = resolver(settings.nameservers, min(5.0, settings.interval_s))
+        self._resolver = resolver(settings.nameservers, min(5.0, max(1.0, settings.interval_s)))
 
     async def run(self) -> None:
         while True:
@@ -44,7 +46,9 @@ class PoolDiscovery:
                 log.exception("pool %s: discovery through %s failed", self.pool.name, self.settings.dns)
             await asyncio.sleep(self.settings.interval_s)
 
-    async def refresh(self) -> None:
+    async def refresh(self, *, wait: bool = False) -> None:
+        """Resolve once: replicas that left are drained at once, those that joined probed in
+        the background (awaited when `wait`), so a slow probe never holds up a departure."""
         try:
             found = await addresses(self._resolver, self.settings.dns, search=not self.settings.nameservers)
         except ResolveFailed as error:
@@ -58,24 +62,42 @@ class PoolDiscovery:
             log.info("pool %s: %s resolves again", self.pool.name, self.settings.dns)
         self._failing = False
         urls = {url_of(self.settings.scheme, address, self.settings.port) for address in found}
-        present = {replica.url for replica in self.pool.replicas}
-        await asyncio.gather(*(self._join(url) for url in sorted(urls - present)))
-        for url in sorted((self._found & present) - urls):
+        for url in sorted(self._found - urls):
             replica = self._registry.find_url(url)
-            if replica is not None:
+            if replica is not None and replica.pool is self.pool and not self._nodes.removing(replica):
                 log.info("pool %s: %s left %s: draining it", self.pool.name, url, self.settings.dns)
-                self._nodes.remove(replica)
-        self._found &= urls | {replica.url for replica in self.pool.replicas}
+                self._nodes.remove(replica, by_operator=False)
+        self._found &= urls
+        self._nodes.removed_by_operator -= self._gone(urls)
+        present = {replica.url for replica in self.pool.replicas}
+        for url in sorted(urls - present - self._nodes.removed_by_operator - set(self._joining)):
+            self._joining[url] = asyncio.create_task(self._join(url), name=f"join-{url}")
+        for url in set(self._refused) - urls:
+            del self._refused[url]
+        if wait and self._joining:
+            await asyncio.gather(*self._joining.values(), return_exceptions=True)
+
+    def close(self) -> None:
+        for task in self._joining.values():
+            task.cancel()
+
+    def _gone(self, urls: set[str]) -> set[str]:
+        """The operator's removals of this pool's discovered URLs that DNS no longer lists."""
+        scheme, port = f"{self.settings.scheme}://", f":{self.settings.port}"
+        return {url for url in self._nodes.removed_by_operator if url.startswith(scheme) and url.endswith(port)} - urls
 
     async def _join(self, url: str) -> None:
         """Probe `url` and add it (healthy) when it passes; tried again next round when not."""
         try:
-            await self._nodes.add(self.pool.name, url)
+            replica_id = f"{self.pool.name}-{hashlib.blake2b(url.encode(), digest_size=5).hexdigest()}"
+            await self._nodes.add(self.pool.name, url, replica_id)
         except (Unprocessable, Conflict) as error:
             if self._refused.get(url) != str(error):
                 log.warning("pool %s: %s from %s not added yet: %s", self.pool.name, url, self.settings.dns, error)
             self._refused[url] = str(error)
             return
+        finally:
+            self._joining.pop(url, None)
         self._refused.pop(url, None)
         self._found.add(url)
         log.info("pool %s: %s joined from %s", self.pool.name, url, self.settings.dns)
@@ -98,7 +120,13 @@ class Discoveries:
             ]
         )
 
+    FIRST_ROUND_S = 10.0  # how long the start waits for each pool's first replicas
+
     async def __aenter__(self) -> "Discoveries":
+        # A first round before the gateway says it is ready: a pool found only in DNS is not empty then.
+        first = asyncio.gather(*(discovery.refresh(wait=True) for discovery in self.discoveries))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(first, self.FIRST_ROUND_S)
         self._tasks = [
             asyncio.create_task(discovery.run(), name=f"discover-{discovery.pool.name}")
             for discovery in self.discoveries
@@ -110,6 +138,8 @@ class Discoveries:
     ) -> None:
         for task in self._tasks:
             task.cancel()
+        for discovery in self.discoveries:
+            discovery.close()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -25,6 +25,8 @@ class NodeManager:
         self._client = client
         self._timeout = timeout
         self._removals: dict[Replica, asyncio.Task[None]] = {}
+        # URLs an operator removed: discovery leaves them out until they leave DNS.
+        self.removed_by_operator: set[str] = set()
 
     def pool(self, name: str) -> Pool:
         pool = self._registry.pools.get(name)
@@ -38,7 +40,7 @@ class NodeManager:
             raise NotFound(f"Pool `{pool_name}` has no replica `{replica_id}`.", param="replica")
         return replica
 
-    async def add(self, pool_name: str, url: str) -> Replica:
+    async def add(self, pool_name: str, url: str, replica_id: str | None = None) -> Replica:
         """A replica that answers and serves what the pool serves joins it, healthy, at once."""
         pool = self.pool(pool_name)
         url = url.rstrip("/")
@@ -60,7 +62,8 @@ class NodeManager:
             raise Unprocessable(f"{url} serves no model.", code="model_mismatch")
         if self._registry.find_url(url) is not None:  # added by a concurrent call during the check
             raise Conflict(f"{url} was added meanwhile.", param="url")
-        replica = self._registry.add_replica(pool, url)
+        replica = self._registry.add_replica(pool, url, replica_id)
+        self.removed_by_operator.discard(url)
         replica.mark_up(models, rtt_ms)
         self._registry.refresh_models()
         self._registry.router.probe(replica.name, True, time.monotonic(), rtt_ms)
@@ -77,8 +80,14 @@ class NodeManager:
             raise Conflict(f"Replica `{replica.id}` is being removed.", param="replica")
         replica.set_draining(False)
 
-    def remove(self, replica: Replica) -> bool:
-        """Drain, then remove once nothing is in flight; True when it is gone already."""
+    def removing(self, replica: Replica) -> bool:
+        return replica in self._removals
+
+    def remove(self, replica: Replica, *, by_operator: bool = True) -> bool:
+        """Drain, then remove once nothing is in flight; True when it is gone already. One an
+        operator removed is not added back by discovery while DNS still lists it."""
+        if by_operator:
+            self.removed_by_operator.add(replica.url)
         self.drain(replica)
         if replica.in_flight == 0:
             self._forget(replica)

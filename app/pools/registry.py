@@ -167,9 +167,10 @@ class PoolRegistry:
             for url in config.replicas:
                 self.add_replica(pool, str(url))
 
-    def add_replica(self, pool: Pool, url: str) -> Replica:
-        """A new member of `pool` (not yet probed, so it takes no traffic until found healthy)."""
-        replica = Replica(pool.next_id(), url.rstrip("/"), pool)
+    def add_replica(self, pool: Pool, url: str, replica_id: str | None = None) -> Replica:
+        """A new member of `pool` (not yet probed, so it takes no traffic until found healthy),
+        named `replica_id` (default: the pool's next number)."""
+        replica = Replica(replica_id or pool.next_id(), url.rstrip("/"), pool)
         self.router.add(replica)  # refuses a URL that is already routed to
         pool.replicas.append(replica)
         return replica

@@ -122,7 +122,7 @@ async def test_engines_found_in_dns_join_and_leave_and_a_failing_resolver_change
     tmp_path: Path, adapter: Path
 ) -> None:
     with DnsServer() as dns:
-        dns.set("engines.eu.svc.cluster.local", ["10.0.0.1", "fd00::2"])
+        dns.set("engines.eu.svc.cluster.local", ["10.0.0.1", "10.0.0.2"])
         settings = SyncSettings(
             region="x",
             engines=[ENGINE_URL],
@@ -138,18 +138,21 @@ async def test_engines_found_in_dns_join_and_leave_and_a_failing_resolver_change
             reconciler = Reconciler(node, Peers(node, client), client)
             node.publish("tuned", node.check(adapter, at=node.clock.now(), base_model=MODEL))
             await reconciler.reconcile()
-            found = [ENGINE_URL, "http://10.0.0.1:8100", "http://[fd00::2]:8100"]
+            found = [ENGINE_URL, "http://10.0.0.1:8100", "http://10.0.0.2:8100"]
             assert [view.url for view in reconciler.engines] == found
             assert all(view.loaded.get("tuned") for view in reconciler.engines)  # each got the adapter
             kept = reconciler.engines[2]
-            dns.set("engines.eu.svc.cluster.local", ["fd00::2"])  # scaled in
+            dns.set("engines.eu.svc.cluster.local", ["10.0.0.2"])  # scaled in
             await reconciler.reconcile()
-            assert [view.url for view in reconciler.engines] == [ENGINE_URL, "http://[fd00::2]:8100"]
+            assert [view.url for view in reconciler.engines] == [ENGINE_URL, "http://10.0.0.2:8100"]
             assert reconciler.engines[1] is kept  # what it knew of an engine that stayed, kept
             dns.failing = True
             await reconciler.reconcile()
-            assert [view.url for view in reconciler.engines] == [ENGINE_URL, "http://[fd00::2]:8100"]
+            assert [view.url for view in reconciler.engines] == [ENGINE_URL, "http://10.0.0.2:8100"]
             dns.failing = False
+            dns.set("engines.eu.svc.cluster.local", ["fd00::2"])  # an IPv6-only cluster
+            await reconciler.reconcile()
+            assert [view.url for view in reconciler.engines] == [ENGINE_URL, "http://[fd00::2]:8100"]
             dns.records.clear()  # no pod is ready: only the settings' own engine
             await reconciler.reconcile()
             assert [view.url for view in reconciler.engines] == [ENGINE_URL]

@@ -16,7 +16,7 @@ from harness.dns_server import DnsServer
 from harness.inprocess import InProcessGateway, gateway_in_process, pool_settings
 
 NAME = "engines.eu.svc.cluster.local"
-ADDRESSES = ["10.0.0.1", "10.0.0.2", "fd00::3"]
+ADDRESSES = ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
 URLS = {address: f"http://{f'[{address}]' if ':' in address else address}:8000" for address in ADDRESSES}
 
 
@@ -67,7 +67,7 @@ async def test_replicas_join_and_leave_through_dns_while_requests_flow_and_none_
                 answered += 1
 
         clients = [asyncio.create_task(client()) for _ in range(4)]
-        dns.set(NAME, ADDRESSES)  # scaled out: one v4, one v6 joins
+        dns.set(NAME, ADDRESSES)  # scaled out: two join
         await _until(lambda: set(_urls(gateway)) == set(URLS.values()) and all(_urls(gateway).values()))
         await _until(lambda: all(sum(e.executed.values()) for e in engines.values()))  # each takes traffic
         dns.set(NAME, ADDRESSES[1:])  # scaled in: the first leaves
@@ -109,3 +109,29 @@ async def test_a_failing_resolver_changes_nothing_and_a_name_with_no_records_emp
         await _until(lambda: set(_urls(gateway)) == {static})  # the settings' own replica stays
         dns.set(NAME, ADDRESSES[:1])
         await _until(lambda: set(_urls(gateway)) == {static, URLS["10.0.0.1"]})
+
+
+async def test_one_address_family_counts_so_a_dual_stack_pod_is_one_replica(dns: DnsServer) -> None:
+    v6 = "http://[fd00::3]:8000"
+    engines: dict[str, ASGIApp] = {url: CountingEngine().app for url in [*URLS.values(), v6]}
+    dns.set(NAME, ["10.0.0.1", "fd00::1"])  # one pod, both families: its IPv4 address only
+    async with gateway_in_process(_settings(dns), engines) as gateway:
+        assert set(_urls(gateway)) == {URLS["10.0.0.1"]}  # found before the gateway said it was ready
+        dns.set(NAME, ["fd00::3"])  # an IPv6-only cluster
+        await _until(lambda: set(_urls(gateway)) == {v6})
+
+
+async def test_a_replica_an_operator_removed_stays_out_until_it_leaves_dns(dns: DnsServer) -> None:
+    engines: dict[str, ASGIApp] = {url: CountingEngine().app for url in URLS.values()}
+    dns.set(NAME, ADDRESSES[:2])
+    async with gateway_in_process(_settings(dns), engines) as gateway:
+        await _until(lambda: len(_urls(gateway)) == 2)
+        replica = gateway.app.state.gateway.registry.find_url(URLS["10.0.0.1"])
+        removed = await gateway.client.delete(f"/admin/pools/p/replicas/{replica.id}")
+        assert removed.status_code == 200, removed.text
+        await asyncio.sleep(0.3)  # rounds that still find it in DNS
+        assert set(_urls(gateway)) == {URLS["10.0.0.2"]}
+        dns.set(NAME, ADDRESSES[1:2])  # it left DNS ...
+        await asyncio.sleep(0.3)
+        dns.set(NAME, ADDRESSES[:2])  # ... and came back (a new pod on its address): it joins
+        await _until(lambda: set(_urls(gateway)) == {URLS["10.0.0.1"], URLS["10.0.0.2"]})
