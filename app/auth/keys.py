@@ -75,8 +75,11 @@ class SigningKeys:
         entries = json.loads(self.path.read_text())["keys"]
         live = self._live(entries, time.time())
         if len(live) < len(entries):
-            self._write(live)
-            stat = self.path.stat()
+            try:
+                self._write(live)
+                stat = self.path.stat()
+            except OSError:  # a read-only key file (a mounted Secret): the retired key is dropped here only
+                pass
         self._entries, self._mtime_ns = live, stat.st_mtime_ns
         self._keys = KeySet([ECKey.import_key({k: v for k, v in e.items() if k != "created_at"}) for e in live])
         self._public = {

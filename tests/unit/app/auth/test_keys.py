@@ -7,12 +7,15 @@ import base64
 import json
 import os
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 from joserfc import jwt
 from joserfc.jwk import ECKey
 
 from app.auth.__main__ import main
+from app.auth.keys import SigningKeys
 from tests.unit.app.auth.conftest import ISSUER, Gateway
 
 
@@ -48,3 +51,21 @@ async def test_key_rotation_keeps_old_tokens_valid(
     await asyncio.sleep(2.1)  # the issuer looks at the key file every 2 s
     issued = (await issuing.token("svc")).json()["access_token"]
     assert json.loads(base64.urlsafe_b64decode(issued.split(".")[0] + "=="))["kid"] == new.kid
+
+
+def test_a_read_only_key_file_with_a_retired_key_still_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key file mounted from a Kubernetes Secret cannot be written: the retired key is
+    dropped in memory, and the newest still signs."""
+    keys = SigningKeys(tmp_path, token_ttl_s=60)
+    newest = keys.rotate()
+    entries = json.loads(keys.path.read_text())["keys"]
+    entries[1]["created_at"] -= 3600  # the older key's tokens have all expired
+    keys.path.write_text(json.dumps({"keys": entries}))
+
+    def read_only(self: SigningKeys, entries: list[dict[str, Any]]) -> None:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(SigningKeys, "_write", read_only)
+    loaded = SigningKeys(tmp_path, token_ttl_s=60)
+    assert loaded.current().kid == newest
+    assert [key["kid"] for key in loaded.public_jwks()["keys"]] == [newest]
