@@ -27,7 +27,7 @@ from harness.servers import ROOT
 from sync.settings import SyncSettings
 
 K8S = ROOT / "deploy" / "k8s"
-OVERLAYS = ["eu", "us", "edge"]
+OVERLAYS = ["eu", "us", "edge", "eu-gpu", "eu-sharded"]
 KUBERNETES = "1.33.0"  # the oldest version these manifests are for (preStop `sleep`: 1.30)
 SETTINGS: dict[str, type[BaseSettings]] = {
     "gateway": GatewaySettings,
@@ -36,7 +36,9 @@ SETTINGS: dict[str, type[BaseSettings]] = {
     "finetune": WorkerSettings,
 }
 EXTRA_ENV = {"gateway": {"SWITCHYARD_CONFIG"}}  # read by the gateway's settings loader, not a field
-OTHER_ENV = {"HF_HOME"}  # libraries' own
+OTHER_ENV = {"HF_HOME", "HOME"}  # libraries' own
+VLLM_ENV = {"VLLM_API_KEY", "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "HF_TOKEN", "HOME"}  # vLLM's image's
+LWS = "leaderworkerset.x-k8s.io/v1"
 SECRET_NAMES = re.compile(r"(KEY|SECRET|PASSWORD|TOKEN|DATABASE_URL|HASH)$")
 ROUTES = {
     "gateway": {"/ready", "/health", "/metrics"},
@@ -55,11 +57,21 @@ def overlay(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
     return request.param, _render(K8S / "overlays" / request.param)
 
 
+def _templates(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    """A workload's pod templates (a LeaderWorkerSet has a leader's and a worker's)."""
+    if obj["kind"] in ("Deployment", "StatefulSet"):
+        return [obj["spec"]["template"]]
+    if obj["kind"] == "LeaderWorkerSet":
+        group = obj["spec"]["leaderWorkerTemplate"]
+        return [group["leaderTemplate"], group["workerTemplate"]]
+    return []
+
+
 def _containers(objects: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-    """(the workload, one of its containers) for every workload."""
+    """(the workload, one of its containers, init containers too) for every workload."""
     for obj in objects:
-        if obj["kind"] in ("Deployment", "StatefulSet"):
-            for container in obj["spec"]["template"]["spec"]["containers"]:
+        for template in _templates(obj):
+            for container in [*template["spec"].get("initContainers", []), *template["spec"]["containers"]]:
                 yield obj, container
 
 
@@ -95,7 +107,28 @@ def test_every_object_is_valid_for_the_pinned_kubernetes(overlay: tuple[str, lis
     _, objects = overlay
     assert {obj["kind"] for obj in objects} >= {"Deployment", "StatefulSet", "Service", "NetworkPolicy"}
     for obj in [*objects, *_render(K8S / "monitoring")]:
-        kubernetes_validate.validate(obj, KUBERNETES, strict=True)
+        if obj["apiVersion"] == LWS:
+            _check_leader_worker_set(obj)
+        else:
+            kubernetes_validate.validate(obj, KUBERNETES, strict=True)
+
+
+def _check_leader_worker_set(obj: dict[str, Any]) -> None:
+    """A LeaderWorkerSet (a custom resource, whose schema is LWS's): its fields as LWS defines
+    them, its pod templates valid as the core PodTemplate's, and a pipeline as deep as its group."""
+    assert obj["kind"] == "LeaderWorkerSet"
+    assert set(obj["spec"]) <= {"replicas", "leaderWorkerTemplate", "rolloutStrategy", "startupPolicy", "networkConfig"}
+    group = obj["spec"]["leaderWorkerTemplate"]
+    assert set(group) <= {"size", "restartPolicy", "leaderTemplate", "workerTemplate", "subGroupPolicy"}
+    assert group["size"] >= 2
+    assert group["restartPolicy"] in ("RecreateGroupOnPodRestart", "None")
+    for template in (group["leaderTemplate"], group["workerTemplate"]):
+        core = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}, "template": template}
+        kubernetes_validate.validate(core, KUBERNETES, strict=True)
+    leader = " ".join(group["leaderTemplate"]["spec"]["containers"][0]["args"])
+    gpus = int(group["leaderTemplate"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+    assert f"--tensor-parallel-size={gpus}" in leader
+    assert "--pipeline-parallel-size=$(LWS_GROUP_SIZE)" in leader
 
 
 def test_every_variable_is_a_setting_and_the_settings_take_the_values(
@@ -110,6 +143,9 @@ def test_every_variable_is_a_setting_and_the_settings_take_the_values(
             continue
         seen.add(part)
         env = _environment(container)
+        if container["image"].startswith("vllm/"):
+            assert set(env) <= VLLM_ENV, f"{part}: {set(env) - VLLM_ENV}"
+            continue
         allowed = _setting_names(SETTINGS[part]) | EXTRA_ENV.get(part, set())
         for name in env:
             referenced = any(f"$({name})" in str(v.get("value", "")) for v in container["env"])
@@ -199,9 +235,15 @@ def test_network_policies_open_the_public_and_peer_paths_and_close_the_rest(
     assert allowed(_Source(pod="sync"), "engine", 8100)
     assert not allowed(_Source(pod="gateway"), "engine", 6379)
     assert allowed(_Source(namespace="monitoring"), "engine", 8100)
+    if name == "eu-sharded":  # a group's pods talk Ray and NCCL among themselves
+        assert allowed(_Source(pod="engine"), "engine", 6379)
+        engines = next(o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == "engines")
+        assert engines["spec"]["selector"]["leaderworkerset.sigs.k8s.io/worker-index"] == "0"  # leaders serve
+    else:
+        assert not allowed(_Source(pod="engine"), "engine", 6379)
     if name != "edge":
         assert allowed(_Source(pod="finetune"), "sync", 8300)
-        other = {"eu": "10.20.1.2", "us": "10.10.1.2"}[name]
+        other = {"eu": "10.20.1.2", "us": "10.10.1.2"}[name.split("-")[0]]
         assert allowed(_Source(ip=other), "engine", 8100)  # the other region's gateways spill over
         assert allowed(_Source(ip=other), "sync", 8300)  # its sidecar is a peer
 
