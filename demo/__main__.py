@@ -139,6 +139,10 @@ def tour(demo: Demo) -> Iterator[str]:
     yield "spill-over: with region eu's engine down, eu's gateway answers from region us"
 
 
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -146,6 +150,7 @@ def main() -> None:
     parser.add_argument("--one-way-ms", type=float, default=40.0, help="the delay between the regions, each way")
     parser.add_argument("--check", action="store_true", help="walk the tour, then exit (0: every step held)")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, _stop)  # as Ctrl-C: every process is stopped on the way out
     folder = Path(tempfile.mkdtemp(prefix="switchyard-demo-"))
     data_dir = Path(os.environ.get("SWITCHYARD_DATA_DIR") or Path.home() / ".cache" / "switchyard")
     demo = Demo(folder, data_dir, args.one_way_ms / 1000)
@@ -176,6 +181,8 @@ Ctrl-C stops both regions.""",
     except AssertionError as failed:
         print(f"FAILED  {failed}", file=sys.stderr, flush=True)
         sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
     finally:
         demo.stop()
 

@@ -145,6 +145,8 @@ def test_every_variable_is_a_setting_and_the_settings_take_the_values(
             continue
         seen.add(part)
         env = _environment(container)
+        unfilled = {name: value for name, value in env.items() if "$(" in value}
+        assert not unfilled, f"{part}: a $(VAR) names no earlier variable: {unfilled}"
         if container["image"].startswith("vllm/"):
             assert set(env) <= VLLM_ENV, f"{part}: {set(env) - VLLM_ENV}"
             continue
@@ -327,3 +329,25 @@ def test_the_monitoring_config_maps_are_dashboards_own() -> None:
         config_map = maps[f"switchyard-dashboard-{board.stem}"]
         assert config_map["metadata"]["labels"] == {"grafana_dashboard": "1"}
         assert json.loads(config_map["data"][board.name]) == json.loads(board.read_text())
+
+
+def test_every_object_lands_in_the_overlays_namespace(overlay: tuple[str, list[dict[str, Any]]]) -> None:
+    name, objects = overlay
+    [namespace] = [obj["metadata"]["name"] for obj in objects if obj["kind"] == "Namespace"] or [
+        f"switchyard-{name.split('-')[0]}"
+    ]
+    for obj in objects:
+        if obj["kind"] != "Namespace":
+            assert obj["metadata"].get("namespace") == namespace, (obj["kind"], obj["metadata"]["name"])
+
+
+def test_the_public_way_in_is_tls_and_the_apis_paths_only(overlay: tuple[str, list[dict[str, Any]]]) -> None:
+    _, objects = overlay
+    [ingress] = [obj for obj in objects if obj["kind"] == "Ingress"]
+    [rule] = ingress["spec"]["rules"]
+    assert ingress["spec"]["tls"][0]["hosts"] == [rule["host"]]
+    paths = {path["path"] for path in rule["http"]["paths"]}
+    assert paths == {"/v1", "/oauth", "/.well-known", "/predict", "/fine-tune"}  # no /metrics, /admin, probes
+    assert all(p["backend"]["service"]["name"] == "gateway" for p in rule["http"]["paths"])
+    services = [obj for obj in objects if obj["kind"] == "Service"]
+    assert not [svc["metadata"]["name"] for svc in services if svc["spec"].get("type") in ("LoadBalancer", "NodePort")]
