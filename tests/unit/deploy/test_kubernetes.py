@@ -41,7 +41,7 @@ EXTRA_ENV = {"gateway": {"SWITCHYARD_CONFIG"}}  # read by the gateway's settings
 OTHER_ENV = {"HF_HOME", "HOME"}  # libraries' own
 VLLM_ENV = {"VLLM_API_KEY", "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "HF_TOKEN", "HOME"}  # vLLM's image's
 LWS = "leaderworkerset.x-k8s.io/v1"
-SECRET_NAMES = re.compile(r"(KEY|SECRET|PASSWORD|TOKEN|DATABASE_URL|HASH)$")
+SECRET_NAMES = re.compile(r"(KEY|SECRET|PASSWORD|TOKEN|DATABASE_URL|HASH|AUTH)$")
 ROUTES = {
     "gateway": {"/ready", "/health", "/metrics"},
     "engine": {"/health", "/metrics"},
