@@ -26,7 +26,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from protocol.dns import check_name, nameserver_address
+from protocol.dns import DnsName, Nameservers
 
 __all__ = [
     "AuthClientSettings",
@@ -35,7 +35,6 @@ __all__ = [
     "PoolSettings",
     "RateLimitSettings",
     "load_settings",
-    "nameserver_address",
 ]
 
 PoolKind = Literal["transformers", "vllm"]
@@ -61,24 +60,12 @@ class DiscoverySettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    dns: str = Field(min_length=1, max_length=254, pattern=r"^[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_.])?$")
+    dns: DnsName
     port: int = Field(default=8000, ge=1, le=65535)
     scheme: Literal["http", "https"] = "http"
     interval_s: float = Field(default=5.0, gt=0, le=3600)
     # The DNS servers asked (`address` or `address:port`); empty: the system's (resolv.conf).
-    nameservers: list[str] = Field(default=[], max_length=8)
-
-    @field_validator("nameservers")
-    @classmethod
-    def _addresses(cls, servers: list[str]) -> list[str]:
-        for server in servers:
-            nameserver_address(server)
-        return servers
-
-    @field_validator("dns")
-    @classmethod
-    def _name(cls, name: str) -> str:
-        return check_name(name)
+    nameservers: Nameservers = []
 
 
 class PoolSettings(BaseModel):

@@ -8,14 +8,25 @@ is absolute: the system resolver's search domains (Kubernetes' `ndots:5`) are no
 
 import asyncio
 import ipaddress
+from typing import Annotated
 
 import dns.asyncresolver
 import dns.exception
 import dns.name
 import dns.nameserver
 import dns.resolver
+from pydantic import AfterValidator, Field
 
-__all__ = ["ResolveFailed", "addresses", "check_name", "nameserver_address", "resolver", "url_of"]
+__all__ = [
+    "DnsName",
+    "Nameservers",
+    "ResolveFailed",
+    "addresses",
+    "check_name",
+    "nameserver_address",
+    "resolver",
+    "url_of",
+]
 
 
 class ResolveFailed(RuntimeError):
@@ -83,6 +94,21 @@ def check_name(name: str) -> str:
     if not name.strip(".") or ".." in name:
         raise ValueError(f"{name!r} is not a valid DNS name")
     return name
+
+
+def _checked_nameserver(server: str) -> str:
+    nameserver_address(server)
+    return server
+
+
+# Settings' types, for the gateway's pools and the sidecar alike: a DNS name (letters, digits,
+# `_.-`; labels of 1 to 63 characters; a final `.` allowed), and the DNS servers to ask.
+DnsName = Annotated[
+    str,
+    Field(min_length=1, max_length=254, pattern=r"^[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_.])?$"),
+    AfterValidator(check_name),
+]
+Nameservers = Annotated[list[Annotated[str, AfterValidator(_checked_nameserver)]], Field(max_length=8)]
 
 
 def url_of(scheme: str, address: str, port: int) -> str:

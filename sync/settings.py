@@ -3,10 +3,10 @@
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, HttpUrl, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, HttpUrl, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from protocol.dns import check_name, nameserver_address
+from protocol.dns import DnsName, Nameservers
 
 __all__ = ["LOOPBACK_HOSTS", "SyncSettings"]
 
@@ -26,9 +26,9 @@ class SyncSettings(BaseSettings):
     engines: list[HttpUrl] = []  # this region's engines, which the sidecar loads adapters into
     # ... and those found in DNS (a Kubernetes headless Service's name): each A and AAAA record
     # is an engine at http://address:engines_port, resolved again at every reconcile pass.
-    engines_dns: str | None = Field(default=None, min_length=1, max_length=253)
+    engines_dns: DnsName | None = None
     engines_port: int = Field(default=8100, ge=1, le=65535)
-    nameservers: list[str] = Field(default=[], max_length=8)  # empty: the system's resolver
+    nameservers: Nameservers = []  # empty: the system's resolver
     data_dir: Path = Field(
         default=Path.home() / ".cache" / "switchyard",
         validation_alias=AliasChoices("SWITCHYARD_DATA_DIR", "data_dir"),
@@ -60,18 +60,6 @@ class SyncSettings(BaseSettings):
     peer_key: SecretStr | None = None
     # The engines' API key (their --api-key), sent on every call to them.
     engine_api_key: SecretStr | None = None
-
-    @field_validator("nameservers")
-    @classmethod
-    def _addresses(cls, servers: list[str]) -> list[str]:
-        for server in servers:
-            nameserver_address(server)
-        return servers
-
-    @field_validator("engines_dns")
-    @classmethod
-    def _name(cls, name: str | None) -> str | None:
-        return None if name is None else check_name(name)
 
     @model_validator(mode="after")
     def _is_safe(self) -> "SyncSettings":
