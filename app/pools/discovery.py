@@ -33,6 +33,7 @@ class PoolDiscovery:
         self.pool, self.settings = pool, settings
         self._registry, self._nodes = registry, nodes
         self._found: set[str] = set()  # the URLs this discovery added
+        self._listed: set[str] = set()  # the URLs DNS gave last round
         self._joining: dict[str, asyncio.Task[None]] = {}  # URL -> its probe, in the background
         self._failing = False  # a failure was logged (once per outage)
         self._refused: dict[str, str] = {}  # a URL that did not pass its check -> why (logged once)
@@ -68,7 +69,8 @@ class PoolDiscovery:
                 log.info("pool %s: %s left %s: draining it", self.pool.name, url, self.settings.dns)
                 self._nodes.remove(replica, by_operator=False)
         self._found &= urls
-        self._nodes.removed_by_operator -= self._gone(urls)
+        self._nodes.removed_by_operator -= self._listed - urls  # an operator's removal holds while DNS lists it
+        self._listed = urls
         present = {replica.url for replica in self.pool.replicas}
         for url in sorted(urls - present - self._nodes.removed_by_operator - set(self._joining)):
             self._joining[url] = asyncio.create_task(self._join(url), name=f"join-{url}")
@@ -80,11 +82,6 @@ class PoolDiscovery:
     def close(self) -> None:
         for task in self._joining.values():
             task.cancel()
-
-    def _gone(self, urls: set[str]) -> set[str]:
-        """The operator's removals of this pool's discovered URLs that DNS no longer lists."""
-        scheme, port = f"{self.settings.scheme}://", f":{self.settings.port}"
-        return {url for url in self._nodes.removed_by_operator if url.startswith(scheme) and url.endswith(port)} - urls
 
     async def _join(self, url: str) -> None:
         """Probe `url` and add it (healthy) when it passes; tried again next round when not."""
