@@ -50,7 +50,6 @@ class FakePublisher:
         self.published: dict[str, dict[str, torch.Tensor]] = {}
         self.folders: dict[str, Path] = {}  # each name's part now
         self.parts: dict[str, str] = {}  # each name's part's token
-        self.unpublished: list[str] = []
         self.withdrawn: list[tuple[str, str]] = []
         self.refusals, self.tries = refusals, 0
         self.gate, self.refused, self.lasting = gate, refused, lasting
@@ -79,7 +78,6 @@ class FakePublisher:
         return set(self.parts)
 
     async def unpublish(self, name: str) -> None:
-        self.unpublished.append(name)
         self.parts.pop(name, None)
         self.folders.pop(name, None)
 
