@@ -180,9 +180,11 @@ def _pipelines(parts: _Parts, settings: GatewaySettings) -> tuple[Handler, Handl
 
 
 @asynccontextmanager
-async def _lifespan(parts: _Parts, settings: GatewaySettings, _: FastAPI) -> AsyncIterator[None]:
+async def _lifespan(parts: _Parts, settings: GatewaySettings, app: FastAPI) -> AsyncIterator[None]:
     """Starts what runs, in order, and stops it in reverse."""
     async with AsyncExitStack() as stack:
+        if (issuer := app.state.gateway.issuer) is not None:
+            stack.push_async_callback(issuer.aclose)
         if parts.spans is not None:
             stack.push_async_callback(asyncio.to_thread, parts.spans.close)  # last: the final requests' spans too
         await stack.enter_async_context(parts.upstream)

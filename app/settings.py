@@ -54,6 +54,18 @@ class AuthClientSettings(BaseModel):
     scopes: list[Scope] = ["chat"]
 
 
+class AuthUserSettings(BaseModel):
+    """A person who signs in to the console at the built-in issuer (its login page); the user
+    name is their tokens' subject, the tenant they speak for. `python -m app.auth hash-secret
+    PASSWORD` makes the hash."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    username: str = Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_.:@-]+$")
+    password_hash: str = Field(pattern=r"^scrypt\$")
+    scopes: list[Scope] = ["chat"]
+
+
 class DiscoverySettings(BaseModel):
     """Replicas found in DNS: every A and AAAA record of `dns` (a Kubernetes headless Service's
     name) is a replica at `scheme://address:port`, resolved again every `interval_s`."""
@@ -203,6 +215,10 @@ class GatewaySettings(BaseSettings):
     auth_leeway_s: float = Field(default=30.0, ge=0, le=60)  # on exp and nbf
     auth_token_ttl_s: int = Field(default=3600, ge=60, le=86_400)  # builtin: tokens' lifetime
     auth_clients: list[AuthClientSettings] = []
+    auth_users: list[AuthUserSettings] = []  # builtin: who may sign in to the console
+    # The console's OAuth2 client id: a public client with PKCE (builtin: this gateway's own;
+    # external: the id the issuer knows the console by).
+    console_client_id: str = Field(default="switchyard-console", min_length=1, max_length=255)
     # Per-tenant (token subject) rate limits, requests and tokens per minute (none by default);
     # `rate_limits` sets them for named subjects. In Redis when redis_url is set.
     rate_limit_rpm: int | None = Field(default=None, ge=1)
@@ -215,6 +231,11 @@ class GatewaySettings(BaseSettings):
             raise ValueError(f"auth_mode disabled is refused unless host is a loopback address, not {self.host!r}")
         if self.auth_mode == "external" and not (self.auth_issuer and self.auth_jwks):
             raise ValueError("auth_mode external needs auth_issuer and auth_jwks (the issuer's JWKS URL or file)")
+        subjects = [c.client_id for c in self.auth_clients] + [u.username for u in self.auth_users]
+        if repeated := sorted({s for s in subjects if subjects.count(s) > 1}):
+            raise ValueError(f"a subject names one tenant: clients and users share no name; repeated: {repeated}")
+        if self.console_client_id in subjects:
+            raise ValueError(f"console_client_id {self.console_client_id!r} is a client's or user's name")
         if self.workers > 1 and self.embedded:
             raise ValueError("workers > 1 needs configured pools: the embedded engine belongs to one process")
         if self.workers > 1 and not self.redis_url:

@@ -7,6 +7,8 @@ errors (the OpenAI envelope, with RFC 6750's challenge).
 from starlette.datastructures import Headers
 
 import oauth
+from app.auth.authorize import User
+from app.auth.codes import InProcessCodes, RedisCodes
 from app.auth.issuer import Client, Issuer
 from app.auth.keys import LocalKeys, SigningKeys
 from app.context import RequestContext
@@ -58,12 +60,16 @@ def build_auth(settings: GatewaySettings) -> tuple[Guard, Issuer | None]:
     if settings.auth_mode == "builtin":
         signing = SigningKeys(settings.data_dir / "auth", token_ttl_s=settings.auth_token_ttl_s)
         clients = [Client(c.client_id, c.secret_hash, tuple(c.scopes)) for c in settings.auth_clients]
+        users = [User(u.username, u.password_hash, tuple(u.scopes)) for u in settings.auth_users]
         issuer = Issuer(
             issuer=settings.issuer,
             audience=settings.auth_audience,
             clients=clients,
             signing=signing,
             token_ttl_s=settings.auth_token_ttl_s,
+            users=users,
+            console_client_id=settings.console_client_id,
+            codes=RedisCodes(settings.redis_url) if settings.redis_url else InProcessCodes(),
         )
         keys = LocalKeys(signing)
     else:

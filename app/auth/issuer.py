@@ -1,5 +1,6 @@
 """The built-in issuer: the OAuth2 client-credentials grant (RFC 6749 §4.4) on authlib's
-authorization server, issuing RFC 9068 JWT access tokens signed with `SigningKeys`.
+authorization server, and the console's authorization-code grant with PKCE (app/auth/authorize.py),
+issuing RFC 9068 JWT access tokens signed with `SigningKeys`.
 
 Clients come from the settings (`auth_clients`: id, scrypt hash of the secret, scopes) and
 authenticate with HTTP Basic (`client_secret_basic`) only, read by our own strict parser
@@ -18,7 +19,9 @@ from authlib.oauth2.rfc6749.grants import ClientCredentialsGrant
 from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
 from joserfc.jwk import KeySet
 
+from app.auth.authorize import Authorizer, TokenError, User
 from app.auth.basic import basic_credentials
+from app.auth.codes import CodeStore, InProcessCodes
 from app.auth.keys import SIGNING_ALGORITHM, SigningKeys
 from app.auth.secrets import hash_secret, new_secret, verify_secret
 
@@ -155,14 +158,43 @@ def _authenticate_basic(query_client: Callable[[str], Client | None], request: O
 
 class Issuer:
     def __init__(
-        self, *, issuer: str, audience: str, clients: list[Client], signing: SigningKeys, token_ttl_s: int
+        self,
+        *,
+        issuer: str,
+        audience: str,
+        clients: list[Client],
+        signing: SigningKeys,
+        token_ttl_s: int,
+        users: list[User] | None = None,
+        console_client_id: str = "switchyard-console",
+        codes: CodeStore | None = None,
     ) -> None:
         self.issuer = issuer
         self.signing = signing
+        self._tokens = _Tokens(issuer, audience, signing, token_ttl_s)
         self._server = _Server({client.client_id: client for client in clients})
         self._server.register_client_auth_method("client_secret_basic", _authenticate_basic)
         self._server.register_grant(ClientCredentialsGrant)
-        self._server.register_token_generator("default", _Tokens(issuer, audience, signing, token_ttl_s))
+        self._server.register_token_generator("default", self._tokens)
+        self._console = Client(console_client_id, "", SCOPES)
+        self.authorizer = Authorizer(
+            client_id=console_client_id,
+            users=users or [],
+            codes=codes or InProcessCodes(),
+            https_only=issuer.startswith("https:"),
+            scopes=SCOPES,
+        )
+
+    async def exchange_code(self, form: Mapping[str, str], authorized: bool) -> tuple[int, Any]:
+        """The token endpoint's answer to `grant_type=authorization_code`: status and JSON body."""
+        try:
+            user, scope = await self.authorizer.exchange(form, authorized)
+        except TokenError as exc:
+            return exc.status, {"error": exc.error, "error_description": exc.description}
+        token: dict[str, Any] = self._tokens.generate(
+            "authorization_code", self._console, user=user, scope=scope, include_refresh_token=False
+        )
+        return 200, token
 
     def token(
         self, path: str, headers: Mapping[str, str], form: Mapping[str, str]
@@ -173,14 +205,20 @@ class Issuer:
         )
         return result
 
+    async def aclose(self) -> None:
+        await self.authorizer.aclose()
+
     def metadata(self, base_url: str) -> dict[str, Any]:
         """RFC 8414 authorization server metadata."""
         return {
             "issuer": self.issuer,
+            "authorization_endpoint": f"{base_url}/oauth/authorize",
             "token_endpoint": f"{base_url}/oauth/token",
             "jwks_uri": f"{base_url}/.well-known/jwks.json",
-            "grant_types_supported": ["client_credentials"],
-            "token_endpoint_auth_methods_supported": ["client_secret_basic"],
+            "grant_types_supported": ["client_credentials", "authorization_code"],
+            # `none`: the console, a public client, proves itself with PKCE instead of a secret
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "none"],
+            "code_challenge_methods_supported": ["S256"],
             "scopes_supported": list(SCOPES),
-            "response_types_supported": [],
+            "response_types_supported": ["code"],
         }

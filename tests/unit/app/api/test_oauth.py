@@ -99,8 +99,10 @@ async def test_secrets_in_the_body_are_not_accepted(issuing: Gateway) -> None:
 async def test_metadata_and_jwks_are_published(issuing: Gateway) -> None:
     metadata = (await issuing.client.get("/.well-known/oauth-authorization-server")).json()
     assert metadata["issuer"] == "https://issuer.test"
-    assert metadata["grant_types_supported"] == ["client_credentials"]
-    assert metadata["token_endpoint_auth_methods_supported"] == ["client_secret_basic"]
+    assert metadata["grant_types_supported"] == ["client_credentials", "authorization_code"]
+    assert metadata["token_endpoint_auth_methods_supported"] == ["client_secret_basic", "none"]
+    assert metadata["authorization_endpoint"] == "https://issuer.test/oauth/authorize"
+    assert metadata["code_challenge_methods_supported"] == ["S256"]
     keys = (await issuing.client.get("/.well-known/jwks.json")).json()["keys"]
     assert keys
     assert all(set(key) >= {"kty", "kid", "crv", "x", "y"} and "d" not in key for key in keys)

@@ -49,6 +49,7 @@ NOT_THE_API = {
     "/docs": "Swagger UI, a viewer of the schema",
     "/docs/oauth2-redirect": "Swagger UI's OAuth2 sign-in page",
     "/redoc": "ReDoc, another viewer",
+    "/oauth/authorize": "the built-in issuer's login page, HTML for people (the console's sign-in)",
 }
 OPEN = {
     "/health",
