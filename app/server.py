@@ -98,6 +98,7 @@ def serve(
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         timeout_graceful_shutdown=5,  # after the drain, only idle connections remain
         **(http if http is not None else {"http": limited_protocol(HttpLimits.from_settings(settings))}),
     )

@@ -122,6 +122,9 @@ class GatewaySettings(BaseSettings):
     # max_queue; they share Redis for idempotency and limits, so more than one needs redis_url
     # and configured pools. Metrics are summed over them (Prometheus multiprocess mode).
     workers: int = Field(default=1, ge=1, le=64)
+    # Proxies in front (an ingress) whose X-Forwarded-For and -Proto are believed: the address a
+    # request came from is then its client's, which the sign-in and token throttles count by.
+    forwarded_allow_ips: list[str] = ["127.0.0.1"]
     pools: list[PoolSettings] = []
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     # HTTP limits, enforced before the app sees a request (app/api/http_limits.py): 431 over the
@@ -219,6 +222,7 @@ class GatewaySettings(BaseSettings):
     # The console's OAuth2 client id: a public client with PKCE (builtin: this gateway's own;
     # external: the id the issuer knows the console by).
     console_client_id: str = Field(default="switchyard-console", min_length=1, max_length=255)
+    console_dir: Path | None = None  # the console's build; unset: console/dist of this repository
     # Per-tenant (token subject) rate limits, requests and tokens per minute (none by default);
     # `rate_limits` sets them for named subjects. In Redis when redis_url is set.
     rate_limit_rpm: int | None = Field(default=None, ge=1)

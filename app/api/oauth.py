@@ -25,11 +25,12 @@ __all__ = ["router"]
 router = APIRouter()
 
 _MAX_FORM_BYTES = 4096
+_MAX_SIGN_IN_BYTES = 16 * 1024  # the login form carries the sign-in's state, percent-encoded
 _NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
 _throttle = Throttle(rate_per_s=5.0, burst=20)  # per client address: secrets are not for guessing
-# Passwords, per client address and per user name: slow guessing from one place or of one person.
+# Passwords, per client address: slow guessing. Not per user name: that would let anyone lock
+# a person out by guessing wrong in their name.
 _sign_ins = Throttle(rate_per_s=1.0, burst=10)
-_sign_ins_per_user = Throttle(rate_per_s=0.2, burst=10)
 
 
 def _issuer(request: Request) -> Issuer:
@@ -48,13 +49,13 @@ class _BadForm(Exception):
     """A body that is not a small, well-formed form with each parameter once."""
 
 
-async def _form(request: Request) -> dict[str, str]:
+async def _form(request: Request, limit: int = _MAX_FORM_BYTES) -> dict[str, str]:
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/x-www-form-urlencoded":
         raise _BadForm("The body must be application/x-www-form-urlencoded.")
     body = bytearray()
     async for chunk in request.stream():  # read no further than the limit
         body += chunk
-        if len(body) > _MAX_FORM_BYTES:
+        if len(body) > limit:
             raise _BadForm("The request body is too large.")
     try:
         pairs = parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=bool(body), errors="strict")
@@ -88,8 +89,8 @@ async def token(request: Request) -> JSONResponse:
     except _BadForm as exc:
         return _oauth_error(400, "invalid_request", str(exc))
     if form.get("grant_type") == "authorization_code":
-        status, payload = await issuer.exchange_code(form, authorized=bool(authorization))
-        return JSONResponse(payload, status, headers=_NO_STORE)
+        status, payload, extra = await issuer.exchange_code(form, authorized=bool(authorization))
+        return JSONResponse(payload, status, headers=_NO_STORE | extra)
     # scrypt checks the secret: tens of milliseconds, off the event loop. The path, not
     # request.url: that is rebuilt from the Host header, which may not parse.
     path = request.scope["path"]
@@ -120,15 +121,14 @@ async def sign_in(request: Request) -> Response:
     """The login form's answer: back to the console with a code, or the form again."""
     authorizer = _issuer(request).authorizer
     try:
-        form = await _form(request)
+        form = await _form(request, _MAX_SIGN_IN_BYTES)
         asked = authorizer.request(form, request.headers.get("host", ""))
     except (_BadForm, PageError) as exc:
         return _page(None, 400, error=str(exc))
     except RedirectError as exc:
         return RedirectResponse(exc.location, 303, headers=_NO_STORE)
     username, password = form.get("username", ""), form.get("password", "")
-    now = time.monotonic()
-    wait = max(_sign_ins.wait_s(_client_address(request), now), _sign_ins_per_user.wait_s(username, now))
+    wait = _sign_ins.wait_s(_client_address(request), time.monotonic())
     if wait:
         response = _page(asked, 429, error=f"Too many attempts: try again in {math.ceil(wait)} s.", username=username)
         response.headers["retry-after"] = str(math.ceil(wait))

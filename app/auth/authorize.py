@@ -36,8 +36,11 @@ __all__ = [
 ]
 
 CALLBACK_PATH = "/console/callback"
-_UNRESERVED = re.compile(r"^[A-Za-z0-9._~-]{43,128}$")  # RFC 7636 §4.1: a verifier; an S256 challenge is 43
-_MAX_STATE = 1024
+_VERIFIER = re.compile(r"[A-Za-z0-9._~-]{43,128}")  # RFC 7636 §4.1
+_S256_CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}")  # BASE64URL of a SHA-256, unpadded
+_HOST = re.compile(r"[A-Za-z0-9.:\[\]-]{1,300}")  # a Host header's name and port, nothing else
+_MAX_STATE_BYTES = 1024
+_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 _MAX_PASSWORD = 1024
 
 
@@ -67,11 +70,12 @@ class RedirectError(Exception):
 class TokenError(Exception):
     """The token endpoint's error for a code exchange (RFC 6749 §5.2)."""
 
-    def __init__(self, status: int, error: str, description: str) -> None:
+    def __init__(self, status: int, error: str, description: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(description)
         self.status = status
         self.error = error
         self.description = description
+        self.headers = headers or {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,12 +115,12 @@ def _unknown_user() -> User:
 
 class Authorizer:
     def __init__(
-        self, *, client_id: str, users: list[User], codes: CodeStore, https_only: bool, scopes: tuple[str, ...]
+        self, *, client_id: str, users: list[User], codes: CodeStore, issuer: str, scopes: tuple[str, ...]
     ) -> None:
         self.client_id = client_id
         self._users = {user.username: user for user in users}
         self._codes = codes
-        self._https_only = https_only
+        self._issuer = urlsplit(issuer)
         self._scopes = scopes
 
     def request(self, params: Mapping[str, str], host: str) -> AuthorizationRequest:
@@ -128,7 +132,7 @@ class Authorizer:
         if not self._is_console(redirect_uri, host):
             raise PageError("The link sends the sign-in to a place other than this gateway's console.")
         state = params.get("state", "")
-        if not 0 < len(state) <= _MAX_STATE:
+        if not 0 < len(state.encode()) <= _MAX_STATE_BYTES:
             raise PageError("The link has no state (or one too long): open the console and sign in from it.")
         fields = AuthorizationRequest(redirect_uri=redirect_uri, client_id=self.client_id, state=state,
                                       code_challenge="", scope=())  # fmt: skip
@@ -137,7 +141,7 @@ class Authorizer:
         if params.get("code_challenge_method") != "S256":
             raise _redirect_error(fields, "invalid_request", "code_challenge_method must be S256 (RFC 7636)")
         challenge = params.get("code_challenge", "")
-        if len(challenge) != 43 or not _UNRESERVED.match(challenge):
+        if not _S256_CHALLENGE.fullmatch(challenge):
             raise _redirect_error(fields, "invalid_request", "code_challenge must be 43 base64url characters")
         scope = tuple(dict.fromkeys(params.get("scope", "").split()))
         if unknown := [s for s in scope if s not in self._scopes]:
@@ -145,19 +149,21 @@ class Authorizer:
         return AuthorizationRequest(self.client_id, redirect_uri, state, challenge, scope)
 
     def _is_console(self, uri: str, host: str) -> bool:
-        try:
-            parts = urlsplit(uri)
-        except ValueError:
+        """`uri` is exactly this console's callback on `host`: compared whole, as a string (a
+        parser forgives tabs, newlines and leading spaces that a browser would follow)."""
+        if not _HOST.fullmatch(host):
             return False
-        schemes = ("https",) if self._https_only else ("https", "http")
-        return (
-            parts.scheme in schemes
-            and bool(host)
-            and parts.netloc.lower() == host.lower()
-            and "@" not in parts.netloc
-            and parts.path == CALLBACK_PATH
-            and not (parts.query or parts.fragment)
-        )
+        host = host.lower()
+        return uri.lower() in {f"{scheme}://{host}{CALLBACK_PATH}" for scheme in self._schemes(host)}
+
+    def _schemes(self, host: str) -> tuple[str, ...]:
+        """https always; plain http only when the issuer is http and the browser is on this
+        machine or on the issuer's own address (never a code over plain HTTP to a name that
+        TLS is meant to front)."""
+        if self._issuer.scheme != "http":
+            return ("https",)
+        on_loopback = host.rsplit(":", 1)[0] in _LOOPBACK_HOSTS if not host.endswith("]") else host == "[::1]"
+        return ("https", "http") if on_loopback or host == self._issuer.netloc.lower() else ("https",)
 
     def sign_in(self, username: str, password: str) -> User | None:
         """The user, when the password is theirs (scrypt: call it off the event loop)."""
@@ -191,10 +197,13 @@ class Authorizer:
         """The user and scope a code was issued for, checked against its client, redirect URI
         and verifier; the code is spent whatever the outcome (`authorized`: the request carried
         client credentials, which a public client has none of)."""
-        if authorized or form.get("client_id") != self.client_id:
+        if authorized:  # RFC 6749 §5.2: a 401 to credentials in the header names the scheme
+            raise TokenError(401, "invalid_client", "The console is a public client: send no credentials.",
+                             {"www-authenticate": 'Basic realm="switchyard"'})  # fmt: skip
+        if form.get("client_id") != self.client_id:
             raise TokenError(401, "invalid_client", "The code grant is for the console, a public client.")
         verifier = form.get("code_verifier", "")
-        if not _UNRESERVED.match(verifier):
+        if not _VERIFIER.fullmatch(verifier):
             raise TokenError(400, "invalid_request", "code_verifier must be 43 to 128 unreserved characters.")
         code = form.get("code", "")
         if not code:
@@ -211,9 +220,10 @@ class Authorizer:
         ):
             raise TokenError(400, "invalid_grant", "The code is unknown, spent, expired or not this client's.")
         user = self._users.get(grant.subject)
-        if user is None:  # removed from the settings since (a restart in between)
-            raise TokenError(400, "invalid_grant", "The user is no longer configured.")
-        return user, grant.scope
+        scope = [s for s in grant.scope.split() if user is not None and s in user.scopes]
+        if user is None or not scope:  # removed, or their scopes cut, since (a restart in between)
+            raise TokenError(400, "invalid_grant", "The user is no longer configured with these scopes.")
+        return user, " ".join(scope)
 
     async def aclose(self) -> None:
         await self._codes.aclose()

@@ -181,20 +181,20 @@ class Issuer:
             client_id=console_client_id,
             users=users or [],
             codes=codes or InProcessCodes(),
-            https_only=issuer.startswith("https:"),
+            issuer=issuer,
             scopes=SCOPES,
         )
 
-    async def exchange_code(self, form: Mapping[str, str], authorized: bool) -> tuple[int, Any]:
-        """The token endpoint's answer to `grant_type=authorization_code`: status and JSON body."""
+    async def exchange_code(self, form: Mapping[str, str], authorized: bool) -> tuple[int, Any, dict[str, str]]:
+        """The token endpoint's answer to `grant_type=authorization_code`: status, JSON body, headers."""
         try:
             user, scope = await self.authorizer.exchange(form, authorized)
         except TokenError as exc:
-            return exc.status, {"error": exc.error, "error_description": exc.description}
+            return exc.status, {"error": exc.error, "error_description": exc.description}, exc.headers
         token: dict[str, Any] = self._tokens.generate(
             "authorization_code", self._console, user=user, scope=scope, include_refresh_token=False
         )
-        return 200, token
+        return 200, token, {}
 
     def token(
         self, path: str, headers: Mapping[str, str], form: Mapping[str, str]

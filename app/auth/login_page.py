@@ -64,4 +64,4 @@ def login_page(request: AuthorizationRequest | None, *, error: str = "", usernam
 
 
 def _scopes(request: AuthorizationRequest) -> str:
-    return f" with: {escape(', '.join(request.scope))}" if request.scope else ""
+    return f" with: {escape(', '.join(request.scope))}" if request.scope else " with every scope your account has"

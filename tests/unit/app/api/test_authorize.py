@@ -25,6 +25,7 @@ import pytest
 
 from app.api import oauth
 from app.auth import codes
+from app.auth.authorize import Authorizer, User
 from app.auth.secrets import hash_secret
 from app.auth.throttle import Throttle
 from harness.servers import Redis
@@ -41,9 +42,8 @@ USERS = [
 
 @pytest.fixture(autouse=True)
 def fresh_throttles(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The sign-in throttles are per process: each test starts with full buckets."""
+    """The sign-in throttle is per process: each test starts with full buckets."""
     monkeypatch.setattr(oauth, "_sign_ins", Throttle(rate_per_s=1.0, burst=10))
-    monkeypatch.setattr(oauth, "_sign_ins_per_user", Throttle(rate_per_s=0.2, burst=10))
 
 
 @pytest.fixture
@@ -83,7 +83,10 @@ async def sign_in(gateway: Gateway, params: dict[str, str], user: str, password:
 
 
 def query_of(response: httpx.Response) -> dict[str, str]:
-    location = response.headers["location"]
+    return query_of_location(response.headers["location"])
+
+
+def query_of_location(location: str) -> dict[str, str]:
     assert location.startswith(CALLBACK + "?"), location
     return {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
 
@@ -173,15 +176,22 @@ async def test_a_wrong_password_shows_the_form_again(issuing: Gateway, user: str
     assert hidden_fields(response.text)["code_challenge"] == challenge  # the form again, ready for another try
 
 
-async def test_guessing_passwords_is_slowed_down(issuing: Gateway) -> None:
+async def test_guessing_passwords_is_slowed_down_without_locking_the_user_out(issuing: Gateway) -> None:
     _, challenge = pkce()
     answers = [(await sign_in(issuing, link(challenge), "ada", f"guess-{n}")).status_code for n in range(12)]
     assert answers[:10] == [401] * 10
     assert answers[10:] == [429, 429]
-    # the right password does not get through a throttled name either
     response = await sign_in(issuing, link(challenge), "ada", PASSWORDS["ada"])
     assert response.status_code == 429
     assert int(response.headers["retry-after"]) >= 1
+    # ada herself, from her own address, is not locked out by someone guessing in her name
+    transport = httpx.ASGITransport(app=issuing.app, client=("198.51.100.7", 40000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as elsewhere:
+        page = await elsewhere.get("/oauth/authorize", params=link(challenge))
+        form = hidden_fields(page.text) | {"username": "ada", "password": PASSWORDS["ada"]}
+        response = await elsewhere.post("/oauth/authorize", data=form)
+    assert response.status_code == 303
+    assert "code" in query_of(response)
 
 
 # hostile links
@@ -199,6 +209,15 @@ async def test_guessing_passwords_is_slowed_down(issuing: Gateway) -> None:
         "https://gateway:8443/console/callback",
         "javascript:alert(1)//gateway/console/callback",
         "",
+        # what a URL parser forgives and a browser follows elsewhere
+        "ht\ttps://gateway/console/callback",
+        " https://gateway/console/callback",
+        "\x01https://gateway/console/callback",
+        "https://gateway/console/call\nback",
+        "https://gate\rway/console/callback",
+        "https://gateway/console/callback ",
+        "https://gateway/console/callback/",
+        "https://gateway/console/%63allback",
     ],
 )
 async def test_a_link_that_sends_the_code_elsewhere_is_refused_on_the_page(issuing: Gateway, redirect_uri: str) -> None:
@@ -230,6 +249,8 @@ async def test_a_link_for_another_client_is_refused_on_the_page(issuing: Gateway
         ({"code_challenge_method": None}, "invalid_request"),
         ({"code_challenge": None}, "invalid_request"),
         ({"code_challenge": "short"}, "invalid_request"),
+        ({"code_challenge": "~" * 43}, "invalid_request"),  # never a base64url SHA-256
+        ({"code_challenge": "A" * 42 + "="}, "invalid_request"),
         ({"scope": "chat root"}, "invalid_scope"),
     ],
 )
@@ -264,6 +285,33 @@ async def test_repeated_parameters_are_refused(issuing: Gateway) -> None:
     assert "location" not in page.headers
 
 
+async def test_a_long_state_in_any_script_survives_the_form(issuing: Gateway) -> None:
+    verifier, challenge = pkce()
+    state = "é" * 512  # 1,024 bytes: the most a state may have
+    response = await sign_in(issuing, link(challenge, state=state), "ada", PASSWORDS["ada"])
+    assert query_of(response)["state"] == state
+    assert (await exchange(issuing, query_of(response)["code"], verifier)).status_code == 200
+    page = await issuing.client.get("/oauth/authorize", params=link(challenge, state=state + "é"))
+    assert page.status_code == 400
+
+
+async def test_plain_http_is_for_this_machine_or_the_issuer_s_own_address(tmp_path: Path) -> None:
+    """The issuer is http: the console may come back over http on loopback, or on the
+    issuer's own address; never over http to a name that TLS is meant to front."""
+    settings = settings_of(tmp_path, auth_users=USERS, auth_issuer="http://10.1.2.3:8000")
+    async with serving(settings) as gateway:
+        _, challenge = pkce()
+        hosts = {"127.0.0.1:8000": True, "localhost:9000": True, "[::1]:8000": True, "10.1.2.3:8000": True,
+                 "gateway.example.com": False, "10.1.2.3:8001": False}  # fmt: skip
+        for host, allowed in hosts.items():
+            params = link(challenge, redirect_uri=f"http://{host}/console/callback")
+            page = await gateway.client.get("/oauth/authorize", params=params, headers={"host": host})
+            assert (page.status_code == 200) is allowed, host
+            params = link(challenge, redirect_uri=f"https://{host}/console/callback")
+            page = await gateway.client.get("/oauth/authorize", params=params, headers={"host": host})
+            assert page.status_code == 200, host  # https is always the console's
+
+
 # hostile exchanges
 
 
@@ -290,6 +338,7 @@ async def test_a_code_needs_its_own_verifier_and_is_spent_by_a_wrong_one(issuing
         ({"redirect_uri": "https://gateway/console/other"}, 400, "invalid_grant"),
         ({"client_id": "svc"}, 401, "invalid_client"),
         ({"code_verifier": "short"}, 400, "invalid_request"),
+        ({"code_verifier": "A" * 43 + "\n"}, 400, "invalid_request"),
         ({"code": ""}, 400, "invalid_request"),
         ({"code": "made-up"}, 400, "invalid_grant"),
     ],
@@ -310,6 +359,7 @@ async def test_a_public_client_sends_no_credentials(issuing: Gateway) -> None:
     form = {"grant_type": "authorization_code", "client_id": CONSOLE, "code": code, "redirect_uri": CALLBACK,
             "code_verifier": verifier}  # fmt: skip
     response = await issuing.client.post("/oauth/token", data=form, auth=("svc", "svc-secret"))
+    assert response.headers["www-authenticate"].startswith("Basic")
     assert response.status_code == 401
     assert response.json()["error"] == "invalid_client"
 
@@ -322,6 +372,22 @@ async def test_an_expired_code_is_refused(issuing: Gateway, monkeypatch: pytest.
     response = await exchange(issuing, code, verifier)
     assert response.status_code == 400
     assert response.json()["error"] == "invalid_grant"
+
+
+async def test_an_exchange_gives_no_scope_the_user_lost_since_the_code(tmp_path: Path) -> None:
+    """Codes in Redis outlive a restart: one issued before a user's scopes were cut yields only
+    what they have now."""
+    store = codes.InProcessCodes()
+    first = Authorizer(client_id=CONSOLE, users=[User("ada", "x", ("chat", "admin"))], codes=store,
+                       issuer="https://issuer.test", scopes=("chat", "admin"))  # fmt: skip
+    verifier, challenge = pkce()
+    asked = first.request(link(challenge), "gateway")
+    code = query_of_location(await first.grant(asked, User("ada", "x", ("chat", "admin"))))["code"]
+    after = Authorizer(client_id=CONSOLE, users=[User("ada", "x", ("chat",))], codes=store,
+                       issuer="https://issuer.test", scopes=("chat", "admin"))  # fmt: skip
+    form = {"client_id": CONSOLE, "code": code, "redirect_uri": CALLBACK, "code_verifier": verifier}
+    user, scope = await after.exchange(form, authorized=False)
+    assert (user.username, scope) == ("ada", "chat")
 
 
 # codes in Redis (workers > 1): one use across processes, and an outage answered, not raised

@@ -50,6 +50,11 @@ NOT_THE_API = {
     "/docs/oauth2-redirect": "Swagger UI's OAuth2 sign-in page",
     "/redoc": "ReDoc, another viewer",
     "/oauth/authorize": "the built-in issuer's login page, HTML for people (the console's sign-in)",
+    "/console": "the web console: a redirect to its page",
+    "/console/config.json": "the console's own settings",
+    "/console/assets/{name}": "the console's built files",
+    "/console/assets/{rest}": "the console's built files (what is not one of them)",
+    "/console/{route}": "the console's page, for any of its routes",
 }
 OPEN = {
     "/health",

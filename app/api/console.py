@@ -1,0 +1,143 @@
+"""The web console at /console: the built app (console/dist, `make console`) as static files,
+and its settings (`/console/config.json`: the region, and how to sign in).
+
+Assets have content-hashed names and are cached for good; every other path under /console
+answers the app's page (it routes in the browser), never cached, under a Content-Security-
+Policy that admits this origin's scripts and styles only. Without a build, /console says in
+one line how to make one; the API is served either way.
+"""
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+
+from app.auth.issuer import SCOPES
+from app.errors import IssuerUnavailable
+from app.settings import GatewaySettings
+
+__all__ = ["DIST", "NOT_BUILT", "ConsoleSite", "router"]
+
+DIST = Path(__file__).resolve().parents[2] / "console" / "dist"  # `make console` builds it here
+
+NOT_BUILT = "The console is not built: run `make console` (it needs Node.js 18 or later and npm), then reload.\n"
+_ASSET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}")
+_METADATA_TTL_S = 300.0
+_ASSET_HEADERS = {"cache-control": "public, max-age=31536000, immutable", "x-content-type-options": "nosniff"}
+
+router = APIRouter(include_in_schema=False)
+
+
+@dataclass
+class ConsoleSite:
+    """What the console's routes read: where its build is, and how its users sign in."""
+
+    directory: Path
+    region: str
+    auth_mode: Literal["builtin", "external", "disabled"]
+    issuer: str
+    client_id: str
+    _metadata: tuple[float, dict[str, str]] | None = field(default=None, repr=False)  # the external issuer's
+
+    @classmethod
+    def of(cls, settings: GatewaySettings) -> "ConsoleSite":
+        directory = settings.console_dir or DIST
+        return cls(directory, settings.region, settings.auth_mode, settings.issuer, settings.console_client_id)
+
+
+def _site(request: Request) -> ConsoleSite:
+    site: ConsoleSite = request.app.state.console
+    return site
+
+
+def _page_headers(connect: str = "") -> dict[str, str]:
+    policy = (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        f"connect-src 'self'{connect}; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    )
+    return {
+        "content-security-policy": policy,
+        "x-frame-options": "DENY",
+        "cache-control": "no-cache",
+        "referrer-policy": "no-referrer",
+        "x-content-type-options": "nosniff",
+    }
+
+
+@router.get("/console")
+async def console_root() -> RedirectResponse:
+    return RedirectResponse("/console/", 308)
+
+
+@router.get("/console/config.json")
+async def console_config(request: Request) -> JSONResponse:
+    site = _site(request)
+    return JSONResponse({"region": site.region, "auth": await _auth(site)}, headers={"cache-control": "no-store"})
+
+
+async def _auth(site: ConsoleSite) -> dict[str, Any]:
+    if site.auth_mode == "disabled":
+        return {"mode": "disabled"}
+    endpoints = {"authorization_endpoint": "/oauth/authorize", "token_endpoint": "/oauth/token"}
+    if site.auth_mode == "external":
+        endpoints = await _issuer_metadata(site)
+    return {"mode": site.auth_mode, **endpoints, "client_id": site.client_id, "scopes": list(SCOPES)}
+
+
+async def _issuer_metadata(site: ConsoleSite) -> dict[str, str]:
+    """The external issuer's endpoints, from its RFC 8414 (or OpenID Connect) metadata, kept a while."""
+    if site._metadata is not None and time.monotonic() - site._metadata[0] < _METADATA_TTL_S:
+        return site._metadata[1]
+    base = site.issuer.rstrip("/")
+    urls = [f"{base}/.well-known/oauth-authorization-server", f"{base}/.well-known/openid-configuration"]
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        for url in urls:
+            try:
+                answer = await client.get(url)
+                document = answer.json() if answer.status_code == 200 else None
+            except (httpx.HTTPError, ValueError):
+                continue
+            if isinstance(document, dict) and all(
+                isinstance(document.get(k), str) and document[k].startswith("https://")
+                for k in ("authorization_endpoint", "token_endpoint")
+            ):
+                endpoints = {k: document[k] for k in ("authorization_endpoint", "token_endpoint")}
+                site._metadata = (time.monotonic(), endpoints)
+                return endpoints
+    raise IssuerUnavailable(f"The issuer's metadata ({urls[0]}) gave no https authorization and token endpoints.")
+
+
+@router.get("/console/assets/{name}")
+async def console_asset(name: str, request: Request) -> Response:
+    path = _site(request).directory / "assets" / name
+    if not _ASSET.fullmatch(name) or ".." in name or not path.is_file():
+        return PlainTextResponse("Not found.\n", 404)
+    return FileResponse(path, headers=_ASSET_HEADERS)
+
+
+@router.get("/console/assets/{rest:path}")
+async def console_no_asset(rest: str) -> Response:
+    """Under assets/, anything that is not one of them (never the page in its place)."""
+    return PlainTextResponse("Not found.\n", 404)
+
+
+@router.get("/console/{route:path}")
+async def console_page(route: str, request: Request) -> Response:
+    """The app's page, for any of its routes (it routes in the browser)."""
+    site = _site(request)
+    page = site.directory / "index.html"
+    if not page.is_file():
+        return PlainTextResponse(NOT_BUILT, 404)
+    connect = ""
+    if site.auth_mode == "external":  # the console exchanges its code at the issuer's token endpoint
+        try:
+            token_endpoint = (await _issuer_metadata(site))["token_endpoint"]
+            connect = " " + "/".join(token_endpoint.split("/", 3)[:3])
+        except IssuerUnavailable:
+            pass  # the page loads; its config says why sign-in is unavailable
+    return FileResponse(page, headers=_page_headers(connect), media_type="text/html")

@@ -1,0 +1,220 @@
+"""The console in a real browser (Debian's Chromium, headless) against a real gateway on the
+embedded default: signing in, streaming a chat, steering the fleet, the gateway's own error
+for a bad action, an expired session that keeps the page, and every page at desktop and
+phone sizes (their screenshots are docs/console.md's)."""
+
+import re
+from pathlib import Path
+
+import httpx
+from playwright.sync_api import Browser, Page, expect
+
+from harness.servers import ServerProcess
+from tests.integration.console.conftest import DESKTOP, PASSWORDS, PHONE
+
+
+def sign_in(page: Page, gateway: ServerProcess, user: str, path: str = "/console/") -> None:
+    page.goto(gateway.url + path)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(re.compile(r"/oauth/authorize\?"))
+    page.get_by_label("User name").fill(user)
+    page.get_by_label("Password").fill(PASSWORDS[user])
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(re.compile(r"/console/(?!callback)"))
+
+
+def test_a_person_signs_in_and_sees_the_pages_their_scopes_allow(page: Page, console_gateway: ServerProcess) -> None:
+    page.goto(console_gateway.url + "/console/fleet")
+    expect(page.get_by_role("heading", name="Switchyard console")).to_be_visible()
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_label("User name").fill("ada")
+    page.get_by_label("Password").fill("wrong")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_have_text("The user name or password is wrong.")
+    page.get_by_label("Password").fill(PASSWORDS["ada"])
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(console_gateway.url + "/console/fleet")  # back where the sign-in began
+    nav = page.get_by_role("navigation", name="Pages")
+    expect(nav.get_by_role("link")).to_have_text(["Fleet", "Playground"])
+    expect(page.get_by_text("ada", exact=True)).to_be_visible()
+    assert "code=" not in page.url  # the code leaves the address bar and the history
+
+    page.get_by_role("button", name="Sign out").click()
+    sign_in(page, console_gateway, "bob")
+    page.wait_for_url(console_gateway.url + "/console/playground")  # bob may chat only
+    expect(page.get_by_role("navigation", name="Pages").get_by_role("link")).to_have_text(["Playground"])
+
+
+def test_a_streamed_chat_shows_tokens_as_they_arrive(
+    page: Page, console_gateway: ServerProcess, screenshots: Path
+) -> None:
+    sign_in(page, console_gateway, "ada", "/console/playground")
+    expect(page.get_by_label("Model")).to_have_value("switchyard-tiny-v1")
+    page.get_by_label("Max tokens").fill("48")
+    page.get_by_label("Send an Idempotency-Key").check()
+    # every length the answer takes on its way, seen by the page itself
+    page.evaluate("""() => {
+        window.lengths = [];
+        new MutationObserver(() => {
+            const answers = document.querySelectorAll('[data-role="assistant"]');
+            const last = answers[answers.length - 1];
+            if (last) window.lengths.push(last.textContent.length);
+        }).observe(document.querySelector('[aria-label="Conversation"]'),
+                   {subtree: true, childList: true, characterData: true});
+    }""")
+    # a slow link (4 kB/s), so that the tiny model's quick answer reaches the page over seconds
+    network = page.context.new_cdp_session(page)
+    network.send("Network.enable")
+    network.send("Network.emulateNetworkConditions",
+                 {"offline": False, "latency": 0, "downloadThroughput": 4096, "uploadThroughput": -1})  # fmt: skip
+    page.get_by_label("Message").fill("Tell me about regions.")
+    page.get_by_label("Message").press("Control+Enter")
+    stats = page.get_by_role("definition")
+    expect(page.get_by_role("button", name="Send")).to_be_visible(timeout=30_000)  # the stream has ended
+    lengths = [n for n in page.evaluate("window.lengths") if n > 1]
+    assert len(set(lengths)) >= 3, lengths  # the answer grew in steps, not all at once
+    assert lengths == sorted(lengths)
+    facts = dict(zip(page.locator(".stats dt").all_text_contents(), stats.all_text_contents(), strict=True))
+    assert facts["Region"] == "local"
+    assert re.fullmatch(r"\d+ ms", facts["Time to first token"])
+    assert float(facts["Tokens/s"]) > 0
+    assert int(facts["Tokens"]) > 1
+    assert facts["Replica"].startswith("embedded-")
+    assert len(facts["Request id"]) >= 8
+    assert re.fullmatch(r"[0-9a-f-]{36}", facts["Idempotency-Key"])
+    page.screenshot(path=screenshots / "playground.png")
+
+
+def test_draining_and_undraining_a_replica_shows_on_the_fleet_page(
+    page: Page, console_gateway: ServerProcess, screenshots: Path
+) -> None:
+    sign_in(page, console_gateway, "ada", "/console/fleet")
+    region = page.get_by_role("region", name="Region local")
+    row = region.get_by_role("row", name="Replica embedded-0")
+    expect(row.get_by_text("healthy", exact=True)).to_be_visible()
+    page.screenshot(path=screenshots / "fleet.png")
+
+    row.get_by_role("button", name="Drain").click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_contain_text("takes no new requests")
+    dialog.get_by_role("button", name="Drain").click()
+    expect(dialog).to_be_hidden()
+    expect(row.get_by_text("draining", exact=True)).to_be_visible()
+
+    row.get_by_role("button", name="Undrain").click()
+    page.get_by_role("dialog").get_by_role("button", name="Undrain").click()
+    expect(row.get_by_text("healthy", exact=True)).to_be_visible()
+
+    row.get_by_role("button", name="Remove").click()
+    page.get_by_role("dialog").get_by_role("button", name="Cancel").click()  # asked first: nothing removed
+    expect(row).to_be_visible()
+
+
+def test_a_bad_action_shows_the_gateway_s_own_error(page: Page, console_gateway: ServerProcess) -> None:
+    sign_in(page, console_gateway, "ada", "/console/fleet")
+    unreachable = "http://127.0.0.1:9"
+    page.get_by_label("Replica URL").fill(unreachable)
+    page.get_by_role("button", name="Add replica").click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_role("button", name="Add replica").click()
+    alert = dialog.get_by_role("alert")
+    expect(alert).to_be_visible()
+    # the very message the admin API gives for it
+    token = page.evaluate("() => window.__token__ ?? null")
+    assert token is None  # the token is nowhere in the page's globals
+    answer = _as_admin(console_gateway, "POST", "/admin/pools/embedded/replicas", json={"url": unreachable})
+    assert answer.status_code >= 400
+    expect(alert).to_have_text(answer.json()["error"]["message"])
+    dialog.get_by_role("button", name="Cancel").click()
+
+
+def test_an_expired_session_signs_in_again_and_keeps_the_page(page: Page, console_gateway: ServerProcess) -> None:
+    sign_in(page, console_gateway, "ada", "/console/playground")
+    page.get_by_label("Max tokens").fill("8")
+    page.get_by_label("Message").fill("first")
+    page.get_by_role("button", name="Send").click()
+    expect(page.get_by_role("button", name="Send")).to_be_visible()
+    first_answer = page.locator('[data-role="assistant"]').first.inner_text()
+
+    # the gateway refuses the next request's token, as it would an expired one
+    refused: list[str] = []
+
+    def expire_once(route, request) -> None:  # type: ignore[no-untyped-def]
+        refused.append(request.url)
+        error = {"message": "The access token expired.", "type": "invalid_request_error", "code": "invalid_token"}
+        route.fulfill(status=401, json={"error": error})
+
+    page.route("**/v1/chat/completions", expire_once, times=1)
+    page.get_by_label("Message").fill("second")
+    page.get_by_role("button", name="Send").click()
+    dialog = page.get_by_role("alertdialog", name="Your session has expired")
+    expect(dialog).to_be_visible()
+    with page.expect_popup() as opened:
+        dialog.get_by_role("button", name="Sign in again").click()
+    popup = opened.value
+    popup.get_by_label("User name").fill("ada")
+    popup.get_by_label("Password").fill(PASSWORDS["ada"])
+    popup.get_by_role("button", name="Sign in").click()
+    popup.wait_for_event("close")
+    expect(dialog).to_be_hidden()
+    expect(page.get_by_role("button", name="Send")).to_be_visible()  # the refused request went again
+    assert len(refused) == 1
+    assert page.locator('[data-role="user"]').all_inner_texts() == ["first", "second"]
+    assert page.locator('[data-role="assistant"]').first.inner_text() == first_answer
+    assert page.locator('[data-role="assistant"]').nth(1).inner_text().strip()
+    assert page.url.endswith("/console/playground")
+
+
+def test_the_pages_work_from_the_keyboard_and_fit_a_phone(
+    browser: Browser, console_gateway: ServerProcess, screenshots: Path
+) -> None:
+    context = browser.new_context(viewport=DESKTOP)  # type: ignore[arg-type]
+    page = context.new_page()
+    page.goto(console_gateway.url + "/console/")
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(re.compile(r"/oauth/authorize\?"))
+    page.screenshot(path=screenshots / "sign-in.png")
+    page.keyboard.type("ada")  # the user name has the focus
+    page.keyboard.press("Tab")
+    page.keyboard.type(PASSWORDS["ada"])
+    page.keyboard.press("Enter")
+    page.wait_for_url(re.compile(r"/console/fleet"))
+    for _ in range(12):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.textContent") == "Playground":
+            break
+    page.keyboard.press("Enter")
+    page.wait_for_url(re.compile(r"/console/playground$"))
+    expect(page.get_by_role("link", name="Playground")).to_have_attribute("aria-current", "page")
+
+    page.set_viewport_size(PHONE)  # type: ignore[arg-type]
+    for name in ("fleet", "playground"):
+        page.get_by_role("link", name=name.capitalize()).click()
+        page.wait_for_url(re.compile(rf"/console/{name}$"))
+        expect(page.get_by_role("heading", level=1)).to_be_visible()
+        overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        assert overflow <= 0, f"{name} scrolls sideways on a phone by {overflow} px"
+        page.screenshot(path=screenshots / f"{name}-phone.png", full_page=True)
+    context.close()
+
+
+def _as_admin(gateway: ServerProcess, method: str, path: str, **kwargs: object) -> httpx.Response:
+    """The admin API called directly, with a token of ada's own (signed in as the console does)."""
+    import base64
+    import hashlib
+    import secrets
+    from urllib.parse import parse_qs, urlsplit
+
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
+    callback = gateway.url + "/console/callback"
+    params = {"response_type": "code", "client_id": "switchyard-console", "redirect_uri": callback, "state": "s",
+              "code_challenge": challenge, "code_challenge_method": "S256", "scope": "admin"}  # fmt: skip
+    form = params | {"username": "ada", "password": PASSWORDS["ada"]}
+    answer = httpx.post(gateway.url + "/oauth/authorize", data=form)
+    code = parse_qs(urlsplit(answer.headers["location"]).query)["code"][0]
+    exchange = {"grant_type": "authorization_code", "code": code, "client_id": "switchyard-console",
+                "redirect_uri": callback, "code_verifier": verifier}  # fmt: skip
+    token = httpx.post(gateway.url + "/oauth/token", data=exchange)
+    headers = {"authorization": f"Bearer {token.json()['access_token']}"}
+    return httpx.request(method, gateway.url + path, headers=headers, timeout=30, **kwargs)  # type: ignore[arg-type]
