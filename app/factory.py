@@ -13,12 +13,13 @@ from functools import partial
 from fastapi import FastAPI
 from starlette.routing import Route
 
-from app.api import admin, console, files, fine_tuning, models, oauth, ops, predict
+from app.api import admin, console, files, fine_tuning, models, oauth, ops, predict, sync_relay
 from app.api.completions import completion_routes
 from app.api.console import ConsoleSite
 from app.api.deps import EdgeSettings, Gateway
 from app.api.direct import GatewayApp, Middleware
 from app.api.openapi import install_openapi
+from app.api.sync_relay import SyncRelay
 from app.auth import build_auth
 from app.auth.keys import mint
 from app.errors import CATCH_ALL, install_error_handlers
@@ -107,9 +108,10 @@ def create_app(settings: GatewaySettings, upstream: Upstream | None = None, span
     )
     app.state.drain = parts.drain
     app.state.console = ConsoleSite.of(settings)
+    app.state.sync_relay = SyncRelay(str(settings.sync_url) if settings.sync_url else None)
     install_error_handlers(app)
-    routers = (models.router, files.router, fine_tuning.router, ops.router, admin.router, oauth.router, console.router)
-    for router in routers:
+    routers = (models.router, files.router, fine_tuning.router, ops.router, admin.router, oauth.router)
+    for router in (*routers, console.router, sync_relay.router):
         app.include_router(router)
     install_openapi(app)
     return app
@@ -188,6 +190,7 @@ async def _lifespan(parts: _Parts, settings: GatewaySettings, app: FastAPI) -> A
     async with AsyncExitStack() as stack:
         if (issuer := app.state.gateway.issuer) is not None:
             stack.push_async_callback(issuer.aclose)
+        stack.push_async_callback(app.state.sync_relay.aclose)
         if parts.spans is not None:
             stack.push_async_callback(asyncio.to_thread, parts.spans.close)  # last: the final requests' spans too
         await stack.enter_async_context(parts.upstream)

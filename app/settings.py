@@ -223,6 +223,9 @@ class GatewaySettings(BaseSettings):
     # external: the id the issuer knows the console by).
     console_client_id: str = Field(default="switchyard-console", min_length=1, max_length=255)
     console_dir: Path | None = None  # the console's build; unset: console/dist of this repository
+    # The region's sync sidecar (e.g. http://sync:8300): /sync/adapters here relays to its
+    # /adapters, for the console's adapters page (tokens with scope `adapters` or `admin`).
+    sync_url: HttpUrl | None = None
     # Per-tenant (token subject) rate limits, requests and tokens per minute (none by default);
     # `rate_limits` sets them for named subjects. In Redis when redis_url is set.
     rate_limit_rpm: int | None = Field(default=None, ge=1)

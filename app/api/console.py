@@ -42,12 +42,14 @@ class ConsoleSite:
     auth_mode: Literal["builtin", "external", "disabled"]
     issuer: str
     client_id: str
+    sync: bool  # /sync/adapters relays to a sidecar
     _metadata: tuple[float, dict[str, str]] | None = field(default=None, repr=False)  # the external issuer's
 
     @classmethod
     def of(cls, settings: GatewaySettings) -> "ConsoleSite":
         directory = settings.console_dir or DIST
-        return cls(directory, settings.region, settings.auth_mode, settings.issuer, settings.console_client_id)
+        return cls(directory, settings.region, settings.auth_mode, settings.issuer, settings.console_client_id,
+                   settings.sync_url is not None)  # fmt: skip
 
 
 def _site(request: Request) -> ConsoleSite:
@@ -77,7 +79,8 @@ async def console_root() -> RedirectResponse:
 @router.get("/console/config.json")
 async def console_config(request: Request) -> JSONResponse:
     site = _site(request)
-    return JSONResponse({"region": site.region, "auth": await _auth(site)}, headers={"cache-control": "no-store"})
+    config = {"region": site.region, "auth": await _auth(site), "sync": site.sync}
+    return JSONResponse(config, headers={"cache-control": "no-store"})
 
 
 async def _auth(site: ConsoleSite) -> dict[str, Any]:

@@ -23,10 +23,10 @@ class Guard:
         self.verifier = verifier  # None: authentication is disabled
 
     async def check(
-        self, headers: Headers, scope: str, request: RequestContext | None = None
+        self, headers: Headers, scope: str | tuple[str, ...], request: RequestContext | None = None
     ) -> oauth.Principal | None:
-        """The caller's principal, holding `scope`; None when authentication is disabled. The
-        caller is named in the `request`'s trace, granted or not."""
+        """The caller's principal, holding `scope` (one of them, for several); None when
+        authentication is disabled. The caller is named in the `request`'s trace, granted or not."""
         if self.verifier is None:
             return None
         try:
@@ -34,7 +34,7 @@ class Guard:
             principal = await self.verifier.verify(token)
             if request is not None:
                 request.annotate({"enduser.id": principal.subject})
-            principal.require(scope)
+            principal.require(*((scope,) if isinstance(scope, str) else scope))
             return principal
         except oauth.OAuthError as refusal:
             raise gateway_error(refusal) from None

@@ -3,6 +3,7 @@ import { SignInError, type Session } from "./auth/session";
 import { Alert } from "./components/Alert";
 import type { ConsoleConfig } from "./config";
 import { useSessionState } from "./hooks";
+import { Adapters } from "./pages/Adapters";
 import { Fleet } from "./pages/Fleet";
 import { Playground } from "./pages/Playground";
 import { BASE, navigate, useLocation } from "./router";
@@ -11,12 +12,13 @@ interface Page {
   path: string;
   label: string;
   scopes: string[]; // any one of them offers the page
-  render: () => ReactElement;
+  render: (config: ConsoleConfig) => ReactElement;
 }
 
 export const PAGES: Page[] = [
   { path: "/fleet", label: "Fleet", scopes: ["admin"], render: () => <Fleet /> },
   { path: "/playground", label: "Playground", scopes: ["chat"], render: () => <Playground /> },
+  { path: "/adapters", label: "Adapters", scopes: ["adapters", "admin"], render: (c) => <Adapters relayed={c.sync} /> },
 ];
 
 export function offered(session: Session): Page[] {
@@ -74,7 +76,7 @@ export function App({ config, session }: { config: ConsoleConfig; session: Sessi
         </ul>
       </nav>
       <main id="main" tabIndex={-1}>
-        {page ? page.render() : pages.length === 0 && <p>Your token grants none of the console's pages.</p>}
+        {page ? page.render(config) : pages.length === 0 && <p>Your token grants none of the console's pages.</p>}
       </main>
       {session.expired && <Expired session={session} />}
     </div>

@@ -88,7 +88,7 @@ export async function upload<T>(
       const xhr = new XMLHttpRequest();
       xhr.open(method, path);
       headers.forEach((value, name) => xhr.setRequestHeader(name, value));
-      if (body instanceof Blob && !(body instanceof File)) xhr.setRequestHeader("content-type", "application/x-tar");
+      if (body instanceof Blob) xhr.setRequestHeader("content-type", body.type || "application/octet-stream");
       xhr.upload.onprogress = (event) => event.lengthComputable && onProgress(event.loaded / event.total);
       xhr.onload = () => resolve({ status: xhr.status, text: xhr.responseText });
       xhr.onerror = () => reject(new ApiError(0, "The upload did not reach the gateway."));

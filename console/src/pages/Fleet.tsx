@@ -179,7 +179,8 @@ function ReplicaRow({ pool, replica, act }: { pool: Pool; replica: Replica; act:
       </td>
       <td>{replica.rtt_ms === null ? "–" : `${replica.rtt_ms} ms`}</td>
       <td>{replica.active_adapters.length ? replica.active_adapters.join(", ") : "–"}</td>
-      <td className="row-actions">
+      <td>
+        <div className="row-actions">
         {replica.draining ? (
           <button
             type="button"
@@ -224,6 +225,7 @@ function ReplicaRow({ pool, replica, act }: { pool: Pool; replica: Replica; act:
         >
           Remove
         </button>
+        </div>
       </td>
     </tr>
   );

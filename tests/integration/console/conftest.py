@@ -11,6 +11,7 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from app.auth.secrets import hash_secret
+from harness.adapters import make_lora_adapter
 from harness.servers import ROOT, ServerProcess, free_port
 
 PASSWORDS = {"ada": "ada-console-password", "bob": "bob-console-password"}
@@ -31,20 +32,36 @@ def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def console_gateway(builtin_model: Path, data_dir: Path, log_dir: Path) -> Iterator[ServerProcess]:
+def console_gateway(
+    builtin_model: Path, data_dir: Path, log_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """The gateway, and its region's sync sidecar (trusting its tokens) behind /sync/adapters."""
     assert (ROOT / "console" / "dist" / "index.html").is_file(), "the console is not built: run `make console`"
     users = [{"username": u, "password_hash": hash_secret(p), "scopes": SCOPES[u]} for u, p in PASSWORDS.items()]
-    port = free_port()
+    port, sync_port = free_port(), free_port()
+    sync_env = {"SWITCHYARD_DATA_DIR": str(tmp_path_factory.mktemp("console-sync")),
+                "SWITCHYARD_SYNC_AUTH_ISSUER": f"http://127.0.0.1:{port}"}  # fmt: skip
+    sidecar = ServerProcess("sync", ["--region", "local", "--port", str(sync_port)], port=sync_port,
+                            log_dir=log_dir, env=sync_env).wait_ready()  # fmt: skip
     env = {
         "SWITCHYARD_DATA_DIR": str(data_dir),
         "SWITCHYARD_AUTH_MODE": "builtin",
         "SWITCHYARD_AUTH_USERS": json.dumps(users),
         "SWITCHYARD_EMBEDDED_FINETUNE_WORKER": "false",
         "SWITCHYARD_HEALTH_INTERVAL_S": "0.5",
+        "SWITCHYARD_SYNC_URL": sidecar.url,
     }
     gateway = ServerProcess("app", ["--port", str(port)], port=port, log_dir=log_dir, env=env).wait_ready()
     yield gateway
     gateway.stop()
+    sidecar.stop()
+
+
+@pytest.fixture(scope="module")
+def adapter_files(builtin_model: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """A LoRA adapter of the built-in model: the files of its folder, as a person picks them."""
+    folder = make_lora_adapter(builtin_model, tmp_path_factory.mktemp("console-adapter") / "lora", rank=4)
+    return sorted(path for path in folder.iterdir() if path.is_file())
 
 
 @pytest.fixture(scope="module")

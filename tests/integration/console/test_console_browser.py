@@ -35,7 +35,7 @@ def test_a_person_signs_in_and_sees_the_pages_their_scopes_allow(page: Page, con
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_url(console_gateway.url + "/console/fleet")  # back where the sign-in began
     nav = page.get_by_role("navigation", name="Pages")
-    expect(nav.get_by_role("link")).to_have_text(["Fleet", "Playground"])
+    expect(nav.get_by_role("link")).to_have_text(["Fleet", "Playground", "Adapters"])
     expect(page.get_by_text("ada", exact=True)).to_be_visible()
     assert "code=" not in page.url  # the code leaves the address bar and the history
 
@@ -165,6 +165,40 @@ def test_an_expired_session_signs_in_again_and_keeps_the_page(page: Page, consol
     assert page.url.endswith("/console/playground")
 
 
+def test_publishing_and_retiring_an_adapter(
+    page: Page, console_gateway: ServerProcess, adapter_files: list[Path], screenshots: Path
+) -> None:
+    sign_in(page, console_gateway, "ada", "/console/adapters")
+    form = page.get_by_role("form", name="Publish an adapter")
+    form.get_by_label("Name").fill("support-bot")
+    form.get_by_label("Weight").fill("0.5")
+    form.get_by_label("Adapter files").set_input_files(adapter_files)  # the folder's files: tarred in the page
+    form.get_by_role("button", name="Publish").click()
+    # trained from the model's folder, its config names a path: the sidecar's own words say so
+    expect(form.get_by_role("alert")).to_contain_text("give that name as `base_model`")
+    form.get_by_label("Base model").fill("switchyard-tiny-v1")
+    form.get_by_role("button", name="Publish").click()
+    expect(form.get_by_role("status")).to_contain_text("Published support-bot: version ")
+    card = page.get_by_role("article", name="Adapter support-bot")
+    expect(card.get_by_text("live", exact=True)).to_be_visible()
+    contributions = card.get_by_role("table", name="Contributions")
+    expect(contributions.get_by_role("row", name=re.compile(r"^local "))).to_contain_text("0.5")
+    listed = _as_admin(console_gateway, "GET", "/sync/adapters").json()["adapters"]
+    [published] = [a for a in listed if a["name"] == "support-bot"]
+    assert published["contributions"]["local"]["weight"] == 0.5
+    expect(card).to_contain_text(published["served"]["digest"][:12])
+    card.get_by_role("button", name="Audit log").click()
+    expect(page.get_by_role("region", name="Audit log")).to_contain_text("local serves")
+    page.screenshot(path=screenshots / "adapters.png", full_page=True)
+
+    card.get_by_role("button", name="Retire").click()
+    page.get_by_role("dialog").get_by_role("button", name="Retire").click()
+    expect(card.get_by_text("retired", exact=True)).to_be_visible()
+    [retired] = [a for a in _as_admin(console_gateway, "GET", "/sync/adapters").json()["adapters"]
+                 if a["name"] == "support-bot"]  # fmt: skip
+    assert retired["live"] is False
+
+
 def test_the_pages_work_from_the_keyboard_and_fit_a_phone(
     browser: Browser, console_gateway: ServerProcess, screenshots: Path
 ) -> None:
@@ -188,7 +222,7 @@ def test_the_pages_work_from_the_keyboard_and_fit_a_phone(
     expect(page.get_by_role("link", name="Playground")).to_have_attribute("aria-current", "page")
 
     page.set_viewport_size(PHONE)  # type: ignore[arg-type]
-    for name in ("fleet", "playground"):
+    for name in ("fleet", "playground", "adapters"):
         page.get_by_role("link", name=name.capitalize()).click()
         page.wait_for_url(re.compile(rf"/console/{name}$"))
         expect(page.get_by_role("heading", level=1)).to_be_visible()

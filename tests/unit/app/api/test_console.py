@@ -96,6 +96,7 @@ async def test_the_settings_name_the_built_in_sign_in(tmp_path: Path) -> None:
         config = (await gateway.get("/console/config.json")).json()
     assert config == {
         "region": "eu",
+        "sync": False,
         "auth": {
             "mode": "builtin",
             "authorization_endpoint": "/oauth/authorize",

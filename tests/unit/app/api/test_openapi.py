@@ -55,6 +55,8 @@ NOT_THE_API = {
     "/console/assets/{name}": "the console's built files",
     "/console/assets/{rest}": "the console's built files (what is not one of them)",
     "/console/{route}": "the console's page, for any of its routes",
+    "/sync/adapters": "the sync sidecar's adapter API, relayed (documented by the sidecar)",
+    "/sync/adapters/{rest}": "the sync sidecar's adapter API, relayed (documented by the sidecar)",
 }
 OPEN = {
     "/health",
