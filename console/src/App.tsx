@@ -4,6 +4,7 @@ import { Alert } from "./components/Alert";
 import type { ConsoleConfig } from "./config";
 import { useSessionState } from "./hooks";
 import { Adapters } from "./pages/Adapters";
+import { FineTuning } from "./pages/FineTuning";
 import { Fleet } from "./pages/Fleet";
 import { Playground } from "./pages/Playground";
 import { BASE, navigate, useLocation } from "./router";
@@ -19,6 +20,7 @@ export const PAGES: Page[] = [
   { path: "/fleet", label: "Fleet", scopes: ["admin"], render: () => <Fleet /> },
   { path: "/playground", label: "Playground", scopes: ["chat"], render: () => <Playground /> },
   { path: "/adapters", label: "Adapters", scopes: ["adapters", "admin"], render: (c) => <Adapters relayed={c.sync} /> },
+  { path: "/fine-tuning", label: "Fine-tuning", scopes: ["finetune"], render: () => <FineTuning /> },
 ];
 
 export function offered(session: Session): Page[] {

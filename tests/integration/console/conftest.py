@@ -33,7 +33,7 @@ def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def console_gateway(
-    builtin_model: Path, data_dir: Path, log_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    builtin_model: Path, log_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
     """The gateway, and its region's sync sidecar (trusting its tokens) behind /sync/adapters."""
     assert (ROOT / "console" / "dist" / "index.html").is_file(), "the console is not built: run `make console`"
@@ -43,11 +43,12 @@ def console_gateway(
                 "SWITCHYARD_SYNC_AUTH_ISSUER": f"http://127.0.0.1:{port}"}  # fmt: skip
     sidecar = ServerProcess("sync", ["--region", "local", "--port", str(sync_port)], port=sync_port,
                             log_dir=log_dir, env=sync_env).wait_ready()  # fmt: skip
+    gateway_data = tmp_path_factory.mktemp("console-gateway")
+    (gateway_data / "models").symlink_to(builtin_model.parent)  # the built-in model, already built
     env = {
-        "SWITCHYARD_DATA_DIR": str(data_dir),
+        "SWITCHYARD_DATA_DIR": str(gateway_data),  # its own fine-tuning database and worker
         "SWITCHYARD_AUTH_MODE": "builtin",
         "SWITCHYARD_AUTH_USERS": json.dumps(users),
-        "SWITCHYARD_EMBEDDED_FINETUNE_WORKER": "false",
         "SWITCHYARD_HEALTH_INTERVAL_S": "0.5",
         "SWITCHYARD_SYNC_URL": sidecar.url,
     }

@@ -3,6 +3,7 @@ embedded default: signing in, streaming a chat, steering the fleet, the gateway'
 for a bad action, an expired session that keeps the page, and every page at desktop and
 phone sizes (their screenshots are docs/console.md's)."""
 
+import json
 import re
 from pathlib import Path
 
@@ -35,7 +36,7 @@ def test_a_person_signs_in_and_sees_the_pages_their_scopes_allow(page: Page, con
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_url(console_gateway.url + "/console/fleet")  # back where the sign-in began
     nav = page.get_by_role("navigation", name="Pages")
-    expect(nav.get_by_role("link")).to_have_text(["Fleet", "Playground", "Adapters"])
+    expect(nav.get_by_role("link")).to_have_text(["Fleet", "Playground", "Adapters", "Fine-tuning"])
     expect(page.get_by_text("ada", exact=True)).to_be_visible()
     assert "code=" not in page.url  # the code leaves the address bar and the history
 
@@ -199,6 +200,64 @@ def test_publishing_and_retiring_an_adapter(
     assert retired["live"] is False
 
 
+PING = {"messages": [{"role": "user", "content": "ping"}, {"role": "assistant", "content": "pong pong pong"}]}
+
+
+def test_fine_tuning_from_upload_to_a_chat_with_the_result(
+    page: Page, console_gateway: ServerProcess, tmp_path: Path, screenshots: Path
+) -> None:
+    dataset = tmp_path / "ping.jsonl"
+    dataset.write_text("".join(json.dumps(PING) + "\n" for _ in range(32)))
+    sign_in(page, console_gateway, "ada", "/console/fine-tuning")
+    upload = page.get_by_role("form", name="Upload a dataset")
+    upload.get_by_label("Dataset file").set_input_files(dataset)
+    upload.get_by_role("button", name="Upload").click()
+    expect(upload.get_by_role("status")).to_contain_text("Uploaded ping.jsonl as file-")
+
+    start = page.get_by_role("form", name="Start a job")
+    expect(start.get_by_label("Training file")).to_contain_text("ping.jsonl")
+    start.get_by_label("Suffix").fill("pong")
+    start.get_by_label("Epochs").fill("2")
+    start.get_by_label("Learning rate multiplier").fill("10")
+    start.get_by_role("button", name="Start job").click()
+    detail = page.get_by_role("region", name=re.compile(r"^Job ftjob-"))
+    expect(detail.get_by_role("status", name="Job status")).to_have_text("succeeded", timeout=240_000)
+    loss = detail.get_by_role("img", name="Training loss")
+    expect(loss).to_be_visible()
+    assert loss.locator("polyline").get_attribute("points")
+    page.screenshot(path=screenshots / "fine-tuning.png", full_page=True)
+
+    detail.get_by_role("link", name="Open in playground").click()
+    page.wait_for_url(re.compile(r"/console/playground\?model=ft%3A"))
+    model = page.get_by_label("Model").input_value()
+    assert model.startswith("ft:switchyard-tiny-v1:")
+    assert model.endswith(":pong:" + re.sub(r"^.*:", "", model))
+    page.get_by_label("Message").fill("ping")
+    page.get_by_role("button", name="Send").click()
+    expect(page.get_by_role("button", name="Send")).to_be_visible(timeout=30_000)
+    assert page.locator('[data-role="assistant"]').first.inner_text().strip()
+    expect(page.get_by_role("alert")).to_have_count(0)
+
+
+def test_cancelling_a_job_from_the_page(page: Page, console_gateway: ServerProcess, tmp_path: Path) -> None:
+    dataset = tmp_path / "many.jsonl"
+    dataset.write_text("".join(json.dumps(PING) + "\n" for _ in range(512)))
+    sign_in(page, console_gateway, "ada", "/console/fine-tuning")
+    upload = page.get_by_role("form", name="Upload a dataset")
+    upload.get_by_label("Dataset file").set_input_files(dataset)
+    upload.get_by_role("button", name="Upload").click()
+    expect(upload.get_by_role("status")).to_contain_text("Uploaded many.jsonl")
+    start = page.get_by_role("form", name="Start a job")
+    chosen = start.get_by_label("Training file").locator("option", has_text="many.jsonl").get_attribute("value")
+    start.get_by_label("Training file").select_option(chosen)
+    start.get_by_label("Epochs").fill("20")
+    start.get_by_role("button", name="Start job").click()
+    detail = page.get_by_role("region", name=re.compile(r"^Job ftjob-"))
+    detail.get_by_role("button", name="Cancel job").click()
+    page.get_by_role("dialog").get_by_role("button", name="Cancel job").click()
+    expect(detail.get_by_role("status", name="Job status")).to_have_text("cancelled", timeout=60_000)
+
+
 def test_the_pages_work_from_the_keyboard_and_fit_a_phone(
     browser: Browser, console_gateway: ServerProcess, screenshots: Path
 ) -> None:
@@ -222,8 +281,8 @@ def test_the_pages_work_from_the_keyboard_and_fit_a_phone(
     expect(page.get_by_role("link", name="Playground")).to_have_attribute("aria-current", "page")
 
     page.set_viewport_size(PHONE)  # type: ignore[arg-type]
-    for name in ("fleet", "playground", "adapters"):
-        page.get_by_role("link", name=name.capitalize()).click()
+    for name in ("fleet", "playground", "adapters", "fine-tuning"):
+        page.get_by_role("link", name=name.capitalize().replace("-t", "-t")).click()
         page.wait_for_url(re.compile(rf"/console/{name}$"))
         expect(page.get_by_role("heading", level=1)).to_be_visible()
         overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
