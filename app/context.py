@@ -42,6 +42,8 @@ class RequestContext:
     started: float  # time.perf_counter() at arrival
     model: str = "other"  # as a metric label: a model some replica serves, else `other`
     tenant: str | None = None
+    tokens: int | None = None  # what its answer used: the engine's usage, else a stream's events
+    first_token_s: float | None = None  # a stream's time from arrival to its first event
     span: ServerSpan | None = None  # its server span, when its trace is recorded here
     trace_headers: Mapping[str, str] | None = None  # what passes its trace on, when tracing is on
     _stream_ends: list[StreamEnd] | None = None

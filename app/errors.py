@@ -324,6 +324,16 @@ class IssuerUnavailable(GatewayError):
         super().__init__(message, headers={"retry-after": "5"})
 
 
+class UsageUnavailable(GatewayError):
+    """The region's usage counts (in Redis) cannot be read now."""
+
+    status = 503
+    code = "usage_unavailable"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"retry-after": "2"})
+
+
 class EngineUnreachable(NoEngineAvailable):
     """The replica refused or dropped the connection: nothing reached its model."""
 

@@ -27,6 +27,7 @@ from app.finetuning import EmbeddedWorker, FineTuning
 from app.observability.export import OtlpExporter, SpanSink
 from app.observability.metrics import GatewayMetrics, RequestMetrics
 from app.observability.tracing import TraceRequests
+from app.observability.usage import LocalUsage, RedisUsage
 from app.pipeline.attempt import Attempt
 from app.pipeline.call import Handler
 from app.pipeline.layers import Admitted, Idempotent, Limited
@@ -70,6 +71,7 @@ class _Parts:
     nodes: NodeManager
     discoveries: Discoveries  # the pools whose replicas come from DNS
     finetuning: FineTuning
+    usage: LocalUsage | RedisUsage
     spans: SpanSink | None  # where recorded server spans go; None: tracing is off
 
 
@@ -105,6 +107,7 @@ def create_app(settings: GatewaySettings, upstream: Upstream | None = None, span
         guard,
         issuer,
         parts.finetuning,
+        parts.usage,
     )
     app.state.drain = parts.drain
     app.state.console = ConsoleSite.of(settings)
@@ -166,6 +169,7 @@ def _parts(settings: GatewaySettings, upstream: Upstream, spans: SpanSink | None
         nodes,
         discoveries,
         finetuning,
+        RedisUsage(metrics.usage, settings.redis_url) if settings.redis_url else LocalUsage(metrics.usage),
         spans,
     )
 
@@ -208,6 +212,7 @@ async def _lifespan(parts: _Parts, settings: GatewaySettings, app: FastAPI) -> A
         stack.push_async_callback(parts.nodes.aclose)
         await stack.enter_async_context(parts.discoveries)
         await stack.enter_async_context(parts.finetuning)
+        await stack.enter_async_context(parts.usage)
         log.info("gateway ready: %d pool(s) in region %s", len(parts.registry.pools), settings.region)
         yield
 

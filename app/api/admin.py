@@ -3,15 +3,17 @@ with authentication disabled (a loopback-only gateway), clients on this host onl
 
 import ipaddress
 import time
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, HttpUrl
 
 from app.api.body import parse_body, read_json_body
 from app.api.deps import GatewayDep, guard_of
-from app.errors import Conflict, PermissionDenied
+from app.errors import Conflict, PermissionDenied, UsageUnavailable
+from app.observability import usage as usage_counts
+from app.observability.usage import RETENTION_MINUTES, minute_of, report
 
 __all__ = ["router"]
 
@@ -49,6 +51,18 @@ class AddReplica(BaseModel):
 @router.get("/pools")
 async def list_pools(gateway: GatewayDep) -> dict[str, Any]:
     return {"region": gateway.settings.region, "pools": gateway.registry.describe(time.monotonic())}
+
+
+@router.get("/usage")
+async def usage(gateway: GatewayDep, minutes: Annotated[int, Query(ge=1, le=RETENTION_MINUTES)] = 60) -> dict[str, Any]:
+    """Per tenant and minute over the last `minutes`: requests, tokens, errors, sheds; and the
+    SLOs' burn rates over 5 minutes, an hour, six hours and a day."""
+    now = time.time()
+    try:
+        kept = await gateway.usage.minutes(minute_of(now) - RETENTION_MINUTES + 1)
+    except usage_counts.UsageUnavailable as exc:
+        raise UsageUnavailable(f"The region's usage counts cannot be read: {exc}") from None
+    return {"region": gateway.settings.region, **report(kept, minutes, now)}
 
 
 @router.get("/pools/{pool}")

@@ -38,6 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.context import RequestContext, begin
 from app.errors import Overloaded, RateLimited, TenantOverShare
+from app.observability.usage import UsageLedger
 from protocol import usage_count
 from protocol.background import running
 
@@ -100,6 +101,7 @@ class GatewayMetrics:
         breakers: Callable[[], Iterable[tuple[str, str, str]]] = list,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.usage = UsageLedger()  # per tenant and minute, for the console's usage page
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self._scraped = self.registry
         if self.multiprocess:
@@ -214,6 +216,7 @@ class GatewayMetrics:
         tokens = usage_count(body, "completion_tokens")
         if tokens is not None:
             self.generation_tokens(*labels).observe(tokens)
+        context.tokens = usage_count(body, "total_tokens")
 
 
 class StreamTimer:
@@ -241,7 +244,8 @@ class StreamTimer:
         now = time.perf_counter()
         if self._first is None:
             self._first = now
-            self._metrics.ttft(*self._labels).observe(now - self._context.started)
+            self._context.first_token_s = now - self._context.started
+            self._metrics.ttft(*self._labels).observe(self._context.first_token_s)
         else:
             self._metrics.itl(*self._labels).observe(now - self._last)
         for _ in range(events - 1):  # those that came with the chunk's first
@@ -260,6 +264,7 @@ class StreamTimer:
     def closed(self) -> None:
         """The stream is over, however it ended (the context tells its callbacks once)."""
         total = usage_count(self._usage, "total_tokens") if self._usage else None
+        self._context.tokens = total if total is not None else self._tokens
         self._context.stream_over(self._tokens, total)
 
 
@@ -296,6 +301,7 @@ class RequestMetrics:
             labels = (route, context.model, status_class(status))
             metrics.requests(*labels).inc()
             metrics.duration(*labels).observe(seconds)
+            metrics.usage.record(context.tenant, status, context.tokens, context.first_token_s, time.time())
             if access_log.isEnabledFor(logging.INFO):
                 _log_access(route, status, seconds, context, headers)
 

@@ -7,6 +7,7 @@ import { Adapters } from "./pages/Adapters";
 import { FineTuning } from "./pages/FineTuning";
 import { Fleet } from "./pages/Fleet";
 import { Playground } from "./pages/Playground";
+import { Usage } from "./pages/Usage";
 import { BASE, navigate, useLocation } from "./router";
 
 interface Page {
@@ -21,6 +22,7 @@ export const PAGES: Page[] = [
   { path: "/playground", label: "Playground", scopes: ["chat"], render: () => <Playground /> },
   { path: "/adapters", label: "Adapters", scopes: ["adapters", "admin"], render: (c) => <Adapters relayed={c.sync} /> },
   { path: "/fine-tuning", label: "Fine-tuning", scopes: ["finetune"], render: () => <FineTuning /> },
+  { path: "/usage", label: "Usage", scopes: ["admin"], render: () => <Usage /> },
 ];
 
 export function offered(session: Session): Page[] {

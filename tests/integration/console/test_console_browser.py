@@ -36,7 +36,7 @@ def test_a_person_signs_in_and_sees_the_pages_their_scopes_allow(page: Page, con
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_url(console_gateway.url + "/console/fleet")  # back where the sign-in began
     nav = page.get_by_role("navigation", name="Pages")
-    expect(nav.get_by_role("link")).to_have_text(["Fleet", "Playground", "Adapters", "Fine-tuning"])
+    expect(nav.get_by_role("link")).to_have_text(["Fleet", "Playground", "Adapters", "Fine-tuning", "Usage"])
     expect(page.get_by_text("ada", exact=True)).to_be_visible()
     assert "code=" not in page.url  # the code leaves the address bar and the history
 
@@ -258,6 +258,29 @@ def test_cancelling_a_job_from_the_page(page: Page, console_gateway: ServerProce
     expect(detail.get_by_role("status", name="Job status")).to_have_text("cancelled", timeout=60_000)
 
 
+def test_usage_and_slos_show_each_tenant_s_answers(
+    page: Page, console_gateway: ServerProcess, screenshots: Path
+) -> None:
+    sign_in(page, console_gateway, "bob", "/console/playground")
+    page.get_by_label("Max tokens").fill("4")
+    page.get_by_label("Message").fill("count me")
+    page.get_by_role("button", name="Send").click()
+    expect(page.get_by_role("button", name="Send")).to_be_visible(timeout=30_000)
+    page.get_by_role("button", name="Sign out").click()
+
+    sign_in(page, console_gateway, "ada", "/console/usage")
+    bob = page.get_by_role("row", name="Tenant bob")
+    expect(bob).to_be_visible(timeout=15_000)
+    requests, tokens = (int(cell) for cell in bob.get_by_role("cell").all_text_contents()[:2])
+    assert requests >= 1
+    assert tokens >= 1
+    availability = page.get_by_role("row", name="SLO availability")
+    expect(availability).to_contain_text("99.9 % of API requests answered without a 5xx")
+    expect(page.get_by_role("row", name="SLO time to first token")).to_be_visible()
+    expect(page.get_by_role("img", name="Requests per minute")).to_be_visible()
+    page.screenshot(path=screenshots / "usage.png", full_page=True)
+
+
 def test_the_pages_work_from_the_keyboard_and_fit_a_phone(
     browser: Browser, console_gateway: ServerProcess, screenshots: Path
 ) -> None:
@@ -281,8 +304,8 @@ def test_the_pages_work_from_the_keyboard_and_fit_a_phone(
     expect(page.get_by_role("link", name="Playground")).to_have_attribute("aria-current", "page")
 
     page.set_viewport_size(PHONE)  # type: ignore[arg-type]
-    for name in ("fleet", "playground", "adapters", "fine-tuning"):
-        page.get_by_role("link", name=name.capitalize().replace("-t", "-t")).click()
+    for name in ("fleet", "playground", "adapters", "fine-tuning", "usage"):
+        page.get_by_role("link", name=name.capitalize()).click()
         page.wait_for_url(re.compile(rf"/console/{name}$"))
         expect(page.get_by_role("heading", level=1)).to_be_visible()
         overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")

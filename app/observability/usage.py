@@ -1,0 +1,307 @@
+"""Who used the gateway, minute by minute, and how the SLOs are burning: what the console's
+usage page shows without a Prometheus to ask.
+
+Each API request's answer is counted for its tenant (the token's subject) in the minute it
+ended: requests, tokens (the usage the engine reported, else the events a stream relayed),
+errors (4xx and 5xx that are not sheds) and sheds (429 and 503: refused to protect the
+engines). Beside them, the SLIs of dashboards/rules/slo.rules.yml for all tenants together:
+answers and 5xx answers, streams and streams slower than 1 s to their first event.
+
+A day of minutes is kept. A minute holds at most `max_tenants` tenants; later ones in that
+minute are counted together as `(others)`, so a flood of subjects cannot grow it without
+bound. The ledger is this process's: with several workers (Redis configured), each flushes
+its minutes to Redis and the page reads their sum (RedisUsage).
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+__all__ = [
+    "COUNTERS",
+    "OTHERS",
+    "SLOS",
+    "Minute",
+    "Slo",
+    "LocalUsage",
+    "RedisUsage",
+    "UsageLedger",
+    "UsageSource",
+    "UsageUnavailable",
+    "burn_rates",
+    "minute_of",
+    "report",
+    "span_of",
+    "status_kind",
+]
+
+log = logging.getLogger(__name__)
+
+MINUTE_S = 60
+RETENTION_MINUTES = 24 * 60
+COUNTERS = ("requests", "tokens", "errors", "shed")
+SLI_COUNTERS = ("answers", "answers_5xx", "streams", "streams_slow")
+OTHERS = "(others)"
+SLOW_FIRST_TOKEN_S = 1.0
+WINDOWS = {"5m": 5, "1h": 60, "6h": 360, "1d": 1440}
+
+
+@dataclass(frozen=True, slots=True)
+class Slo:
+    name: str
+    description: str
+    objective: float  # the share of good events
+    bad: str  # the SLI counter of bad events
+    total: str  # ... and of all events
+
+    @property
+    def budget(self) -> float:
+        return round(1 - self.objective, 6)
+
+
+# The objectives of dashboards/rules/slo.rules.yml (tests hold the two together).
+SLOS = (
+    Slo("availability", "API requests answered without a 5xx", 0.999, "answers_5xx", "answers"),
+    Slo("time to first token", "streams that start within 1 s", 0.99, "streams_slow", "streams"),
+)
+
+
+class UsageSource(Protocol):
+    """Where the usage page's minutes come from: this process, or every process through Redis."""
+
+    async def minutes(self, since: int) -> dict[int, "Minute"]: ...
+
+
+def minute_of(at: float) -> int:
+    return int(at // MINUTE_S)
+
+
+def status_kind(status: int) -> str | None:
+    """Which counter an answer's status adds to besides `requests`: `shed`, `errors` or none."""
+    if status in (429, 503):
+        return "shed"
+    return "errors" if status >= 400 else None
+
+
+@dataclass
+class Minute:
+    tenants: dict[str, dict[str, int]] = field(default_factory=dict)
+    sli: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SLI_COUNTERS, 0))
+
+    def add(self, tenant: str, counter: str, amount: int) -> None:
+        counts = self.tenants.setdefault(tenant, dict.fromkeys(COUNTERS, 0))
+        counts[counter] += amount
+
+
+class UsageLedger:
+    def __init__(self, *, max_tenants: int = 500, retention_minutes: int = RETENTION_MINUTES) -> None:
+        self._max_tenants = max_tenants
+        self._retention = retention_minutes
+        self._minutes: OrderedDict[int, Minute] = OrderedDict()
+
+    def record(
+        self, tenant: str | None, status: int, tokens: int | None, first_token_s: float | None, now: float
+    ) -> None:
+        """One API request's answer: its tenant (None: authentication is off), status, tokens,
+        and how long a stream took to its first event (None: not a stream, or no event)."""
+        minute = self._minute(minute_of(now))
+        name = tenant or "(anonymous)"
+        if name not in minute.tenants and len(minute.tenants) >= self._max_tenants:
+            name = OTHERS
+        minute.add(name, "requests", 1)
+        if tokens:
+            minute.add(name, "tokens", tokens)
+        if (kind := status_kind(status)) is not None:
+            minute.add(name, kind, 1)
+        minute.sli["answers"] += 1
+        minute.sli["answers_5xx"] += status >= 500
+        if first_token_s is not None:
+            minute.sli["streams"] += 1
+            minute.sli["streams_slow"] += first_token_s > SLOW_FIRST_TOKEN_S
+
+    def _minute(self, number: int) -> Minute:
+        minute = self._minutes.get(number)
+        if minute is None:
+            minute = self._minutes[number] = Minute()
+            while self._minutes and next(iter(self._minutes)) <= number - self._retention:
+                self._minutes.popitem(last=False)
+        return minute
+
+    def minutes(self, since: int) -> dict[int, Minute]:
+        """The kept minutes from minute `since` on."""
+        return {number: minute for number, minute in self._minutes.items() if number >= since}
+
+    def take(self) -> dict[int, Minute]:
+        """Every kept minute, forgotten here (a worker flushing them to Redis)."""
+        minutes, self._minutes = dict(self._minutes), OrderedDict()
+        return minutes
+
+    def restore(self, minutes: dict[int, Minute]) -> None:
+        """Counts taken but not flushed, added back (to go with the next flush)."""
+        for number, minute in sorted(minutes.items()):
+            _merged(self._minute(number), minute)
+
+
+def report(minutes: dict[int, Minute], span_minutes: int, now: float) -> dict[str, Any]:
+    """The usage page's data: per tenant and minute over the last `span_minutes`, and the SLOs."""
+    last = minute_of(now)
+    first = last - span_minutes + 1
+    axis = list(range(first, last + 1))
+    tenants: dict[str, dict[str, list[int]]] = {}
+    for number in axis:
+        for tenant in minutes.get(number, Minute()).tenants:
+            tenants.setdefault(tenant, {counter: [0] * len(axis) for counter in COUNTERS})
+    for index, number in enumerate(axis):
+        for tenant, counts in minutes.get(number, Minute()).tenants.items():
+            for counter, value in counts.items():
+                tenants[tenant][counter][index] += value
+    return {
+        "minutes": [number * MINUTE_S for number in axis],
+        "tenants": tenants,
+        "slos": burn_rates(minutes, last),
+    }
+
+
+def burn_rates(minutes: dict[int, Minute], last: int) -> list[dict[str, Any]]:
+    """Each SLO's bad ratio and burn rate (the ratio over the budget) over each window."""
+    slos = []
+    for slo in SLOS:
+        windows = []
+        for window, length in WINDOWS.items():
+            bad = total = 0
+            for number in range(last - length + 1, last + 1):
+                sli = minutes[number].sli if number in minutes else None
+                if sli is not None:
+                    bad, total = bad + sli[slo.bad], total + sli[slo.total]
+            ratio = bad / total if total else 0.0
+            windows.append({"window": window, "events": total, "ratio": ratio, "burn_rate": ratio / slo.budget})
+        slos.append({"name": slo.name, "description": slo.description, "objective": slo.objective,
+                     "windows": windows})  # fmt: skip
+    return slos
+
+
+def span_of(requested: int | None) -> int:
+    """The minutes a report covers: 60 unless asked, at most a day."""
+    return min(RETENTION_MINUTES, max(1, requested or 60))
+
+
+class LocalUsage:
+    """This process's ledger, read as it is (one gateway process, no Redis)."""
+
+    def __init__(self, ledger: UsageLedger) -> None:
+        self._ledger = ledger
+
+    async def __aenter__(self) -> "LocalUsage":
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        pass
+
+    async def minutes(self, since: int) -> dict[int, Minute]:
+        return self._ledger.minutes(since)
+
+
+class RedisUsage:
+    """Every worker and gateway of a region: each flushes its ledger's minutes into Redis
+    (one hash a minute, summed with HINCRBY, kept a day) every `interval_s` and before a read;
+    a read sums what all of them flushed. Counts that Redis refused wait for the next flush."""
+
+    def __init__(self, ledger: UsageLedger, url: str, *, interval_s: float = 5.0, prefix: str = "switchyard:usage:"):
+        self._ledger = ledger
+        self._redis = aioredis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0,
+                                             decode_responses=True)  # fmt: skip
+        self._interval_s = interval_s
+        self._prefix = prefix
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> "RedisUsage":
+        self._task = asyncio.create_task(self._flushing(), name="usage-flush")
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(RedisError, OSError):
+            await self.flush()
+        await self._redis.aclose()
+
+    async def _flushing(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s)
+            try:
+                await self.flush()
+            except (RedisError, OSError) as exc:
+                log.warning("usage counts wait for Redis: %s", exc)
+
+    async def flush(self) -> None:
+        minutes = self._ledger.take()
+        if not minutes:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for number, minute in minutes.items():
+            key = f"{self._prefix}{number}"
+            for tenant, counts in minute.tenants.items():
+                for counter, value in counts.items():
+                    if value:
+                        pipe.hincrby(key, f"t{_SEP}{tenant}{_SEP}{counter}", value)
+            for counter, value in minute.sli.items():
+                if value:
+                    pipe.hincrby(key, f"s{_SEP}{counter}", value)
+            pipe.expire(key, (RETENTION_MINUTES + 60) * MINUTE_S)
+        try:
+            await pipe.execute()
+        except (RedisError, OSError):
+            self._ledger.restore(minutes)
+            raise
+
+    async def minutes(self, since: int) -> dict[int, Minute]:
+        with contextlib.suppress(RedisError, OSError):
+            await self.flush()  # this process's latest counts too
+        numbers = list(range(since, minute_of(time.time()) + 1))
+        pipe = self._redis.pipeline(transaction=False)
+        for number in numbers:
+            pipe.hgetall(f"{self._prefix}{number}")
+        try:
+            hashes = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise UsageUnavailable(f"Redis: {exc}") from None
+        found = {number: _minute_from(fields) for number, fields in zip(numbers, hashes, strict=True) if fields}
+        for number, minute in self._ledger.minutes(since).items():  # what Redis has not taken yet
+            found[number] = _merged(found.get(number, Minute()), minute)
+        return found
+
+
+class UsageUnavailable(Exception):
+    """The usage counts cannot be read (Redis unreachable)."""
+
+
+_SEP = "\x1f"
+
+
+def _minute_from(fields: dict[str, str]) -> Minute:
+    minute = Minute()
+    for name, value in fields.items():
+        parts = name.split(_SEP)
+        if parts[0] == "t" and len(parts) == 3 and parts[2] in COUNTERS:
+            minute.add(parts[1], parts[2], int(value))
+        elif parts[0] == "s" and len(parts) == 2 and parts[1] in SLI_COUNTERS:
+            minute.sli[parts[1]] += int(value)
+    return minute
+
+
+def _merged(into: Minute, extra: Minute) -> Minute:
+    for tenant, counts in extra.tenants.items():
+        for counter, value in counts.items():
+            into.add(tenant, counter, value)
+    for counter, value in extra.sli.items():
+        into.sli[counter] += value
+    return into
