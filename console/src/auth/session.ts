@@ -19,6 +19,7 @@ type Pending = { verifier: string; state: string; returnTo: string };
 export const CALLBACK_PATH = "/console/callback";
 const PENDING_KEY = "switchyard.sign-in";
 const MESSAGE_TYPE = "switchyard-sign-in";
+const POPUP_STATE = "popup."; // a popup's sign-in: its callback hands over to the window that opened it
 
 export class SignInError extends Error {}
 
@@ -115,7 +116,7 @@ export class Session {
 
   /** Sign in again in a popup, keeping this page as it is. */
   async signInByPopup(): Promise<void> {
-    const pending = { verifier: randomString(), state: randomString(16), returnTo: "" };
+    const pending = { verifier: randomString(), state: POPUP_STATE + randomString(16), returnTo: "" };
     this.popup = pending;
     const url = await this.authorizeUrl(pending);
     const opened = window.open(url, "switchyard-sign-in", "popup,width=480,height=640");
@@ -180,6 +181,7 @@ export class Session {
 
 /** On the callback page inside the popup: hand the answer to the page that opened it. */
 export function handOverToOpener(): boolean {
+  if (!new URLSearchParams(location.search).get("state")?.startsWith(POPUP_STATE)) return false;
   let opener: Window | null = null;
   try {
     opener = window.opener && window.opener.location.origin === location.origin ? window.opener : null;

@@ -89,6 +89,8 @@ def _environment(container: dict[str, Any]) -> dict[str, str]:
             )
             if reference == "database-url":
                 value = "postgresql+asyncpg://switchyard@postgres/switchyard"
+            if reference == "console-users":  # a list of users, as docs/deploy.md shows it
+                value = '[{"username": "ada", "password_hash": "scrypt$placeholder", "scopes": ["admin"]}]'
         else:
             value = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), variable["value"])
         env[variable["name"]] = value

@@ -1,0 +1,53 @@
+import { afterEach, describe, expect, it, vi } from "vitest";
+import { handOverToOpener, Session } from "./session";
+
+const builtin = { mode: "builtin" as const, authorization_endpoint: "/oauth/authorize",
+  token_endpoint: "/oauth/token", client_id: "switchyard-console", scopes: ["chat", "admin"] }; // prettier-ignore
+
+afterEach(() => {
+  vi.unstubAllGlobals();
+  sessionStorage.clear();
+  history.replaceState(null, "", "/");
+});
+
+describe("the sign-in", () => {
+  it("refuses a callback it did not start, or one for another state, and says the issuer's error", async () => {
+    const session = new Session(builtin);
+    await expect(session.completeRedirect("?code=x&state=s")).rejects.toThrow("not started here");
+    sessionStorage.setItem("switchyard.sign-in", JSON.stringify({ verifier: "v", state: "mine", returnTo: "/fleet" }));
+    await expect(session.completeRedirect("?code=x&state=theirs")).rejects.toThrow("another request");
+    sessionStorage.setItem("switchyard.sign-in", JSON.stringify({ verifier: "v", state: "mine", returnTo: "/fleet" }));
+    await expect(
+      session.completeRedirect("?error=access_denied&error_description=ada+may+use+none&state=mine"),
+    ).rejects.toThrow("ada may use none");
+    expect(session.current).toBeNull();
+  });
+
+  it("keeps the token in memory only, with the scopes the issuer granted", async () => {
+    const claims = btoa(JSON.stringify({ sub: "ada" }));
+    vi.stubGlobal("fetch", vi.fn(async () => new Response(JSON.stringify({
+      access_token: `h.${claims}.s`, token_type: "Bearer", expires_in: 3600, scope: "chat",
+    })))); // prettier-ignore
+    const session = new Session(builtin);
+    sessionStorage.setItem("switchyard.sign-in", JSON.stringify({ verifier: "v", state: "mine", returnTo: "/fleet" }));
+    expect(await session.completeRedirect("?code=c&state=mine")).toBe("/fleet");
+    expect(session.current?.subject).toBe("ada");
+    expect([session.may("chat"), session.may("admin")]).toEqual([true, false]);
+    expect(sessionStorage.length).toBe(0);
+    expect(localStorage.length).toBe(0);
+  });
+
+  it("hands a popup's answer only to a same-origin opener, and only for a popup's sign-in", () => {
+    const posted: unknown[] = [];
+    const opener = { location: { origin: location.origin }, postMessage: (m: unknown) => posted.push(m) };
+    vi.stubGlobal("opener", opener);
+    vi.spyOn(window, "close").mockImplementation(() => undefined);
+    history.replaceState(null, "", "/console/callback?code=c&state=plain");
+    expect(handOverToOpener()).toBe(false); // a sign-in by redirect completes here
+    history.replaceState(null, "", "/console/callback?code=c&state=popup.x");
+    expect(handOverToOpener()).toBe(true);
+    expect(posted).toEqual([{ type: "switchyard-sign-in", search: "?code=c&state=popup.x" }]);
+    vi.stubGlobal("opener", { get location(): never { throw new DOMException("cross-origin") } });
+    expect(handOverToOpener()).toBe(false);
+  });
+});
