@@ -48,8 +48,8 @@ export function LineChart({
             </text>
           </g>
         ))}
-        {ticks(x0, x1).map((x) => (
-          <text key={`x${x}`} x={sx(x)} y={HEIGHT - 8} textAnchor="middle">
+        {ticks(x0, x1).map((x, i, all) => (
+          <text key={`x${x}`} x={sx(x)} y={HEIGHT - 8} textAnchor={i === 0 ? "start" : i === all.length - 1 ? "end" : "middle"}>
             {formatX(x)}
           </text>
         ))}

@@ -42,6 +42,7 @@ interface Page<T> {
 
 const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
 const REFRESH_MS = 2000;
+const toneOf = (status: string) => (status === "succeeded" ? "ok" : FINISHED.has(status) ? "bad" : "warn");
 
 /** The job's training loss by step, oldest first, from its `metrics` events. */
 export function lossCurve(events: JobEvent[]): Array<[number, number]> {
@@ -103,7 +104,7 @@ export function FineTuning() {
                     </th>
                     <td>{job.model}</td>
                     <td>
-                      <span className={`pill ${job.status === "succeeded" ? "ok" : FINISHED.has(job.status) ? "bad" : "warn"}`}>
+                      <span className={`pill ${toneOf(job.status)}`}>
                         {job.status}
                       </span>
                     </td>
@@ -255,7 +256,7 @@ function JobDetail({ job, onChanged }: { job: Job; onChanged: () => Promise<void
     <section className="card" aria-label={`Job ${job.id}`}>
       <header className="card-head">
         <h2 className="mono">{job.id}</h2>
-        <span className="pill warn" role="status" aria-label="Job status">
+        <span className={`pill ${toneOf(job.status)}`} role="status" aria-label="Job status">
           {job.status}
         </span>
         <span className="row-actions">
