@@ -152,6 +152,7 @@ class AsgiUpstream:
             else:
                 if not started.done():
                     started.set_exception(UpstreamError(f"{method} {url}: the engine sent no answer"))
+                    started.exception()  # its waiter may have been cancelled: no "never retrieved" warning
                 chunks.put_nowait(_END)
 
         task = asyncio.create_task(run())
