@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
 from fastapi import APIRouter, Request
@@ -28,6 +29,7 @@ DIST = Path(__file__).resolve().parents[2] / "console" / "dist"  # `make console
 NOT_BUILT = "The console is not built: run `make console` (it needs Node.js 18 or later and npm), then reload.\n"
 _ASSET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}")
 _METADATA_TTL_S = 300.0
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _ASSET_HEADERS = {"cache-control": "public, max-age=31536000, immutable", "x-content-type-options": "nosniff"}
 
 router = APIRouter(include_in_schema=False)
@@ -106,13 +108,23 @@ async def _issuer_metadata(site: ConsoleSite) -> dict[str, str]:
             except (httpx.HTTPError, ValueError):
                 continue
             if isinstance(document, dict) and all(
-                isinstance(document.get(k), str) and document[k].startswith("https://")
-                for k in ("authorization_endpoint", "token_endpoint")
+                _secure(document.get(k)) for k in ("authorization_endpoint", "token_endpoint")
             ):
                 endpoints = {k: document[k] for k in ("authorization_endpoint", "token_endpoint")}
                 site._metadata = (time.monotonic(), endpoints)
                 return endpoints
-    raise IssuerUnavailable(f"The issuer's metadata ({urls[0]}) gave no https authorization and token endpoints.")
+    raise IssuerUnavailable(
+        f"The issuer's metadata ({urls[0]}) gave no https (or loopback) authorization and token endpoints."
+    )
+
+
+def _secure(endpoint: object) -> bool:
+    """https, or plain http on this machine (an issuer beside the gateway): codes and tokens
+    never cross a network in clear."""
+    if not isinstance(endpoint, str):
+        return False
+    parts = urlsplit(endpoint)
+    return parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in _LOOPBACK)
 
 
 @router.get("/console/assets/{name}")
@@ -140,7 +152,8 @@ async def console_page(route: str, request: Request) -> Response:
     if site.auth_mode == "external":  # the console exchanges its code at the issuer's token endpoint
         try:
             token_endpoint = (await _issuer_metadata(site))["token_endpoint"]
-            connect = " " + "/".join(token_endpoint.split("/", 3)[:3])
+            parts = urlsplit(token_endpoint)
+            connect = f" {parts.scheme}://{parts.netloc}"
         except IssuerUnavailable:
             pass  # the page loads; its config says why sign-in is unavailable
     return FileResponse(page, headers=_page_headers(connect), media_type="text/html")
