@@ -27,7 +27,7 @@ from app.finetuning import EmbeddedWorker, FineTuning
 from app.observability.export import OtlpExporter, SpanSink
 from app.observability.metrics import GatewayMetrics, RequestMetrics
 from app.observability.tracing import TraceRequests
-from app.observability.usage import LocalUsage, RedisUsage
+from app.observability.usage import LocalUsage, RedisUsage, UsageReports
 from app.pipeline.attempt import Attempt
 from app.pipeline.call import Handler
 from app.pipeline.layers import Admitted, Idempotent, Limited
@@ -107,7 +107,7 @@ def create_app(settings: GatewaySettings, upstream: Upstream | None = None, span
         guard,
         issuer,
         parts.finetuning,
-        parts.usage,
+        UsageReports(parts.usage),
     )
     app.state.drain = parts.drain
     app.state.console = ConsoleSite.of(settings)

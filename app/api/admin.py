@@ -13,7 +13,7 @@ from app.api.body import parse_body, read_json_body
 from app.api.deps import GatewayDep, guard_of
 from app.errors import Conflict, PermissionDenied, UsageUnavailable
 from app.observability import usage as usage_counts
-from app.observability.usage import RETENTION_MINUTES, minute_of, report
+from app.observability.usage import RETENTION_MINUTES
 
 __all__ = ["router"]
 
@@ -57,12 +57,11 @@ async def list_pools(gateway: GatewayDep) -> dict[str, Any]:
 async def usage(gateway: GatewayDep, minutes: Annotated[int, Query(ge=1, le=RETENTION_MINUTES)] = 60) -> dict[str, Any]:
     """Per tenant and minute over the last `minutes`: requests, tokens, errors, sheds; and the
     SLOs' burn rates over 5 minutes, an hour, six hours and a day."""
-    now = time.time()
     try:
-        kept = await gateway.usage.minutes(minute_of(now) - RETENTION_MINUTES + 1)
+        data = await gateway.usage.report(minutes)
     except usage_counts.UsageUnavailable as exc:
         raise UsageUnavailable(f"The region's usage counts cannot be read: {exc}") from None
-    return {"region": gateway.settings.region, **report(kept, minutes, now)}
+    return {"region": gateway.settings.region, **data}
 
 
 @router.get("/pools/{pool}")

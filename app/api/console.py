@@ -7,6 +7,8 @@ Policy that admits this origin's scripts and styles only. Without a build, /cons
 one line how to make one; the API is served either way.
 """
 
+import asyncio
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ DIST = Path(__file__).resolve().parents[2] / "console" / "dist"  # `make console
 NOT_BUILT = "The console is not built: run `make console` (it needs Node.js 18 or later and npm), then reload.\n"
 _ASSET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}")
 _METADATA_TTL_S = 300.0
+_METADATA_RETRY_S = 30.0
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _ASSET_HEADERS = {"cache-control": "public, max-age=31536000, immutable", "x-content-type-options": "nosniff"}
 
@@ -46,6 +49,9 @@ class ConsoleSite:
     client_id: str
     sync: bool  # /sync/adapters relays to a sidecar
     _metadata: tuple[float, dict[str, str]] | None = field(default=None, repr=False)  # the external issuer's
+    _failed_at: float = field(default=-math.inf, repr=False)  # its last failed read
+    _failure: str = field(default="", repr=False)
+    _reading: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     @classmethod
     def of(cls, settings: GatewaySettings) -> "ConsoleSite":
@@ -95,10 +101,31 @@ async def _auth(site: ConsoleSite) -> dict[str, Any]:
 
 
 async def _issuer_metadata(site: ConsoleSite) -> dict[str, str]:
-    """The external issuer's endpoints, from its RFC 8414 (or OpenID Connect) metadata, kept a while."""
-    if site._metadata is not None and time.monotonic() - site._metadata[0] < _METADATA_TTL_S:
-        return site._metadata[1]
-    base = site.issuer.rstrip("/")
+    """The external issuer's endpoints, from its RFC 8414 (or OpenID Connect) metadata: kept
+    five minutes (the last good ones served on while a new read fails), one read at a time,
+    and a failed read not tried again for 30 s (page loads need no token: none may make the
+    gateway hammer the issuer)."""
+    async with site._reading:
+        now = time.monotonic()
+        if site._metadata is not None and now - site._metadata[0] < _METADATA_TTL_S:
+            return site._metadata[1]
+        if now - site._failed_at < _METADATA_RETRY_S:
+            if site._metadata is not None:
+                return site._metadata[1]
+            raise IssuerUnavailable(site._failure)
+        try:
+            endpoints = await _read_metadata(site.issuer)
+        except IssuerUnavailable as exc:
+            site._failed_at, site._failure = time.monotonic(), str(exc)
+            if site._metadata is not None:
+                return site._metadata[1]
+            raise
+        site._metadata = (time.monotonic(), endpoints)
+        return endpoints
+
+
+async def _read_metadata(issuer: str) -> dict[str, str]:
+    base = issuer.rstrip("/")
     urls = [f"{base}/.well-known/oauth-authorization-server", f"{base}/.well-known/openid-configuration"]
     async with httpx.AsyncClient(timeout=5.0) as client:
         for url in urls:
@@ -110,9 +137,7 @@ async def _issuer_metadata(site: ConsoleSite) -> dict[str, str]:
             if isinstance(document, dict) and all(
                 _secure(document.get(k)) for k in ("authorization_endpoint", "token_endpoint")
             ):
-                endpoints = {k: document[k] for k in ("authorization_endpoint", "token_endpoint")}
-                site._metadata = (time.monotonic(), endpoints)
-                return endpoints
+                return {k: document[k] for k in ("authorization_endpoint", "token_endpoint")}
     raise IssuerUnavailable(
         f"The issuer's metadata ({urls[0]}) gave no https (or loopback) authorization and token endpoints."
     )

@@ -12,7 +12,7 @@ from app.context import context_of
 from app.errors import ModelNotFound
 from app.finetuning import FineTuning
 from app.observability.metrics import GatewayMetrics
-from app.observability.usage import UsageSource
+from app.observability.usage import UsageReports
 from app.pipeline.call import Call, Handler
 from app.pools.membership import NodeManager
 from app.pools.registry import PoolRegistry
@@ -64,7 +64,7 @@ class Gateway:
     guard: Guard
     issuer: Issuer | None
     finetuning: FineTuning
-    usage: UsageSource  # per tenant and minute: this process's, or the region's through Redis
+    usage: UsageReports  # per tenant and minute: this process's, or the region's through Redis
 
     def call(
         self,

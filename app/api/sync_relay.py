@@ -16,11 +16,12 @@ from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
 from app.api.deps import guard_of
-from app.errors import NotFound, UpstreamFailed
+from app.errors import NotFound, UnsupportedMediaType, UpstreamFailed
 
 __all__ = ["SyncRelay", "router"]
 
-_REQUEST_HEADERS = ("authorization", "content-type", "content-length")
+_REQUEST_HEADERS = ("authorization", "content-type")
+_UPLOAD_TYPES = ("application/x-tar", "application/gzip", "application/x-gzip")  # the sidecar's upload types
 _RESPONSE_HEADERS = ("content-type", "www-authenticate", "retry-after")
 _SCOPES = ("adapters", "admin")
 
@@ -37,8 +38,10 @@ class SyncRelay:
 
     def __init__(self, url: str | None) -> None:
         self.url = url.rstrip("/") if url else None
-        timeout = httpx.Timeout(connect=5.0, read=600.0, write=600.0, pool=5.0)  # uploads are large
-        self._client = httpx.AsyncClient(timeout=timeout) if url else None
+        # Reads and deletes answer at once; an upload's answer waits for the adapter's checks.
+        self._timeout = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=5.0)
+        self._upload_timeout = httpx.Timeout(connect=5.0, read=600.0, write=600.0, pool=5.0)
+        self._client = httpx.AsyncClient(timeout=self._timeout) if url else None
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -48,18 +51,29 @@ class SyncRelay:
         if self._client is None or self.url is None:
             raise SyncNotConfigured("This gateway relays to no sync sidecar (set sync_url).")
         headers = {name: value for name in _REQUEST_HEADERS if (value := request.headers.get(name))}
-        body = request.stream() if request.method == "POST" else None
+        upload = request.method == "POST"
+        if upload:  # an adapter archive, streamed through; never a publish from a path on the sidecar's disks
+            if request.headers.get("content-type", "").split(";")[0].strip().lower() not in _UPLOAD_TYPES:
+                raise UnsupportedMediaType(f"Publish an adapter as a tar archive ({', '.join(_UPLOAD_TYPES)}).")
+            if length := request.headers.get("content-length"):
+                headers["content-length"] = length
         outgoing = self._client.build_request(
             request.method,
             self.url + path,
             params=httpx.QueryParams(str(request.query_params)),
             headers=headers,
-            content=body,
+            content=request.stream() if upload else None,
+            timeout=self._upload_timeout if upload else self._timeout,
         )
         try:
             answer = await self._client.send(outgoing, stream=True)
         except httpx.HTTPError as exc:
-            raise UpstreamFailed(f"The sync sidecar at {self.url} did not answer: {type(exc).__name__}.") from None
+            raise UpstreamFailed(f"The region's sync sidecar did not answer ({type(exc).__name__}).") from None
+        if answer.status_code == 401:  # a token this gateway took: the sidecar trusts another issuer
+            await answer.aclose()
+            raise UpstreamFailed(
+                "The region's sync sidecar refused this gateway's token: its auth_issuer is not this gateway."
+            )
         kept = {name: value for name in _RESPONSE_HEADERS if (value := answer.headers.get(name))}
         return StreamingResponse(_chunks(answer), answer.status_code, kept, background=BackgroundTask(answer.aclose))
 

@@ -20,6 +20,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import quote, unquote
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -33,6 +34,7 @@ __all__ = [
     "LocalUsage",
     "RedisUsage",
     "UsageLedger",
+    "UsageReports",
     "UsageSource",
     "UsageUnavailable",
     "burn_rates",
@@ -46,6 +48,7 @@ log = logging.getLogger(__name__)
 
 MINUTE_S = 60
 RETENTION_MINUTES = 24 * 60
+TOP_TENANTS = 20  # tenants a report names; the rest are summed
 COUNTERS = ("requests", "tokens", "errors", "shed")
 SLI_COUNTERS = ("answers", "answers_5xx", "streams", "streams_slow")
 OTHERS = "(others)"
@@ -76,7 +79,9 @@ SLOS = (
 class UsageSource(Protocol):
     """Where the usage page's minutes come from: this process, or every process through Redis."""
 
-    async def minutes(self, since: int) -> dict[int, "Minute"]: ...
+    async def minutes(self, tenants_since: int, sli_since: int) -> dict[int, "Minute"]:
+        """The minutes from `sli_since` on, with their tenants' counts from `tenants_since` on."""
+        ...
 
 
 def minute_of(at: float) -> int:
@@ -101,7 +106,7 @@ class Minute:
 
 
 class UsageLedger:
-    def __init__(self, *, max_tenants: int = 500, retention_minutes: int = RETENTION_MINUTES) -> None:
+    def __init__(self, *, max_tenants: int = 100, retention_minutes: int = RETENTION_MINUTES) -> None:
         self._max_tenants = max_tenants
         self._retention = retention_minutes
         self._minutes: OrderedDict[int, Minute] = OrderedDict()
@@ -149,19 +154,23 @@ class UsageLedger:
             _merged(self._minute(number), minute)
 
 
-def report(minutes: dict[int, Minute], span_minutes: int, now: float) -> dict[str, Any]:
-    """The usage page's data: per tenant and minute over the last `span_minutes`, and the SLOs."""
+def report(minutes: dict[int, Minute], span_minutes: int, now: float, *, top: int = TOP_TENANTS) -> dict[str, Any]:
+    """The usage page's data: the `top` tenants by requests (the rest summed as `(others)`),
+    per minute over the last `span_minutes`, and the SLOs."""
     last = minute_of(now)
-    first = last - span_minutes + 1
-    axis = list(range(first, last + 1))
-    tenants: dict[str, dict[str, list[int]]] = {}
+    axis = list(range(last - span_minutes + 1, last + 1))
+    totals: dict[str, int] = {}
     for number in axis:
-        for tenant in minutes.get(number, Minute()).tenants:
-            tenants.setdefault(tenant, {counter: [0] * len(axis) for counter in COUNTERS})
+        for tenant, counts in minutes[number].tenants.items() if number in minutes else ():
+            totals[tenant] = totals.get(tenant, 0) + counts["requests"]
+    shown = set(sorted(totals, key=lambda tenant: (-totals[tenant], tenant))[:top])
+    tenants: dict[str, dict[str, list[int]]] = {}
     for index, number in enumerate(axis):
-        for tenant, counts in minutes.get(number, Minute()).tenants.items():
+        for tenant, counts in minutes[number].tenants.items() if number in minutes else ():
+            name = tenant if tenant in shown else OTHERS
+            series = tenants.setdefault(name, {counter: [0] * len(axis) for counter in COUNTERS})
             for counter, value in counts.items():
-                tenants[tenant][counter][index] += value
+                series[counter][index] += value
     return {
         "minutes": [number * MINUTE_S for number in axis],
         "tenants": tenants,
@@ -204,14 +213,20 @@ class LocalUsage:
     async def __aexit__(self, *_: object) -> None:
         pass
 
-    async def minutes(self, since: int) -> dict[int, Minute]:
-        return self._ledger.minutes(since)
+    async def minutes(self, tenants_since: int, sli_since: int) -> dict[int, Minute]:
+        """The ledger's minutes; the last two copied, as answers may still be adding to them."""
+        current = minute_of(time.time())
+        return {
+            number: _merged(Minute(), minute) if number >= current - 1 else minute
+            for number, minute in self._ledger.minutes(sli_since).items()
+        }
 
 
 class RedisUsage:
     """Every worker and gateway of a region: each flushes its ledger's minutes into Redis
-    (one hash a minute, summed with HINCRBY, kept a day) every `interval_s` and before a read;
-    a read sums what all of them flushed. Counts that Redis refused wait for the next flush."""
+    (two hashes a minute, tenants' and SLIs', summed with HINCRBY, kept a day) every
+    `interval_s` and before a read; a read sums what all of them flushed, tenants over the
+    report's span only. Counts that Redis refused wait for the next flush."""
 
     def __init__(self, ledger: UsageLedger, url: str, *, interval_s: float = 5.0, prefix: str = "switchyard:usage:"):
         self._ledger = ledger
@@ -247,55 +262,81 @@ class RedisUsage:
         if not minutes:
             return
         pipe = self._redis.pipeline(transaction=False)
+        kept_s = (RETENTION_MINUTES + 60) * MINUTE_S
         for number, minute in minutes.items():
-            key = f"{self._prefix}{number}"
+            tenants_key, sli_key = self._keys(number)
             for tenant, counts in minute.tenants.items():
                 for counter, value in counts.items():
-                    if value:
-                        pipe.hincrby(key, f"t{_SEP}{tenant}{_SEP}{counter}", value)
+                    if value:  # the tenant's name percent-encoded: no name can forge another's field
+                        pipe.hincrby(tenants_key, f"{quote(tenant, safe='')} {counter}", value)
             for counter, value in minute.sli.items():
                 if value:
-                    pipe.hincrby(key, f"s{_SEP}{counter}", value)
-            pipe.expire(key, (RETENTION_MINUTES + 60) * MINUTE_S)
+                    pipe.hincrby(sli_key, counter, value)
+            pipe.expire(tenants_key, kept_s)
+            pipe.expire(sli_key, kept_s)
         try:
             await pipe.execute()
         except (RedisError, OSError):
             self._ledger.restore(minutes)
             raise
 
-    async def minutes(self, since: int) -> dict[int, Minute]:
+    def _keys(self, number: int) -> tuple[str, str]:
+        """A minute's tenants' hash and its SLIs' (small, read for every window of a day)."""
+        return f"{self._prefix}{number}", f"{self._prefix}sli:{number}"
+
+    async def minutes(self, tenants_since: int, sli_since: int) -> dict[int, Minute]:
         with contextlib.suppress(RedisError, OSError):
             await self.flush()  # this process's latest counts too
-        numbers = list(range(since, minute_of(time.time()) + 1))
+        last = minute_of(time.time())
         pipe = self._redis.pipeline(transaction=False)
-        for number in numbers:
-            pipe.hgetall(f"{self._prefix}{number}")
+        for number in range(sli_since, last + 1):
+            pipe.hgetall(self._keys(number)[1])
+        for number in range(tenants_since, last + 1):
+            pipe.hgetall(self._keys(number)[0])
         try:
-            hashes = await pipe.execute()
+            hashes = iter(await pipe.execute())
         except (RedisError, OSError) as exc:
             raise UsageUnavailable(f"Redis: {exc}") from None
-        found = {number: _minute_from(fields) for number, fields in zip(numbers, hashes, strict=True) if fields}
-        for number, minute in self._ledger.minutes(since).items():  # what Redis has not taken yet
+        found: dict[int, Minute] = {}
+        for number in range(sli_since, last + 1):
+            for counter, value in next(hashes).items():
+                if counter in SLI_COUNTERS:
+                    found.setdefault(number, Minute()).sli[counter] += int(value)
+        for number in range(tenants_since, last + 1):
+            for name, value in next(hashes).items():
+                tenant, _, counter = name.rpartition(" ")
+                if counter in COUNTERS:
+                    found.setdefault(number, Minute()).add(unquote(tenant), counter, int(value))
+        for number, minute in self._ledger.minutes(sli_since).items():  # what Redis has not taken yet
             found[number] = _merged(found.get(number, Minute()), minute)
         return found
 
 
+class UsageReports:
+    """Reports made off the event loop (a day of a busy region is a second of work), one at a
+    time, and kept 5 s: the console polls every 5 s, and tabs add up."""
+
+    def __init__(self, source: UsageSource, *, keep_s: float = 5.0) -> None:
+        self._source = source
+        self._keep_s = keep_s
+        self._lock = asyncio.Lock()
+        self._made: dict[int, tuple[float, dict[str, Any]]] = {}
+
+    async def report(self, span_minutes: int) -> dict[str, Any]:
+        async with self._lock:
+            made = self._made.get(span_minutes)
+            if made is not None and time.monotonic() - made[0] < self._keep_s:
+                return made[1]
+            now = time.time()
+            last = minute_of(now)
+            minutes = await self._source.minutes(last - span_minutes + 1, last - RETENTION_MINUTES + 1)
+            data = await asyncio.to_thread(report, minutes, span_minutes, now)
+            self._made = {span_minutes: (time.monotonic(), data)}
+            return data
+
+
 class UsageUnavailable(Exception):
     """The usage counts cannot be read (Redis unreachable)."""
-
-
-_SEP = "\x1f"
-
-
-def _minute_from(fields: dict[str, str]) -> Minute:
-    minute = Minute()
-    for name, value in fields.items():
-        parts = name.split(_SEP)
-        if parts[0] == "t" and len(parts) == 3 and parts[2] in COUNTERS:
-            minute.add(parts[1], parts[2], int(value))
-        elif parts[0] == "s" and len(parts) == 2 and parts[1] in SLI_COUNTERS:
-            minute.sli[parts[1]] += int(value)
-    return minute
 
 
 def _merged(into: Minute, extra: Minute) -> Minute:

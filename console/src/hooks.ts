@@ -21,8 +21,9 @@ export interface Polled<T> {
   refresh: () => Promise<void>;
 }
 
-/** `load` now and every `intervalMs` (while the page is visible); `refresh` loads at once. */
-export function usePolling<T>(load: (signal: AbortSignal) => Promise<T>, intervalMs: number): Polled<T> {
+/** `load` now and every `intervalMs` (while the page is visible), and at once when `key`
+ * changes (what it loads); `refresh` loads at once. */
+export function usePolling<T>(load: (signal: AbortSignal) => Promise<T>, intervalMs: number, key = ""): Polled<T> {
   const [data, setData] = useState<T | null>(null);
   const [error, setError] = useState<Error | null>(null);
   const loadRef = useRef(load);
@@ -51,7 +52,7 @@ export function usePolling<T>(load: (signal: AbortSignal) => Promise<T>, interva
       window.clearInterval(timer);
       controller.current?.abort();
     };
-  }, [refresh, intervalMs]);
+  }, [refresh, intervalMs, key]);
 
   return { data, error, refresh };
 }

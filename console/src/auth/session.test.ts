@@ -24,14 +24,15 @@ describe("the sign-in", () => {
   });
 
   it("keeps the token in memory only, with the scopes the issuer granted", async () => {
-    const claims = btoa(JSON.stringify({ sub: "ada" }));
+    const utf8 = String.fromCharCode(...new TextEncoder().encode(JSON.stringify({ sub: "José" })));
+    const claims = btoa(utf8).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
     vi.stubGlobal("fetch", vi.fn(async () => new Response(JSON.stringify({
       access_token: `h.${claims}.s`, token_type: "Bearer", expires_in: 3600, scope: "chat",
     })))); // prettier-ignore
     const session = new Session(builtin);
     sessionStorage.setItem("switchyard.sign-in", JSON.stringify({ verifier: "v", state: "mine", returnTo: "/fleet" }));
     expect(await session.completeRedirect("?code=c&state=mine")).toBe("/fleet");
-    expect(session.current?.subject).toBe("ada");
+    expect(session.current?.subject).toBe("José"); // a subject in UTF-8, from base64url
     expect([session.may("chat"), session.may("admin")]).toEqual([true, false]);
     expect(sessionStorage.length).toBe(0);
     expect(localStorage.length).toBe(0);

@@ -25,8 +25,9 @@ export class SignInError extends Error {}
 
 function subjectOf(accessToken: string): string {
   try {
-    const payload = accessToken.split(".")[1] ?? "";
-    const claims = JSON.parse(atob(payload.replace(/-/g, "+").replace(/_/g, "/"))) as { sub?: unknown };
+    const payload = atob((accessToken.split(".")[1] ?? "").replace(/-/g, "+").replace(/_/g, "/"));
+    const text = new TextDecoder().decode(Uint8Array.from(payload, (c) => c.charCodeAt(0))); // UTF-8
+    const claims = JSON.parse(text) as { sub?: unknown };
     return typeof claims.sub === "string" ? claims.sub : "";
   } catch {
     return "";

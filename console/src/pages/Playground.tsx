@@ -46,6 +46,7 @@ export function Playground() {
       .catch(setError);
   }, []);
 
+  useEffect(() => () => controller?.abort(), [controller]); // leaving the page ends its stream
   useEffect(() => {
     answerEnd.current?.scrollIntoView?.({ block: "nearest" }); // it returns a promise in newer browsers
   }, [messages]);

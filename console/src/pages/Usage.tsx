@@ -55,7 +55,11 @@ const clock = (seconds: number) =>
 
 export function Usage() {
   const [span, setSpan] = useState<number>(60);
-  const usage = usePolling((signal) => getJson<UsageReport>(`/admin/usage?minutes=${span}`, signal), REFRESH_MS);
+  const usage = usePolling(
+    (signal) => getJson<UsageReport>(`/admin/usage?minutes=${span}`, signal),
+    REFRESH_MS,
+    String(span),
+  );
   const report = usage.data;
   const tenants = report ? Object.entries(report.tenants).sort(([, a], [, b]) => total(b.requests) - total(a.requests)) : [];
   return (

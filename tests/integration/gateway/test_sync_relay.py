@@ -42,6 +42,13 @@ async def test_the_gateway_asks_for_the_scope_before_the_sidecar_is_reached(
             "content-type": "application/x-tar"})  # fmt: skip
         assert published.status_code == 400
         assert published.json()["error"]["message"]
+        # a publish from a path on the sidecar's disks is for the cluster, never relayed
+        from_path = await gateway.client.post("/sync/adapters", json={"name": "probe", "path": "/etc"}, headers=admin)
+        assert from_path.status_code == 415
+        assert "tar archive" in from_path.json()["error"]["message"]
+        # a body on a read is not passed on (nor a length without one): no 500
+        odd = await gateway.client.request("GET", "/sync/adapters", content=b"0123456789", headers=admin)
+        assert odd.status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -72,6 +79,26 @@ async def test_no_sidecar_configured_or_reachable_is_a_clear_error(tmp_path: Pat
         admin = {"authorization": f"Bearer {(await gateway.token('ops')).json()['access_token']}"}
         answer = await gateway.client.get("/sync/adapters", headers=admin)
         assert answer.status_code == 502
-        assert down in answer.json()["error"]["message"]
+        assert "did not answer" in answer.json()["error"]["message"]
+        assert down not in answer.json()["error"]["message"]  # no internal address told
     with pytest.raises(ValueError, match="sync_url"):
         settings_of(tmp_path, sync_url="not a url")
+
+
+async def test_a_sidecar_that_refuses_the_gateway_s_tokens_is_a_502_not_a_sign_in_loop(
+    tmp_path: Path, log_dir: Path
+) -> None:
+    """A 401 from the sidecar is a misconfiguration (it trusts another issuer), not an expired
+    session: the console would otherwise ask to sign in again on every poll."""
+    port = free_port()
+    env = {"SWITCHYARD_DATA_DIR": str(tmp_path / "other"), "SWITCHYARD_SYNC_AUTH_ISSUER": "https://another.example"}
+    other = ServerProcess("sync", ["--region", "eu", "--port", str(port)], port=port, log_dir=log_dir, env=env)
+    try:
+        other.wait_ready()
+        async with serving(settings_of(tmp_path, sync_url=other.url)) as gateway:
+            admin = {"authorization": f"Bearer {(await gateway.token('ops')).json()['access_token']}"}
+            answer = await gateway.client.delete("/sync/adapters/anything", headers=admin)
+            assert answer.status_code == 502
+            assert "auth_issuer" in answer.json()["error"]["message"]
+    finally:
+        other.stop()

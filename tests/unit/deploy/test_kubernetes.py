@@ -349,8 +349,7 @@ def test_the_public_way_in_is_tls_and_the_apis_paths_only(overlay: tuple[str, li
     [rule] = ingress["spec"]["rules"]
     assert ingress["spec"]["tls"][0]["hosts"] == [rule["host"]]
     paths = {path["path"] for path in rule["http"]["paths"]}
-    api = {"/v1", "/oauth", "/.well-known", "/predict", "/fine-tune"}
-    assert paths == api | {"/console", "/admin", "/sync/adapters"}  # no /metrics, schema or probes
+    assert paths == {"/v1", "/oauth", "/.well-known", "/predict", "/fine-tune"}  # no /metrics, /admin, console
     assert all(p["backend"]["service"]["name"] == "gateway" for p in rule["http"]["paths"])
     services = [obj for obj in objects if obj["kind"] == "Service"]
     assert not [svc["metadata"]["name"] for svc in services if svc["spec"].get("type") in ("LoadBalancer", "NodePort")]

@@ -4,6 +4,7 @@ outside the build reachable, a one-line answer when it is not built, and its set
 each way of signing in."""
 
 import json
+import math
 import re
 import threading
 from collections.abc import Iterator
@@ -35,8 +36,16 @@ def client(tmp_path: Path, **values: Any) -> httpx.AsyncClient:
     fields = {"data_dir": str(tmp_path / "data"), "auth_mode": "disabled",
               "pools": [{"name": "p", "replicas": ["http://engine"]}]}  # fmt: skip
     settings = GatewaySettings.model_validate(fields | values)
-    transport = httpx.ASGITransport(app=create_app(settings))
-    return httpx.AsyncClient(transport=transport, base_url="http://gateway")
+    app = create_app(settings)
+    transport = httpx.ASGITransport(app=app)
+    gateway = httpx.AsyncClient(transport=transport, base_url="http://gateway")
+    gateway.site = app.state.console  # type: ignore[attr-defined]
+    return gateway
+
+
+def forget_failure(gateway: httpx.AsyncClient) -> None:
+    """As if the 30 s after a failed read of the issuer's metadata had passed."""
+    gateway.site._failed_at = -math.inf  # type: ignore[attr-defined]
 
 
 async def test_the_build_is_served_with_its_policy_and_caching(tmp_path: Path, build: Path) -> None:
@@ -114,10 +123,12 @@ class Metadata:
 
     def __init__(self) -> None:
         self.document: dict[str, Any] | None = None
+        self.fetches = 0
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                outer.fetches += 1
                 found = outer.document is not None and self.path.endswith("/.well-known/openid-configuration")
                 body = json.dumps(outer.document).encode() if found else b"{}"
                 self.send_response(200 if found else 404)
@@ -153,8 +164,14 @@ async def test_an_external_issuer_s_endpoints_come_from_its_metadata(
         assert unavailable.json()["error"]["code"] == "issuer_unavailable"
         assert (await gateway.get("/console/")).status_code == 200  # the page loads; its config says why
 
+        fetches = issuer.fetches
+        assert (await gateway.get("/console/config.json")).status_code == 503
+        assert issuer.fetches == fetches  # a failed read is not tried again at once (30 s)
+        forget_failure(gateway)
+
         issuer.document = {"authorization_endpoint": "http://idp.example/auth", "token_endpoint": "https://x/t"}
         assert (await gateway.get("/console/config.json")).status_code == 503  # endpoints over plain HTTP
+        forget_failure(gateway)
 
         issuer.document = {"authorization_endpoint": "https://idp.example/auth",
                            "token_endpoint": "https://idp.example:8443/token"}  # fmt: skip

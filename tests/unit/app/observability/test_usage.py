@@ -42,6 +42,16 @@ def test_answers_are_counted_per_tenant_and_minute() -> None:
     assert data["tenants"]["(anonymous)"]["requests"] == [0, 0, 1]
 
 
+def test_a_report_names_the_busiest_tenants_and_sums_the_rest() -> None:
+    ledger = UsageLedger()
+    for n in range(30):
+        for _ in range(n + 1):
+            ledger.record(f"t{n:02}", 200, 1, None, NOW)
+    tenants = report(ledger.minutes(0), 1, NOW + 1, top=3)["tenants"]
+    assert set(tenants) == {"t29", "t28", "t27", OTHERS}
+    assert tenants[OTHERS]["requests"] == [sum(range(1, 28))]
+
+
 def test_a_flood_of_tenants_and_days_stays_bounded() -> None:
     ledger = UsageLedger(max_tenants=3, retention_minutes=10)
     for n in range(100):
@@ -86,12 +96,18 @@ async def test_workers_usage_is_summed_through_redis_and_waits_out_an_outage(red
         first.record("ada", 200, 10, None, now)
         second.record("ada", 200, 5, 3.0, now)
         second.record("bob", 429, None, None, now)
+        second.record("eve requests\x1f%20", 200, 7, None, now)  # a subject shaped like a field
         await one.flush()
-        minutes = await two.minutes(minute_of(now))  # flushes its own first
+        minutes = await two.minutes(minute_of(now), minute_of(now))  # flushes its own first
         minute = minutes[minute_of(now)]
         assert minute.tenants["ada"] == {"requests": 2, "tokens": 15, "errors": 0, "shed": 0}
         assert minute.tenants["bob"]["shed"] == 1
-        assert minute.sli == {"answers": 3, "answers_5xx": 0, "streams": 1, "streams_slow": 1}
+        assert minute.tenants["eve requests\x1f%20"] == {"requests": 1, "tokens": 7, "errors": 0, "shed": 0}
+        assert set(minute.tenants) == {"ada", "bob", "eve requests\x1f%20"}
+        assert minute.sli == {"answers": 4, "answers_5xx": 0, "streams": 1, "streams_slow": 1}
+        earlier = await two.minutes(minute_of(now) + 1, minute_of(now))  # tenants from the next minute on
+        assert earlier[minute_of(now)].tenants == {}
+        assert earlier[minute_of(now)].sli["answers"] == 4
 
         redis.stop()
         first.record("ada", 200, 1, None, now)
@@ -99,7 +115,7 @@ async def test_workers_usage_is_summed_through_redis_and_waits_out_an_outage(red
             await one.flush()
         assert first.minutes(0)[minute_of(now)].tenants["ada"]["requests"] == 1  # kept for the next flush
         with pytest.raises(UsageUnavailable):
-            await one.minutes(minute_of(now))
+            await one.minutes(minute_of(now), minute_of(now))
 
 
 async def test_the_admin_api_serves_usage_from_real_answers(tmp_path: Path) -> None:
