@@ -129,8 +129,8 @@ class GatewaySettings(BaseSettings):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     # HTTP limits, enforced before the app sees a request (app/api/http_limits.py): 431 over the
     # header bytes (request line, fields, trailers) or fields, 408 when a request's headers
-    # do not arrive within header_timeout_s of its first byte, or its body within
-    # body_timeout_s of its headers.
+    # do not arrive within header_timeout_s of its first byte, or its body stops coming (less
+    # than 64 KiB of it in a body_timeout_s: large uploads at any useful speed go through).
     max_header_bytes: int = Field(default=64 * 1024, ge=1024)
     max_header_fields: int = Field(default=100, ge=1)
     header_timeout_s: float = Field(default=10.0, gt=0)

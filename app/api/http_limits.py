@@ -14,9 +14,11 @@ likes. `limited_protocol(limits)` is that protocol with the limits added:
   request) are counted exactly;
 - so is the number of header fields;
 - a request's headers must arrive within `header_timeout_s` of its first byte (or of the
-  connection's opening), and its body within `body_timeout_s` of its headers; while the
-  server itself has stopped reading (the app has not taken what came) or owes the client a
-  `100 Continue`, the client's time starts again.
+  connection's opening), and its body must keep arriving: at least 64 KiB (or the rest of
+  it) every `body_timeout_s` after its headers, so that a large upload at any useful speed
+  goes through while a body trickled in is cut off; while the server itself has stopped
+  reading (the app has not taken what came) or owes the client a `100 Continue`, the
+  client's time starts again.
 
 A request over a limit is answered 431 or 408 in the OpenAI error envelope with
 `connection: close`, and one the parser cannot read 400 `malformed_http` (uvicorn's own is
@@ -48,6 +50,9 @@ log = logging.getLogger(__name__)
 
 LINGER_S = 2.0  # how long a refused client may go on sending (and be drained) before the close
 _FIELD_OVERHEAD = 4  # ": " and CRLF around each field, so exact counts match the wire
+
+
+_BODY_PROGRESS = 64 * 1024  # body bytes a client must send every body_timeout_s
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._over_limit = False  # set by a parser callback just before it aborts the parse
         self._refused = False  # answered (or given up on): what still arrives is dropped
         self._timer: asyncio.TimerHandle | None = None
+        self._body_window = 0  # body bytes since the body's timer was armed
 
     # Connection events
 
@@ -147,6 +153,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         elif self._after_chunk_size and self._wire_trailer_bytes > self.limits.max_header_bytes:
             self._refuse_headers()  # no data followed the size line: it was the last, and this its trailer
         elif self._awaiting_body and self._timer is None:
+            self._body_window = 0
             self._arm(self.limits.body_timeout_s, self._body_late)
 
     # Parser callbacks: a request's own fields are checked once, when they are complete (the
@@ -176,6 +183,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_body(self, body: bytes) -> None:
         self._after_chunk_size = False
+        self._body_window += len(body)
         super().on_body(body)
 
     def on_headers_complete(self) -> None:
@@ -227,14 +235,17 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._timer = None
         if self.transport.is_closing() or self.cycle is None:
             return
-        if self.flow.read_paused or self.cycle.waiting_for_100_continue:
+        if self.flow.read_paused or self.cycle.waiting_for_100_continue or self._body_window >= _BODY_PROGRESS:
             # The wait is the server's (the app has not read what came) or the app's (no
-            # 100 Continue sent yet), not the client's: the client's time starts again.
+            # 100 Continue sent yet), not the client's, or the body is coming at a useful
+            # speed: the client's time starts again.
+            self._body_window = 0
             self._arm(self.limits.body_timeout_s, self._body_late)
             return
         timeout = self.limits.body_timeout_s
         log.info("request body from %s not received within %g s", self.client, timeout)
-        self._give_up(408, f"The request's body did not arrive within {timeout:g} s.", "request_timeout")
+        message = f"The request's body did not arrive, or not 64 KiB of it in {timeout:g} s."
+        self._give_up(408, message, "request_timeout")
 
     # Refusals
 

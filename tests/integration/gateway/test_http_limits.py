@@ -248,6 +248,23 @@ def test_a_body_sent_a_byte_at_a_time_is_cut_off(gateway: ServerProcess) -> None
     assert BODY_TIMEOUT_S <= elapsed + 0.05 < BODY_TIMEOUT_S + MARGIN_S, elapsed
 
 
+def test_a_large_body_that_keeps_coming_is_not_cut_off(gateway: ServerProcess) -> None:
+    """An upload takes as long as it takes while it keeps coming (64 KiB a second here, three
+    times the body's time): only a trickle is cut off."""
+    padding = "x" * (192 * 1024)
+    body = json.dumps({"model": "nope", "messages": [{"role": "user", "content": padding}]}).encode()
+    fields = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+    with Client(gateway) as client:
+        client.send(_request("POST", CHAT, fields))
+        started = time.monotonic()
+        client.send_in_background(body, pause_s=1.0 * BODY_TIMEOUT_S, piece=64 * 1024)
+        answer = client.answer()
+        elapsed = time.monotonic() - started
+    assert answer.status != 408, answer
+    assert answer.error_code() == "model_not_found"  # read whole, then answered by the app
+    assert elapsed > 2 * BODY_TIMEOUT_S, elapsed
+
+
 def test_a_connection_that_never_speaks_is_closed(gateway: ServerProcess) -> None:
     with Client(gateway) as client:
         started = time.monotonic()
