@@ -44,7 +44,8 @@ console: console/dist/index.html
 # `make run` builds the console when Node.js is here; without it the gateway serves its API and
 # /console says how to build the console.
 console-if-node:
-	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory console/dist/index.html; \
+	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory console/dist/index.html \
+		|| echo "The console did not build (see above): the API is served; /console says how to build it"; \
 	else echo "Node.js and npm are missing: the console is not built (the API is served; see /console)"; fi
 
 # Node.js and npm (Debian's packages) when missing: the console's build and unit tests need them.
