@@ -3,12 +3,9 @@ served with the right caching and policy, any of its routes answered with its pa
 outside the build reachable, a one-line answer when it is not built, and its settings for
 each way of signing in."""
 
-import json
 import math
 import re
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +16,7 @@ from app.api.console import NOT_BUILT
 from app.factory import create_app
 from app.settings import GatewaySettings
 from harness.servers import ROOT
+from tests.unit.app.auth.conftest import JsonDocument
 
 PAGE = '<!doctype html><div id="root"></div><script type="module" src="/console/assets/index-abc123.js"></script>'
 
@@ -118,43 +116,18 @@ async def test_the_settings_name_the_built_in_sign_in(tmp_path: Path) -> None:
         assert (await gateway.get("/console/config.json")).json()["auth"] == {"mode": "disabled"}
 
 
-class Metadata:
-    """An external issuer's metadata document on loopback (what it serves can be changed)."""
-
-    def __init__(self) -> None:
-        self.document: dict[str, Any] | None = None
-        self.fetches = 0
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                outer.fetches += 1
-                found = outer.document is not None and self.path.endswith("/.well-known/openid-configuration")
-                body = json.dumps(outer.document).encode() if found else b"{}"
-                self.send_response(200 if found else 404)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *_: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/realms/ops"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
 @pytest.fixture
-def issuer() -> Iterator[Metadata]:
-    served = Metadata()
+def issuer() -> Iterator[JsonDocument]:
+    """An external issuer whose OpenID Connect discovery document (only: its RFC 8414 one is
+    missing) can be changed; none at first."""
+    served = JsonDocument("/realms/ops", path="/.well-known/openid-configuration")
+    served.document = None
     yield served
-    served.server.shutdown()
-    served.server.server_close()
+    served.close()
 
 
 async def test_an_external_issuer_s_endpoints_come_from_its_metadata(
-    tmp_path: Path, build: Path, issuer: Metadata
+    tmp_path: Path, build: Path, issuer: JsonDocument
 ) -> None:
     values = {"auth_mode": "external", "auth_issuer": issuer.url, "auth_jwks": issuer.url + "/certs",
               "console_client_id": "ops-console", "console_dir": str(build)}  # fmt: skip

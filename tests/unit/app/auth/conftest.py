@@ -1,6 +1,6 @@
 """The auth tests' gateways, in process over a counting engine: one with the built-in issuer
 (`issuing`), and one in `external` mode (`external`) that trusts the first one's keys through
-a JWKS server (`jwks`, on loopback, which counts its fetches)."""
+a JWKS server (`jwks`, a `JsonDocument` on loopback, which counts its fetches)."""
 
 import contextlib
 import itertools
@@ -83,19 +83,22 @@ async def issuing(tmp_path: Path) -> AsyncIterator[Gateway]:
         yield gateway
 
 
-class Jwks:
-    """A JWKS endpoint that counts its fetches (another issuer's, for the external mode)."""
+class JsonDocument:
+    """Another issuer's JSON document on loopback (its JWKS, its metadata), which counts its
+    fetches: `document` for any path ending with `path` (every path when it is empty), a 404
+    for others or while `document` is None. `url` is what clients are given."""
 
-    def __init__(self) -> None:
-        self.document: dict[str, Any] = {"keys": []}
+    def __init__(self, url_path: str = "/jwks.json", path: str = "") -> None:
+        self.document: dict[str, Any] | None = {"keys": []}
         self.fetches = 0
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 outer.fetches += 1
-                body = json.dumps(outer.document).encode()
-                self.send_response(200)
+                found = outer.document is not None and self.path.endswith(path)
+                body = json.dumps(outer.document if found else {}).encode()
+                self.send_response(200 if found else 404)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(body)))
                 self.end_headers()
@@ -105,20 +108,23 @@ class Jwks:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/jwks.json"
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}{url_path}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 @pytest.fixture(scope="module")
-def jwks() -> Iterator[Jwks]:
-    served = Jwks()
+def jwks() -> Iterator[JsonDocument]:
+    served = JsonDocument()
     yield served
-    served.server.shutdown()
-    served.server.server_close()
+    served.close()
 
 
 @pytest.fixture
-async def external(issuing: Gateway, jwks: Jwks, tmp_path: Path) -> AsyncIterator[Gateway]:
+async def external(issuing: Gateway, jwks: JsonDocument, tmp_path: Path) -> AsyncIterator[Gateway]:
     """A second gateway that trusts the first one's keys through the JWKS URL."""
     jwks.document = (await issuing.client.get("/.well-known/jwks.json")).json()
     settings = GatewaySettings.model_validate(

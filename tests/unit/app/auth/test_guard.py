@@ -37,7 +37,7 @@ import oauth
 from app.auth import Guard
 from app.errors import GatewayError
 from harness.counting_engine import MODEL
-from tests.unit.app.auth.conftest import Gateway, Jwks
+from tests.unit.app.auth.conftest import Gateway, JsonDocument
 from tests.unit.app.conftest import KEY, Tracebacks, send
 
 ISSUER = "https://issuer.test"
@@ -136,7 +136,7 @@ async def test_kid_injection(issuing: Gateway, kid: object) -> None:
     assert _refused(await issuing.chat(token)) == "invalid_token"
 
 
-async def test_jku_and_x5u_are_never_fetched(issuing: Gateway, jwks: Jwks) -> None:
+async def test_jku_and_x5u_are_never_fetched(issuing: Gateway, jwks: JsonDocument) -> None:
     stranger = ECKey.generate_key("P-256", private=True)
     stranger.ensure_kid()
     before = jwks.fetches
@@ -249,7 +249,7 @@ async def test_a_signature_over_other_claims(issuing: Gateway) -> None:
 
 
 async def test_external_issuer_tokens_and_a_flood_of_unknown_kids(
-    external: Gateway, issuing: Gateway, jwks: Jwks
+    external: Gateway, issuing: Gateway, jwks: JsonDocument
 ) -> None:
     jwks.document = {"keys": [issuing.signing_key().as_dict(private=False)]}
     assert (await external.chat(_sign(issuing.signing_key(), _claims()))).status_code == 200
