@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import quote, unquote
@@ -40,7 +39,6 @@ __all__ = [
     "burn_rates",
     "minute_of",
     "report",
-    "span_of",
     "status_kind",
 ]
 
@@ -109,7 +107,7 @@ class UsageLedger:
     def __init__(self, *, max_tenants: int = 100, retention_minutes: int = RETENTION_MINUTES) -> None:
         self._max_tenants = max_tenants
         self._retention = retention_minutes
-        self._minutes: OrderedDict[int, Minute] = OrderedDict()
+        self._minutes: dict[int, Minute] = {}
 
     def record(
         self, tenant: str | None, status: int, tokens: int | None, first_token_s: float | None, now: float
@@ -133,10 +131,10 @@ class UsageLedger:
 
     def _minute(self, number: int) -> Minute:
         minute = self._minutes.get(number)
-        if minute is None:
+        if minute is None:  # once a minute (or for a minute a failed flush gives back): forget the oldest
             minute = self._minutes[number] = Minute()
-            while self._minutes and next(iter(self._minutes)) <= number - self._retention:
-                self._minutes.popitem(last=False)
+            for old in [kept for kept in self._minutes if kept <= number - self._retention]:
+                del self._minutes[old]
         return minute
 
     def minutes(self, since: int) -> dict[int, Minute]:
@@ -145,7 +143,7 @@ class UsageLedger:
 
     def take(self) -> dict[int, Minute]:
         """Every kept minute, forgotten here (a worker flushing them to Redis)."""
-        minutes, self._minutes = dict(self._minutes), OrderedDict()
+        minutes, self._minutes = self._minutes, {}
         return minutes
 
     def restore(self, minutes: dict[int, Minute]) -> None:
@@ -194,11 +192,6 @@ def burn_rates(minutes: dict[int, Minute], last: int) -> list[dict[str, Any]]:
         slos.append({"name": slo.name, "description": slo.description, "objective": slo.objective,
                      "windows": windows})  # fmt: skip
     return slos
-
-
-def span_of(requested: int | None) -> int:
-    """The minutes a report covers: 60 unless asked, at most a day."""
-    return min(RETENTION_MINUTES, max(1, requested or 60))
 
 
 class LocalUsage:

@@ -139,3 +139,14 @@ async def test_the_admin_api_serves_usage_from_real_answers(tmp_path: Path) -> N
         assert refused.status_code == 403
         too_long = await gateway.client.get("/admin/usage?minutes=100000", headers={"authorization": f"Bearer {ops}"})
         assert too_long.status_code == 400
+
+
+def test_minutes_given_back_after_a_failed_flush_age_out_like_the_others() -> None:
+    ledger = UsageLedger(retention_minutes=10)
+    ledger.record("ada", 200, 1, None, NOW)
+    taken = ledger.take()
+    ledger.record("ada", 200, 1, None, NOW + 60)  # an answer while the flush was failing
+    ledger.restore(taken)
+    assert sorted(ledger.minutes(0)) == [minute_of(NOW), minute_of(NOW) + 1]
+    ledger.record("ada", 200, 1, None, NOW + 60 * 10)  # ten minutes on: the given-back minute is gone
+    assert sorted(ledger.minutes(0)) == [minute_of(NOW) + 1, minute_of(NOW) + 10]
