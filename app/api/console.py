@@ -22,7 +22,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Red
 
 from app.auth.issuer import SCOPES
 from app.errors import IssuerUnavailable
-from app.settings import GatewaySettings
+from app.settings import LOOPBACK_HOSTS, GatewaySettings
 
 __all__ = ["DIST", "NOT_BUILT", "ConsoleSite", "router"]
 
@@ -32,7 +32,6 @@ NOT_BUILT = "The console is not built: run `make console` (it needs Node.js 18 o
 _ASSET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}")
 _METADATA_TTL_S = 300.0
 _METADATA_RETRY_S = 30.0
-_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _ASSET_HEADERS = {"cache-control": "public, max-age=31536000, immutable", "x-content-type-options": "nosniff"}
 
 router = APIRouter(include_in_schema=False)
@@ -149,7 +148,7 @@ def _secure(endpoint: object) -> bool:
     if not isinstance(endpoint, str):
         return False
     parts = urlsplit(endpoint)
-    return parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in _LOOPBACK)
+    return parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS)
 
 
 @router.get("/console/assets/{name}")

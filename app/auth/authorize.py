@@ -24,6 +24,7 @@ from urllib.parse import urlencode, urlsplit
 
 from app.auth.codes import CODE_TTL_S, CodeGrant, CodeStore, CodesUnavailable
 from app.auth.secrets import hash_secret, new_secret, verify_secret
+from app.settings import LOOPBACK_HOSTS
 
 __all__ = [
     "CALLBACK_PATH",
@@ -40,7 +41,6 @@ _VERIFIER = re.compile(r"[A-Za-z0-9._~-]{43,128}")  # RFC 7636 §4.1
 _S256_CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}")  # BASE64URL of a SHA-256, unpadded
 _HOST = re.compile(r"[A-Za-z0-9.:\[\]-]{1,300}")  # a Host header's name and port, nothing else
 _MAX_STATE_BYTES = 1024
-_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 _MAX_PASSWORD = 1024
 
 
@@ -162,7 +162,10 @@ class Authorizer:
         TLS is meant to front)."""
         if self._issuer.scheme != "http":
             return ("https",)
-        on_loopback = host.rsplit(":", 1)[0] in _LOOPBACK_HOSTS if not host.endswith("]") else host == "[::1]"
+        try:
+            on_loopback = urlsplit(f"//{host}").hostname in LOOPBACK_HOSTS  # the Host header's name, no port
+        except ValueError:  # an unclosed `[`: no host at all
+            return ("https",)
         return ("https", "http") if on_loopback or host == self._issuer.netloc.lower() else ("https",)
 
     def sign_in(self, username: str, password: str) -> User | None:

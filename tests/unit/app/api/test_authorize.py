@@ -310,6 +310,10 @@ async def test_plain_http_is_for_this_machine_or_the_issuer_s_own_address(tmp_pa
             params = link(challenge, redirect_uri=f"https://{host}/console/callback")
             page = await gateway.client.get("/oauth/authorize", params=params, headers={"host": host})
             assert page.status_code == 200, host  # https is always the console's
+        for host in ("[::1", "a]b"):  # Host headers that are no host: refused on the page, never a 5xx
+            params = link(challenge, redirect_uri=f"http://{host}/console/callback")
+            page = await gateway.client.get("/oauth/authorize", params=params, headers={"host": host})
+            assert page.status_code == 400, host
 
 
 # hostile exchanges
