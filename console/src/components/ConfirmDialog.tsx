@@ -1,4 +1,4 @@
-import { useEffect, useRef, useState } from "react";
+import { useEffect, useRef, useState, type ReactElement } from "react";
 
 export interface Confirmation {
   title: string;
@@ -60,4 +60,16 @@ export function ConfirmDialog({ ask, onDone }: { ask: Confirmation | null; onDon
       )}
     </dialog>
   );
+}
+
+/** A page's confirmations: `confirm` asks, then runs the action and `after` (the page's
+ * refresh); `dialog` is what the page renders for them. */
+export function useConfirmation(after: () => Promise<unknown>): {
+  confirm: (confirmation: Confirmation) => void;
+  dialog: ReactElement;
+} {
+  const [ask, setAsk] = useState<Confirmation | null>(null);
+  const confirm = (confirmation: Confirmation) =>
+    setAsk({ ...confirmation, run: async () => (await confirmation.run(), await after()) });
+  return { confirm, dialog: <ConfirmDialog ask={ask} onDone={() => setAsk(null)} /> };
 }

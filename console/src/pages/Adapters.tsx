@@ -4,7 +4,7 @@
 import { useState } from "react";
 import { getJson, sendJson, upload } from "../api";
 import { Alert } from "../components/Alert";
-import { ConfirmDialog, type Confirmation } from "../components/ConfirmDialog";
+import { useConfirmation } from "../components/ConfirmDialog";
 import { usePolling } from "../hooks";
 import { adapterArchive } from "../tar";
 
@@ -42,7 +42,7 @@ export function Adapters({ relayed }: { relayed: boolean }) {
     (signal) => (relayed ? getJson<{ region: string; adapters: Adapter[] }>("/sync/adapters", signal) : Promise.resolve(null)),
     REFRESH_MS,
   );
-  const [ask, setAsk] = useState<Confirmation | null>(null);
+  const { confirm: act, dialog } = useConfirmation(registry.refresh);
   const [audit, setAudit] = useState<{ name: string; events: Array<{ at: string; event: string }> } | null>(null);
   const [auditError, setAuditError] = useState<Error | null>(null);
 
@@ -54,8 +54,6 @@ export function Adapters({ relayed }: { relayed: boolean }) {
       </section>
     );
   }
-  const act = (confirmation: Confirmation) =>
-    setAsk({ ...confirmation, run: async () => (await confirmation.run(), await registry.refresh()) });
   const showAudit = async (name: string) => {
     setAuditError(null);
     try {
@@ -204,7 +202,7 @@ export function Adapters({ relayed }: { relayed: boolean }) {
           </button>
         </section>
       )}
-      <ConfirmDialog ask={ask} onDone={() => setAsk(null)} />
+      {dialog}
     </section>
   );
 }

@@ -3,7 +3,7 @@
 import { useEffect, useState } from "react";
 import { getJson, sendJson, upload } from "../api";
 import { Alert } from "../components/Alert";
-import { ConfirmDialog, type Confirmation } from "../components/ConfirmDialog";
+import { useConfirmation } from "../components/ConfirmDialog";
 import { LineChart } from "../components/LineChart";
 import { usePolling } from "../hooks";
 import { BASE, navigate } from "../router";
@@ -249,7 +249,7 @@ function StartJob({ files, onStarted }: { files: FileObject[]; onStarted: (job: 
 
 function JobDetail({ job, onChanged }: { job: Job; onChanged: () => Promise<void> }) {
   const events = usePolling((signal) => allEvents(job.id, signal), REFRESH_MS);
-  const [ask, setAsk] = useState<Confirmation | null>(null);
+  const { confirm, dialog } = useConfirmation(onChanged);
   const curve = lossCurve(events.data ?? []);
   const latest = (events.data ?? []).slice(0, 5);
   return (
@@ -261,10 +261,10 @@ function JobDetail({ job, onChanged }: { job: Job; onChanged: () => Promise<void
         </span>
         <span className="row-actions">
           {!FINISHED.has(job.status) && (
-            <button type="button" className="danger" onClick={() => setAsk({
+            <button type="button" className="danger" onClick={() => confirm({
               title: `Cancel ${job.id}`, message: "Training stops at its next step; nothing is published.",
               action: "Cancel job", danger: true,
-              run: async () => (await sendJson("POST", `/v1/fine_tuning/jobs/${encodeURIComponent(job.id)}/cancel`), await onChanged()),
+              run: () => sendJson("POST", `/v1/fine_tuning/jobs/${encodeURIComponent(job.id)}/cancel`),
             })}>
               Cancel job
             </button>
@@ -286,7 +286,7 @@ function JobDetail({ job, onChanged }: { job: Job; onChanged: () => Promise<void
           <li key={event.id}>{event.message}</li>
         ))}
       </ul>
-      <ConfirmDialog ask={ask} onDone={() => setAsk(null)} />
+      {dialog}
     </section>
   );
 }

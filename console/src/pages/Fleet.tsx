@@ -3,7 +3,7 @@
 import { useState } from "react";
 import { getJson, sendJson } from "../api";
 import { Alert } from "../components/Alert";
-import { ConfirmDialog, type Confirmation } from "../components/ConfirmDialog";
+import { useConfirmation, type Confirmation } from "../components/ConfirmDialog";
 import { usePolling } from "../hooks";
 
 export interface Replica {
@@ -57,16 +57,7 @@ const path = (pool: string, replica?: string) =>
 
 export function Fleet() {
   const fleet = usePolling((signal) => getJson<Pools>("/admin/pools", signal), REFRESH_MS);
-  const [ask, setAsk] = useState<Confirmation | null>(null);
-
-  const act = (confirmation: Confirmation) =>
-    setAsk({
-      ...confirmation,
-      run: async () => {
-        await confirmation.run();
-        await fleet.refresh();
-      },
-    });
+  const { confirm: act, dialog } = useConfirmation(fleet.refresh);
 
   return (
     <section aria-labelledby="fleet-title">
@@ -86,7 +77,7 @@ export function Fleet() {
             ))}
           </section>
         ))}
-      <ConfirmDialog ask={ask} onDone={() => setAsk(null)} />
+      {dialog}
     </section>
   );
 }
