@@ -7,7 +7,6 @@ on to the sidecar, which checks its writes itself. Bodies stream both ways (an a
 is never held whole); the sidecar's answers, errors included, come back as it gave them.
 """
 
-from collections.abc import AsyncIterator
 from urllib.parse import quote
 
 import httpx
@@ -75,12 +74,7 @@ class SyncRelay:
                 "The region's sync sidecar refused this gateway's token: its auth_issuer is not this gateway."
             )
         kept = {name: value for name in _RESPONSE_HEADERS if (value := answer.headers.get(name))}
-        return StreamingResponse(_chunks(answer), answer.status_code, kept, background=BackgroundTask(answer.aclose))
-
-
-async def _chunks(answer: httpx.Response) -> AsyncIterator[bytes]:
-    async for chunk in answer.aiter_raw():
-        yield chunk
+        return StreamingResponse(answer.aiter_raw(), answer.status_code, kept, background=BackgroundTask(answer.aclose))
 
 
 @router.api_route("/sync/adapters", methods=["GET", "POST"])
