@@ -150,3 +150,20 @@ def test_minutes_given_back_after_a_failed_flush_age_out_like_the_others() -> No
     assert sorted(ledger.minutes(0)) == [minute_of(NOW), minute_of(NOW) + 1]
     ledger.record("ada", 200, 1, None, NOW + 60 * 10)  # ten minutes on: the given-back minute is gone
     assert sorted(ledger.minutes(0)) == [minute_of(NOW) + 1, minute_of(NOW) + 10]
+
+
+async def test_when_redis_dies_the_usage_page_says_so_and_answers_go_on(tmp_path: Path, redis: Redis) -> None:
+    """Counting never waits for Redis: an answer is counted in the process and flushed later."""
+    async with serving(settings_of(tmp_path, redis_url=redis.url)) as gateway:
+        ops = (await gateway.token("ops")).json()["access_token"]
+        assert (await gateway.chat(ops)).status_code == 200
+        usage = await gateway.client.get("/admin/usage?minutes=5", headers={"authorization": f"Bearer {ops}"})
+        assert usage.status_code == 200
+        assert sum(usage.json()["tenants"]["ops"]["requests"]) == 1
+
+        redis.stop()
+        assert (await gateway.chat(ops)).status_code == 200
+        # another period than the report kept for 5 s: read again
+        refused = await gateway.client.get("/admin/usage?minutes=6", headers={"authorization": f"Bearer {ops}"})
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "usage_unavailable"
