@@ -249,15 +249,16 @@ def test_a_body_sent_a_byte_at_a_time_is_cut_off(gateway: ServerProcess) -> None
 
 
 def test_a_large_body_that_keeps_coming_is_not_cut_off(gateway: ServerProcess) -> None:
-    """An upload takes as long as it takes while it keeps coming (64 KiB a second here, three
-    times the body's time): only a trickle is cut off."""
-    padding = "x" * (192 * 1024)
+    """An upload takes as long as it takes while it keeps coming (64 KiB every half of
+    body_timeout_s, so that every window holds a piece however late a sleep wakes; two and a half
+    times the body's time in all): only a trickle is cut off."""
+    padding = "x" * (320 * 1024)
     body = json.dumps({"model": "nope", "messages": [{"role": "user", "content": padding}]}).encode()
     fields = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
     with Client(gateway) as client:
         client.send(_request("POST", CHAT, fields))
         started = time.monotonic()
-        client.send_in_background(body, pause_s=1.0 * BODY_TIMEOUT_S, piece=64 * 1024)
+        client.send_in_background(body, pause_s=0.5 * BODY_TIMEOUT_S, piece=64 * 1024)
         answer = client.answer()
         elapsed = time.monotonic() - started
     assert answer.status != 408, answer
