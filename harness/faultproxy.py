@@ -35,6 +35,7 @@ class FaultProxy:
         self.stalled = 0  # connections held without an answer right now
         self._server: asyncio.Server | None = None
         self._open: set[asyncio.StreamWriter] = set()  # both sides of every relayed connection
+        self._closing = False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
@@ -54,7 +55,7 @@ class FaultProxy:
         self._applied = fault
 
     def close(self) -> None:
-        self._run(self._close())
+        self._run(self._shut_down())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
         self._loop.close()
@@ -72,6 +73,17 @@ class FaultProxy:
             self._server = None
         await self._drop_connections()
 
+    async def _shut_down(self) -> None:
+        """Close every connection and let every handler end before the loop stops: a socket
+        left to a stopped loop would be closed only by the garbage collector, with a
+        ResourceWarning in whatever test runs then."""
+        self._closing = True
+        await self._close()
+        handlers = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        if handlers:
+            await asyncio.wait(handlers, timeout=3)
+        await asyncio.sleep(0)  # the transports' last callbacks close their sockets
+
     async def _drop_connections(self) -> None:
         for writer in list(self._open):
             writer.transport.abort()
@@ -81,7 +93,8 @@ class FaultProxy:
         self.connections += 1
         self._open.add(writer)
         try:
-            await self._serve(reader, writer)
+            if not self._closing:  # accepted just before the proxy closed: not served
+                await self._serve(reader, writer)
         finally:
             self._open.discard(writer)
             writer.close()
@@ -103,6 +116,9 @@ class FaultProxy:
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._upstream_port)
         except OSError:
+            return
+        if writer.is_closing():  # dropped while connecting upstream: nothing left to relay
+            up_writer.close()
             return
         self._open.add(up_writer)
         if self.one_way_s:
