@@ -136,7 +136,12 @@ async def _read_metadata(issuer: str) -> dict[str, str]:
             if isinstance(document, dict) and all(
                 _secure(document.get(k)) for k in ("authorization_endpoint", "token_endpoint")
             ):
-                return {k: document[k] for k in ("authorization_endpoint", "token_endpoint")}
+                endpoints = {k: document[k] for k in ("authorization_endpoint", "token_endpoint")}
+                # OpenID Connect RP-initiated logout: signing out of the console ends the
+                # provider's session too, so that "Sign in" asks for the password again.
+                if _secure(document.get("end_session_endpoint")):
+                    endpoints["end_session_endpoint"] = document["end_session_endpoint"]
+                return endpoints
     raise IssuerUnavailable(
         f"The issuer's metadata ({urls[0]}) gave no https (or loopback) authorization and token endpoints."
     )

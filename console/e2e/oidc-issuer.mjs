@@ -1,7 +1,8 @@
 // A real OpenID Connect provider (node-oidc-provider, certified), for the console's browser
 // test of `auth_mode: external`: the console registered as a public client with PKCE, access
 // tokens as RFC 9068 JWTs for the gateway's audience with its scopes. Its development
-// interactions sign anyone in (any name, any password) and ask for consent.
+// interactions sign anyone in (any name, any password) and ask for consent; its session
+// ends at its end_session_endpoint, which the console's "Sign out" visits.
 //
 //   node e2e/oidc-issuer.mjs PORT CONSOLE_REDIRECT_URI CONSOLE_ORIGIN
 import Provider from "oidc-provider";
@@ -18,6 +19,7 @@ const provider = new Provider(issuer, {
       grant_types: ["authorization_code"],
       response_types: ["code"],
       redirect_uris: [redirectUri],
+      post_logout_redirect_uris: [`${consoleOrigin}/console/`], // RP-initiated logout comes back here
     },
   ],
   pkce: { required: () => true, methods: ["S256"] },

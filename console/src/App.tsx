@@ -54,7 +54,7 @@ export function App({ config, session }: { config: ConsoleConfig; session: Sessi
         {session.current && (
           <span className="who">
             <span aria-label="Signed in as">{session.current.subject}</span>
-            <button type="button" onClick={() => (session.signOut(), navigate("/"))}>
+            <button type="button" onClick={() => signOut(session)}>
               Sign out
             </button>
           </span>
@@ -85,6 +85,13 @@ export function App({ config, session }: { config: ConsoleConfig; session: Sessi
       {session.expired && <Expired session={session} />}
     </div>
   );
+}
+
+/** Forget the token, then leave for the provider's sign-out where it keeps a session too. */
+function signOut(session: Session): void {
+  const provider = session.signOut();
+  if (provider) location.assign(provider);
+  else navigate("/");
 }
 
 function SignIn({ session, path }: { session: Session; path: string }) {

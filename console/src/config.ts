@@ -8,6 +8,7 @@ export type AuthConfig =
       token_endpoint: string;
       client_id: string;
       scopes: string[];
+      end_session_endpoint?: string; // an external provider's (OpenID Connect RP-initiated logout)
     };
 
 export interface ConsoleConfig {

@@ -51,4 +51,15 @@ describe("the sign-in", () => {
     vi.stubGlobal("opener", { get location(): never { throw new DOMException("cross-origin") } });
     expect(handOverToOpener()).toBe(false);
   });
+
+  it("signs out of an external provider's session too, where it has one", () => {
+    const session = new Session(builtin);
+    expect(session.signOut()).toBeNull(); // the built-in issuer keeps no session of its own
+    const external = { ...builtin, mode: "external" as const, end_session_endpoint: "https://idp.example/logout?x=1" };
+    const address = new URL(new Session(external).signOut() ?? "");
+    expect(address.origin + address.pathname).toBe("https://idp.example/logout");
+    expect(address.searchParams.get("x")).toBe("1"); // the provider's own query is kept
+    expect(address.searchParams.get("client_id")).toBe("switchyard-console");
+    expect(address.searchParams.get("post_logout_redirect_uri")).toBe(location.origin + "/console/");
+  });
 });

@@ -17,6 +17,7 @@ type SignIn = Extract<AuthConfig, { mode: "builtin" | "external" }>;
 type Pending = { verifier: string; state: string; returnTo: string };
 
 export const CALLBACK_PATH = "/console/callback";
+export const SIGNED_OUT_PATH = "/console/"; // where a provider sends the browser after signing out
 const PENDING_KEY = "switchyard.sign-in";
 const MESSAGE_TYPE = "switchyard-sign-in";
 const POPUP_STATE = "popup."; // a popup's sign-in: its callback hands over to the window that opened it
@@ -84,9 +85,18 @@ export class Session {
     return this.renewal.promise;
   }
 
-  signOut(): void {
+  /** Forget the token. Where the provider keeps a session of its own (an external OpenID
+   * Connect provider with an end_session_endpoint), returns the address that ends it too and
+   * sends the browser back to the console, so that the next "Sign in" asks for the password
+   * again; otherwise null. */
+  signOut(): string | null {
     this.token = null;
     this.changed();
+    if (this.auth.mode === "disabled" || !this.auth.end_session_endpoint) return null;
+    const address = new URL(this.auth.end_session_endpoint); // may carry a query of its own
+    address.searchParams.set("client_id", this.auth.client_id);
+    address.searchParams.set("post_logout_redirect_uri", location.origin + SIGNED_OUT_PATH);
+    return address.href;
   }
 
   private signInConfig(): SignIn {

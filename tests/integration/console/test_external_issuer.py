@@ -1,7 +1,7 @@
 """The console with `auth_mode: external`, in Debian's Chromium: signing in at a real OpenID
 Connect provider (node-oidc-provider, console/e2e/oidc-issuer.mjs) with PKCE, exchanging the
-code at its token endpoint from the page (CORS), and calling the gateway with its RFC 9068
-access token."""
+code at its token endpoint from the page (CORS), calling the gateway with its RFC 9068
+access token, and signing out of the provider's session too."""
 
 import re
 import subprocess
@@ -82,3 +82,14 @@ def test_signing_in_at_an_external_provider(page: Page, provider_and_gateway: tu
     assert page.locator('[data-role="assistant"]').first.inner_text().strip()
     page.get_by_role("link", name="Fleet").click()
     expect(page.get_by_role("row", name="Replica embedded-0")).to_be_visible()
+
+    # Signing out ends the provider's session too: the next sign-in asks for the password
+    # again, where the provider would otherwise have sent the browser straight back.
+    assert config["end_session_endpoint"] == f"{issuer}/session/end"
+    page.get_by_role("button", name="Sign out").click()
+    page.wait_for_url(re.compile(re.escape(issuer)))
+    page.get_by_role("button", name=re.compile("Yes, sign me out", re.I)).click()
+    page.wait_for_url(gateway.url + "/console/")
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(re.compile(re.escape(issuer)))
+    expect(page.locator("input[name=login]")).to_be_visible()

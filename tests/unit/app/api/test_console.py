@@ -154,3 +154,26 @@ async def test_an_external_issuer_s_endpoints_come_from_its_metadata(
                                   "scopes": ["chat", "finetune", "adapters", "admin"]}  # fmt: skip
         policy = (await gateway.get("/console/")).headers["content-security-policy"]
         assert "connect-src 'self' https://idp.example:8443;" in policy
+
+
+@pytest.mark.parametrize(
+    ("end_session", "offered"),
+    [("https://idp.example/logout", True), ("http://127.0.0.1:8080/logout", True),
+     ("http://idp.example/logout", False), (["https://idp.example/logout"], False), (None, False)],
+)  # fmt: skip
+async def test_an_external_issuer_s_logout_is_offered_only_over_https(
+    tmp_path: Path, issuer: JsonDocument, end_session: object, offered: bool
+) -> None:
+    """Signing out ends the provider's session too (OpenID Connect RP-initiated logout), where
+    its metadata names a logout endpoint the browser can be sent to safely; without one,
+    signing in still works."""
+    issuer.document = {"authorization_endpoint": "https://idp.example/auth", "token_endpoint": "https://idp.example/t"}
+    if end_session is not None:
+        issuer.document["end_session_endpoint"] = end_session
+    values = {"auth_mode": "external", "auth_issuer": issuer.url, "auth_jwks": issuer.url + "/certs"}
+    async with client(tmp_path, **values) as gateway:
+        answer = await gateway.get("/console/config.json")
+    assert answer.status_code == 200
+    auth = answer.json()["auth"]
+    assert auth["authorization_endpoint"] == "https://idp.example/auth"
+    assert auth.get("end_session_endpoint") == (end_session if offered else None)
