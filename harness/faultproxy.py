@@ -55,13 +55,15 @@ class FaultProxy:
         self._applied = fault
 
     def close(self) -> None:
-        self._run(self._shut_down())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-        self._loop.close()
+        try:
+            self._run(self._shut_down(), timeout_s=10)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+            self._loop.close()
 
-    def _run(self, coro: Coroutine[Any, Any, None]) -> None:
-        asyncio.run_coroutine_threadsafe(coro, self._loop).result(5)
+    def _run(self, coro: Coroutine[Any, Any, None], timeout_s: float = 5) -> None:
+        asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout_s)
 
     async def _listen(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True)
@@ -69,9 +71,12 @@ class FaultProxy:
     async def _close(self) -> None:
         """Stop listening and drop every connection, as a machine that went away would."""
         if self._server is not None:
-            # Connections accepted this turn get their transports on the next: closing the
-            # server first would fail them (Server._attach asserts it is open, Python 3.11)
-            # and leak their sockets.
+            # Accept no more, then let the connections already accepted get their transports
+            # (from tasks of their own) before the server closes: on Python 3.11 a transport
+            # made for a closed server fails (Server._attach asserts) and leaks its socket.
+            loop = asyncio.get_running_loop()
+            for listening in self._server.sockets:
+                loop.remove_reader(listening.fileno())
             await asyncio.sleep(0)
             self._server.close()
             self._server = None
@@ -87,9 +92,11 @@ class FaultProxy:
         # Rounds: a connection accepted just before the close gets its transport, then its
         # handler, from tasks of their own that the round before did not see yet.
         while tasks := [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]:
-            _, pending = await asyncio.wait(tasks, timeout=deadline - asyncio.get_running_loop().time())
-            if pending:
-                break
+            _, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
+            if pending:  # a handler still asleep (a long latency_s): end it rather than abandon it
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
         await asyncio.sleep(0)  # the transports' last callbacks close their sockets
 
     async def _drop_connections(self) -> None:
@@ -101,7 +108,9 @@ class FaultProxy:
         self.connections += 1
         self._open.add(writer)
         try:
-            if not self._closing:  # accepted just before the proxy closed: not served
+            if self._closing or self.fault == "down":  # accepted just before the proxy went away
+                writer.transport.abort()
+            else:
                 await self._serve(reader, writer)
         finally:
             self._open.discard(writer)

@@ -250,8 +250,8 @@ def test_a_body_sent_a_byte_at_a_time_is_cut_off(gateway: ServerProcess) -> None
 
 def test_a_large_body_that_keeps_coming_is_not_cut_off(gateway: ServerProcess) -> None:
     """An upload takes as long as it takes while it keeps coming (64 KiB every half of
-    body_timeout_s, so that every window holds a piece however late a sleep wakes; two and a half
-    times the body's time in all): only a trickle is cut off."""
+    body_timeout_s, so that every window holds a piece even when a sleep wakes up to half a
+    window late; two and a half times the body's time in all): only a trickle is cut off."""
     padding = "x" * (320 * 1024)
     body = json.dumps({"model": "nope", "messages": [{"role": "user", "content": padding}]}).encode()
     fields = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
