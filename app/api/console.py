@@ -32,6 +32,7 @@ NOT_BUILT = "The console is not built: run `make console` (it needs Node.js 18 o
 _ASSET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}")
 _METADATA_TTL_S = 300.0
 _METADATA_RETRY_S = 30.0
+_SIGN_IN_ENDPOINTS = ("authorization_endpoint", "token_endpoint")
 _ASSET_HEADERS = {"cache-control": "public, max-age=31536000, immutable", "x-content-type-options": "nosniff"}
 
 router = APIRouter(include_in_schema=False)
@@ -124,33 +125,44 @@ async def _issuer_metadata(site: ConsoleSite) -> dict[str, str]:
 
 
 async def _read_metadata(issuer: str) -> dict[str, str]:
+    """The sign-in endpoints from the first of the RFC 8414 and OpenID Connect documents that
+    has both, and the logout endpoint from either (providers often name it in the OpenID
+    one only)."""
     base = issuer.rstrip("/")
     urls = [f"{base}/.well-known/oauth-authorization-server", f"{base}/.well-known/openid-configuration"]
+    endpoints: dict[str, str] = {}
     async with httpx.AsyncClient(timeout=5.0) as client:
         for url in urls:
-            try:
-                answer = await client.get(url)
-                document = answer.json() if answer.status_code == 200 else None
-            except (httpx.HTTPError, ValueError):
-                continue
-            if isinstance(document, dict) and all(
-                _secure(document.get(k)) for k in ("authorization_endpoint", "token_endpoint")
-            ):
-                endpoints = {k: document[k] for k in ("authorization_endpoint", "token_endpoint")}
-                # OpenID Connect RP-initiated logout: signing out of the console ends the
-                # provider's session too, so that "Sign in" asks for the password again.
-                if _secure(document.get("end_session_endpoint")):
-                    endpoints["end_session_endpoint"] = document["end_session_endpoint"]
-                return endpoints
-    raise IssuerUnavailable(
-        f"The issuer's metadata ({urls[0]}) gave no https (or loopback) authorization and token endpoints."
-    )
+            document = await _document(client, url)
+            if not endpoints and all(_secure(document.get(k)) for k in _SIGN_IN_ENDPOINTS):
+                endpoints = {k: document[k] for k in _SIGN_IN_ENDPOINTS}
+            # OpenID Connect RP-initiated logout: signing out of the console ends the
+            # provider's session too, so that "Sign in" asks for the password again.
+            if endpoints and _secure(document.get("end_session_endpoint")):
+                endpoints["end_session_endpoint"] = document["end_session_endpoint"]
+                break
+    if not endpoints:
+        raise IssuerUnavailable(
+            f"The issuer's metadata ({urls[0]}) gave no https (or loopback) authorization and token endpoints."
+        )
+    return endpoints
+
+
+async def _document(client: httpx.AsyncClient, url: str) -> dict[str, Any]:
+    try:
+        answer = await client.get(url)
+        document = answer.json() if answer.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return {}
+    return document if isinstance(document, dict) else {}
 
 
 def _secure(endpoint: object) -> bool:
     """https, or plain http on this machine (an issuer beside the gateway): codes and tokens
-    never cross a network in clear."""
-    if not isinstance(endpoint, str):
+    never cross a network in clear. A plain URL only: no user part, backslash or white space,
+    which browsers and Python's parser read differently (`http://evil\\@127.0.0.1/` is
+    loopback to Python, evil to a browser)."""
+    if not isinstance(endpoint, str) or any(c in "\\@" or c.isspace() or not c.isprintable() for c in endpoint):
         return False
     parts = urlsplit(endpoint)
     return parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS)

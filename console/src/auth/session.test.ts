@@ -61,5 +61,8 @@ describe("the sign-in", () => {
     expect(address.searchParams.get("x")).toBe("1"); // the provider's own query is kept
     expect(address.searchParams.get("client_id")).toBe("switchyard-console");
     expect(address.searchParams.get("post_logout_redirect_uri")).toBe(location.origin + "/console/");
+    const unusable = new Session({ ...external, end_session_endpoint: "https://idp example/logout" });
+    expect(unusable.signOut()).toBeNull(); // signed out here all the same
+    expect(unusable.current).toBeNull();
   });
 });

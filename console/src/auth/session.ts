@@ -93,7 +93,12 @@ export class Session {
     this.token = null;
     this.changed();
     if (this.auth.mode === "disabled" || !this.auth.end_session_endpoint) return null;
-    const address = new URL(this.auth.end_session_endpoint); // may carry a query of its own
+    let address: URL;
+    try {
+      address = new URL(this.auth.end_session_endpoint); // may carry a query of its own
+    } catch {
+      return null; // not an address this browser can go to: the token is forgotten all the same
+    }
     address.searchParams.set("client_id", this.auth.client_id);
     address.searchParams.set("post_logout_redirect_uri", location.origin + SIGNED_OUT_PATH);
     return address.href;

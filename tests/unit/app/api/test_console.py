@@ -159,7 +159,9 @@ async def test_an_external_issuer_s_endpoints_come_from_its_metadata(
 @pytest.mark.parametrize(
     ("end_session", "offered"),
     [("https://idp.example/logout", True), ("http://127.0.0.1:8080/logout", True),
-     ("http://idp.example/logout", False), (["https://idp.example/logout"], False), (None, False)],
+     ("http://idp.example/logout", False), (["https://idp.example/logout"], False), (None, False),
+     ("javascript:alert(1)//https://idp.example", False), ("http://evil.example\\@127.0.0.1/logout", False),
+     ("https://idp.example/log out", False)],
 )  # fmt: skip
 async def test_an_external_issuer_s_logout_is_offered_only_over_https(
     tmp_path: Path, issuer: JsonDocument, end_session: object, offered: bool
@@ -177,3 +179,20 @@ async def test_an_external_issuer_s_logout_is_offered_only_over_https(
     auth = answer.json()["auth"]
     assert auth["authorization_endpoint"] == "https://idp.example/auth"
     assert auth.get("end_session_endpoint") == (end_session if offered else None)
+
+
+async def test_the_logout_endpoint_may_come_from_the_openid_document_alone(tmp_path: Path) -> None:
+    """Sign-in endpoints from RFC 8414's document, logout from OpenID Connect's, as providers
+    that serve both often do."""
+    issuer = JsonDocument("/realms/ops", path="/.well-known/oauth-authorization-server")
+    sign_in = {"authorization_endpoint": "https://idp.example/auth", "token_endpoint": "https://idp.example/t"}
+    issuer.document = sign_in
+    issuer.others["/.well-known/openid-configuration"] = sign_in | {"end_session_endpoint": "https://idp.example/bye"}
+    try:
+        values = {"auth_mode": "external", "auth_issuer": issuer.url, "auth_jwks": issuer.url + "/certs"}
+        async with client(tmp_path, **values) as gateway:
+            auth = (await gateway.get("/console/config.json")).json()["auth"]
+    finally:
+        issuer.close()
+    assert auth["end_session_endpoint"] == "https://idp.example/bye"
+    assert auth["token_endpoint"] == "https://idp.example/t"

@@ -85,20 +85,24 @@ async def issuing(tmp_path: Path) -> AsyncIterator[Gateway]:
 
 class JsonDocument:
     """Another issuer's JSON document on loopback (its JWKS, its metadata), which counts its
-    fetches: `document` for any path ending with `path` (every path when it is empty), a 404
-    for others or while `document` is None. `url` is what clients are given."""
+    fetches: `document` for any path ending with `path` (every path when it is empty), those in
+    `others` for paths ending with their keys, a 404 for others or while `document` is None.
+    `url` is what clients are given."""
 
     def __init__(self, url_path: str = "/jwks.json", path: str = "") -> None:
         self.document: dict[str, Any] | None = {"keys": []}
+        self.others: dict[str, dict[str, Any]] = {}
         self.fetches = 0
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 outer.fetches += 1
-                found = outer.document is not None and self.path.endswith(path)
-                body = json.dumps(outer.document if found else {}).encode()
-                self.send_response(200 if found else 404)
+                found = outer.document if self.path.endswith(path) else None
+                for end, other in outer.others.items():
+                    found = other if self.path.endswith(end) else found
+                body = json.dumps(found if found is not None else {}).encode()
+                self.send_response(200 if found is not None else 404)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(body)))
                 self.end_headers()
