@@ -35,7 +35,6 @@ class FaultProxy:
         self.stalled = 0  # connections held without an answer right now
         self._server: asyncio.Server | None = None
         self._open: set[asyncio.StreamWriter] = set()  # both sides of every relayed connection
-        self._closing = False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
@@ -86,7 +85,7 @@ class FaultProxy:
         """Close every connection and let every handler end before the loop stops: a socket
         left to a stopped loop would be closed only by the garbage collector, with a
         ResourceWarning in whatever test runs then."""
-        self._closing = True
+        self.fault = "down"  # for good: a connection accepted in the meantime is not served
         await self._close()
         deadline = asyncio.get_running_loop().time() + 3
         # Rounds: a connection accepted just before the close gets its transport, then its
@@ -108,7 +107,7 @@ class FaultProxy:
         self.connections += 1
         self._open.add(writer)
         try:
-            if self._closing or self.fault == "down":  # accepted just before the proxy went away
+            if self.fault == "down":  # accepted just before the proxy went away
                 writer.transport.abort()
             else:
                 await self._serve(reader, writer)
