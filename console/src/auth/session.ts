@@ -17,7 +17,7 @@ type SignIn = Extract<AuthConfig, { mode: "builtin" | "external" }>;
 type Pending = { verifier: string; state: string; returnTo: string };
 
 export const CALLBACK_PATH = "/console/callback";
-export const SIGNED_OUT_PATH = "/console/"; // where a provider sends the browser after signing out
+const SIGNED_OUT_PATH = "/console/"; // where a provider sends the browser after signing out
 const PENDING_KEY = "switchyard.sign-in";
 const MESSAGE_TYPE = "switchyard-sign-in";
 const POPUP_STATE = "popup."; // a popup's sign-in: its callback hands over to the window that opened it

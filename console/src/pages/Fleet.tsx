@@ -151,6 +151,9 @@ function PoolCard({ pool, act }: { pool: Pool; act: (c: Confirmation) => void })
 function ReplicaRow({ pool, replica, act }: { pool: Pool; replica: Replica; act: (c: Confirmation) => void }) {
   const state = stateOf(replica);
   const load = pool.max_load ? `${replica.in_flight}/${pool.max_load}` : String(replica.in_flight);
+  const toggle = replica.draining
+    ? { action: "Undrain", effect: "takes new requests again." }
+    : { action: "Drain", effect: "takes no new requests; those in flight finish." };
   return (
     <tr aria-label={`Replica ${replica.id}`}>
       <th scope="row">
@@ -172,50 +175,34 @@ function ReplicaRow({ pool, replica, act }: { pool: Pool; replica: Replica; act:
       <td>{replica.active_adapters.length ? replica.active_adapters.join(", ") : "–"}</td>
       <td>
         <div className="row-actions">
-        {replica.draining ? (
           <button
             type="button"
             onClick={() =>
               act({
-                title: `Undrain ${replica.id}`,
-                message: `${replica.url} takes new requests again.`,
-                action: "Undrain",
-                run: () => sendJson("POST", `${path(pool.name, replica.id)}/undrain`),
+                title: `${toggle.action} ${replica.id}`,
+                message: `${replica.url} ${toggle.effect}`,
+                action: toggle.action,
+                run: () => sendJson("POST", `${path(pool.name, replica.id)}/${toggle.action.toLowerCase()}`),
               })
             }
           >
-            Undrain
+            {toggle.action}
           </button>
-        ) : (
           <button
             type="button"
+            className="danger"
             onClick={() =>
               act({
-                title: `Drain ${replica.id}`,
-                message: `${replica.url} takes no new requests; those in flight finish.`,
-                action: "Drain",
-                run: () => sendJson("POST", `${path(pool.name, replica.id)}/drain`),
+                title: `Remove ${replica.id}`,
+                message: `${replica.url} leaves pool ${pool.name} once its requests in flight finish.`,
+                action: "Remove",
+                danger: true,
+                run: () => sendJson("DELETE", path(pool.name, replica.id)),
               })
             }
           >
-            Drain
+            Remove
           </button>
-        )}
-        <button
-          type="button"
-          className="danger"
-          onClick={() =>
-            act({
-              title: `Remove ${replica.id}`,
-              message: `${replica.url} leaves pool ${pool.name} once its requests in flight finish.`,
-              action: "Remove",
-              danger: true,
-              run: () => sendJson("DELETE", path(pool.name, replica.id)),
-            })
-          }
-        >
-          Remove
-        </button>
         </div>
       </td>
     </tr>
