@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import httpx
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Locator, Page, expect
 
 from harness.servers import ServerProcess
 from tests.integration.console.conftest import DESKTOP, PASSWORDS, PHONE
@@ -203,18 +203,22 @@ def test_publishing_and_retiring_an_adapter(
 PING = {"messages": [{"role": "user", "content": "ping"}, {"role": "assistant", "content": "pong pong pong"}]}
 
 
-def test_fine_tuning_from_upload_to_a_chat_with_the_result(
-    page: Page, console_gateway: ServerProcess, tmp_path: Path, screenshots: Path
-) -> None:
-    dataset = tmp_path / "ping.jsonl"
-    dataset.write_text("".join(json.dumps(PING) + "\n" for _ in range(32)))
-    sign_in(page, console_gateway, "ada", "/console/fine-tuning")
+def _signed_in_with_a_dataset(page: Page, gateway: ServerProcess, dataset: Path, examples: int) -> Locator:
+    """Signs ada in on the fine-tuning page and uploads `examples` PINGs as `dataset`; the
+    "Start a job" form."""
+    dataset.write_text("".join(json.dumps(PING) + "\n" for _ in range(examples)))
+    sign_in(page, gateway, "ada", "/console/fine-tuning")
     upload = page.get_by_role("form", name="Upload a dataset")
     upload.get_by_label("Dataset file").set_input_files(dataset)
     upload.get_by_role("button", name="Upload").click()
-    expect(upload.get_by_role("status")).to_contain_text("Uploaded ping.jsonl as file-")
+    expect(upload.get_by_role("status")).to_contain_text(f"Uploaded {dataset.name} as file-")
+    return page.get_by_role("form", name="Start a job")
 
-    start = page.get_by_role("form", name="Start a job")
+
+def test_fine_tuning_from_upload_to_a_chat_with_the_result(
+    page: Page, console_gateway: ServerProcess, tmp_path: Path, screenshots: Path
+) -> None:
+    start = _signed_in_with_a_dataset(page, console_gateway, tmp_path / "ping.jsonl", 32)
     expect(start.get_by_label("Training file")).to_contain_text("ping.jsonl")
     start.get_by_label("Suffix").fill("pong")
     start.get_by_label("Epochs").fill("2")
@@ -240,14 +244,7 @@ def test_fine_tuning_from_upload_to_a_chat_with_the_result(
 
 
 def test_cancelling_a_job_from_the_page(page: Page, console_gateway: ServerProcess, tmp_path: Path) -> None:
-    dataset = tmp_path / "many.jsonl"
-    dataset.write_text("".join(json.dumps(PING) + "\n" for _ in range(512)))
-    sign_in(page, console_gateway, "ada", "/console/fine-tuning")
-    upload = page.get_by_role("form", name="Upload a dataset")
-    upload.get_by_label("Dataset file").set_input_files(dataset)
-    upload.get_by_role("button", name="Upload").click()
-    expect(upload.get_by_role("status")).to_contain_text("Uploaded many.jsonl")
-    start = page.get_by_role("form", name="Start a job")
+    start = _signed_in_with_a_dataset(page, console_gateway, tmp_path / "many.jsonl", 512)
     chosen = start.get_by_label("Training file").locator("option", has_text="many.jsonl").get_attribute("value")
     start.get_by_label("Training file").select_option(chosen)
     start.get_by_label("Epochs").fill("20")
